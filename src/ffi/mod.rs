@@ -1,0 +1,185 @@
+//! The C ABI: thin wrappers over the safe Rust API, one file per handle type.
+//!
+//! Conventions (see README "C API"): every fallible call returns `kvr_status`; outputs are
+//! written only on success; pointers and sizes are checked before any work; every body runs
+//! inside [`status::guard`], so a panic becomes `KVR_ERR_INTERNAL` instead of unwinding into C.
+
+#![allow(non_camel_case_types)]
+// C names: kvr_ prefix, snake_case, as the header shows them
+// Entry points are called from C, where `unsafe` means nothing; each checks its pointers and
+// documents its contract in the header, as rustls-ffi does.
+#![allow(clippy::not_unsafe_ptr_arg_deref)]
+
+pub mod job;
+pub mod region;
+pub mod status;
+
+use std::ffi::{c_char, CStr};
+use std::path::PathBuf;
+
+use crate::{Error, Result};
+pub use status::kvr_status;
+
+/// Version of the C ABI in this header; bumped on any incompatible change.
+pub const KVR_ABI_VERSION: u32 = 1;
+
+/// The library version as a static NUL-terminated string ("0.1.0").
+#[no_mangle]
+pub extern "C" fn kvr_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+/// The C ABI version the library was built with; compare with `KVR_ABI_VERSION`.
+#[no_mangle]
+pub extern "C" fn kvr_abi_version() -> u32 {
+    KVR_ABI_VERSION
+}
+
+/// Checks a pointer argument for NULL and borrows it.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a valid `T` for the lifetime `'a`.
+pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
+    // SAFETY: the caller guarantees a non-null `ptr` points to a live T.
+    unsafe { ptr.as_ref() }.ok_or_else(|| Error::invalid(format!("{name} is NULL")))
+}
+
+/// Checks a pointer argument for NULL and borrows it mutably.
+///
+/// # Safety
+/// `ptr` must be NULL or point to a valid, unaliased `T` for the lifetime `'a`.
+pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
+    // SAFETY: the caller guarantees a non-null `ptr` points to a live, unaliased T.
+    unsafe { ptr.as_mut() }.ok_or_else(|| Error::invalid(format!("{name} is NULL")))
+}
+
+/// Borrows `len` bytes at `ptr`; rejects NULL and zero lengths unless `allow_empty`.
+///
+/// # Safety
+/// A non-null `ptr` must be valid for reads of `len` bytes for `'a`.
+#[allow(dead_code)] // used by the storage tiers' entry points
+pub(crate) unsafe fn arg_bytes<'a>(
+    ptr: *const u8,
+    len: usize,
+    name: &str,
+    allow_empty: bool,
+) -> Result<&'a [u8]> {
+    if len == 0 {
+        return if allow_empty {
+            Ok(&[])
+        } else {
+            Err(Error::invalid(format!("{name} length is 0")))
+        };
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL (length {len})")));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!("{name} length {len} overflows")));
+    }
+    // SAFETY: non-null, length checked against isize::MAX; validity is the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, len) })
+}
+
+/// Borrows `len` writable bytes at `ptr`; rejects NULL and zero lengths.
+///
+/// # Safety
+/// A non-null `ptr` must be valid for writes of `len` bytes for `'a` and not aliased.
+#[allow(dead_code)] // used by the storage tiers' entry points
+pub(crate) unsafe fn arg_bytes_mut<'a>(
+    ptr: *mut u8,
+    len: usize,
+    name: &str,
+) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Err(Error::invalid(format!("{name} length is 0")));
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL (length {len})")));
+    }
+    if len > isize::MAX as usize {
+        return Err(Error::invalid(format!("{name} length {len} overflows")));
+    }
+    // SAFETY: non-null, length checked against isize::MAX; validity is the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
+}
+
+/// Reads a NUL-terminated UTF-8 string argument.
+///
+/// # Safety
+/// A non-null `ptr` must point to a NUL-terminated string valid for `'a`.
+pub(crate) unsafe fn arg_str<'a>(ptr: *const c_char, name: &str) -> Result<&'a str> {
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: non-null and NUL-terminated per the caller's contract.
+    let cstr = unsafe { CStr::from_ptr(ptr) };
+    cstr.to_str()
+        .map_err(|_| Error::invalid(format!("{name} is not valid UTF-8")))
+}
+
+/// Reads an optional path argument: NULL or "" means "use the default".
+///
+/// # Safety
+/// As [`arg_str`].
+pub(crate) unsafe fn arg_opt_path(ptr: *const c_char, name: &str) -> Result<Option<PathBuf>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded contract.
+    let s = unsafe { arg_str(ptr, name) }?;
+    Ok((!s.is_empty()).then(|| PathBuf::from(s)))
+}
+
+/// Config structs begin with `uint32_t struct_size`. Reads one written by a caller compiled
+/// against this or another header version: fields the caller's struct has are taken from it,
+/// newer fields keep `defaults`. A size smaller than the first version's struct is rejected.
+///
+/// # Safety
+/// A non-null `ptr` must point to at least `struct_size` readable bytes, where `struct_size`
+/// is the first field; `T` must be a `repr(C)` plain-data struct beginning with a `u32`.
+pub(crate) unsafe fn read_config<T: Copy>(
+    ptr: *const T,
+    defaults: T,
+    min_size: usize,
+    name: &str,
+) -> Result<T> {
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: every config struct begins with a u32 `struct_size`.
+    let declared = unsafe { ptr.cast::<u32>().read_unaligned() } as usize;
+    if declared < min_size {
+        return Err(Error::invalid(format!(
+            "{name}.struct_size is {declared}, expected at least {min_size} (set it to sizeof(the struct))"
+        )));
+    }
+    let mut out = defaults;
+    let n = declared.min(std::mem::size_of::<T>());
+    // SAFETY: the caller's struct has at least `declared` readable bytes and `out` has
+    // size_of::<T>() writable bytes; we copy the smaller. T is plain data (Copy, repr(C)).
+    unsafe {
+        std::ptr::copy_nonoverlapping(ptr.cast::<u8>(), (&mut out as *mut T).cast::<u8>(), n)
+    };
+    // Record our own size so the struct is self-consistent if handed back.
+    // SAFETY: T begins with a u32 (see above).
+    unsafe {
+        (&mut out as *mut T)
+            .cast::<u32>()
+            .write(std::mem::size_of::<T>() as u32)
+    };
+    Ok(out)
+}
+
+/// Writes an output value; outputs are only written on success.
+///
+/// # Safety
+/// `ptr` must be NULL (rejected) or valid for a write of `T`.
+pub(crate) unsafe fn write_out<T>(ptr: *mut T, value: T, name: &str) -> Result<()> {
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: non-null and valid for writes per the caller's contract.
+    unsafe { ptr.write(value) };
+    Ok(())
+}

@@ -1,0 +1,170 @@
+//! `kvr_status`, the thread-local error message and the panic boundary every entry point uses.
+
+use std::cell::RefCell;
+use std::ffi::{c_char, CString};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+use crate::{Error, ErrorKind, Result};
+
+/// Result of every fallible kvr call. `KVR_OK` is 0; error codes are grouped by area
+/// (1xx arguments, 2xx storage, 3xx concurrency and lifecycle, 4xx layout and sizes,
+/// 5xx CUDA, 9xx internal) and never reused.
+#[repr(C)]
+#[allow(non_camel_case_types)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum kvr_status {
+    /// Success.
+    KVR_OK = 0,
+    /// A null pointer, zero or overflowing size, bad name, or bad flags.
+    KVR_ERR_INVALID_ARGUMENT = 100,
+    /// The request is valid but not supported on this system or build.
+    KVR_ERR_UNSUPPORTED = 101,
+    /// An I/O error (see the message for the path and the OS error).
+    KVR_ERR_IO = 200,
+    /// No space left in the file system or memory that backs the tier.
+    KVR_ERR_NO_SPACE = 201,
+    /// The key, tensor, region or file does not exist.
+    KVR_ERR_NOT_FOUND = 202,
+    /// Stored bytes failed validation; the bad copy was dropped and counted.
+    KVR_ERR_CORRUPT = 203,
+    /// Permission denied, or a symlink where none is allowed.
+    KVR_ERR_PERMISSION = 204,
+    /// A bounded wait ran out.
+    KVR_ERR_TIMEOUT = 300,
+    /// The resource is owned by another live process.
+    KVR_ERR_BUSY = 301,
+    /// The object was closed or cleaned up and can no longer be used.
+    KVR_ERR_CLOSED = 302,
+    /// An existing object's layout or geometry differs from the requested one.
+    KVR_ERR_LAYOUT_MISMATCH = 400,
+    /// The payload is larger than its container can hold.
+    KVR_ERR_TOO_LARGE = 401,
+    /// The caller's buffer is too small; the needed size was written out.
+    KVR_ERR_TOO_SMALL = 402,
+    /// No CUDA driver or device is available.
+    KVR_ERR_CUDA_UNAVAILABLE = 500,
+    /// The CUDA driver returned an error.
+    KVR_ERR_CUDA = 501,
+    /// A bug in kvr (including a caught panic); please report it with the message.
+    KVR_ERR_INTERNAL = 900,
+}
+
+impl From<ErrorKind> for kvr_status {
+    fn from(kind: ErrorKind) -> Self {
+        use kvr_status::*;
+        match kind {
+            ErrorKind::InvalidArgument => KVR_ERR_INVALID_ARGUMENT,
+            ErrorKind::Unsupported => KVR_ERR_UNSUPPORTED,
+            ErrorKind::Io => KVR_ERR_IO,
+            ErrorKind::NoSpace => KVR_ERR_NO_SPACE,
+            ErrorKind::NotFound => KVR_ERR_NOT_FOUND,
+            ErrorKind::Corrupt => KVR_ERR_CORRUPT,
+            ErrorKind::Permission => KVR_ERR_PERMISSION,
+            ErrorKind::Timeout => KVR_ERR_TIMEOUT,
+            ErrorKind::Busy => KVR_ERR_BUSY,
+            ErrorKind::Closed => KVR_ERR_CLOSED,
+            ErrorKind::LayoutMismatch => KVR_ERR_LAYOUT_MISMATCH,
+            ErrorKind::TooLarge => KVR_ERR_TOO_LARGE,
+            ErrorKind::TooSmall => KVR_ERR_TOO_SMALL,
+            ErrorKind::CudaUnavailable => KVR_ERR_CUDA_UNAVAILABLE,
+            ErrorKind::Cuda => KVR_ERR_CUDA,
+            ErrorKind::Internal => KVR_ERR_INTERNAL,
+        }
+    }
+}
+
+impl kvr_status {
+    fn name(self) -> &'static std::ffi::CStr {
+        use kvr_status::*;
+        match self {
+            KVR_OK => c"KVR_OK",
+            KVR_ERR_INVALID_ARGUMENT => c"KVR_ERR_INVALID_ARGUMENT",
+            KVR_ERR_UNSUPPORTED => c"KVR_ERR_UNSUPPORTED",
+            KVR_ERR_IO => c"KVR_ERR_IO",
+            KVR_ERR_NO_SPACE => c"KVR_ERR_NO_SPACE",
+            KVR_ERR_NOT_FOUND => c"KVR_ERR_NOT_FOUND",
+            KVR_ERR_CORRUPT => c"KVR_ERR_CORRUPT",
+            KVR_ERR_PERMISSION => c"KVR_ERR_PERMISSION",
+            KVR_ERR_TIMEOUT => c"KVR_ERR_TIMEOUT",
+            KVR_ERR_BUSY => c"KVR_ERR_BUSY",
+            KVR_ERR_CLOSED => c"KVR_ERR_CLOSED",
+            KVR_ERR_LAYOUT_MISMATCH => c"KVR_ERR_LAYOUT_MISMATCH",
+            KVR_ERR_TOO_LARGE => c"KVR_ERR_TOO_LARGE",
+            KVR_ERR_TOO_SMALL => c"KVR_ERR_TOO_SMALL",
+            KVR_ERR_CUDA_UNAVAILABLE => c"KVR_ERR_CUDA_UNAVAILABLE",
+            KVR_ERR_CUDA => c"KVR_ERR_CUDA",
+            KVR_ERR_INTERNAL => c"KVR_ERR_INTERNAL",
+        }
+    }
+}
+
+thread_local! {
+    static LAST_ERROR: RefCell<CString> = RefCell::new(CString::default());
+}
+
+fn set_last_error(message: &str) {
+    // Interior NULs cannot appear in a C string; replace rather than lose the message.
+    let text = CString::new(message.replace('\0', "\\0")).unwrap_or_default();
+    LAST_ERROR.with(|slot| *slot.borrow_mut() = text);
+}
+
+/// Runs an entry point's body: converts `Err` and panics into a status code and records the
+/// message for `kvr_last_error_message`. No panic ever unwinds into C.
+pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> kvr_status {
+    match catch_unwind(AssertUnwindSafe(body)) {
+        Ok(Ok(())) => kvr_status::KVR_OK,
+        Ok(Err(err)) => {
+            set_last_error(&err.to_string());
+            err.kind().into()
+        }
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            set_last_error(&format!(
+                "internal error (panic caught at the C boundary): {what}"
+            ));
+            kvr_status::KVR_ERR_INTERNAL
+        }
+    }
+}
+
+/// Like [`guard`] for functions that return no status: a panic yields `fallback`.
+pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
+    catch_unwind(AssertUnwindSafe(body)).unwrap_or(fallback)
+}
+
+/// The name of a status code as a static NUL-terminated string ("KVR_ERR_NOT_FOUND").
+/// Never returns NULL; unknown values give "KVR_ERR_UNKNOWN".
+#[no_mangle]
+pub extern "C" fn kvr_status_str(status: kvr_status) -> *const c_char {
+    // A C caller can pass any integer; validate it before treating it as the enum.
+    // SAFETY: `kvr_status` is repr(C), i.e. the size of a C int; reading it as i32 is exact.
+    let raw: i32 = unsafe { std::mem::transmute_copy(&status) };
+    let known = [
+        0, 100, 101, 200, 201, 202, 203, 204, 300, 301, 302, 400, 401, 402, 500, 501, 900,
+    ];
+    if !known.contains(&raw) {
+        return c"KVR_ERR_UNKNOWN".as_ptr();
+    }
+    status.name().as_ptr()
+}
+
+/// The message of the last failed kvr call on this thread: what failed and why (paths, OS
+/// error text, expected vs actual sizes). Empty string if nothing failed yet. The pointer is
+/// valid until the next kvr call on this thread. Never returns NULL.
+#[no_mangle]
+pub extern "C" fn kvr_last_error_message() -> *const c_char {
+    guard_value(c"".as_ptr(), || {
+        // The CString lives in thread-local storage until the next failure replaces it.
+        LAST_ERROR.with(|slot| slot.borrow().as_ptr())
+    })
+}
+
+/// Records an error for `kvr_last_error_message` (used by entry points that return no status).
+#[allow(dead_code)] // for entry points that return no status
+pub(crate) fn record(err: &Error) {
+    set_last_error(&err.to_string());
+}

@@ -1,0 +1,21 @@
+//! # kvr: KV-cache storage tiers for C++ LLM inference engines
+//!
+//! kvr owns the places a KV cache goes when it leaves GPU memory, and hands out raw,
+//! stable, correctly laid-out host pointers an engine can give to `cudaMemcpyAsync`:
+//!
+//! - [`region`]: a host-memory region shared by all tensor-parallel workers of one node,
+//!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
+//!
+//! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
+
+#![deny(unsafe_op_in_unsafe_fn)]
+#![warn(missing_docs)]
+
+pub mod cuda;
+mod error;
+pub mod ffi;
+pub mod io;
+pub mod region;
+
+pub use error::{Error, ErrorKind, Result};
+pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};

@@ -1,0 +1,519 @@
+//! The region file: its header, and the create/attach/close protocol.
+//!
+//! Liveness is decided by the kernel, never by cleanup code. Every process using the region
+//! holds an open-file-description (OFD) read lock on byte 0 of the file; the kernel drops it
+//! when the process dies, SIGKILL included. OFD locks (rather than `flock`) because
+//! `F_OFD_GETLK` can *ask* whether anyone holds a lock without taking one, so a prober never
+//! makes a stale file look live to another prober.
+//!
+//! - A file with no lock holder was left by processes that all died: a creator claims it with
+//!   the write lock, unlinks it and builds a fresh one.
+//! - A new file is built under a temporary name (sized with `posix_fallocate`, header written,
+//!   read lock taken) and published with `link(2)`, which fails if the name exists: an attacher
+//!   never sees a half-built header and two creators never both win.
+//! - On close, a process that can convert its read lock into the write lock is the last holder
+//!   and unlinks the file.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::layout::{Layout, HEADER_LEN};
+use crate::{err, Error, Result};
+
+const MAGIC: [u8; 8] = *b"KVRREGN\0";
+/// Version of the header format; an attacher refuses other versions.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the header that are covered by its checksum.
+const HEADER_BODY: usize = 72;
+
+/// Encodes the header page (little-endian).
+///
+/// | off | size | field |
+/// |----:|-----:|-------|
+/// | 0   | 8 | magic `KVRREGN\0` |
+/// | 8   | 4 | format version |
+/// | 12  | 4 | header length (4096) |
+/// | 16  | 8 | num_blocks |
+/// | 24  | 8 | cpu_page_size |
+/// | 32  | 4 | num_workers |
+/// | 36  | 4 | reserved (0) |
+/// | 40  | 8 | data offset (4096) |
+/// | 48  | 8 | file length |
+/// | 56  | 4 | creator pid |
+/// | 60  | 4 | reserved (0) |
+/// | 64  | 8 | creation time, ns since the Unix epoch |
+/// | 72  | 8 | xxh3-64 of bytes 0..72 |
+pub fn encode_header(layout: &Layout, creator_pid: u32, created_ns: u64) -> Vec<u8> {
+    let mut h = vec![0u8; HEADER_LEN as usize];
+    h[0..8].copy_from_slice(&MAGIC);
+    h[8..12].copy_from_slice(&FORMAT_VERSION.to_le_bytes());
+    h[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+    h[16..24].copy_from_slice(&layout.num_blocks.to_le_bytes());
+    h[24..32].copy_from_slice(&layout.cpu_page_size.to_le_bytes());
+    h[32..36].copy_from_slice(&layout.num_workers.to_le_bytes());
+    h[40..48].copy_from_slice(&HEADER_LEN.to_le_bytes());
+    h[48..56].copy_from_slice(&layout.file_len().to_le_bytes());
+    h[56..60].copy_from_slice(&creator_pid.to_le_bytes());
+    h[64..72].copy_from_slice(&created_ns.to_le_bytes());
+    let sum = xxhash_rust::xxh3::xxh3_64(&h[..HEADER_BODY]);
+    h[72..80].copy_from_slice(&sum.to_le_bytes());
+    h
+}
+
+/// Decodes and validates a header page; returns the layout it records.
+pub fn decode_header(h: &[u8], path: &Path) -> Result<Layout> {
+    let corrupt = |why: String| err!(Corrupt, "region file {}: {why}", path.display());
+    if h.len() < 80 {
+        return Err(corrupt(format!(
+            "header is {} bytes, expected {HEADER_LEN}",
+            h.len()
+        )));
+    }
+    let u32_at = |o: usize| u32::from_le_bytes(h[o..o + 4].try_into().unwrap());
+    let u64_at = |o: usize| u64::from_le_bytes(h[o..o + 8].try_into().unwrap());
+    if h[0..8] != MAGIC {
+        return Err(corrupt("not a kvr region (bad magic)".into()));
+    }
+    if u32_at(8) != FORMAT_VERSION {
+        return Err(err!(
+            LayoutMismatch,
+            "region file {}: format version {} but this kvr reads version {FORMAT_VERSION}",
+            path.display(),
+            u32_at(8)
+        ));
+    }
+    if u64_at(72) != xxhash_rust::xxh3::xxh3_64(&h[..HEADER_BODY]) {
+        return Err(corrupt("header checksum mismatch".into()));
+    }
+    let layout = Layout::new(u64_at(16), u64_at(24), u32_at(32))
+        .map_err(|e| corrupt(format!("invalid layout in header: {e}")))?;
+    if u64_at(40) != HEADER_LEN || u64_at(48) != layout.file_len() {
+        return Err(corrupt(
+            "data offset or file length disagree with the layout".into(),
+        ));
+    }
+    Ok(layout)
+}
+
+/// `kvr_<name>.mmap` after validating `name`.
+pub fn region_path(dir: &Path, name: &str) -> Result<PathBuf> {
+    if name.is_empty() || name.len() > 200 {
+        return Err(Error::invalid(format!(
+            "region name must be 1..=200 bytes, got {} bytes",
+            name.len()
+        )));
+    }
+    if name.contains('/') || name.contains("..") || name.contains('\0') {
+        return Err(Error::invalid(format!(
+            "region name {name:?} must not contain '/', '..' or NUL"
+        )));
+    }
+    Ok(dir.join(format!("kvr_{name}.mmap")))
+}
+
+/// An open, locked region file. Dropping it releases the lock and, if this was the last
+/// holder, removes the file.
+#[derive(Debug)]
+pub struct RegionFile {
+    file: File,
+    path: PathBuf,
+    created: bool,
+}
+
+impl RegionFile {
+    /// The underlying file (for mapping).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+    /// Where the region lives.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+    /// Whether this handle built the file (as opposed to attaching to an existing one).
+    pub fn created(&self) -> bool {
+        self.created
+    }
+
+    /// Opens the region at `path`: attaches to a live one, replaces a stale one (if `create`),
+    /// or creates it (if `create`). Without `create`, waits up to `timeout` for a creator.
+    pub fn open(path: &Path, layout: &Layout, create: bool, timeout: Duration) -> Result<Self> {
+        let deadline = Instant::now() + timeout;
+        let mut backoff = Duration::from_micros(200);
+        loop {
+            match try_open_once(path, layout, create)? {
+                Attempt::Done(f) => return Ok(f),
+                Attempt::Retry(why) => {
+                    if Instant::now() >= deadline {
+                        return Err(err!(
+                            Timeout,
+                            "region {}: gave up after {} ms: {why}",
+                            path.display(),
+                            timeout.as_millis()
+                        ));
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(Duration::from_millis(20));
+                }
+                Attempt::RetryNow => {}
+            }
+        }
+    }
+}
+
+impl Drop for RegionFile {
+    fn drop(&mut self) {
+        // Converting our read lock to the write lock succeeds only if no one else holds it.
+        if matches!(lock(&self.file, LockKind::Write), Ok(true))
+            && same_inode(&self.file, &self.path)
+        {
+            let _ = std::fs::remove_file(&self.path);
+        }
+        // Closing the descriptor (when `file` drops) releases the lock.
+    }
+}
+
+enum Attempt {
+    Done(RegionFile),
+    /// Wait a little, then try again (bounded by the timeout).
+    Retry(String),
+    /// A transient race was resolved; try again at once.
+    RetryNow,
+}
+
+fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> {
+    let file = match open_nofollow(path, libc::O_RDWR) {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+            if !create {
+                return Ok(Attempt::Retry("no creator has published it yet".into()));
+            }
+            return create_and_publish(path, layout);
+        }
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
+            return Err(err!(
+                Permission,
+                "region path {} is a symlink; refusing to follow it",
+                path.display()
+            ));
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("opening region file {}", path.display()),
+                e,
+            ))
+        }
+    };
+    let lock_err = |e| Error::io(format!("locking region file {}", path.display()), e);
+    if !held_by_others(&file).map_err(lock_err)? {
+        // Left by processes that all died: only a creator may replace it.
+        if !create {
+            return Ok(Attempt::Retry(
+                "the existing file is stale (its processes died) and no creator has replaced it"
+                    .into(),
+            ));
+        }
+        return replace_stale(file, path).map_err(lock_err);
+    }
+    if !lock(&file, LockKind::Read).map_err(lock_err)? {
+        // Someone holds the write lock: a creator replacing it or the last holder removing it.
+        return Ok(Attempt::Retry(
+            "the file is being replaced or removed".into(),
+        ));
+    }
+    if !same_inode(&file, path) {
+        return Ok(Attempt::RetryNow); // unlinked or replaced while we waited
+    }
+    if !held_by_others(&file).map_err(lock_err)? {
+        // All other holders died between our probe and our lock: it went stale.
+        if !create {
+            return Ok(Attempt::Retry("the existing file went stale".into()));
+        }
+        return replace_stale(file, path).map_err(lock_err);
+    }
+    let mut header = vec![0u8; HEADER_LEN as usize];
+    read_exact_at(&file, &mut header, 0)
+        .map_err(|e| Error::io(format!("reading region header {}", path.display()), e))?;
+    let found = decode_header(&header, path)?;
+    if found != *layout {
+        return Err(err!(
+            LayoutMismatch,
+            "region {} has layout {found}, but this process asked for {layout}",
+            path.display()
+        ));
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat {}", path.display()), e))?
+        .len();
+    if len != layout.file_len() {
+        return Err(err!(
+            Corrupt,
+            "region file {} is {len} bytes, header says {}",
+            path.display(),
+            layout.file_len()
+        ));
+    }
+    Ok(Attempt::Done(RegionFile {
+        file,
+        path: path.to_owned(),
+        created: false,
+    }))
+}
+
+fn replace_stale(file: File, path: &Path) -> io::Result<Attempt> {
+    if lock(&file, LockKind::Write)? && same_inode(&file, path) {
+        std::fs::remove_file(path).or_else(|e| {
+            if e.kind() == io::ErrorKind::NotFound {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+    }
+    Ok(Attempt::RetryNow)
+}
+
+fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let file_name = path
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
+    remove_orphan_temps(dir, &file_name);
+    let pid = std::process::id();
+    let now_ns = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0);
+    let tmp = dir.join(format!(".{file_name}.{pid}.{now_ns}.tmp"));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(&tmp)
+        .map_err(|e| Error::io(format!("creating region file {}", tmp.display()), e))?;
+    // From here on the temp file must not outlive a failure.
+    let cleanup = scopeguard(|| {
+        let _ = std::fs::remove_file(&tmp);
+    });
+    let lock_err = |e| Error::io(format!("locking region file {}", tmp.display()), e);
+    if !lock(&file, LockKind::Read).map_err(lock_err)? {
+        return Ok(Attempt::RetryNow);
+    }
+    reserve(&file, dir, path, layout.file_len())?;
+    let header = encode_header(layout, pid, now_ns);
+    write_all_at(&file, &header, 0)
+        .map_err(|e| Error::io(format!("writing region header {}", tmp.display()), e))?;
+    match std::fs::hard_link(&tmp, path) {
+        Ok(()) => {}
+        // Another creator won the race, or an orphan cleaner removed our temp: attach instead.
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOENT)) => {
+            return Ok(Attempt::RetryNow)
+        }
+        Err(e) => {
+            return Err(Error::io(
+                format!("publishing region file {}", path.display()),
+                e,
+            ))
+        }
+    }
+    drop(cleanup); // removes the temporary name; the file lives on under `path`
+    Ok(Attempt::Done(RegionFile {
+        file,
+        path: path.to_owned(),
+        created: true,
+    }))
+}
+
+/// Checks free space, then reserves every byte so a full `/dev/shm` fails here, not as a
+/// SIGBUS on first touch.
+fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
+    // SAFETY: statvfs is plain data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the duration of the call; `st` is a valid out-pointer.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 {
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        if free < len {
+            return Err(err!(
+                NoSpace,
+                "region {} needs {len} bytes but {} has only {free} bytes free",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    // SAFETY: valid fd; offsets are in range (len <= i64::MAX checked by Layout::new).
+    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
+    match rc {
+        0 => Ok(()),
+        libc::EOPNOTSUPP | libc::EINVAL => {
+            // File system without fallocate: size it sparsely instead (free space was checked).
+            file.set_len(len)
+                .map_err(|e| Error::io(format!("sizing region file {}", path.display()), e))
+        }
+        code => {
+            let e = Error::io(
+                format!(
+                    "reserving {len} bytes for region {} in {}",
+                    path.display(),
+                    dir.display()
+                ),
+                io::Error::from_raw_os_error(code),
+            );
+            Err(e)
+        }
+    }
+}
+
+/// Removes temp files of interrupted creators (no lock holder means their creator died).
+fn remove_orphan_temps(dir: &Path, file_name: &str) {
+    let prefix = format!(".{file_name}.");
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let name = name.to_string_lossy();
+        if !(name.starts_with(&prefix) && name.ends_with(".tmp")) {
+            continue;
+        }
+        let p = entry.path();
+        if let Ok(f) = open_nofollow(&p, libc::O_RDWR) {
+            if matches!(held_by_others(&f), Ok(false)) {
+                let _ = std::fs::remove_file(&p);
+            }
+        }
+    }
+}
+
+/// Whether `file` still is the file at `path` (not unlinked or replaced).
+fn same_inode(file: &File, path: &Path) -> bool {
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.nlink() > 0 && a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+fn open_nofollow(path: &Path, mode: libc::c_int) -> io::Result<File> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path; the returned fd is owned by the File below.
+    let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own exclusively.
+    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
+}
+
+#[derive(Clone, Copy)]
+enum LockKind {
+    Read,
+    Write,
+}
+
+fn flock_struct(kind: libc::c_short) -> libc::flock {
+    // SAFETY: flock is plain data; zeroed is valid (l_pid must be 0 for OFD locks).
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = kind;
+    fl.l_whence = libc::SEEK_SET as libc::c_short;
+    fl.l_start = 0;
+    fl.l_len = 1;
+    fl
+}
+
+/// Takes (or converts to) an OFD lock on byte 0 without waiting; `Ok(false)` if it conflicts.
+fn lock(file: &File, kind: LockKind) -> io::Result<bool> {
+    let t = match kind {
+        LockKind::Read => libc::F_RDLCK,
+        LockKind::Write => libc::F_WRLCK,
+    };
+    let fl = flock_struct(t as libc::c_short);
+    // SAFETY: valid fd and a valid flock struct for the duration of the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
+        _ => Err(e),
+    }
+}
+
+/// Whether any other open file description holds a lock on byte 0 (asks; takes nothing).
+fn held_by_others(file: &File) -> io::Result<bool> {
+    let mut fl = flock_struct(libc::F_WRLCK as libc::c_short);
+    // SAFETY: valid fd and a valid, writable flock struct.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
+}
+
+fn write_all_at(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, off)
+}
+
+/// Runs `f` when dropped unless forgotten; `drop(guard)` runs it early.
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn header_round_trips_and_detects_damage() {
+        let layout = Layout::new(10, 4096, 4).unwrap();
+        let h = encode_header(&layout, 42, 7);
+        assert_eq!(decode_header(&h, Path::new("x")).unwrap(), layout);
+        let mut bad = h.clone();
+        bad[20] ^= 1;
+        assert_eq!(
+            decode_header(&bad, Path::new("x")).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+        let mut bad = h;
+        bad[0] = b'X';
+        assert_eq!(
+            decode_header(&bad, Path::new("x")).unwrap_err().kind(),
+            ErrorKind::Corrupt
+        );
+    }
+
+    #[test]
+    fn names_are_validated() {
+        let d = Path::new("/dev/shm");
+        assert_eq!(
+            region_path(d, "a").unwrap(),
+            Path::new("/dev/shm/kvr_a.mmap")
+        );
+        for bad in ["", "a/b", "..", "x..y", "a\0b"] {
+            assert!(region_path(d, bad).is_err(), "{bad:?}");
+        }
+        assert!(region_path(d, &"n".repeat(201)).is_err());
+    }
+}
