@@ -18,6 +18,26 @@
 #define KVR_ABI_VERSION 1
 
 /**
+ * Direct-I/O mode: O_DIRECT if the file system accepts it, else buffered (one log line).
+ */
+#define KVR_DIRECT_IO_AUTO 0
+
+/**
+ * Direct-I/O mode: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+ */
+#define KVR_DIRECT_IO_ON 1
+
+/**
+ * Direct-I/O mode: always buffered I/O through the page cache.
+ */
+#define KVR_DIRECT_IO_OFF 2
+
+/**
+ * Bytes of a slot file key.
+ */
+#define KVR_DISK_KEY_LEN 16
+
+/**
  * `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
  */
 #define KVR_RANK_SCHEDULER -1
@@ -121,6 +141,11 @@ typedef enum kvr_status {
 } kvr_status;
 
 /**
+ * Opaque handle to an open slot file (`kvr_disk_open` / `kvr_disk_close`).
+ */
+typedef struct kvr_disk kvr_disk;
+
+/**
  * Opaque handle of a submitted batch. Free with `kvr_job_free` (which waits for it).
  */
 typedef struct kvr_job kvr_job;
@@ -129,6 +154,181 @@ typedef struct kvr_job kvr_job;
  * Opaque handle to an open shared region (`kvr_region_open` / `kvr_region_close`).
  */
 typedef struct kvr_region kvr_region;
+
+/**
+ * How to open a slot file. Fill with `kvr_disk_config_default`, then set the fields.
+ */
+typedef struct kvr_disk_config {
+  /**
+   * `sizeof(kvr_disk_config)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * Path of the slot file (required). Created and reserved if absent; an existing file
+   * must have the same geometry. Never a symlink.
+   */
+  const char *path;
+  /**
+   * Payload capacity of one slot in bytes (required, non-zero); rounded up to 4096.
+   */
+  uint64_t slot_size;
+  /**
+   * Number of slots (required, non-zero).
+   */
+  uint64_t num_slots;
+  /**
+   * Threads serving `kvr_disk_submit_*` batches (and the recovery scan). Default 4.
+   */
+  uint32_t io_threads;
+  /**
+   * `KVR_DIRECT_IO_AUTO` (default), `KVR_DIRECT_IO_ON` or `KVR_DIRECT_IO_OFF`.
+   */
+  uint32_t direct_io;
+  /**
+   * Check the payload and metadata checksum on every read. Default true.
+   */
+  bool verify;
+  /**
+   * `fdatasync` after each write (survives power loss, not only process death). Default
+   * false.
+   */
+  bool sync;
+} kvr_disk_config;
+
+/**
+ * Counters and state of an open slot file (filled by `kvr_disk_stats`).
+ */
+typedef struct kvr_disk_counters {
+  /**
+   * Set to `sizeof(kvr_disk_counters)` before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * True if I/O uses O_DIRECT, false if buffered.
+   */
+  bool direct;
+  /**
+   * True if this open created the file, false if it reopened (and recovered) one.
+   */
+  bool created;
+  /**
+   * Number of slots.
+   */
+  uint64_t num_slots;
+  /**
+   * Payload capacity of one slot (rounded up to 4096).
+   */
+  uint64_t slot_size;
+  /**
+   * Live entries.
+   */
+  uint64_t entries;
+  /**
+   * Free slots.
+   */
+  uint64_t free_slots;
+  /**
+   * Entries evicted (least recently used) to make room for writes.
+   */
+  uint64_t evictions;
+  /**
+   * Reads that returned an entry.
+   */
+  uint64_t hits;
+  /**
+   * Reads of absent keys.
+   */
+  uint64_t misses;
+  /**
+   * Entries dropped because their header or checksum failed on read.
+   */
+  uint64_t corrupt_dropped;
+  /**
+   * Completed writes.
+   */
+  uint64_t writes;
+  /**
+   * Payload bytes written.
+   */
+  uint64_t bytes_written;
+  /**
+   * Payload bytes read.
+   */
+  uint64_t bytes_read;
+  /**
+   * Entries the recovery scan found at open.
+   */
+  uint64_t recovered_entries;
+  /**
+   * Wall time of the recovery scan at open, in nanoseconds.
+   */
+  uint64_t recovery_ns;
+  /**
+   * CPU time of the process during the recovery scan, in nanoseconds.
+   */
+  uint64_t recovery_cpu_ns;
+} kvr_disk_counters;
+
+/**
+ * One write of a `kvr_disk_submit_write` batch.
+ */
+typedef struct kvr_disk_write_op {
+  /**
+   * Key.
+   */
+  uint8_t key[16];
+  /**
+   * Payload (1..=slot_size bytes), valid until the job completes.
+   */
+  const uint8_t *src;
+  /**
+   * Payload bytes.
+   */
+  uint64_t len;
+  /**
+   * Metadata (NULL when `meta_len` is 0), valid until the job completes.
+   */
+  const uint8_t *meta;
+  /**
+   * Metadata bytes (at most `KVR_DISK_MAX_META`).
+   */
+  uint64_t meta_len;
+} kvr_disk_write_op;
+
+/**
+ * One read of a `kvr_disk_submit_read` batch. `len` and `meta_len` are outputs, written
+ * when the item finishes (also on `KVR_ERR_TOO_SMALL`, with the needed sizes).
+ */
+typedef struct kvr_disk_read_op {
+  /**
+   * Key.
+   */
+  uint8_t key[16];
+  /**
+   * Payload destination, valid until the job completes.
+   */
+  uint8_t *dst;
+  /**
+   * Its capacity.
+   */
+  uint64_t dst_cap;
+  /**
+   * Metadata destination (NULL when `meta_cap` is 0).
+   */
+  uint8_t *meta_dst;
+  /**
+   * Its capacity.
+   */
+  uint64_t meta_cap;
+  /**
+   * Output: payload bytes read (or needed).
+   */
+  uint64_t len;
+  /**
+   * Output: metadata bytes read (or needed).
+   */
+  uint64_t meta_len;
+} kvr_disk_read_op;
 
 /**
  * Progress of a job.
@@ -283,6 +483,100 @@ const char *kvr_version(void);
  * The C ABI version the library was built with; compare with `KVR_ABI_VERSION`.
  */
 uint32_t kvr_abi_version(void);
+
+/**
+ * Fills `*config` with the documented defaults (fields required by `kvr_disk_open` are
+ * left zero/NULL).
+ */
+enum kvr_status kvr_disk_config_default(struct kvr_disk_config *config);
+
+/**
+ * Creates and reserves (`fallocate`) or reopens a slot file, takes its owner lock and
+ * rebuilds the index from the slot headers. On success `*out` owns the handle; close it
+ * with `kvr_disk_close`.
+ * Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (the file does not fit),
+ * `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry, or not a slot file),
+ * `KVR_ERR_BUSY` (another live handle owns the file), `KVR_ERR_UNSUPPORTED` (direct I/O
+ * `ON` where O_DIRECT fails), `KVR_ERR_CORRUPT` (damaged file header), `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_disk_open(const struct kvr_disk_config *config, struct kvr_disk **out);
+
+/**
+ * Closes a slot file: waits for submitted batch items, releases the owner lock. Entries
+ * stay in the file for the next open. `kvr_disk_close(NULL)` is a no-op.
+ */
+void kvr_disk_close(struct kvr_disk *disk);
+
+/**
+ * Stores `len` bytes at `src` (1..=slot_size) and `meta_len` bytes of metadata at `meta`
+ * (NULL when `meta_len` is 0; at most `KVR_DISK_MAX_META`) under the 16-byte `key`:
+ * replaces the key's entry, else takes a free slot, else evicts the least recently used
+ * entry. A crash at any point leaves the old entry or none, never a mix.
+ * Errors: `KVR_ERR_TOO_LARGE` (payload or metadata does not fit; message gives both sizes),
+ * `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_BUSY` (every slot is being read or written),
+ * `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_disk_write(const struct kvr_disk *disk,
+                               const uint8_t *key,
+                               const uint8_t *src,
+                               uint64_t len,
+                               const uint8_t *meta,
+                               uint64_t meta_len);
+
+/**
+ * Reads `key`'s entry into `dst` (capacity `dst_cap`) and its metadata into `meta_dst`
+ * (capacity `meta_cap`; may be NULL/0 when entries carry no metadata); writes the lengths
+ * to `*len` and `*meta_len` and marks the entry most recently used.
+ * Errors: `KVR_ERR_NOT_FOUND`; `KVR_ERR_TOO_SMALL` (the needed sizes are written to `*len`
+ * and `*meta_len`); `KVR_ERR_CORRUPT` (header or checksum failed: the entry was dropped and
+ * its slot freed; the next read gives `KVR_ERR_NOT_FOUND`); `KVR_ERR_INVALID_ARGUMENT`;
+ * `KVR_ERR_IO`. The contents of `dst` are unspecified after an error.
+ */
+enum kvr_status kvr_disk_read(const struct kvr_disk *disk,
+                              const uint8_t *key,
+                              uint8_t *dst,
+                              uint64_t dst_cap,
+                              uint64_t *len,
+                              uint8_t *meta_dst,
+                              uint64_t meta_cap,
+                              uint64_t *meta_len);
+
+/**
+ * Writes to `*out` whether `key` has an entry (does not change recency).
+ */
+enum kvr_status kvr_disk_contains(const struct kvr_disk *disk, const uint8_t *key, bool *out);
+
+/**
+ * Removes `key`'s entry; it stays removed after a crash. `KVR_ERR_NOT_FOUND` if absent.
+ */
+enum kvr_status kvr_disk_remove(const struct kvr_disk *disk, const uint8_t *key);
+
+/**
+ * Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_counters)`
+ * first.
+ */
+enum kvr_status kvr_disk_stats(const struct kvr_disk *disk, struct kvr_disk_counters *out);
+
+/**
+ * Submits `n` writes to the I/O threads; `*out` receives the job (see `kvr_job_*`): item
+ * `i` ends with the payload bytes written or the error `kvr_disk_write` would return.
+ * Every buffer must stay valid until the job completed (`kvr_job_free` waits for it).
+ */
+enum kvr_status kvr_disk_submit_write(const struct kvr_disk *disk,
+                                      const struct kvr_disk_write_op *ops,
+                                      size_t n,
+                                      struct kvr_job **out);
+
+/**
+ * Submits `n` reads to the I/O threads; `*out` receives the job: item `i` ends with the
+ * payload bytes read or the error `kvr_disk_read` would return, and `ops[i].len` /
+ * `ops[i].meta_len` receive the lengths. `ops` and every buffer must stay valid until the
+ * job completed (`kvr_job_free` waits for it).
+ */
+enum kvr_status kvr_disk_submit_read(const struct kvr_disk *disk,
+                                     struct kvr_disk_read_op *ops,
+                                     size_t n,
+                                     struct kvr_job **out);
 
 /**
  * Reports progress without blocking.

@@ -5,6 +5,8 @@
 //!
 //! - [`region`]: a host-memory region shared by all tensor-parallel workers of one node,
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
+//! - [`disk`]: a preallocated file of fixed-size slots for local spill, with an in-memory LRU
+//!   index rebuilt from checksummed slot headers at open, crash-safe across SIGKILL.
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -12,10 +14,12 @@
 #![warn(missing_docs)]
 
 pub mod cuda;
+pub mod disk;
 mod error;
 pub mod ffi;
 pub mod io;
 pub mod region;
 
+pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};

@@ -10,6 +10,7 @@
 // documents its contract in the header, as rustls-ffi does.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod disk;
 pub mod job;
 pub mod region;
 pub mod status;
@@ -22,6 +23,26 @@ pub use status::kvr_status;
 
 /// Version of the C ABI in this header; bumped on any incompatible change.
 pub const KVR_ABI_VERSION: u32 = 1;
+
+/// Direct-I/O mode: O_DIRECT if the file system accepts it, else buffered (one log line).
+pub const KVR_DIRECT_IO_AUTO: u32 = 0;
+/// Direct-I/O mode: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+pub const KVR_DIRECT_IO_ON: u32 = 1;
+/// Direct-I/O mode: always buffered I/O through the page cache.
+pub const KVR_DIRECT_IO_OFF: u32 = 2;
+
+/// Maps a `KVR_DIRECT_IO_*` value to [`crate::io::DirectIo`].
+pub(crate) fn direct_io_from_c(v: u32, name: &str) -> Result<crate::io::DirectIo> {
+    use crate::io::DirectIo;
+    match v {
+        KVR_DIRECT_IO_AUTO => Ok(DirectIo::Auto),
+        KVR_DIRECT_IO_ON => Ok(DirectIo::On),
+        KVR_DIRECT_IO_OFF => Ok(DirectIo::Off),
+        _ => Err(Error::invalid(format!(
+            "{name} is {v}, expected KVR_DIRECT_IO_AUTO (0), _ON (1) or _OFF (2)"
+        ))),
+    }
+}
 
 /// The library version as a static NUL-terminated string ("0.1.0").
 #[no_mangle]
@@ -57,7 +78,6 @@ pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T
 ///
 /// # Safety
 /// A non-null `ptr` must be valid for reads of `len` bytes for `'a`.
-#[allow(dead_code)] // used by the storage tiers' entry points
 pub(crate) unsafe fn arg_bytes<'a>(
     ptr: *const u8,
     len: usize,
@@ -85,7 +105,6 @@ pub(crate) unsafe fn arg_bytes<'a>(
 ///
 /// # Safety
 /// A non-null `ptr` must be valid for writes of `len` bytes for `'a` and not aliased.
-#[allow(dead_code)] // used by the storage tiers' entry points
 pub(crate) unsafe fn arg_bytes_mut<'a>(
     ptr: *mut u8,
     len: usize,

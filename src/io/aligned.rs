@@ -73,6 +73,11 @@ pub fn is_aligned(ptr: *const u8, len: usize) -> bool {
     (ptr as usize) % IO_ALIGN == 0 && len % IO_ALIGN == 0
 }
 
+/// Whether `ptr` is 4096-aligned.
+pub fn is_aligned_ptr(ptr: *const u8) -> bool {
+    (ptr as usize) % IO_ALIGN == 0
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,0 +1,469 @@
+//! The slot file's I/O: create-or-reopen with the owner lock, space reservation, vectored
+//! positioned reads and writes, and the parallel header scan that rebuilds the index.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd};
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use super::format::{self, Geometry, SlotHeader, PAGE};
+use crate::io::AlignedBuf;
+use crate::{err, Error, Result};
+
+/// An open, locked slot file.
+pub struct OwnedFile {
+    /// The file, opened with O_DIRECT when `direct`.
+    pub file: File,
+    /// Whether this open created the file.
+    pub created: bool,
+}
+
+fn cpath(path: &Path) -> Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| Error::invalid(format!("path {} contains NUL", path.display())))
+}
+
+fn open_raw(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
+    let c = CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: `c` is a valid NUL-terminated path; the returned fd is owned by the File below.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+            mode as libc::c_uint,
+        )
+    };
+    if fd < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    // SAFETY: `fd` is a fresh descriptor we own exclusively.
+    Ok(unsafe { File::from_raw_fd(fd) })
+}
+
+/// Takes the owner lock: an exclusive `flock`, released by the kernel when the process dies
+/// (SIGKILL included), so a killed owner never blocks the next one.
+fn lock_owner(file: &File, path: &Path) -> Result<()> {
+    // SAFETY: valid fd for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(err!(
+            Busy,
+            "slot file {} is owned by another open handle (a live process holds its lock)",
+            path.display()
+        ));
+    }
+    Err(Error::io(
+        format!("locking slot file {}", path.display()),
+        e,
+    ))
+}
+
+/// Opens the slot file at `path` (creating and reserving it if absent), takes the owner
+/// lock and checks the geometry.
+pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFile> {
+    let dflag = if direct { libc::O_DIRECT } else { 0 };
+    for _ in 0..8 {
+        match open_raw(path, libc::O_RDWR | dflag, 0) {
+            Ok(file) => {
+                lock_owner(&file, path)?;
+                check_existing(&file, path, g)?;
+                return Ok(OwnedFile {
+                    file,
+                    created: false,
+                });
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
+                if let Some(file) = create(path, g, dflag)? {
+                    return Ok(OwnedFile {
+                        file,
+                        created: true,
+                    });
+                }
+                // Another process published the file first: open it.
+            }
+            Err(e) => {
+                return Err(Error::io(
+                    format!("opening slot file {}", path.display()),
+                    e,
+                ))
+            }
+        }
+    }
+    Err(err!(
+        Busy,
+        "slot file {} keeps appearing and disappearing",
+        path.display()
+    ))
+}
+
+fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
+    let mut page = AlignedBuf::new(PAGE as usize)?;
+    read_exact_at(file, page.as_mut_slice(), 0).map_err(|e| {
+        Error::io(
+            format!("reading the header of slot file {}", path.display()),
+            e,
+        )
+    })?;
+    let found = match format::decode_file_header(page.as_slice()) {
+        Ok(found) => found,
+        Err(format::FileHeaderError::NotSlotFile) => return Err(err!(
+            LayoutMismatch,
+            "{} exists and is not a kvr slot file (bad magic); remove it or choose another path",
+            path.display()
+        )),
+        Err(format::FileHeaderError::Version(v)) => {
+            return Err(err!(
+                LayoutMismatch,
+                "slot file {} has format version {v}, this kvr reads version {}",
+                path.display(),
+                format::FORMAT_VERSION
+            ))
+        }
+        Err(format::FileHeaderError::Checksum) => {
+            return Err(err!(
+                Corrupt,
+                "slot file {} has a damaged header page (checksum mismatch)",
+                path.display()
+            ))
+        }
+    };
+    if found != *g {
+        return Err(err!(
+            LayoutMismatch,
+            "slot file {} has {} slots of {} bytes, requested {} slots of {} bytes",
+            path.display(),
+            found.num_slots,
+            found.slot_size,
+            g.num_slots,
+            g.slot_size
+        ));
+    }
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat of slot file {}", path.display()), e))?
+        .len();
+    if len < g.file_len() {
+        return Err(err!(
+            Corrupt,
+            "slot file {} is {len} bytes, its geometry needs {}",
+            path.display(),
+            g.file_len()
+        ));
+    }
+    Ok(())
+}
+
+/// Builds the file under a temporary name (locked, reserved, header written and synced) and
+/// publishes it with `link(2)`, which fails if the name exists: a reopen never sees a
+/// half-built file, and two creators never both win. `None` if another creator won.
+fn create(path: &Path, g: &Geometry, dflag: libc::c_int) -> Result<Option<File>> {
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let name = path
+        .file_name()
+        .ok_or_else(|| Error::invalid(format!("slot file path {} has no name", path.display())))?;
+    let tmp = dir.join(format!(
+        ".{}.{}.{:x}.tmp",
+        name.to_string_lossy(),
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0)
+    ));
+    let file = open_raw(
+        &tmp,
+        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | dflag,
+        0o600,
+    )
+    .map_err(|e| Error::io(format!("creating slot file {}", tmp.display()), e))?;
+    let cleanup = TempGuard(Some(&tmp));
+    lock_owner(&file, &tmp)?;
+    reserve(&file, dir, path, g.file_len())?;
+    let mut page = AlignedBuf::new(PAGE as usize)?;
+    format::encode_file_header(g, page.as_mut_slice());
+    write_all_at(&file, page.as_slice(), 0)
+        .and_then(|_| file.sync_all())
+        .map_err(|e| Error::io(format!("writing the header of {}", tmp.display()), e))?;
+    let (a, b) = (cpath(&tmp)?, cpath(path)?);
+    // SAFETY: both are valid NUL-terminated paths.
+    if unsafe { libc::link(a.as_ptr(), b.as_ptr()) } != 0 {
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::EEXIST) {
+            return Ok(None);
+        }
+        return Err(Error::io(
+            format!("publishing slot file {}", path.display()),
+            e,
+        ));
+    }
+    drop(cleanup);
+    if let Ok(d) = File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(Some(file))
+}
+
+struct TempGuard<'a>(Option<&'a Path>);
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = std::fs::remove_file(p);
+        }
+    }
+}
+
+/// Checks free space, then reserves every byte with `fallocate`, so a full disk fails at
+/// open with `NoSpace` instead of in the middle of a spill.
+fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
+    // SAFETY: statvfs is plain data; zeroed is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: fd is open for the duration of the call; `st` is a valid out-pointer.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 {
+        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+        if free < len {
+            return Err(err!(
+                NoSpace,
+                "slot file {} needs {len} bytes but {} has only {free} bytes free",
+                path.display(),
+                dir.display()
+            ));
+        }
+    }
+    // SAFETY: valid fd; `len` <= i64::MAX (checked by Geometry::new).
+    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } == 0 {
+        return Ok(());
+    }
+    let e = io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EOPNOTSUPP) => file
+            .set_len(len)
+            .map_err(|e| Error::io(format!("sizing slot file {}", path.display()), e)),
+        _ => Err(Error::io(
+            format!(
+                "reserving {len} bytes for slot file {} in {}",
+                path.display(),
+                dir.display()
+            ),
+            e,
+        )),
+    }
+}
+
+/// `pread` until `buf` is full.
+pub fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
+}
+
+/// `pwrite` until `buf` is written.
+pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, off)
+}
+
+fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
+    let mut skip = 0;
+    for v in iov.iter_mut() {
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            skip += 1;
+        } else {
+            // SAFETY: n < iov_len, so the new base stays inside the same buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            break;
+        }
+    }
+    iov.drain(..skip);
+}
+
+/// `preadv` until every buffer is full (one syscall in the common case).
+pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut off: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr().cast(),
+            iov_len: b.len(),
+        })
+        .collect();
+    while !iov.is_empty() {
+        let cnt = iov.len().min(1024) as libc::c_int;
+        // SAFETY: every iovec points into a live, exclusively borrowed buffer of its length.
+        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), cnt, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+        }
+        off += n as u64;
+        advance(&mut iov, n as usize);
+    }
+    Ok(())
+}
+
+/// `pwritev` until every buffer is written (one syscall in the common case).
+pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut off: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    while !iov.is_empty() {
+        let cnt = iov.len().min(1024) as libc::c_int;
+        // SAFETY: every iovec points into a live buffer of its length; pwritev only reads.
+        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), cnt, off as libc::off_t) };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::WriteZero));
+        }
+        off += n as u64;
+        advance(&mut iov, n as usize);
+    }
+    Ok(())
+}
+
+/// `fdatasync`.
+pub fn datasync(file: &File) -> io::Result<()> {
+    file.sync_data()
+}
+
+/// Slot headers take at least this share of the bytes (1/RATIO) for the scan to read whole
+/// runs of slots sequentially instead of one header page per slot.
+const SEQUENTIAL_RATIO: u64 = 4;
+/// Bytes per sequential scan read.
+const SCAN_CHUNK: u64 = 4 << 20;
+
+/// Reads every slot header in parallel on `threads` threads and decodes it (`None` for free,
+/// torn or damaged headers). Large slots: one 4 KiB `pread` per slot; small slots: large
+/// sequential reads of whole runs of slots.
+pub fn scan_headers(file: &File, g: &Geometry, threads: usize) -> Result<Vec<Option<SlotHeader>>> {
+    let n = g.num_slots as usize;
+    let mut found: Vec<Option<SlotHeader>> = vec![None; n];
+    let threads = threads.clamp(1, 64).min(n.div_ceil(256)).max(1);
+    let per = n.div_ceil(threads);
+    let sequential = g.stride() <= PAGE * SEQUENTIAL_RATIO;
+    let results: Vec<Result<()>> = std::thread::scope(|s| {
+        let handles: Vec<_> = found
+            .chunks_mut(per)
+            .enumerate()
+            .map(|(t, out)| {
+                let first = (t * per) as u32;
+                s.spawn(move || {
+                    if sequential {
+                        scan_sequential(file, g, first, out)
+                    } else {
+                        scan_each(file, g, first, out)
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| Err(err!(Internal, "header scan thread panicked")))
+            })
+            .collect()
+    });
+    for r in results {
+        r?;
+    }
+    Ok(found)
+}
+
+fn scan_each(file: &File, g: &Geometry, first: u32, out: &mut [Option<SlotHeader>]) -> Result<()> {
+    let mut page = AlignedBuf::new(PAGE as usize)?;
+    for (i, o) in out.iter_mut().enumerate() {
+        let slot = first + i as u32;
+        let off = g.slot_offset(slot);
+        read_exact_at(file, page.as_mut_slice(), off)
+            .map_err(|e| Error::io(format!("reading slot header {slot} at offset {off}"), e))?;
+        *o = format::decode_slot_header(page.as_slice(), slot, g.slot_size);
+    }
+    Ok(())
+}
+
+fn scan_sequential(
+    file: &File,
+    g: &Geometry,
+    first: u32,
+    out: &mut [Option<SlotHeader>],
+) -> Result<()> {
+    let stride = g.stride() as usize;
+    let per_chunk = (SCAN_CHUNK as usize / stride).max(1);
+    let mut buf = AlignedBuf::new(per_chunk * stride)?;
+    for (c, chunk) in out.chunks_mut(per_chunk).enumerate() {
+        let slot0 = first + (c * per_chunk) as u32;
+        let off = g.slot_offset(slot0);
+        let bytes = chunk.len() * stride;
+        read_exact_at(file, &mut buf.as_mut_slice()[..bytes], off)
+            .map_err(|e| Error::io(format!("reading slot headers at offset {off}"), e))?;
+        for (i, o) in chunk.iter_mut().enumerate() {
+            let page = &buf.as_slice()[i * stride..i * stride + PAGE as usize];
+            *o = format::decode_slot_header(page, slot0 + i as u32, g.slot_size);
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectored_io_round_trips_across_buffers() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("v"))
+            .unwrap();
+        let a = vec![1u8; 3];
+        let b = vec![2u8; 5000];
+        pwritev_all(&f, &[&a, &[], &b], 10).unwrap();
+        let (mut x, mut y) = (vec![0u8; 4], vec![0u8; 4999]);
+        preadv_all(&f, &mut [&mut x, &mut y], 10).unwrap();
+        assert_eq!(x, [1, 1, 1, 2]);
+        assert!(y.iter().all(|&v| v == 2));
+        let mut z = vec![0u8; 10];
+        assert!(preadv_all(&f, &mut [&mut z], 5005).is_err());
+        let mut iov = vec![
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: 3,
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: 5000,
+            },
+        ];
+        advance(&mut iov, 4);
+        assert_eq!(iov.len(), 1);
+        assert_eq!(iov[0].iov_len, 4999);
+    }
+}

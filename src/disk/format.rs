@@ -1,0 +1,350 @@
+//! The slot file's on-disk format: pure encoding, decoding and geometry, no I/O.
+//!
+//! ```text
+//! offset 0                 file header page (4096 bytes): magic, version, geometry, checksum
+//! offset 4096 + i*stride   slot i: header page (4096 bytes: fixed header + metadata)
+//!                                  then `slot_size` bytes of payload capacity
+//! stride = 4096 + slot_size        (slot_size is a multiple of 4096)
+//! ```
+//!
+//! Every field is little-endian. Both headers end with an xxh3-64 of the bytes before it, so a
+//! torn or bit-flipped header never decodes. A slot header also carries an xxh3-64 of the
+//! payload followed by the metadata, checked on read.
+
+use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+
+use crate::io::IO_ALIGN;
+use crate::{err, Result};
+
+/// Keys are 16 bytes (the engine's block hash), like the fs store's.
+pub type Key = [u8; 16];
+
+/// Magic of the file header page.
+pub const FILE_MAGIC: [u8; 8] = *b"KVRDISK\0";
+/// Magic of a slot header.
+pub const SLOT_MAGIC: [u8; 8] = *b"KVRSLOT\0";
+/// Version of both header formats; a reopen refuses other versions.
+pub const FORMAT_VERSION: u32 = 1;
+/// Bytes of the file header page, and of every slot's header page.
+pub const PAGE: u64 = IO_ALIGN as u64;
+/// Bytes of the fixed part of a slot header (the metadata follows it in the header page).
+pub const SLOT_HEADER_LEN: usize = 128;
+/// Largest user metadata per entry: the rest of the slot's header page.
+pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN;
+/// Offset of the header checksum in both headers (it covers bytes `0..CHECKSUM_AT`).
+const CHECKSUM_AT: usize = 120;
+
+/// Geometry of a slot file: fixed at creation, checked on every reopen.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    /// Payload capacity of one slot, a multiple of 4096.
+    pub slot_size: u64,
+    /// Number of slots.
+    pub num_slots: u64,
+}
+
+impl Geometry {
+    /// Validates and rounds `slot_size` up to 4096. Rejects zero sizes and files whose size
+    /// overflows `i64` (the largest file offset).
+    pub fn new(slot_size: u64, num_slots: u64) -> Result<Geometry> {
+        if slot_size == 0 {
+            return Err(err!(InvalidArgument, "slot size is 0"));
+        }
+        if num_slots == 0 {
+            return Err(err!(InvalidArgument, "number of slots is 0"));
+        }
+        if num_slots > u32::MAX as u64 - 1 {
+            return Err(err!(
+                InvalidArgument,
+                "{num_slots} slots is more than the {} supported",
+                u32::MAX - 1
+            ));
+        }
+        let rounded = slot_size
+            .checked_next_multiple_of(PAGE)
+            .ok_or_else(|| err!(InvalidArgument, "slot size {slot_size} overflows"))?;
+        let g = Geometry {
+            slot_size: rounded,
+            num_slots,
+        };
+        match g.checked_file_len() {
+            Some(len) if len <= i64::MAX as u64 => Ok(g),
+            _ => Err(err!(
+                InvalidArgument,
+                "{num_slots} slots of {rounded} bytes overflow the largest file size"
+            )),
+        }
+    }
+
+    fn checked_file_len(&self) -> Option<u64> {
+        (self.slot_size + PAGE)
+            .checked_mul(self.num_slots)?
+            .checked_add(PAGE)
+    }
+
+    /// Bytes from one slot to the next: header page plus payload capacity.
+    pub fn stride(&self) -> u64 {
+        self.slot_size + PAGE
+    }
+
+    /// File offset of slot `i`'s header page.
+    pub fn slot_offset(&self, i: u32) -> u64 {
+        PAGE + i as u64 * self.stride()
+    }
+
+    /// Total file size.
+    pub fn file_len(&self) -> u64 {
+        PAGE + self.num_slots * self.stride()
+    }
+}
+
+fn put_u32(b: &mut [u8], off: usize, v: u32) {
+    b[off..off + 4].copy_from_slice(&v.to_le_bytes());
+}
+
+fn put_u64(b: &mut [u8], off: usize, v: u64) {
+    b[off..off + 8].copy_from_slice(&v.to_le_bytes());
+}
+
+fn get_u32(b: &[u8], off: usize) -> u32 {
+    u32::from_le_bytes(b[off..off + 4].try_into().unwrap())
+}
+
+fn get_u64(b: &[u8], off: usize) -> u64 {
+    u64::from_le_bytes(b[off..off + 8].try_into().unwrap())
+}
+
+/// Encodes the file header page into `page` (at least 128 bytes; the rest is left alone).
+///
+/// | off | size | field |
+/// |----:|-----:|-------|
+/// | 0   | 8 | magic `KVRDISK\0` |
+/// | 8   | 4 | format version |
+/// | 12  | 4 | page size (4096) |
+/// | 16  | 8 | slot size (payload capacity) |
+/// | 24  | 8 | number of slots |
+/// | 32  | 8 | stride |
+/// | 40  | 8 | offset of slot 0 |
+/// | 48  | 72 | zero |
+/// | 120 | 8 | xxh3-64 of bytes 0..120 |
+pub fn encode_file_header(g: &Geometry, page: &mut [u8]) {
+    page[..SLOT_HEADER_LEN].fill(0);
+    page[0..8].copy_from_slice(&FILE_MAGIC);
+    put_u32(page, 8, FORMAT_VERSION);
+    put_u32(page, 12, PAGE as u32);
+    put_u64(page, 16, g.slot_size);
+    put_u64(page, 24, g.num_slots);
+    put_u64(page, 32, g.stride());
+    put_u64(page, 40, PAGE);
+    let sum = xxh3_64(&page[..CHECKSUM_AT]);
+    put_u64(page, CHECKSUM_AT, sum);
+}
+
+/// Why a file header did not decode.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FileHeaderError {
+    /// Not a kvr slot file (magic differs).
+    NotSlotFile,
+    /// A kvr slot file of another format version.
+    Version(u32),
+    /// The header checksum fails (torn or damaged header page).
+    Checksum,
+}
+
+/// Decodes a file header page; returns the geometry it records.
+pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHeaderError> {
+    if page.len() < SLOT_HEADER_LEN || page[0..8] != FILE_MAGIC {
+        return Err(FileHeaderError::NotSlotFile);
+    }
+    if xxh3_64(&page[..CHECKSUM_AT]) != get_u64(page, CHECKSUM_AT) {
+        return Err(FileHeaderError::Checksum);
+    }
+    let v = get_u32(page, 8);
+    if v != FORMAT_VERSION {
+        return Err(FileHeaderError::Version(v));
+    }
+    let g = Geometry {
+        slot_size: get_u64(page, 16),
+        num_slots: get_u64(page, 24),
+    };
+    let consistent = get_u32(page, 12) as u64 == PAGE
+        && get_u64(page, 32) == g.stride()
+        && get_u64(page, 40) == PAGE
+        && Geometry::new(g.slot_size, g.num_slots).ok() == Some(g);
+    if !consistent {
+        return Err(FileHeaderError::Checksum);
+    }
+    Ok(g)
+}
+
+/// The fixed header of one slot's entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SlotHeader {
+    /// The entry's key.
+    pub key: Key,
+    /// Bytes of payload.
+    pub len: u64,
+    /// Bytes of user metadata (stored right after this header, at most [`MAX_META`]).
+    pub meta_len: u32,
+    /// Write sequence number: for one key the highest wins at recovery.
+    pub seq: u64,
+    /// xxh3-64 of the payload followed by the metadata.
+    pub data_sum: u64,
+    /// Index of the slot the entry was written to (catches misplaced writes).
+    pub slot: u32,
+}
+
+/// xxh3-64 of the payload followed by the metadata, as stored in [`SlotHeader::data_sum`].
+pub fn data_checksum(payload: &[u8], meta: &[u8]) -> u64 {
+    if meta.is_empty() {
+        return xxh3_64(payload);
+    }
+    let mut h = Xxh3::new();
+    h.update(payload);
+    h.update(meta);
+    h.digest()
+}
+
+/// Encodes a slot's header page: the fixed header then `meta`. `page` must hold at least
+/// `SLOT_HEADER_LEN + meta.len()` bytes; the rest of it is left alone.
+///
+/// | off | size | field |
+/// |----:|-----:|-------|
+/// | 0   | 8 | magic `KVRSLOT\0` |
+/// | 8   | 4 | format version |
+/// | 12  | 4 | metadata length |
+/// | 16  | 16 | key |
+/// | 32  | 8 | payload length |
+/// | 40  | 8 | sequence number |
+/// | 48  | 8 | xxh3-64 of payload then metadata |
+/// | 56  | 4 | slot index |
+/// | 60  | 60 | zero |
+/// | 120 | 8 | xxh3-64 of bytes 0..120 |
+/// | 128 | meta length | metadata |
+pub fn encode_slot_header(h: &SlotHeader, meta: &[u8], page: &mut [u8]) {
+    debug_assert_eq!(meta.len(), h.meta_len as usize);
+    page[..SLOT_HEADER_LEN].fill(0);
+    page[0..8].copy_from_slice(&SLOT_MAGIC);
+    put_u32(page, 8, FORMAT_VERSION);
+    put_u32(page, 12, h.meta_len);
+    page[16..32].copy_from_slice(&h.key);
+    put_u64(page, 32, h.len);
+    put_u64(page, 40, h.seq);
+    put_u64(page, 48, h.data_sum);
+    put_u32(page, 56, h.slot);
+    let sum = xxh3_64(&page[..CHECKSUM_AT]);
+    put_u64(page, CHECKSUM_AT, sum);
+    page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + meta.len()].copy_from_slice(meta);
+}
+
+/// Decodes a slot header; `None` for a free, torn, damaged or foreign header, or one whose
+/// lengths do not fit `slot_size` or whose slot index is not `slot`.
+pub fn decode_slot_header(page: &[u8], slot: u32, slot_size: u64) -> Option<SlotHeader> {
+    if page.len() < SLOT_HEADER_LEN || page[0..8] != SLOT_MAGIC {
+        return None;
+    }
+    if xxh3_64(&page[..CHECKSUM_AT]) != get_u64(page, CHECKSUM_AT) {
+        return None;
+    }
+    let h = SlotHeader {
+        key: page[16..32].try_into().unwrap(),
+        len: get_u64(page, 32),
+        meta_len: get_u32(page, 12),
+        seq: get_u64(page, 40),
+        data_sum: get_u64(page, 48),
+        slot: get_u32(page, 56),
+    };
+    let ok = get_u32(page, 8) == FORMAT_VERSION
+        && h.slot == slot
+        && h.len > 0
+        && h.len <= slot_size
+        && h.meta_len as usize <= MAX_META;
+    ok.then_some(h)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_rounds_and_rejects() {
+        let g = Geometry::new(1, 3).unwrap();
+        assert_eq!(g.slot_size, 4096);
+        assert_eq!(g.stride(), 8192);
+        assert_eq!(g.slot_offset(0), 4096);
+        assert_eq!(g.slot_offset(2), 4096 + 2 * 8192);
+        assert_eq!(g.file_len(), 4096 + 3 * 8192);
+        assert_eq!(Geometry::new(4096, 1).unwrap().slot_size, 4096);
+        assert_eq!(Geometry::new(4097, 1).unwrap().slot_size, 8192);
+        assert!(Geometry::new(0, 1).is_err());
+        assert!(Geometry::new(4096, 0).is_err());
+        assert!(Geometry::new(u64::MAX, 1).is_err());
+        assert!(Geometry::new(1 << 40, 1 << 30).is_err());
+        assert!(Geometry::new(4096, u32::MAX as u64).is_err());
+        for s in (1..100_000u64).step_by(997) {
+            let g = Geometry::new(s, 7).unwrap();
+            assert_eq!(g.slot_size % PAGE, 0);
+            assert!(g.slot_size >= s && g.slot_size < s + PAGE);
+            assert_eq!(g.slot_offset(6) + g.stride(), g.file_len());
+        }
+    }
+
+    #[test]
+    fn file_header_round_trip_and_every_bit_flip_fails() {
+        let g = Geometry::new(65536, 100).unwrap();
+        let mut page = vec![0u8; 4096];
+        encode_file_header(&g, &mut page);
+        assert_eq!(decode_file_header(&page), Ok(g));
+        for bit in 0..CHECKSUM_AT * 8 + 64 {
+            let mut p = page.clone();
+            p[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_file_header(&p).is_err(), "bit {bit}");
+        }
+        assert_eq!(
+            decode_file_header(&[0u8; 4096]),
+            Err(FileHeaderError::NotSlotFile)
+        );
+        let mut p = page.clone();
+        put_u32(&mut p, 8, 2);
+        let sum = xxh3_64(&p[..CHECKSUM_AT]);
+        put_u64(&mut p, CHECKSUM_AT, sum);
+        assert_eq!(decode_file_header(&p), Err(FileHeaderError::Version(2)));
+    }
+
+    fn sample(slot: u32) -> SlotHeader {
+        SlotHeader {
+            key: *b"0123456789abcdef",
+            len: 5000,
+            meta_len: 3,
+            seq: 42,
+            data_sum: 0xdead_beef,
+            slot,
+        }
+    }
+
+    #[test]
+    fn slot_header_round_trip_and_every_bit_flip_fails() {
+        let h = sample(7);
+        let mut page = vec![0u8; 4096];
+        encode_slot_header(&h, b"abc", &mut page);
+        assert_eq!(decode_slot_header(&page, 7, 8192), Some(h));
+        assert_eq!(&page[128..131], b"abc");
+        for bit in 0..SLOT_HEADER_LEN * 8 {
+            let mut p = page.clone();
+            p[bit / 8] ^= 1 << (bit % 8);
+            assert_eq!(decode_slot_header(&p, 7, 8192), None, "bit {bit}");
+        }
+        // Wrong slot, payload longer than the slot, zero page.
+        assert_eq!(decode_slot_header(&page, 8, 8192), None);
+        assert_eq!(decode_slot_header(&page, 7, 4096), None);
+        assert_eq!(decode_slot_header(&[0u8; 4096], 0, 8192), None);
+    }
+
+    #[test]
+    fn data_checksum_covers_payload_and_meta() {
+        let a = data_checksum(b"hello", b"");
+        assert_eq!(a, xxh3_64(b"hello"));
+        assert_eq!(data_checksum(b"hello", b"m"), xxh3_64(b"hellom"));
+        assert_ne!(data_checksum(b"hello", b"m"), a);
+    }
+}

@@ -1,0 +1,780 @@
+//! The disk slot file: one preallocated file of fixed-size slots for fast local spill of KV
+//! blocks, owned by one process, with an in-memory index rebuilt from slot headers at open.
+//!
+//! - **One positioned write per spill**, no file-system metadata work: the file is reserved
+//!   with `fallocate` at creation (a full disk fails at open with `NoSpace`).
+//! - **Crash-safe at any instant (kill -9)**: a write lands in a free slot when there is one
+//!   (the old entry stays live until the new header is written), else in the key's own slot
+//!   or the least recently used one, whose header is invalidated *in the same write that
+//!   carries the payload* (the header page comes first). The new header, with a sequence
+//!   number, is written only after the payload. Superseded and removed entries have their
+//!   header invalidated before their slot is reused. A crash so leaves the old entry or no
+//!   entry, never a mix; at recovery, the highest sequence number wins for a key.
+//!   With [`DiskConfig::sync`], `fdatasync` after the payload and after the header extends
+//!   this to power loss.
+//! - **Never serves bad bytes**: headers carry their own xxh3-64, the payload and metadata
+//!   another (checked on read unless [`DiskConfig::verify`] is off); a mismatch drops the
+//!   entry, frees its slot and returns `Corrupt`.
+//! - **O(1) per operation** (hash map + intrusive LRU list, see [`index`]); I/O never holds the
+//!   index lock, so reads and writes of different keys run in parallel; a slot being read is
+//!   pinned and never reused under the read.
+//! - **Single owner**: an exclusive `flock` on the file (released by the kernel when the
+//!   owner dies); a second opener gets `Busy`.
+//!
+//! On-disk format: see [`format`].
+
+mod file;
+pub mod format;
+pub mod index;
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
+
+pub use format::{Geometry, Key, MAX_META};
+
+use crate::io::{direct, is_aligned_ptr, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};
+use crate::{err, Error, ErrorKind, Result};
+use format::{SlotHeader, PAGE, SLOT_HEADER_LEN};
+use index::{Index, Pinned, Reservation};
+
+/// How to open a slot file. [`DiskConfig::new`] fills the defaults.
+#[derive(Clone, Debug)]
+pub struct DiskConfig {
+    /// Path of the slot file (created if absent; never a symlink).
+    pub path: PathBuf,
+    /// Payload capacity of one slot; rounded up to a multiple of 4096.
+    pub slot_size: u64,
+    /// Number of slots.
+    pub num_slots: u64,
+    /// Worker threads for batched submits and the recovery scan. Default 4.
+    pub io_threads: usize,
+    /// O_DIRECT mode, probed in the file's directory. Default `Auto`.
+    pub direct_io: DirectIo,
+    /// Check the payload and metadata checksum on every read. Default true.
+    pub verify: bool,
+    /// `fdatasync` after each write's payload and header (power-loss safety). Default false:
+    /// writes then survive the death of the process (kill -9), not of the machine.
+    pub sync: bool,
+}
+
+impl DiskConfig {
+    /// A config with defaults: 4 I/O threads, direct I/O if available, verify on, no sync.
+    pub fn new(path: impl Into<PathBuf>, slot_size: u64, num_slots: u64) -> Self {
+        DiskConfig {
+            path: path.into(),
+            slot_size,
+            num_slots,
+            io_threads: 4,
+            direct_io: DirectIo::Auto,
+            verify: true,
+            sync: false,
+        }
+    }
+}
+
+/// Counters and state of an open slot file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DiskStats {
+    /// Number of slots.
+    pub num_slots: u64,
+    /// Payload capacity of one slot.
+    pub slot_size: u64,
+    /// Live entries.
+    pub entries: u64,
+    /// Free slots.
+    pub free_slots: u64,
+    /// Entries evicted (least recently used) to make room.
+    pub evictions: u64,
+    /// Reads that returned an entry.
+    pub hits: u64,
+    /// Reads of absent keys.
+    pub misses: u64,
+    /// Entries dropped because their header or checksum failed on read.
+    pub corrupt_dropped: u64,
+    /// Completed writes.
+    pub writes: u64,
+    /// Payload bytes written.
+    pub bytes_written: u64,
+    /// Payload bytes read.
+    pub bytes_read: u64,
+    /// Whether I/O uses O_DIRECT.
+    pub direct: bool,
+    /// Whether this open created the file (false: reopened and recovered).
+    pub created: bool,
+    /// Entries found by the recovery scan at open.
+    pub recovered_entries: u64,
+    /// Wall time of the recovery scan at open, in nanoseconds.
+    pub recovery_ns: u64,
+    /// CPU time (all threads of the process) spent during the recovery scan, nanoseconds.
+    pub recovery_cpu_ns: u64,
+}
+
+/// Lengths of an entry: payload and metadata bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EntryLen {
+    /// Payload bytes.
+    pub len: u64,
+    /// Metadata bytes.
+    pub meta_len: u64,
+}
+
+/// One item of [`SlotFile::submit_write`]: raw caller buffers.
+#[derive(Clone, Copy, Debug)]
+pub struct RawWrite {
+    /// Key.
+    pub key: Key,
+    /// Payload.
+    pub src: *const u8,
+    /// Payload bytes.
+    pub len: usize,
+    /// Metadata (may be NULL when `meta_len` is 0).
+    pub meta: *const u8,
+    /// Metadata bytes.
+    pub meta_len: usize,
+}
+
+/// One item of [`SlotFile::submit_read`]: raw caller buffers and outputs.
+#[derive(Clone, Copy, Debug)]
+pub struct RawRead {
+    /// Key.
+    pub key: Key,
+    /// Payload destination.
+    pub dst: *mut u8,
+    /// Its capacity.
+    pub dst_cap: usize,
+    /// Metadata destination (may be NULL when `meta_cap` is 0).
+    pub meta_dst: *mut u8,
+    /// Its capacity.
+    pub meta_cap: usize,
+    /// Receives the payload length on success or the needed one on `TooSmall` (may be NULL).
+    pub len_out: *mut u64,
+    /// Receives the metadata length likewise (may be NULL).
+    pub meta_len_out: *mut u64,
+}
+
+/// Raw pointers moved into pool tasks.
+struct SendPtr<T>(T);
+// SAFETY: the pointers are caller buffers that the caller keeps alive and unaliased until the
+// job completes (the contract of submit_write/submit_read); a Job's Drop waits for all items,
+// so the tasks never outlive them. Each item touches only its own buffers.
+unsafe impl<T> Send for SendPtr<T> {}
+
+struct Inner {
+    file: File,
+    path: PathBuf,
+    geometry: Geometry,
+    direct: bool,
+    verify: bool,
+    sync: bool,
+    created: bool,
+    index: Mutex<Index>,
+    bounce: BouncePool,
+    zero_page: crate::io::AlignedBuf,
+    recovered: u64,
+    recovery_ns: u64,
+    recovery_cpu_ns: u64,
+}
+
+/// An open slot file. Cheap to share between threads (`&SlotFile` is `Sync`).
+pub struct SlotFile {
+    // Drop order: the pool first (it finishes queued batch items, which use `inner`).
+    pool: IoPool,
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for SlotFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SlotFile")
+            .field("path", &self.inner.path)
+            .field("geometry", &self.inner.geometry)
+            .field("direct", &self.inner.direct)
+            .finish()
+    }
+}
+
+fn hex(key: &Key) -> String {
+    key.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn cpu_time_ns() -> u64 {
+    // SAFETY: rusage is plain data; getrusage writes it.
+    let mut ru: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: valid out-pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut ru) };
+    let tv = |t: libc::timeval| t.tv_sec as u64 * 1_000_000_000 + t.tv_usec as u64 * 1000;
+    tv(ru.ru_utime) + tv(ru.ru_stime)
+}
+
+impl SlotFile {
+    /// Creates (and reserves) or reopens the slot file, takes the owner lock, and rebuilds
+    /// the index from the slot headers. Errors: `InvalidArgument`, `NoSpace`,
+    /// `LayoutMismatch` (existing file of another geometry or not a slot file), `Busy`
+    /// (another handle owns it), `Unsupported` (direct I/O `On` where O_DIRECT fails),
+    /// `Permission`, `Io`.
+    pub fn open(cfg: &DiskConfig) -> Result<SlotFile> {
+        let g = Geometry::new(cfg.slot_size, cfg.num_slots)
+            .map_err(|e| e.context(format!("opening slot file {}", cfg.path.display())))?;
+        if cfg.path.as_os_str().is_empty() {
+            return Err(Error::invalid("slot file path is empty"));
+        }
+        let threads = if cfg.io_threads == 0 {
+            4
+        } else {
+            cfg.io_threads
+        };
+        if threads > 1024 {
+            return Err(err!(InvalidArgument, "{threads} I/O threads is too many"));
+        }
+        let dir = match cfg.path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        let direct = direct::resolve(cfg.direct_io, &dir)?;
+        let owned = file::open_or_create(&cfg.path, &g, direct)?;
+        let (t0, c0) = (Instant::now(), cpu_time_ns());
+        let (index, losers, recovered) = if owned.created {
+            (Index::new(g.num_slots as u32), Vec::new(), 0)
+        } else {
+            if !direct {
+                // SAFETY: valid fd; advice only affects caching.
+                unsafe {
+                    libc::posix_fadvise(owned.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_RANDOM)
+                };
+            }
+            let found = file::scan_headers(&owned.file, &g, threads.max(8))
+                .map_err(|e| e.context(format!("recovering slot file {}", cfg.path.display())))?;
+            if !direct {
+                // SAFETY: as above.
+                unsafe {
+                    libc::posix_fadvise(owned.file.as_raw_fd(), 0, 0, libc::POSIX_FADV_NORMAL)
+                };
+            }
+            let (ix, losers) = Index::recover(&found);
+            let n = ix.entries();
+            (ix, losers, n)
+        };
+        let recovery_ns = t0.elapsed().as_nanos() as u64;
+        let recovery_cpu_ns = cpu_time_ns().saturating_sub(c0);
+        let inner = Arc::new(Inner {
+            file: owned.file,
+            path: cfg.path.clone(),
+            geometry: g,
+            direct,
+            verify: cfg.verify,
+            sync: cfg.sync,
+            created: owned.created,
+            index: Mutex::new(index),
+            bounce: BouncePool::new(2 * threads + 4),
+            zero_page: crate::io::AlignedBuf::new(PAGE as usize)?,
+            recovered,
+            recovery_ns,
+            recovery_cpu_ns,
+        });
+        // Older copies of a key left by a crash: invalidate them so they never resurface.
+        for s in losers {
+            inner.retire(s);
+        }
+        let pool = IoPool::new("kvr-disk", threads)?;
+        Ok(SlotFile { pool, inner })
+    }
+
+    /// The file's geometry.
+    pub fn geometry(&self) -> Geometry {
+        self.inner.geometry
+    }
+
+    /// Path of the file.
+    pub fn path(&self) -> &Path {
+        &self.inner.path
+    }
+
+    /// Stores `data` (1..=slot_size bytes) and `meta` (0..=[`MAX_META`] bytes) under `key`,
+    /// replacing its entry if present, else in a free slot, else evicting the least recently
+    /// used entry. Errors: `TooLarge` (with both sizes), `InvalidArgument` (empty payload),
+    /// `Busy` (every slot is being read or written right now), `Io`.
+    pub fn write(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
+        self.inner.write(key, data, meta)
+    }
+
+    /// Reads `key`'s entry into `dst` and its metadata into `meta_dst`, and marks it most
+    /// recently used. Errors: `NotFound`, `Corrupt` (the entry was dropped and its slot
+    /// freed), `TooSmall` (see [`SlotFile::read_sized`] for the needed sizes), `Io`.
+    pub fn read(&self, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<EntryLen> {
+        match self.inner.read(key, dst, meta_dst)? {
+            Ok(n) => Ok(n),
+            Err(need) => Err(too_small(key, need, dst.len(), meta_dst.len())),
+        }
+    }
+
+    /// Like [`SlotFile::read`], but a too-small buffer gives `Ok(Err(needed lengths))`.
+    pub fn read_sized(
+        &self,
+        key: &Key,
+        dst: &mut [u8],
+        meta_dst: &mut [u8],
+    ) -> Result<std::result::Result<EntryLen, EntryLen>> {
+        self.inner.read(key, dst, meta_dst)
+    }
+
+    /// Whether `key` has an entry (does not change recency).
+    pub fn contains(&self, key: &Key) -> bool {
+        self.inner.lock().contains(key)
+    }
+
+    /// Lengths of `key`'s entry, if present (does not change recency).
+    pub fn entry_len(&self, key: &Key) -> Option<EntryLen> {
+        self.inner.lock().lengths(key).map(|(len, m)| EntryLen {
+            len,
+            meta_len: m as u64,
+        })
+    }
+
+    /// Removes `key`'s entry (its header is invalidated on disk, so it stays gone after a
+    /// crash). Returns whether it was present.
+    pub fn remove(&self, key: &Key) -> bool {
+        let r = self.inner.lock().remove(key);
+        match r {
+            None => false,
+            Some(None) => true,
+            Some(Some(s)) => {
+                self.inner.retire(s);
+                true
+            }
+        }
+    }
+
+    /// Keys from least to most recently used (O(n); for tests and diagnostics).
+    pub fn lru_keys(&self) -> Vec<Key> {
+        self.inner.lock().lru_order()
+    }
+
+    /// Counters and state.
+    pub fn stats(&self) -> DiskStats {
+        let i = &self.inner;
+        let ix = i.lock();
+        let c = ix.counters;
+        DiskStats {
+            num_slots: i.geometry.num_slots,
+            slot_size: i.geometry.slot_size,
+            entries: ix.entries(),
+            free_slots: ix.free_slots(),
+            evictions: c.evictions,
+            hits: c.hits,
+            misses: c.misses,
+            corrupt_dropped: c.corrupt_dropped,
+            writes: c.writes,
+            bytes_written: c.bytes_written,
+            bytes_read: c.bytes_read,
+            direct: i.direct,
+            created: i.created,
+            recovered_entries: i.recovered,
+            recovery_ns: i.recovery_ns,
+            recovery_cpu_ns: i.recovery_cpu_ns,
+        }
+    }
+
+    /// Submits a batch of writes to the I/O threads; item `i` of the returned job finishes
+    /// with the payload bytes written or the error [`SlotFile::write`] would return.
+    ///
+    /// # Safety
+    /// Every `src` (and non-NULL `meta`) must stay valid for reads of its length until the
+    /// job has completed (waited on or dropped: dropping a job waits for it).
+    pub unsafe fn submit_write(&self, ops: &[RawWrite]) -> Job {
+        let (job, completers) = Job::new(ops.len());
+        for (op, c) in ops.iter().zip(completers) {
+            let inner = self.inner.clone();
+            let op = SendPtr(*op);
+            self.pool.spawn(move || {
+                let op = op;
+                let op = op.0;
+                let r = (|| {
+                    // SAFETY: the caller keeps the buffers alive until the job completes.
+                    let data = unsafe { raw_slice(op.src, op.len, "src") }?;
+                    // SAFETY: as above.
+                    let meta = unsafe { raw_slice(op.meta, op.meta_len, "meta") }?;
+                    inner.write(&op.key, data, meta).map(|_| op.len as u64)
+                })();
+                c.finish(r);
+            });
+        }
+        job
+    }
+
+    /// Submits a batch of reads; item `i` finishes with the payload bytes read or the error
+    /// [`SlotFile::read`] would return. Lengths go to `len_out`/`meta_len_out` (also the
+    /// needed lengths on `TooSmall`).
+    ///
+    /// # Safety
+    /// Every `dst`/`meta_dst` must stay valid for writes of its capacity, and every non-NULL
+    /// `len_out`/`meta_len_out` for a `u64` write, unaliased, until the job has completed.
+    pub unsafe fn submit_read(&self, ops: &[RawRead]) -> Job {
+        let (job, completers) = Job::new(ops.len());
+        for (op, c) in ops.iter().zip(completers) {
+            let inner = self.inner.clone();
+            let op = SendPtr(*op);
+            self.pool.spawn(move || {
+                let op = op;
+                let op = op.0;
+                let r = (|| {
+                    // SAFETY: the caller keeps the buffers alive and unaliased until the job
+                    // completes.
+                    let dst = unsafe { raw_slice_mut(op.dst, op.dst_cap, "dst") }?;
+                    // SAFETY: as above.
+                    let meta = unsafe { raw_slice_mut(op.meta_dst, op.meta_cap, "meta_dst") }?;
+                    let (out, res) = match inner.read(&op.key, dst, meta)? {
+                        Ok(n) => (n, Ok(n.len)),
+                        Err(need) => (need, Err(too_small(&op.key, need, op.dst_cap, op.meta_cap))),
+                    };
+                    if !op.len_out.is_null() {
+                        // SAFETY: non-null outputs are writable until the job completes.
+                        unsafe { op.len_out.write(out.len) };
+                    }
+                    if !op.meta_len_out.is_null() {
+                        // SAFETY: as above.
+                        unsafe { op.meta_len_out.write(out.meta_len) };
+                    }
+                    res
+                })();
+                c.finish(r);
+            });
+        }
+        job
+    }
+}
+
+/// # Safety
+/// A non-null `p` must be valid for reads of `len` bytes for `'a`.
+unsafe fn raw_slice<'a>(p: *const u8, len: usize, name: &str) -> Result<&'a [u8]> {
+    if len == 0 {
+        return Ok(&[]);
+    }
+    if p.is_null() || len > isize::MAX as usize {
+        return Err(err!(
+            InvalidArgument,
+            "{name} is NULL or too long ({len} bytes)"
+        ));
+    }
+    // SAFETY: non-null, bounded length; validity is the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(p, len) })
+}
+
+/// # Safety
+/// A non-null `p` must be valid for unaliased writes of `len` bytes for `'a`.
+unsafe fn raw_slice_mut<'a>(p: *mut u8, len: usize, name: &str) -> Result<&'a mut [u8]> {
+    if len == 0 {
+        return Ok(&mut []);
+    }
+    if p.is_null() || len > isize::MAX as usize {
+        return Err(err!(
+            InvalidArgument,
+            "{name} is NULL or too long ({len} bytes)"
+        ));
+    }
+    // SAFETY: non-null, bounded length; validity is the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
+}
+
+fn too_small(key: &Key, need: EntryLen, cap: usize, meta_cap: usize) -> Error {
+    err!(
+        TooSmall,
+        "entry {} needs {} payload bytes and {} metadata bytes; buffers hold {cap} and {meta_cap}",
+        hex(key),
+        need.len,
+        need.meta_len
+    )
+}
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(IO_ALIGN) * IO_ALIGN
+}
+
+impl Inner {
+    fn lock(&self) -> MutexGuard<'_, Index> {
+        // A poisoned lock only means a panic elsewhere; every index update is completed
+        // before anything that can panic, so the data is consistent.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Invalidates a retiring slot's header on disk, then frees the slot.
+    fn retire(&self, s: u32) {
+        let off = self.geometry.slot_offset(s);
+        let ok = file::write_all_at(&self.file, self.zero_page.as_slice(), off).is_ok();
+        self.lock().finish_retire(s, ok);
+    }
+
+    fn write(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
+        let g = &self.geometry;
+        if data.is_empty() {
+            return Err(err!(
+                InvalidArgument,
+                "entry {}: payload is empty",
+                hex(key)
+            ));
+        }
+        if data.len() as u64 > g.slot_size {
+            return Err(err!(
+                TooLarge,
+                "entry {}: payload of {} bytes does not fit a slot of {} bytes",
+                hex(key),
+                data.len(),
+                g.slot_size
+            ));
+        }
+        if meta.len() > MAX_META {
+            return Err(err!(
+                TooLarge,
+                "entry {}: metadata of {} bytes exceeds the {MAX_META} bytes a slot holds",
+                hex(key),
+                meta.len()
+            ));
+        }
+        let data_sum = format::data_checksum(data, meta);
+        let r = self.lock().reserve(key)?;
+        match self.write_slot(&r, key, data, meta, data_sum) {
+            Ok(()) => {
+                let retire = self
+                    .lock()
+                    .commit(&r, key, data.len() as u64, meta.len() as u32);
+                if let Some(s) = retire {
+                    self.retire(s);
+                }
+                Ok(())
+            }
+            Err(e) => {
+                let s = self.lock().abort(&r);
+                self.retire(s);
+                Err(e)
+            }
+        }
+    }
+
+    fn write_slot(
+        &self,
+        r: &Reservation,
+        key: &Key,
+        data: &[u8],
+        meta: &[u8],
+        data_sum: u64,
+    ) -> Result<()> {
+        let off = self.geometry.slot_offset(r.slot);
+        let mut hdr = self.bounce.take(PAGE as usize)?;
+        let h = SlotHeader {
+            key: *key,
+            len: data.len() as u64,
+            meta_len: meta.len() as u32,
+            seq: r.seq,
+            data_sum,
+            slot: r.slot,
+        };
+        let page = &mut hdr.as_mut_slice()[..PAGE as usize];
+        page[SLOT_HEADER_LEN + meta.len()..].fill(0);
+        format::encode_slot_header(&h, meta, page);
+
+        // 1. Payload, preceded by an invalid header page when the slot may hold a valid one.
+        let mut bounce = None;
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(3);
+        let start = if r.invalidate {
+            parts.push(self.zero_page.as_slice());
+            off
+        } else {
+            off + PAGE
+        };
+        if !self.direct {
+            parts.push(data);
+        } else if is_aligned_ptr(data.as_ptr()) {
+            let whole = data.len() / IO_ALIGN * IO_ALIGN;
+            parts.push(&data[..whole]);
+            if whole < data.len() {
+                let mut b = self.bounce.take(IO_ALIGN)?;
+                let tail = &data[whole..];
+                b.as_mut_slice()[..tail.len()].copy_from_slice(tail);
+                b.as_mut_slice()[tail.len()..IO_ALIGN].fill(0);
+                bounce = Some(b);
+            }
+        } else {
+            let n = round_up(data.len());
+            let mut b = self.bounce.take(n)?;
+            b.as_mut_slice()[..data.len()].copy_from_slice(data);
+            b.as_mut_slice()[data.len()..n].fill(0);
+            bounce = Some(b);
+        }
+        let tail_len = if is_aligned_ptr(data.as_ptr()) {
+            IO_ALIGN
+        } else {
+            round_up(data.len())
+        };
+        if let Some(b) = &bounce {
+            parts.push(&b.as_slice()[..tail_len]);
+        }
+        let io_err = |what: &str, e| {
+            Error::io(
+                format!(
+                    "writing {what} of entry {} to slot {} of {}",
+                    hex(key),
+                    r.slot,
+                    self.path.display()
+                ),
+                e,
+            )
+        };
+        file::pwritev_all(&self.file, &parts, start).map_err(|e| io_err("the payload", e))?;
+        if self.sync {
+            file::datasync(&self.file).map_err(|e| io_err("(sync) the payload", e))?;
+        }
+        // 2. The header: from now on a recovery finds the entry.
+        file::write_all_at(&self.file, &hdr.as_slice()[..PAGE as usize], off)
+            .map_err(|e| io_err("the header", e))?;
+        if self.sync {
+            file::datasync(&self.file).map_err(|e| io_err("(sync) the header", e))?;
+        }
+        Ok(())
+    }
+
+    fn read(
+        &self,
+        key: &Key,
+        dst: &mut [u8],
+        meta_dst: &mut [u8],
+    ) -> Result<std::result::Result<EntryLen, EntryLen>> {
+        let p = {
+            let mut ix = self.lock();
+            let Some(p) = ix.pin(key) else {
+                return Err(err!(
+                    NotFound,
+                    "no entry {} in slot file {}",
+                    hex(key),
+                    self.path.display()
+                ));
+            };
+            let need = EntryLen {
+                len: p.len,
+                meta_len: p.meta_len as u64,
+            };
+            if (dst.len() as u64) < p.len || (meta_dst.len() as u64) < p.meta_len as u64 {
+                let retire = ix.unpin(p.slot);
+                drop(ix);
+                if let Some(s) = retire {
+                    self.retire(s);
+                }
+                return Ok(Err(need));
+            }
+            p
+        };
+        let result = self.read_slot(&p, key, dst, meta_dst);
+        let mut ix = self.lock();
+        match result {
+            Ok(()) => {
+                ix.counters.hits += 1;
+                ix.counters.bytes_read += p.len;
+                let retire = ix.unpin(p.slot);
+                drop(ix);
+                if let Some(s) = retire {
+                    self.retire(s);
+                }
+                Ok(Ok(EntryLen {
+                    len: p.len,
+                    meta_len: p.meta_len as u64,
+                }))
+            }
+            Err(e) => {
+                let retire = if e.kind() == ErrorKind::Corrupt {
+                    ix.drop_corrupt(&p)
+                } else {
+                    ix.unpin(p.slot)
+                };
+                drop(ix);
+                if let Some(s) = retire {
+                    self.retire(s);
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn read_slot(&self, p: &Pinned, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<()> {
+        let off = self.geometry.slot_offset(p.slot);
+        let len = p.len as usize;
+        let mut hdr = self.bounce.take(PAGE as usize)?;
+        let dst = &mut dst[..len];
+        let aligned = is_aligned_ptr(dst.as_ptr());
+        let whole = if self.direct && aligned {
+            len / IO_ALIGN * IO_ALIGN
+        } else if self.direct {
+            0
+        } else {
+            len
+        };
+        let bounce_len = if whole == len {
+            0
+        } else if aligned {
+            IO_ALIGN
+        } else {
+            round_up(len)
+        };
+        let mut bounce = if bounce_len > 0 {
+            Some(self.bounce.take(bounce_len)?)
+        } else {
+            None
+        };
+        {
+            let (direct_part, _) = dst.split_at_mut(whole);
+            let mut parts: Vec<&mut [u8]> = Vec::with_capacity(3);
+            parts.push(&mut hdr.as_mut_slice()[..PAGE as usize]);
+            parts.push(direct_part);
+            if let Some(b) = bounce.as_mut() {
+                parts.push(&mut b.as_mut_slice()[..bounce_len]);
+            }
+            file::preadv_all(&self.file, &mut parts, off).map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading entry {} from slot {} of {}",
+                        hex(key),
+                        p.slot,
+                        self.path.display()
+                    ),
+                    e,
+                )
+            })?;
+        }
+        if let Some(b) = &bounce {
+            dst[whole..].copy_from_slice(&b.as_slice()[..len - whole]);
+        }
+        let corrupt = |why: String| {
+            err!(
+                Corrupt,
+                "entry {} in slot {} of {}: {why}; entry dropped",
+                hex(key),
+                p.slot,
+                self.path.display()
+            )
+        };
+        let page = &hdr.as_slice()[..PAGE as usize];
+        let h = format::decode_slot_header(page, p.slot, self.geometry.slot_size)
+            .ok_or_else(|| corrupt("slot header is damaged (checksum or fields)".into()))?;
+        if h.key != *key || h.seq != p.seq || h.len != p.len || h.meta_len != p.meta_len {
+            return Err(corrupt(format!(
+                "slot header holds key {} seq {} len {}, index expected seq {} len {}",
+                hex(&h.key),
+                h.seq,
+                h.len,
+                p.seq,
+                p.len
+            )));
+        }
+        let meta = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + h.meta_len as usize];
+        if self.verify {
+            let sum = format::data_checksum(dst, meta);
+            if sum != h.data_sum {
+                return Err(corrupt(format!(
+                    "payload checksum mismatch (stored {:016x}, computed {sum:016x})",
+                    h.data_sum
+                )));
+            }
+        }
+        meta_dst[..meta.len()].copy_from_slice(meta);
+        Ok(())
+    }
+}

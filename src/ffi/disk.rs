@@ -1,0 +1,464 @@
+//! C ABI of the disk slot file.
+
+use std::ffi::c_char;
+use std::path::PathBuf;
+
+use super::job::kvr_job;
+use super::status::{guard, kvr_status};
+use super::{
+    arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, direct_io_from_c, read_config, write_out,
+    KVR_DIRECT_IO_AUTO,
+};
+use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
+use crate::Error;
+
+/// Bytes of a slot file key.
+pub const KVR_DISK_KEY_LEN: u32 = 16;
+/// Largest user metadata per entry, in bytes.
+pub const KVR_DISK_MAX_META: u32 = crate::disk::MAX_META as u32;
+
+/// Opaque handle to an open slot file (`kvr_disk_open` / `kvr_disk_close`).
+pub struct kvr_disk {
+    inner: SlotFile,
+}
+
+/// How to open a slot file. Fill with `kvr_disk_config_default`, then set the fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_disk_config {
+    /// `sizeof(kvr_disk_config)`; lets later versions add fields.
+    pub struct_size: u32,
+    /// Path of the slot file (required). Created and reserved if absent; an existing file
+    /// must have the same geometry. Never a symlink.
+    pub path: *const c_char,
+    /// Payload capacity of one slot in bytes (required, non-zero); rounded up to 4096.
+    pub slot_size: u64,
+    /// Number of slots (required, non-zero).
+    pub num_slots: u64,
+    /// Threads serving `kvr_disk_submit_*` batches (and the recovery scan). Default 4.
+    pub io_threads: u32,
+    /// `KVR_DIRECT_IO_AUTO` (default), `KVR_DIRECT_IO_ON` or `KVR_DIRECT_IO_OFF`.
+    pub direct_io: u32,
+    /// Check the payload and metadata checksum on every read. Default true.
+    pub verify: bool,
+    /// `fdatasync` after each write (survives power loss, not only process death). Default
+    /// false.
+    pub sync: bool,
+}
+
+impl Default for kvr_disk_config {
+    fn default() -> Self {
+        kvr_disk_config {
+            struct_size: std::mem::size_of::<Self>() as u32,
+            path: std::ptr::null(),
+            slot_size: 0,
+            num_slots: 0,
+            io_threads: 4,
+            direct_io: KVR_DIRECT_IO_AUTO,
+            verify: true,
+            sync: false,
+        }
+    }
+}
+
+/// Counters and state of an open slot file (filled by `kvr_disk_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvr_disk_counters {
+    /// Set to `sizeof(kvr_disk_counters)` before the call.
+    pub struct_size: u32,
+    /// True if I/O uses O_DIRECT, false if buffered.
+    pub direct: bool,
+    /// True if this open created the file, false if it reopened (and recovered) one.
+    pub created: bool,
+    /// Number of slots.
+    pub num_slots: u64,
+    /// Payload capacity of one slot (rounded up to 4096).
+    pub slot_size: u64,
+    /// Live entries.
+    pub entries: u64,
+    /// Free slots.
+    pub free_slots: u64,
+    /// Entries evicted (least recently used) to make room for writes.
+    pub evictions: u64,
+    /// Reads that returned an entry.
+    pub hits: u64,
+    /// Reads of absent keys.
+    pub misses: u64,
+    /// Entries dropped because their header or checksum failed on read.
+    pub corrupt_dropped: u64,
+    /// Completed writes.
+    pub writes: u64,
+    /// Payload bytes written.
+    pub bytes_written: u64,
+    /// Payload bytes read.
+    pub bytes_read: u64,
+    /// Entries the recovery scan found at open.
+    pub recovered_entries: u64,
+    /// Wall time of the recovery scan at open, in nanoseconds.
+    pub recovery_ns: u64,
+    /// CPU time of the process during the recovery scan, in nanoseconds.
+    pub recovery_cpu_ns: u64,
+}
+
+/// One write of a `kvr_disk_submit_write` batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_disk_write_op {
+    /// Key.
+    pub key: [u8; 16],
+    /// Payload (1..=slot_size bytes), valid until the job completes.
+    pub src: *const u8,
+    /// Payload bytes.
+    pub len: u64,
+    /// Metadata (NULL when `meta_len` is 0), valid until the job completes.
+    pub meta: *const u8,
+    /// Metadata bytes (at most `KVR_DISK_MAX_META`).
+    pub meta_len: u64,
+}
+
+/// One read of a `kvr_disk_submit_read` batch. `len` and `meta_len` are outputs, written
+/// when the item finishes (also on `KVR_ERR_TOO_SMALL`, with the needed sizes).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_disk_read_op {
+    /// Key.
+    pub key: [u8; 16],
+    /// Payload destination, valid until the job completes.
+    pub dst: *mut u8,
+    /// Its capacity.
+    pub dst_cap: u64,
+    /// Metadata destination (NULL when `meta_cap` is 0).
+    pub meta_dst: *mut u8,
+    /// Its capacity.
+    pub meta_cap: u64,
+    /// Output: payload bytes read (or needed).
+    pub len: u64,
+    /// Output: metadata bytes read (or needed).
+    pub meta_len: u64,
+}
+
+/// Fills `*config` with the documented defaults (fields required by `kvr_disk_open` are
+/// left zero/NULL).
+#[no_mangle]
+pub extern "C" fn kvr_disk_config_default(config: *mut kvr_disk_config) -> kvr_status {
+    guard(|| {
+        // SAFETY: checked for NULL; the caller provides a writable config struct.
+        unsafe { write_out(config, kvr_disk_config::default(), "config") }
+    })
+}
+
+fn to_rust_config(c: &kvr_disk_config) -> crate::Result<DiskConfig> {
+    // SAFETY: `path` is a C string per the config contract (checked for NULL).
+    let path = unsafe { arg_str(c.path, "config.path") }?;
+    if path.is_empty() {
+        return Err(Error::invalid("config.path is empty"));
+    }
+    let mut cfg = DiskConfig::new(PathBuf::from(path), c.slot_size, c.num_slots);
+    cfg.io_threads = c.io_threads as usize;
+    cfg.direct_io = direct_io_from_c(c.direct_io, "config.direct_io")?;
+    cfg.verify = c.verify;
+    cfg.sync = c.sync;
+    Ok(cfg)
+}
+
+/// Creates and reserves (`fallocate`) or reopens a slot file, takes its owner lock and
+/// rebuilds the index from the slot headers. On success `*out` owns the handle; close it
+/// with `kvr_disk_close`.
+/// Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (the file does not fit),
+/// `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry, or not a slot file),
+/// `KVR_ERR_BUSY` (another live handle owns the file), `KVR_ERR_UNSUPPORTED` (direct I/O
+/// `ON` where O_DIRECT fails), `KVR_ERR_CORRUPT` (damaged file header), `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_disk_open(
+    config: *const kvr_disk_config,
+    out: *mut *mut kvr_disk,
+) -> kvr_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let min = std::mem::size_of::<kvr_disk_config>();
+        // SAFETY: the caller passes a config of `struct_size` bytes (checked inside).
+        let c = unsafe { read_config(config, kvr_disk_config::default(), min, "config") }?;
+        let disk = SlotFile::open(&to_rust_config(&c)?)?;
+        let handle = Box::into_raw(Box::new(kvr_disk { inner: disk }));
+        // SAFETY: `out` is non-null (checked above) and writable per the contract.
+        unsafe { write_out(out, handle, "out") }
+    })
+}
+
+/// Closes a slot file: waits for submitted batch items, releases the owner lock. Entries
+/// stay in the file for the next open. `kvr_disk_close(NULL)` is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_disk_close(disk: *mut kvr_disk) {
+    let _ = guard(|| {
+        if !disk.is_null() {
+            // SAFETY: `disk` came from kvr_disk_open and is closed once (caller's contract).
+            drop(unsafe { Box::from_raw(disk) });
+        }
+        Ok(())
+    });
+}
+
+/// # Safety
+/// A non-null `key` must point to 16 readable bytes.
+unsafe fn arg_key(key: *const u8) -> crate::Result<Key> {
+    // SAFETY: forwarded contract (16 bytes).
+    let k = unsafe { arg_bytes(key, 16, "key", false) }?;
+    Ok(k.try_into().expect("16 bytes"))
+}
+
+/// Stores `len` bytes at `src` (1..=slot_size) and `meta_len` bytes of metadata at `meta`
+/// (NULL when `meta_len` is 0; at most `KVR_DISK_MAX_META`) under the 16-byte `key`:
+/// replaces the key's entry, else takes a free slot, else evicts the least recently used
+/// entry. A crash at any point leaves the old entry or none, never a mix.
+/// Errors: `KVR_ERR_TOO_LARGE` (payload or metadata does not fit; message gives both sizes),
+/// `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_BUSY` (every slot is being read or written),
+/// `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_disk_write(
+    disk: *const kvr_disk,
+    key: *const u8,
+    src: *const u8,
+    len: u64,
+    meta: *const u8,
+    meta_len: u64,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        // SAFETY: `key` is NULL or 16 readable bytes.
+        let key = unsafe { arg_key(key) }?;
+        // SAFETY: `src` is NULL or readable for `len` bytes.
+        let data = unsafe { arg_bytes(src, len as usize, "src", false) }?;
+        // SAFETY: `meta` is NULL or readable for `meta_len` bytes.
+        let meta = unsafe { arg_bytes(meta, meta_len as usize, "meta", true) }?;
+        d.inner.write(&key, data, meta)
+    })
+}
+
+/// Reads `key`'s entry into `dst` (capacity `dst_cap`) and its metadata into `meta_dst`
+/// (capacity `meta_cap`; may be NULL/0 when entries carry no metadata); writes the lengths
+/// to `*len` and `*meta_len` and marks the entry most recently used.
+/// Errors: `KVR_ERR_NOT_FOUND`; `KVR_ERR_TOO_SMALL` (the needed sizes are written to `*len`
+/// and `*meta_len`); `KVR_ERR_CORRUPT` (header or checksum failed: the entry was dropped and
+/// its slot freed; the next read gives `KVR_ERR_NOT_FOUND`); `KVR_ERR_INVALID_ARGUMENT`;
+/// `KVR_ERR_IO`. The contents of `dst` are unspecified after an error.
+#[no_mangle]
+pub extern "C" fn kvr_disk_read(
+    disk: *const kvr_disk,
+    key: *const u8,
+    dst: *mut u8,
+    dst_cap: u64,
+    len: *mut u64,
+    meta_dst: *mut u8,
+    meta_cap: u64,
+    meta_len: *mut u64,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        // SAFETY: `key` is NULL or 16 readable bytes.
+        let key = unsafe { arg_key(key) }?;
+        // SAFETY: `dst` is NULL or writable for `dst_cap` bytes.
+        let dst = unsafe { arg_bytes_mut(dst, dst_cap as usize, "dst") }?;
+        let meta: &mut [u8] = if meta_cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: `meta_dst` is NULL or writable for `meta_cap` bytes.
+            unsafe { arg_bytes_mut(meta_dst, meta_cap as usize, "meta_dst") }?
+        };
+        if len.is_null() || meta_len.is_null() {
+            return Err(Error::invalid("len or meta_len is NULL"));
+        }
+        let (caps, metacap) = (dst.len(), meta.len());
+        let (n, res) = match d.inner.read_sized(&key, dst, meta)? {
+            Ok(n) => (n, Ok(())),
+            Err(need) => {
+                let e = crate::err!(
+                    TooSmall,
+                    "entry needs {} payload bytes and {} metadata bytes; buffers hold {caps} and {metacap}",
+                    need.len,
+                    need.meta_len
+                );
+                (need, Err(e))
+            }
+        };
+        // SAFETY: both checked non-null above; writable per the contract.
+        unsafe {
+            len.write(n.len);
+            meta_len.write(n.meta_len);
+        }
+        res
+    })
+}
+
+/// Writes to `*out` whether `key` has an entry (does not change recency).
+#[no_mangle]
+pub extern "C" fn kvr_disk_contains(
+    disk: *const kvr_disk,
+    key: *const u8,
+    out: *mut bool,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        // SAFETY: `key` is NULL or 16 readable bytes.
+        let key = unsafe { arg_key(key) }?;
+        // SAFETY: `out` is NULL (rejected) or writable.
+        unsafe { write_out(out, d.inner.contains(&key), "out") }
+    })
+}
+
+/// Removes `key`'s entry; it stays removed after a crash. `KVR_ERR_NOT_FOUND` if absent.
+#[no_mangle]
+pub extern "C" fn kvr_disk_remove(disk: *const kvr_disk, key: *const u8) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        // SAFETY: `key` is NULL or 16 readable bytes.
+        let key = unsafe { arg_key(key) }?;
+        if d.inner.remove(&key) {
+            Ok(())
+        } else {
+            Err(crate::err!(NotFound, "no entry to remove"))
+        }
+    })
+}
+
+/// Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_counters)`
+/// first.
+#[no_mangle]
+pub extern "C" fn kvr_disk_stats(disk: *const kvr_disk, out: *mut kvr_disk_counters) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        // SAFETY: `out` is NULL or points to a struct of at least its declared size.
+        let o = unsafe { arg_mut(out, "out") }?;
+        let declared = o.struct_size as usize;
+        if declared < 8 {
+            return Err(Error::invalid(
+                "out->struct_size is not set (use sizeof(kvr_disk_counters))",
+            ));
+        }
+        let s = d.inner.stats();
+        let full = kvr_disk_counters {
+            struct_size: std::mem::size_of::<kvr_disk_counters>() as u32,
+            direct: s.direct,
+            created: s.created,
+            num_slots: s.num_slots,
+            slot_size: s.slot_size,
+            entries: s.entries,
+            free_slots: s.free_slots,
+            evictions: s.evictions,
+            hits: s.hits,
+            misses: s.misses,
+            corrupt_dropped: s.corrupt_dropped,
+            writes: s.writes,
+            bytes_written: s.bytes_written,
+            bytes_read: s.bytes_read,
+            recovered_entries: s.recovered_entries,
+            recovery_ns: s.recovery_ns,
+            recovery_cpu_ns: s.recovery_cpu_ns,
+        };
+        let n = declared.min(std::mem::size_of::<kvr_disk_counters>());
+        // SAFETY: the caller's struct has `declared` writable bytes; we copy at most that many.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&full as *const kvr_disk_counters).cast::<u8>(),
+                (o as *mut kvr_disk_counters).cast::<u8>(),
+                n,
+            )
+        };
+        Ok(())
+    })
+}
+
+/// Submits `n` writes to the I/O threads; `*out` receives the job (see `kvr_job_*`): item
+/// `i` ends with the payload bytes written or the error `kvr_disk_write` would return.
+/// Every buffer must stay valid until the job completed (`kvr_job_free` waits for it).
+#[no_mangle]
+pub extern "C" fn kvr_disk_submit_write(
+    disk: *const kvr_disk,
+    ops: *const kvr_disk_write_op,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let bytes = n
+            .checked_mul(std::mem::size_of::<kvr_disk_write_op>())
+            .ok_or_else(|| Error::invalid(format!("{n} ops overflow")))?;
+        // SAFETY: `ops` is NULL or points to `n` ops; checked for NULL and zero length.
+        unsafe { arg_bytes(ops.cast(), bytes, "ops", false) }?;
+        // SAFETY: non-null, `n` valid ops (checked above).
+        let ops = unsafe { std::slice::from_raw_parts(ops, n) };
+        let raw: Vec<RawWrite> = ops
+            .iter()
+            .map(|o| RawWrite {
+                key: o.key,
+                src: o.src,
+                len: o.len as usize,
+                meta: o.meta,
+                meta_len: o.meta_len as usize,
+            })
+            .collect();
+        // SAFETY: the caller keeps every buffer valid until the job completed (documented).
+        let job = unsafe { d.inner.submit_write(&raw) };
+        // SAFETY: `out` is non-null (checked above) and writable.
+        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+    })
+}
+
+/// Submits `n` reads to the I/O threads; `*out` receives the job: item `i` ends with the
+/// payload bytes read or the error `kvr_disk_read` would return, and `ops[i].len` /
+/// `ops[i].meta_len` receive the lengths. `ops` and every buffer must stay valid until the
+/// job completed (`kvr_job_free` waits for it).
+#[no_mangle]
+pub extern "C" fn kvr_disk_submit_read(
+    disk: *const kvr_disk,
+    ops: *mut kvr_disk_read_op,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `disk` is NULL or a live handle.
+        let d = unsafe { arg_ref(disk, "disk") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let bytes = n
+            .checked_mul(std::mem::size_of::<kvr_disk_read_op>())
+            .ok_or_else(|| Error::invalid(format!("{n} ops overflow")))?;
+        // SAFETY: `ops` is NULL or points to `n` ops; checked for NULL and zero length.
+        unsafe { arg_bytes(ops.cast_const().cast(), bytes, "ops", false) }?;
+        let raw: Vec<RawRead> = (0..n)
+            .map(|i| {
+                // SAFETY: `i < n` and `ops` points to `n` valid ops (checked above).
+                let o = unsafe { ops.add(i) };
+                // SAFETY: as above; field addresses of a valid op.
+                let op = unsafe { *o };
+                RawRead {
+                    key: op.key,
+                    dst: op.dst,
+                    dst_cap: op.dst_cap as usize,
+                    meta_dst: op.meta_dst,
+                    meta_cap: op.meta_cap as usize,
+                    // SAFETY: in-bounds field projections of a valid op.
+                    len_out: unsafe { std::ptr::addr_of_mut!((*o).len) },
+                    // SAFETY: as above.
+                    meta_len_out: unsafe { std::ptr::addr_of_mut!((*o).meta_len) },
+                }
+            })
+            .collect();
+        // SAFETY: the caller keeps `ops` and every buffer valid until the job completed.
+        let job = unsafe { d.inner.submit_read(&raw) };
+        // SAFETY: `out` is non-null (checked above) and writable.
+        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+    })
+}
