@@ -112,11 +112,13 @@ fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
     })?;
     let found = match format::decode_file_header(page.as_slice()) {
         Ok(found) => found,
-        Err(format::FileHeaderError::NotSlotFile) => return Err(err!(
+        Err(format::FileHeaderError::NotSlotFile) => {
+            return Err(err!(
             LayoutMismatch,
             "{} exists and is not a kvr slot file (bad magic); remove it or choose another path",
             path.display()
-        )),
+        ))
+        }
         Err(format::FileHeaderError::Version(v)) => {
             return Err(err!(
                 LayoutMismatch,
