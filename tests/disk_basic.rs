@@ -39,8 +39,13 @@ fn cfg(path: &Path, slots: u64, direct: DirectIo) -> DiskConfig {
     c
 }
 
+/// Offsets for files of at most 32 slots (one header table page).
 fn slot_offset(slot: u64) -> u64 {
-    PAGE + slot * (SLOT + PAGE)
+    2 * PAGE + slot * (SLOT + PAGE)
+}
+
+fn table_entry_offset(slot: u64) -> u64 {
+    PAGE + slot * 128
 }
 
 fn flip_byte(path: &Path, off: u64) {
@@ -252,8 +257,8 @@ fn bit_flips_give_corrupt_then_not_found_and_the_slot_is_reused() {
     drop(d);
     // Payload byte flipped while closed: caught on read after the reopen.
     flip_byte(&path, slot_offset(2) + PAGE + 9999);
-    // Header byte flipped while closed: the recovery scan treats the slot as free.
-    flip_byte(&path, slot_offset(3) + 20);
+    // Table entry flipped while closed: the recovery scan treats the slot as free.
+    flip_byte(&path, table_entry_offset(3) + 20);
     let d = SlotFile::open(&c).unwrap();
     let s = d.stats();
     assert_eq!((s.recovered_entries, s.free_slots), (3, 1));

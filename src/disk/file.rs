@@ -6,18 +6,48 @@ use std::fs::File;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd};
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
-use super::format::{self, Geometry, SlotHeader, PAGE};
+use super::format::{self, Geometry, SlotHeader, PAGE, SLOT_HEADER_LEN};
 use crate::io::AlignedBuf;
 use crate::{err, Error, Result};
 
 /// An open, locked slot file.
 pub struct OwnedFile {
-    /// The file, opened with O_DIRECT when `direct`.
+    /// The file, opened with O_DIRECT when `direct` (holds the owner lock).
     pub file: File,
+    /// The same file without O_DIRECT, for the 128-byte header table entries (the page
+    /// cache does their read-modify-write).
+    pub table: File,
     /// Whether this open created the file.
     pub created: bool,
+}
+
+/// A second, buffered open file description of `file`'s inode.
+fn buffered_twin(file: &File, path: &Path, direct: bool) -> Result<File> {
+    if !direct {
+        return file
+            .try_clone()
+            .map_err(|e| Error::io(format!("duplicating {}", path.display()), e));
+    }
+    let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let twin = File::options()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_CLOEXEC)
+        .open(&proc)
+        .or_else(|_| open_raw(path, libc::O_RDWR, 0))
+        .map_err(|e| Error::io(format!("opening {} for the header table", path.display()), e))?;
+    use std::os::unix::fs::MetadataExt;
+    let same = match (file.metadata(), twin.metadata()) {
+        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
+        _ => false,
+    };
+    if !same {
+        return Err(err!(Busy, "slot file {} was replaced while opening", path.display()));
+    }
+    Ok(twin)
 }
 
 fn cpath(path: &Path) -> Result<CString> {
@@ -73,15 +103,19 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
             Ok(file) => {
                 lock_owner(&file, path)?;
                 check_existing(&file, path, g)?;
+                let table = buffered_twin(&file, path, direct)?;
                 return Ok(OwnedFile {
                     file,
+                    table,
                     created: false,
                 });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
                 if let Some(file) = create(path, g, dflag)? {
+                    let table = buffered_twin(&file, path, direct)?;
                     return Ok(OwnedFile {
                         file,
+                        table,
                         created: true,
                     });
                 }
@@ -352,33 +386,40 @@ pub fn datasync(file: &File) -> io::Result<()> {
     file.sync_data()
 }
 
-/// Slot headers take at least this share of the bytes (1/RATIO) for the scan to read whole
-/// runs of slots sequentially instead of one header page per slot.
-const SEQUENTIAL_RATIO: u64 = 4;
-/// Bytes per sequential scan read.
-const SCAN_CHUNK: u64 = 4 << 20;
+/// Bytes of the header table per scan read.
+const SCAN_CHUNK: usize = 1 << 20;
 
-/// Reads every slot header in parallel on `threads` threads and decodes it (`None` for free,
-/// torn or damaged headers). Large slots: one 4 KiB `pread` per slot; small slots: large
-/// sequential reads of whole runs of slots.
-pub fn scan_headers(file: &File, g: &Geometry, threads: usize) -> Result<Vec<Option<SlotHeader>>> {
+/// Reads the header table (`table`: the buffered file) in parallel on up to `threads`
+/// threads, in large sequential reads, and decodes every slot's entry (`None` for free,
+/// torn or damaged entries).
+pub fn scan_table(table: &File, g: &Geometry, threads: usize) -> Result<Vec<Option<SlotHeader>>> {
     let n = g.num_slots as usize;
     let mut found: Vec<Option<SlotHeader>> = vec![None; n];
-    let threads = threads.clamp(1, 64).min(n.div_ceil(256)).max(1);
-    let per = n.div_ceil(threads);
-    let sequential = g.stride() <= PAGE * SEQUENTIAL_RATIO;
+    let per_chunk = SCAN_CHUNK / SLOT_HEADER_LEN;
+    let chunks = n.div_ceil(per_chunk);
+    let threads = threads.clamp(1, 64).min(chunks).max(1);
+    let per_thread = chunks.div_ceil(threads) * per_chunk;
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let handles: Vec<_> = found
-            .chunks_mut(per)
+            .chunks_mut(per_thread)
             .enumerate()
             .map(|(t, out)| {
-                let first = (t * per) as u32;
-                s.spawn(move || {
-                    if sequential {
-                        scan_sequential(file, g, first, out)
-                    } else {
-                        scan_each(file, g, first, out)
+                let first = t * per_thread;
+                s.spawn(move || -> Result<()> {
+                    let mut buf = vec![0u8; SCAN_CHUNK];
+                    for (c, part) in out.chunks_mut(per_chunk).enumerate() {
+                        let slot0 = first + c * per_chunk;
+                        let off = g.table_entry_offset(slot0 as u32);
+                        let bytes = part.len() * SLOT_HEADER_LEN;
+                        read_exact_at(table, &mut buf[..bytes], off).map_err(|e| {
+                            Error::io(format!("reading the header table at offset {off}"), e)
+                        })?;
+                        for (i, o) in part.iter_mut().enumerate() {
+                            let e = &buf[i * SLOT_HEADER_LEN..(i + 1) * SLOT_HEADER_LEN];
+                            *o = format::decode_slot_header(e, (slot0 + i) as u32, g.slot_size);
+                        }
                     }
+                    Ok(())
                 })
             })
             .collect();
@@ -394,41 +435,6 @@ pub fn scan_headers(file: &File, g: &Geometry, threads: usize) -> Result<Vec<Opt
         r?;
     }
     Ok(found)
-}
-
-fn scan_each(file: &File, g: &Geometry, first: u32, out: &mut [Option<SlotHeader>]) -> Result<()> {
-    let mut page = AlignedBuf::new(PAGE as usize)?;
-    for (i, o) in out.iter_mut().enumerate() {
-        let slot = first + i as u32;
-        let off = g.slot_offset(slot);
-        read_exact_at(file, page.as_mut_slice(), off)
-            .map_err(|e| Error::io(format!("reading slot header {slot} at offset {off}"), e))?;
-        *o = format::decode_slot_header(page.as_slice(), slot, g.slot_size);
-    }
-    Ok(())
-}
-
-fn scan_sequential(
-    file: &File,
-    g: &Geometry,
-    first: u32,
-    out: &mut [Option<SlotHeader>],
-) -> Result<()> {
-    let stride = g.stride() as usize;
-    let per_chunk = (SCAN_CHUNK as usize / stride).max(1);
-    let mut buf = AlignedBuf::new(per_chunk * stride)?;
-    for (c, chunk) in out.chunks_mut(per_chunk).enumerate() {
-        let slot0 = first + (c * per_chunk) as u32;
-        let off = g.slot_offset(slot0);
-        let bytes = chunk.len() * stride;
-        read_exact_at(file, &mut buf.as_mut_slice()[..bytes], off)
-            .map_err(|e| Error::io(format!("reading slot headers at offset {off}"), e))?;
-        for (i, o) in chunk.iter_mut().enumerate() {
-            let page = &buf.as_slice()[i * stride..i * stride + PAGE as usize];
-            *o = format::decode_slot_header(page, slot0 + i as u32, g.slot_size);
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]
