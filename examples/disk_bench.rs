@@ -125,7 +125,11 @@ fn fio(file: &Path, rw: &str, bs: usize, file_len: u64, total: u64) -> f64 {
         ])
         .output()
         .expect("running fio (apt-get install -y fio)");
-    assert!(out.status.success(), "fio failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "fio failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     let line = text.lines().last().expect("fio printed a result line");
     let f: Vec<&str> = line.split(';').collect();
@@ -144,7 +148,13 @@ fn throughput(dir: &Path, runs: usize) {
     println!("disk_bench throughput: {THREADS} threads, O_DIRECT, checksums on; fio psync numjobs=8 direct=1 on the same file; medians of {runs} runs");
     println!("| entry | kvr write GB/s | fio write GB/s | ratio | kvr read GB/s | fio read GB/s | ratio |");
     println!("|---|---|---|---|---|---|---|");
+    let only: Option<usize> = std::env::var("KVR_BENCH_BS")
+        .ok()
+        .and_then(|v| v.parse().ok());
     for (bs, volume) in [(2usize << 20, 2u64 << 30), (64 << 10, 1 << 30)] {
+        if only.is_some_and(|o| o != bs) {
+            continue;
+        }
         let n = volume / bs as u64;
         let path = dir.join("kvr_disk_bench.slots");
         let _ = std::fs::remove_file(&path);
@@ -178,7 +188,12 @@ fn throughput(dir: &Path, runs: usize) {
         assert!(st.direct);
         drop(d);
         let _ = std::fs::remove_file(&path);
-        let (kw, fw, kr, fr) = (median(&mut kw), median(&mut fw), median(&mut kr), median(&mut fr));
+        let (kw, fw, kr, fr) = (
+            median(&mut kw),
+            median(&mut fw),
+            median(&mut kr),
+            median(&mut fr),
+        );
         println!(
             "| {} | {kw:.3} | {fw:.3} | {:.2}x | {kr:.3} | {fr:.3} | {:.2}x |",
             if bs >= 1 << 20 {

@@ -172,7 +172,11 @@ fn kill9_mid_writes_leaves_old_or_no_entry_never_a_mix() {
         d.write(&key(0), &value(0, 1), &1u64.to_le_bytes()).unwrap();
         check_all(&d);
     }
-    assert!(most_writes > 1000, "no round got to a thousand writes");
+    // Typically ~2500 writes by the last kill point; the bound is loose for slow CI disks.
+    assert!(
+        most_writes > 500,
+        "no round got to 500 writes ({most_writes})"
+    );
     assert!(
         total_recovered > 20,
         "the children wrote too little before being killed ({total_recovered})"

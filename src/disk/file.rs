@@ -38,14 +38,23 @@ fn buffered_twin(file: &File, path: &Path, direct: bool) -> Result<File> {
         .custom_flags(libc::O_CLOEXEC)
         .open(&proc)
         .or_else(|_| open_raw(path, libc::O_RDWR, 0))
-        .map_err(|e| Error::io(format!("opening {} for the header table", path.display()), e))?;
+        .map_err(|e| {
+            Error::io(
+                format!("opening {} for the header table", path.display()),
+                e,
+            )
+        })?;
     use std::os::unix::fs::MetadataExt;
     let same = match (file.metadata(), twin.metadata()) {
         (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
         _ => false,
     };
     if !same {
-        return Err(err!(Busy, "slot file {} was replaced while opening", path.display()));
+        return Err(err!(
+            Busy,
+            "slot file {} was replaced while opening",
+            path.display()
+        ));
     }
     Ok(twin)
 }

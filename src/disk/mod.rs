@@ -166,7 +166,7 @@ unsafe impl<T> Send for SendPtr<T> {}
 
 struct Inner {
     file: File,
-    table: File,
+    table_map: memmap2::MmapRaw,
     path: PathBuf,
     geometry: Geometry,
     direct: bool,
@@ -246,11 +246,22 @@ impl SlotFile {
             let n = ix.entries();
             (ix, losers, n)
         };
+        // The mapping shares the page cache the scan just filled.
+        let table_map = memmap2::MmapOptions::new()
+            .offset(g.table_offset())
+            .len(g.table_len() as usize)
+            .map_raw(&owned.table)
+            .map_err(|e| {
+                Error::io(
+                    format!("mapping the header table of {}", cfg.path.display()),
+                    e,
+                )
+            })?;
         let recovery_ns = t0.elapsed().as_nanos() as u64;
         let recovery_cpu_ns = cpu_time_ns().saturating_sub(c0);
         let inner = Arc::new(Inner {
+            table_map,
             file: owned.file,
-            table: owned.table,
             path: cfg.path.clone(),
             geometry: g,
             direct,
@@ -489,8 +500,30 @@ impl Inner {
     }
 
     /// Writes slot `s`'s header table entry (zeros: the slot holds no entry).
+    ///
+    /// The table is a shared mapping of the file: a store lands in the page cache at once, so
+    /// it survives the death of the process like a `pwrite` would, without a syscall or the
+    /// inode lock that buffered writes take (which would serialise the O_DIRECT slot writes).
+    /// Only the thread owning slot `s` (writer or retirer, by the index's slot state) writes
+    /// its entry. A store torn by a kill fails the entry's checksum: no entry.
     fn write_table(&self, s: u32, entry: &[u8; SLOT_HEADER_LEN]) -> std::io::Result<()> {
-        file::write_all_at(&self.table, entry, self.geometry.table_entry_offset(s))
+        let off = s as usize * SLOT_HEADER_LEN;
+        debug_assert!(off + SLOT_HEADER_LEN <= self.table_map.len());
+        // SAFETY: `off + 128` is inside the mapping (s < num_slots, the mapping covers
+        // num_slots * 128 bytes); no other thread writes this entry concurrently (see above)
+        // and nothing in this process reads the mapping while it is shared.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                entry.as_ptr(),
+                self.table_map.as_mut_ptr().add(off),
+                SLOT_HEADER_LEN,
+            )
+        };
+        if self.sync {
+            let page = off / PAGE as usize * PAGE as usize;
+            self.table_map.flush_range(page, PAGE as usize)?;
+        }
+        Ok(())
     }
 
     /// Invalidates a retiring slot's table entry, then frees the slot.
