@@ -357,9 +357,10 @@ enum kvr_status kvr_cuda_available(void);
 
 /**
  * The name of a status code as a static NUL-terminated string ("KVR_ERR_NOT_FOUND").
- * Never returns NULL; unknown values give "KVR_ERR_UNKNOWN".
+ * Takes an `int` so that any value a C caller holds is safe to pass (a `kvr_status`
+ * converts implicitly); unknown values give "KVR_ERR_UNKNOWN". Never returns NULL.
  */
-const char *kvr_status_str(enum kvr_status status);
+const char *kvr_status_str(int32_t status);
 
 /**
  * The message of the last failed kvr call on this thread: what failed and why (paths, OS
