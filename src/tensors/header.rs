@@ -274,10 +274,12 @@ pub fn parse(buf: &[u8]) -> Result<Parsed> {
         m
     };
     let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
-    let infos = meta.tensors();
-    let mut tensors = Vec::with_capacity(infos.len());
-    for name in meta.offset_keys() {
-        let info = infos[&name];
+    let names = meta.offset_keys();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let info = meta
+            .info(&name)
+            .ok_or_else(|| err!(Internal, "tensor '{name}' listed but not found"))?;
         let dtype =
             Dtype::from_st(info.dtype).map_err(|e| e.context(format!("tensor '{name}'")))?;
         let is_pad =

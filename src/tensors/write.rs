@@ -201,31 +201,51 @@ impl Gather {
         })
     }
 
-    /// Calls `emit(byte offset relative to element 0, len)` for each piece in C order;
-    /// pieces of one inner loop are reported through `emit_inner` as (start, count, stride).
-    fn for_each_inner(&self, mut f: impl FnMut(i64) -> Result<()>) -> Result<()> {
+    /// Rows gathered together by the tiled (transpose) path, when it applies: the copy is
+    /// element-wise and the last outer dimension is closer to contiguous than the inner one,
+    /// so reading `tile` elements along it per inner index touches one cache line instead of
+    /// `tile`.
+    pub(crate) fn tile(&self) -> Option<usize> {
+        let &(len, stride) = self.outer.last()?;
+        if self.inner_len < 2 || stride.unsigned_abs() >= self.inner_stride.unsigned_abs() {
+            return None;
+        }
+        let row = self.inner_len as usize * self.elem;
+        let t = (TILE as u64).min(len).min((CHUNK / row.max(1)) as u64) as usize;
+        (t >= 2).then_some(t)
+    }
+
+    /// Calls `f(byte offset relative to element 0)` for every inner loop, in C order.
+    fn for_each_inner(&self, f: impl FnMut(i64) -> Result<()>) -> Result<()> {
         if self.total == 0 {
             return Ok(());
         }
-        let mut idx = vec![0u64; self.outer.len()];
-        let mut base = 0i64;
+        odometer(&self.outer, f)
+    }
+}
+
+/// Rows per tile of the tiled gather.
+const TILE: usize = 64;
+
+/// Calls `f(offset)` for every index of `dims` (size, byte stride) in C order.
+fn odometer(dims: &[(u64, i64)], mut f: impl FnMut(i64) -> Result<()>) -> Result<()> {
+    let mut idx = vec![0u64; dims.len()];
+    let mut base = 0i64;
+    loop {
+        f(base)?;
+        let mut d = dims.len();
         loop {
-            f(base)?;
-            // Advance the odometer.
-            let mut d = self.outer.len();
-            loop {
-                if d == 0 {
-                    return Ok(());
-                }
-                d -= 1;
-                idx[d] += 1;
-                base += self.outer[d].1;
-                if idx[d] < self.outer[d].0 {
-                    break;
-                }
-                base -= self.outer[d].1 * self.outer[d].0 as i64;
-                idx[d] = 0;
+            if d == 0 {
+                return Ok(());
             }
+            d -= 1;
+            idx[d] += 1;
+            base += dims[d].1;
+            if idx[d] < dims[d].0 {
+                break;
+            }
+            base -= dims[d].1 * dims[d].0 as i64;
+            idx[d] = 0;
         }
     }
 }
@@ -352,6 +372,53 @@ impl Sink<'_> {
         Ok(())
     }
 
+    /// Appends `n` consecutive output rows (row `k` starts at `src[start + k*row_stride]`,
+    /// its elements `g.inner_stride` apart), reading across rows first for cache locality.
+    fn put_tile(
+        &mut self,
+        src: &[u8],
+        start: i64,
+        n: usize,
+        row_stride: i64,
+        g: &Gather,
+    ) -> Result<()> {
+        let elem = g.elem;
+        let row = g.inner_len as usize * elem;
+        if self.buf.len() + n * row > CHUNK {
+            self.flush()?;
+        }
+        let at = self.buf.len();
+        self.buf.resize(at + n * row, 0);
+        let dst = &mut self.buf[at..];
+        // Blocks of TILE x TILE elements: TILE source cache lines and TILE destination
+        // runs are live at a time, so both sides stay in cache and in the TLB.
+        let inner = g.inner_len as usize;
+        macro_rules! tile_n {
+            ($e:expr) => {
+                for jb in (0..inner).step_by(TILE) {
+                    let je = (jb + TILE).min(inner);
+                    for k in 0..n {
+                        let d0 = k * row;
+                        let s0 = start + k as i64 * row_stride;
+                        for j in jb..je {
+                            let o = (s0 + j as i64 * g.inner_stride) as usize;
+                            let d = d0 + j * $e;
+                            dst[d..d + $e].copy_from_slice(&src[o..o + $e]);
+                        }
+                    }
+                }
+            };
+        }
+        match elem {
+            1 => tile_n!(1),
+            2 => tile_n!(2),
+            4 => tile_n!(4),
+            8 => tile_n!(8),
+            _ => tile_n!(elem),
+        }
+        Ok(())
+    }
+
     fn zeros(&mut self, mut n: u64) -> Result<()> {
         while n > 0 {
             if self.buf.len() == CHUNK {
@@ -366,6 +433,21 @@ impl Sink<'_> {
 
     fn source(&mut self, src: &Source<'_>, gather: Option<&Gather>) -> Result<()> {
         match (src, gather) {
+            (Source::Strided(t), Some(g)) if g.total > 0 && g.tile().is_some() => {
+                let tile = g.tile().expect("checked");
+                let (rows, row_stride) = *g.outer.last().expect("tile needs an outer dim");
+                let outer = &g.outer[..g.outer.len() - 1];
+                odometer(outer, |base| {
+                    let mut i0 = 0u64;
+                    while i0 < rows {
+                        let n = (tile as u64).min(rows - i0) as usize;
+                        let start = t.offset as i64 + base + i0 as i64 * row_stride;
+                        self.put_tile(t.data, start, n, row_stride, g)?;
+                        i0 += n as u64;
+                    }
+                    Ok(())
+                })
+            }
             (Source::Strided(t), Some(g)) => g.for_each_inner(|base| {
                 let start = (t.offset as i64 + base) as usize;
                 if g.inner_len == 1 {
@@ -607,6 +689,23 @@ mod tests {
         // Size-1 dims are ignored whatever their stride.
         let g = gather(&[1, 24, 1], Some(&[999, 1, -7]), &data, 0).unwrap();
         assert_eq!(g.elem, 48);
+    }
+
+    #[test]
+    fn transposes_take_the_tiled_path_and_plain_rows_do_not() {
+        let data = vec![0u8; 2 * 24];
+        // Transpose of 4x6: the output's outer dim walks memory by 1 element.
+        assert_eq!(
+            gather(&[6, 4], Some(&[1, 6]), &data, 0).unwrap().tile(),
+            Some(6)
+        );
+        assert_eq!(
+            gather(&[2, 4], Some(&[8, 1]), &data, 0).unwrap().tile(),
+            None
+        );
+        assert_eq!(gather(&[24], Some(&[1]), &data, 0).unwrap().tile(), None);
+        // A column slice with a step is element-wise but has no closer outer dim.
+        assert_eq!(gather(&[6], Some(&[4]), &data, 0).unwrap().tile(), None);
     }
 
     #[test]
