@@ -10,6 +10,7 @@
 //!    32 KiB, like KV blocks of a bigger cache), and a transpose (element-wise gather).
 //!
 //! Prints medians. Removes its files at the end unless KVR_BENCH_KEEP is set.
+//! KVR_BENCH_WDIR (e.g. /dev/shm) puts the write test's file elsewhere.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -147,7 +148,11 @@ fn main() {
     let base: Vec<u8> = (0..(r2 * c2 * 2 * 2) as usize)
         .map(|i| (i % 253) as u8)
         .collect(); // 512 MiB: room for a step-2 row slice
-    let out = dir.join("bench_w.safetensors");
+                    // KVR_BENCH_WDIR=/dev/shm isolates the gather cost from the disk.
+    let wdir = std::env::var_os("KVR_BENCH_WDIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.clone());
+    let out = wdir.join("bench_w.safetensors");
     let tshape = [c2, r2];
     let shape2 = [r2, c2];
     let cases: [(&str, TensorIn); 3] = [
@@ -181,7 +186,7 @@ fn main() {
     for sync in [false, true] {
         for (label, t) in &cases {
             let mut rates = Vec::new();
-            for _ in 0..3 {
+            for _ in 0..5 {
                 let _ = std::fs::remove_file(&out);
                 let start = Instant::now();
                 let len = kvr::tensors::write(

@@ -393,6 +393,19 @@ impl Sink<'_> {
         // Blocks of TILE x TILE elements: TILE source cache lines and TILE destination
         // runs are live at a time, so both sides stay in cache and in the TLB.
         let inner = g.inner_len as usize;
+        // Every source offset below is an element of the view (k < n <= rows, j < inner),
+        // and `Gather::new` checked that all elements lie inside `src`; check it in debug.
+        debug_assert!(start >= 0 && n > 0);
+        debug_assert!({
+            let last = start
+                + (n as i64 - 1) * row_stride.max(0)
+                + (inner as i64 - 1) * g.inner_stride.max(0);
+            let first = start
+                + (n as i64 - 1) * row_stride.min(0)
+                + (inner as i64 - 1) * g.inner_stride.min(0);
+            first >= 0 && (last as usize + elem) <= src.len()
+        });
+        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
         macro_rules! tile_n {
             ($e:expr) => {
                 for jb in (0..inner).step_by(TILE) {
@@ -403,7 +416,9 @@ impl Sink<'_> {
                         for j in jb..je {
                             let o = (s0 + j as i64 * g.inner_stride) as usize;
                             let d = d0 + j * $e;
-                            dst[d..d + $e].copy_from_slice(&src[o..o + $e]);
+                            // SAFETY: `o..o+e` is an element of the view, inside `src` (see
+                            // above); `d..d+e` < n*row = dst.len(); the buffers are distinct.
+                            unsafe { std::ptr::copy_nonoverlapping(sp.add(o), dp.add(d), $e) };
                         }
                     }
                 }
