@@ -208,6 +208,18 @@ fn main() {
             );
         }
     }
+    // Open cost depends on the header, not on the data: one 256 MiB tensor.
+    let mut times = Vec::new();
+    for _ in 0..31 {
+        let t = Instant::now();
+        let f = TensorFile::open(&out).unwrap();
+        std::hint::black_box(f.get(None).unwrap().data.as_ptr());
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    println!(
+        "open + get, one 256 MiB tensor, warm: median {:.0} us",
+        median(times)
+    );
     let _ = std::fs::remove_file(&out);
     if std::env::var_os("KVR_BENCH_KEEP").is_none() {
         let _ = std::fs::remove_file(&big);

@@ -1,6 +1,7 @@
 //! Writes a small safetensors file from a transposed (strided) matrix, then reads it back
 //! lazily. Usage: `cargo run --example tensors_demo -- [path] [--align]`; the file is left in
-//! place so other readers (e.g. Python `safetensors`) can open it.
+//! place so other readers (e.g. Python `safetensors`) can open it. With `--read` it only lists
+//! an existing file (e.g. one written by Python).
 
 use kvr::tensors::{Dtype, TensorFile, TensorIn, WriteOptions};
 
@@ -12,6 +13,23 @@ fn main() -> kvr::Result<()> {
         .cloned()
         .unwrap_or_else(|| "kv.safetensors".into());
     let align = args.iter().any(|a| a == "--align");
+    if !args.iter().any(|a| a == "--read") {
+        write_demo(&path, align)?;
+    }
+    let f = TensorFile::open(path.as_ref())?;
+    for t in f.tensors() {
+        println!(
+            "{} {} {:?} at offset {} ({} bytes)",
+            t.name, t.dtype, t.shape, t.offset, t.len
+        );
+    }
+    for (k, v) in f.metadata() {
+        println!("metadata {k} = {v}");
+    }
+    Ok(())
+}
+
+fn write_demo(path: &str, align: bool) -> kvr::Result<()> {
     // A 2x3 row-major f32 matrix, written as its 3x2 transpose without copying it first.
     let m: Vec<u8> = [1f32, 2., 3., 4., 5., 6.]
         .iter()
@@ -37,12 +55,5 @@ fn main() -> kvr::Result<()> {
             sync: true,
         },
     )?;
-    let f = TensorFile::open(path.as_ref())?;
-    for t in f.tensors() {
-        println!(
-            "{} {} {:?} at offset {} ({} bytes)",
-            t.name, t.dtype, t.shape, t.offset, t.len
-        );
-    }
     Ok(())
 }

@@ -141,8 +141,13 @@ impl TensorDir {
                 return Err(closed(&self.shared.path));
             }
         }
-        write(&path, tensors, metadata, opts)
-            .map_err(|e| e.context(format!("putting item '{item_id}'")))?;
+        if let Err(e) = write(&path, tensors, metadata, opts) {
+            // A cleanup racing the write removes the directory under it: report that.
+            if matches!(self.shared.items.read().as_deref(), Ok(None)) {
+                return Err(closed(&self.shared.path));
+            }
+            return Err(e.context(format!("putting item '{item_id}'")));
+        }
         let item = Arc::new(Item {
             path,
             file: OnceLock::new(),

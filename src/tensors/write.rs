@@ -111,14 +111,13 @@ impl Gather {
     pub(crate) fn new(t: &TensorIn<'_>) -> Result<Gather> {
         let total = header::nbytes(t.dtype, t.shape)?;
         let ctx = |e: Error| e.context(format!("tensor '{}'", t.name));
-        let contiguous_strides = |elem: u64| -> Vec<i64> {
+        let contiguous_strides = || -> Vec<i64> {
             let mut s = vec![0i64; t.shape.len()];
             let mut acc = 1i64;
             for i in (0..t.shape.len()).rev() {
                 s[i] = acc;
                 acc = acc.saturating_mul(t.shape[i].min(i64::MAX as u64) as i64);
             }
-            let _ = elem;
             s
         };
         let strides: Vec<i64> = match t.strides {
@@ -131,11 +130,11 @@ impl Gather {
                 )))
             }
             Some(s) => s.to_vec(),
-            None => contiguous_strides(1),
+            None => contiguous_strides(),
         };
         let Some(elem) = t.dtype.byte_size() else {
             // Packed sub-byte types: only contiguous data, taken as raw bytes.
-            if t.strides.is_some() && strides != contiguous_strides(1) && total > 0 {
+            if t.strides.is_some() && strides != contiguous_strides() && total > 0 {
                 return Err(ctx(err!(
                     InvalidArgument,
                     "{} is a packed sub-byte dtype; strided {} data is not supported, pass it contiguous",
