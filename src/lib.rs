@@ -5,6 +5,8 @@
 //!
 //! - [`region`]: a host-memory region shared by all tensor-parallel workers of one node,
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
+//! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
+//!   a lazy tensor directory, and export/import of region blocks.
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -16,6 +18,8 @@ mod error;
 pub mod ffi;
 pub mod io;
 pub mod region;
+pub mod tensors;
 
 pub use error::{Error, ErrorKind, Result};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
+pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};

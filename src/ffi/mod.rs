@@ -13,6 +13,7 @@
 pub mod job;
 pub mod region;
 pub mod status;
+pub mod tensors;
 
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;
@@ -85,7 +86,6 @@ pub(crate) unsafe fn arg_bytes<'a>(
 ///
 /// # Safety
 /// A non-null `ptr` must be valid for writes of `len` bytes for `'a` and not aliased.
-#[allow(dead_code)] // used by the storage tiers' entry points
 pub(crate) unsafe fn arg_bytes_mut<'a>(
     ptr: *mut u8,
     len: usize,
