@@ -7,6 +7,8 @@
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
 //! - [`disk`]: a preallocated file of fixed-size slots for local spill, with an in-memory LRU
 //!   index rebuilt from checksummed slot headers at open, crash-safe across SIGKILL.
+//! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
+//!   a lazy tensor directory, and export/import of region blocks.
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -19,7 +21,9 @@ mod error;
 pub mod ffi;
 pub mod io;
 pub mod region;
+pub mod tensors;
 
 pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
+pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};
