@@ -3,6 +3,7 @@
 #ifndef KVR_HPP
 #define KVR_HPP
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -169,6 +170,107 @@ class Job {
 };
 
 // ---- storage tiers: each adds its owner class below, in its own section ----
+
+// ---- disk slot file: local spill of fixed-size blocks, crash-safe LRU index ----
+
+/// A slot file key: 16 bytes (the engine's block hash).
+using DiskKey = std::array<std::uint8_t, 16>;
+
+/// Options for Disk (defaults as kvr_disk_config_default).
+struct DiskOptions {
+  std::string path;
+  std::uint64_t slot_size = 0;  // payload capacity per slot, rounded up to 4096
+  std::uint64_t num_slots = 0;
+  std::uint32_t io_threads = 4;
+  std::uint32_t direct_io = KVR_DIRECT_IO_AUTO;
+  bool verify = true;  // check payload+metadata checksums on read
+  bool sync = false;   // fdatasync each write (power-loss safety)
+};
+
+/// Lengths of an entry read back.
+struct DiskEntry {
+  std::uint64_t len = 0;
+  std::uint64_t meta_len = 0;
+};
+
+/// A disk slot file (kvr_disk_open / kvr_disk_close): created and reserved, or reopened
+/// and recovered. One owner per file: a second open throws KVR_ERR_BUSY.
+class Disk {
+ public:
+  explicit Disk(const DiskOptions& o) {
+    kvr_disk_config c;
+    check(kvr_disk_config_default(&c));
+    c.path = o.path.c_str();
+    c.slot_size = o.slot_size;
+    c.num_slots = o.num_slots;
+    c.io_threads = o.io_threads;
+    c.direct_io = o.direct_io;
+    c.verify = o.verify;
+    c.sync = o.sync;
+    kvr_disk* d = nullptr;
+    check(kvr_disk_open(&c, &d));
+    h_.reset(d);
+  }
+  /// Stores `len` bytes (and optional metadata) under `key`; may evict the LRU entry.
+  void write(const DiskKey& key, const void* src, std::uint64_t len, const void* meta = nullptr,
+             std::uint64_t meta_len = 0) {
+    check(kvr_disk_write(h_.get(), key.data(), static_cast<const std::uint8_t*>(src), len,
+                         static_cast<const std::uint8_t*>(meta), meta_len));
+  }
+  /// Reads `key` into `dst`; throws KVR_ERR_NOT_FOUND, KVR_ERR_CORRUPT, KVR_ERR_TOO_SMALL...
+  DiskEntry read(const DiskKey& key, void* dst, std::uint64_t cap, void* meta = nullptr,
+                 std::uint64_t meta_cap = 0) {
+    DiskEntry e;
+    check(kvr_disk_read(h_.get(), key.data(), static_cast<std::uint8_t*>(dst), cap, &e.len,
+                        static_cast<std::uint8_t*>(meta), meta_cap, &e.meta_len));
+    return e;
+  }
+  /// Like read(), but a miss (not found, or a corrupt entry that was dropped) returns false.
+  bool try_read(const DiskKey& key, void* dst, std::uint64_t cap, DiskEntry* out = nullptr,
+                void* meta = nullptr, std::uint64_t meta_cap = 0) {
+    DiskEntry e;
+    kvr_status s = kvr_disk_read(h_.get(), key.data(), static_cast<std::uint8_t*>(dst), cap,
+                                 &e.len, static_cast<std::uint8_t*>(meta), meta_cap, &e.meta_len);
+    if (s == KVR_ERR_NOT_FOUND || s == KVR_ERR_CORRUPT) return false;
+    check(s);
+    if (out) *out = e;
+    return true;
+  }
+  bool contains(const DiskKey& key) const {
+    bool b = false;
+    check(kvr_disk_contains(h_.get(), key.data(), &b));
+    return b;
+  }
+  /// Removes `key`'s entry; false if there was none.
+  bool remove(const DiskKey& key) {
+    kvr_status s = kvr_disk_remove(h_.get(), key.data());
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  kvr_disk_counters stats() const {
+    kvr_disk_counters c{};
+    c.struct_size = sizeof(c);
+    check(kvr_disk_stats(h_.get(), &c));
+    return c;
+  }
+  /// Async batch of writes; buffers must outlive the returned Job.
+  Job submit_write(const kvr_disk_write_op* ops, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_disk_submit_write(h_.get(), ops, n, &j));
+    return Job(j);
+  }
+  /// Async batch of reads; `ops` (whose len/meta_len are filled) and buffers must outlive it.
+  Job submit_read(kvr_disk_read_op* ops, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_disk_submit_read(h_.get(), ops, n, &j));
+    return Job(j);
+  }
+  kvr_disk* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_disk, kvr_disk_close> h_;
+};
 
 // ---- tensor files (safetensors): writing, lazy reading, lazy directory, region blocks ----
 
