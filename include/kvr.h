@@ -38,6 +38,11 @@
 #define KVR_DISK_KEY_LEN 16
 
 /**
+ * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+ */
+#define KVR_DISK_MAX_META 3968
+
+/**
  * `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
  */
 #define KVR_RANK_SCHEDULER -1

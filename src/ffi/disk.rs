@@ -14,8 +14,9 @@ use crate::Error;
 
 /// Bytes of a slot file key.
 pub const KVR_DISK_KEY_LEN: u32 = 16;
-/// Largest user metadata per entry, in bytes.
-pub const KVR_DISK_MAX_META: u32 = crate::disk::MAX_META as u32;
+/// Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+pub const KVR_DISK_MAX_META: u32 = 3968;
+const _: () = assert!(KVR_DISK_MAX_META as usize == crate::disk::MAX_META);
 
 /// Opaque handle to an open slot file (`kvr_disk_open` / `kvr_disk_close`).
 pub struct kvr_disk {
