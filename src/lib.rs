@@ -5,6 +5,8 @@
 //!
 //! - [`region`]: a host-memory region shared by all tensor-parallel workers of one node,
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
+//! - [`fs`]: a content-addressed block store on a local or shared file system (one
+//!   safetensors file per block, atomic rename, checksums, O_DIRECT, LRU capacity).
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -14,8 +16,12 @@
 pub mod cuda;
 mod error;
 pub mod ffi;
+pub mod fs;
 pub mod io;
 pub mod region;
 
 pub use error::{Error, ErrorKind, Result};
+pub use fs::{
+    Durability, FsConfig, FsStats, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
+};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};

@@ -2,11 +2,13 @@
 //! and the async job handle that batched submits return.
 
 pub mod aligned;
+pub mod bounce;
 pub mod direct;
 pub mod job;
 pub mod pool;
 
 pub use aligned::AlignedBuf;
+pub use bounce::{Bounce, BouncePool};
 pub use direct::DirectIo;
 pub use job::{Job, JobProgress};
 pub use pool::IoPool;
