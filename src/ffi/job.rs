@@ -25,7 +25,6 @@ pub struct kvr_job_progress {
 
 impl kvr_job {
     /// Boxes a job for C.
-    #[allow(dead_code)] // used by the storage tiers' submit calls
     pub(crate) fn into_raw(job: Job) -> *mut kvr_job {
         Box::into_raw(Box::new(kvr_job { inner: job }))
     }

@@ -10,6 +10,7 @@
 // documents its contract in the header, as rustls-ffi does.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod fs;
 pub mod job;
 pub mod region;
 pub mod status;
@@ -57,7 +58,6 @@ pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T
 ///
 /// # Safety
 /// A non-null `ptr` must be valid for reads of `len` bytes for `'a`.
-#[allow(dead_code)] // used by the storage tiers' entry points
 pub(crate) unsafe fn arg_bytes<'a>(
     ptr: *const u8,
     len: usize,
@@ -85,7 +85,6 @@ pub(crate) unsafe fn arg_bytes<'a>(
 ///
 /// # Safety
 /// A non-null `ptr` must be valid for writes of `len` bytes for `'a` and not aliased.
-#[allow(dead_code)] // used by the storage tiers' entry points
 pub(crate) unsafe fn arg_bytes_mut<'a>(
     ptr: *mut u8,
     len: usize,
