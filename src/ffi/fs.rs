@@ -367,7 +367,7 @@ fn key_array<'a, T>(ptr: *const T, n: usize, name: &str) -> crate::Result<&'a [T
         return Err(Error::invalid(format!("{name} is NULL (n = {n})")));
     }
     if n.checked_mul(std::mem::size_of::<T>())
-        .is_none_or(|b| b > isize::MAX as usize)
+        .map_or(true, |b| b > isize::MAX as usize)
     {
         return Err(Error::invalid(format!("{name}: n = {n} overflows")));
     }

@@ -120,10 +120,12 @@ pub fn classify(name: &str) -> Entry {
             return Entry::Block(k);
         }
     }
-    if name.starts_with('.') && name.ends_with(TEMP_EXT) && name.len() > 34 {
-        if Key::from_hex(&name[1..33]).is_some() {
-            return Entry::Temp;
-        }
+    if name.starts_with('.')
+        && name.ends_with(TEMP_EXT)
+        && name.get(1..33).and_then(Key::from_hex).is_some()
+        && name.get(33..34) == Some(".")
+    {
+        return Entry::Temp;
     }
     Entry::Other
 }
@@ -204,6 +206,7 @@ mod tests {
         assert_eq!(classify("notes.txt"), Entry::Other);
         assert_eq!(classify(".kvr_direct_probe.1.tmp"), Entry::Other);
         assert_eq!(classify("0707.kvb"), Entry::Other);
+        assert_eq!(classify(".\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}x.tmp"), Entry::Other);
         assert!(is_fanout_dir("a0"));
         assert!(!is_fanout_dir("A0"));
         assert!(!is_fanout_dir("r0"));
