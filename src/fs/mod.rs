@@ -552,10 +552,13 @@ impl Inner {
     fn write_block(&self, file: &File, header: &[u8], data: &[u8]) -> io::Result<()> {
         let to_io = |e: Error| io::Error::other(e.to_string());
         let file_len = header.len() + data.len();
+        // Allocate the whole (page-rounded) file first: a full disk fails here before any
+        // data moves, and the O_DIRECT write below is then not a file-extending write (which
+        // ext4 journals separately, an orphan-list update per file).
+        sys::preallocate(file, round_up(file_len) as u64)?;
         if !self.direct {
-            return sys::pwritev_all(file, &[header, data], 0);
-        }
-        if data.as_ptr() as usize % IO_ALIGN == 0 {
+            sys::pwritev_all(file, &[header, data], 0)?;
+        } else if data.as_ptr() as usize % IO_ALIGN == 0 {
             let main = data.len() / IO_ALIGN * IO_ALIGN;
             let tail = data.len() - main;
             let mut hb = self.bounce.get(header.len()).map_err(to_io)?;

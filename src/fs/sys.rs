@@ -123,6 +123,24 @@ pub fn flock_exclusive(file: &File, wait: bool) -> io::Result<()> {
     }
 }
 
+/// Allocates `len` bytes of `file` from offset 0 (the size grows to `len`). A file system
+/// without `fallocate` support (EOPNOTSUPP) is not an error: the write allocates instead.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall on an open descriptor.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(()),
+            _ => return Err(e),
+        }
+    }
+}
+
 /// Flushes a file's data (and the metadata needed to read it) to stable storage.
 pub fn fdatasync(file: &File) -> io::Result<()> {
     file.sync_data()
