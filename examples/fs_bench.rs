@@ -123,7 +123,7 @@ fn run_kvr(
 
 fn fio(a: &Args, size: usize, rw: &str, dir: &Path) -> f64 {
     let out = Command::new("fio")
-        .arg(format!("--name=kvrbench"))
+        .arg("--name=kvrbench")
         .arg(format!("--directory={}", dir.display()))
         .arg(format!("--rw={rw}"))
         .arg(format!("--bs={size}"))
