@@ -10,6 +10,8 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=CI");
+    // A versioned soname, so engines linking libkvr.so record libkvr.so.<KVR_ABI_VERSION>.
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkvr.so.1");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))

@@ -1,0 +1,12 @@
+# Fails unless README.md contains the body of readme_example.cpp verbatim (between markers).
+file(READ "${SNIPPET}" snippet)
+string(REGEX MATCH "// BEGIN README\n(.*)// END README" _ "${snippet}")
+set(body "${CMAKE_MATCH_1}")
+if(body STREQUAL "")
+  message(FATAL_ERROR "no // BEGIN README ... // END README block in ${SNIPPET}")
+endif()
+file(READ "${README}" readme)
+string(FIND "${readme}" "${body}" at)
+if(at EQUAL -1)
+  message(FATAL_ERROR "README.md does not contain the example from ${SNIPPET}; copy it over")
+endif()

@@ -1,0 +1,175 @@
+// kvr.hpp: header-only C++17 layer over kvr.h. RAII owners close their handles, failures
+// throw kvr::Error carrying the status code and kvr's message. Hand-written (kvr.h is generated).
+#ifndef KVR_HPP
+#define KVR_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "kvr.h"
+
+namespace kvr {
+
+/// A failed kvr call: the status code and kvr_last_error_message() at the time of failure.
+class Error : public std::runtime_error {
+ public:
+  Error(kvr_status status, const std::string& what)
+      : std::runtime_error(std::string(kvr_status_str(status)) + ": " + what), status_(status) {}
+  kvr_status status() const noexcept { return status_; }
+
+ private:
+  kvr_status status_;
+};
+
+/// Throws kvr::Error if `s` is not KVR_OK.
+inline void check(kvr_status s) {
+  if (s != KVR_OK) throw Error(s, kvr_last_error_message());
+}
+
+/// A non-owning view of contiguous bytes (std::span<std::byte> for C++17).
+template <typename T>
+class Span {
+ public:
+  constexpr Span() noexcept = default;
+  constexpr Span(T* data, std::size_t size) noexcept : data_(data), size_(size) {}
+  constexpr T* data() const noexcept { return data_; }
+  constexpr std::size_t size() const noexcept { return size_; }
+  constexpr bool empty() const noexcept { return size_ == 0; }
+  constexpr T* begin() const noexcept { return data_; }
+  constexpr T* end() const noexcept { return data_ + size_; }
+  constexpr T& operator[](std::size_t i) const noexcept { return data_[i]; }
+
+ private:
+  T* data_ = nullptr;
+  std::size_t size_ = 0;
+};
+
+/// One tensor's strided view across all blocks of a region (valid while the region is open).
+class View {
+ public:
+  View() = default;
+  explicit View(const kvr_view& v) : v_(v) {}
+  /// Block `b` of this tensor: `bytes_per_block()` bytes (throws std::out_of_range).
+  Span<std::uint8_t> block(std::uint64_t b) const {
+    if (b >= v_.num_blocks) throw std::out_of_range("kvr::View::block: block out of range");
+    return {v_.base + b * v_.row_stride, static_cast<std::size_t>(v_.bytes_per_block)};
+  }
+  std::uint8_t* base() const noexcept { return v_.base; }
+  std::uint64_t num_blocks() const noexcept { return v_.num_blocks; }
+  std::uint64_t bytes_per_block() const noexcept { return v_.bytes_per_block; }
+  std::uint64_t row_stride() const noexcept { return v_.row_stride; }
+  const kvr_view& raw() const noexcept { return v_; }
+
+ private:
+  kvr_view v_{};
+};
+
+/// Move-only owner of a handle `H`, closed with `Close` on destruction.
+template <typename H, void (*Close)(H*)>
+class Handle {
+ public:
+  Handle() = default;
+  explicit Handle(H* h) noexcept : h_(h) {}
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  Handle(Handle&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
+  Handle& operator=(Handle&& o) noexcept {
+    if (this != &o) reset(std::exchange(o.h_, nullptr));
+    return *this;
+  }
+  ~Handle() { reset(); }
+  void reset(H* h = nullptr) noexcept {
+    if (h_) Close(h_);
+    h_ = h;
+  }
+  H* get() const noexcept { return h_; }
+  H* release() noexcept { return std::exchange(h_, nullptr); }
+  explicit operator bool() const noexcept { return h_ != nullptr; }
+
+ private:
+  H* h_ = nullptr;
+};
+
+/// Builder-style options for Region (defaults as kvr_region_config_default).
+struct RegionOptions {
+  std::string name;
+  std::string dir;  // empty: /dev/shm
+  std::uint64_t num_blocks = 0;
+  std::uint64_t cpu_page_size = 0;
+  std::uint32_t num_workers = 1;
+  std::int32_t rank = 0;  // or KVR_RANK_SCHEDULER
+  std::uint32_t flags = KVR_REGION_CREATE;
+  std::uint32_t attach_timeout_ms = 10000;
+};
+
+/// A shared host region (kvr_region_open / kvr_region_close).
+class Region {
+ public:
+  explicit Region(const RegionOptions& o) {
+    kvr_region_config c;
+    check(kvr_region_config_default(&c));
+    c.name = o.name.c_str();
+    c.dir = o.dir.empty() ? nullptr : o.dir.c_str();
+    c.num_blocks = o.num_blocks;
+    c.cpu_page_size = o.cpu_page_size;
+    c.num_workers = o.num_workers;
+    c.rank = o.rank;
+    c.flags = o.flags;
+    c.attach_timeout_ms = o.attach_timeout_ms;
+    kvr_region* r = nullptr;
+    check(kvr_region_open(&c, &r));
+    h_.reset(r);
+  }
+  /// The next tensor's view of this rank's slices (`tensor_page_size` bytes per block).
+  View create_view(std::uint64_t tensor_page_size) {
+    kvr_view v;
+    check(kvr_create_view(h_.get(), tensor_page_size, &v));
+    return View(v);
+  }
+  /// The whole-row view (scheduler side).
+  View row_view() const {
+    kvr_view v;
+    check(kvr_region_row_view(h_.get(), &v));
+    return View(v);
+  }
+  kvr_region_info info() const {
+    kvr_region_info i{};
+    i.struct_size = sizeof(i);
+    check(kvr_region_get_info(h_.get(), &i));
+    return i;
+  }
+  kvr_region* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_region, kvr_region_close> h_;
+};
+
+/// Owner of an async batch job; destruction waits for it (kvr_job_free).
+class Job {
+ public:
+  explicit Job(kvr_job* j) noexcept : h_(j) {}
+  /// Waits for every item (timeout_ms < 0: no bound); throws on timeout.
+  void wait(std::int64_t timeout_ms = -1) const { check(kvr_job_wait(h_.get(), timeout_ms)); }
+  kvr_job_progress poll() const {
+    kvr_job_progress p{};
+    check(kvr_job_poll(h_.get(), &p));
+    return p;
+  }
+  /// Status of item `i` (does not throw); bytes moved in `*bytes` when KVR_OK.
+  kvr_status item_status(std::size_t i, std::uint64_t* bytes = nullptr) const noexcept {
+    return kvr_job_item_status(h_.get(), i, bytes);
+  }
+  kvr_job* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_job, kvr_job_free> h_;
+};
+
+// ---- storage tiers: each adds its owner class below, in its own section ----
+
+}  // namespace kvr
+
+#endif  // KVR_HPP

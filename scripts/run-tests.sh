@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Every test: format and lint checks, the Rust tests, then the C/C++ suite (ctest) built
+# against a fresh install of the package in a temporary prefix. Called by `make test` and CI.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+scripts/install-deps.sh
+jobs=$(nproc 2>/dev/null || echo 2)
+
+echo "== cargo fmt --check"
+cargo fmt --all -- --check
+echo "== cargo clippy"
+cargo clippy --locked --all-targets -- -D warnings
+echo "== cargo test"
+cargo test --locked
+
+echo "== header is current"
+git diff --exit-code -- include/kvr.h 2>/dev/null || {
+  echo "include/kvr.h differs from what the code generates: commit the regenerated header" >&2
+  exit 1
+}
+
+prefix=$(mktemp -d "${TMPDIR:-/tmp}/kvr-prefix.XXXXXX")
+ctest_build=$(mktemp -d "${TMPDIR:-/tmp}/kvr-cpp-tests.XXXXXX")
+trap 'rm -rf "$prefix" "$ctest_build"' EXIT
+
+echo "== build and install into $prefix"
+cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
+cmake --build build -j "$jobs"
+cmake --install build --prefix "$prefix" >/dev/null
+
+echo "== C/C++ suite (ctest) against the installed package"
+cmake -S cpp_tests -B "$ctest_build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug >/dev/null
+cmake --build "$ctest_build" -j "$jobs"
+(cd "$ctest_build" && ctest --output-on-failure -j "$jobs")
