@@ -16,7 +16,8 @@ TEST(Basics, StatusStrings) {
   EXPECT_STREQ(kvr_status_str(KVR_OK), "KVR_OK");
   EXPECT_STREQ(kvr_status_str(KVR_ERR_NOT_FOUND), "KVR_ERR_NOT_FOUND");
   EXPECT_STREQ(kvr_status_str(KVR_ERR_CUDA_UNAVAILABLE), "KVR_ERR_CUDA_UNAVAILABLE");
-  EXPECT_STREQ(kvr_status_str(static_cast<kvr_status>(12345)), "KVR_ERR_UNKNOWN");
+  EXPECT_STREQ(kvr_status_str(12345), "KVR_ERR_UNKNOWN");
+  EXPECT_STREQ(kvr_status_str(-1), "KVR_ERR_UNKNOWN");
   EXPECT_EQ(static_cast<int>(KVR_OK), 0);
 }
 

@@ -80,6 +80,135 @@
 #define KVR_REGION_NO_POPULATE (1 << 3)
 
 /**
+ * Dtype code: boolean (1 byte).
+ */
+#define KVR_DTYPE_BOOL 1
+
+/**
+ * Dtype code: uint8.
+ */
+#define KVR_DTYPE_U8 2
+
+/**
+ * Dtype code: int8.
+ */
+#define KVR_DTYPE_I8 3
+
+/**
+ * Dtype code: uint16.
+ */
+#define KVR_DTYPE_U16 4
+
+/**
+ * Dtype code: int16.
+ */
+#define KVR_DTYPE_I16 5
+
+/**
+ * Dtype code: uint32.
+ */
+#define KVR_DTYPE_U32 6
+
+/**
+ * Dtype code: int32.
+ */
+#define KVR_DTYPE_I32 7
+
+/**
+ * Dtype code: uint64.
+ */
+#define KVR_DTYPE_U64 8
+
+/**
+ * Dtype code: int64.
+ */
+#define KVR_DTYPE_I64 9
+
+/**
+ * Dtype code: IEEE half.
+ */
+#define KVR_DTYPE_F16 10
+
+/**
+ * Dtype code: bfloat16.
+ */
+#define KVR_DTYPE_BF16 11
+
+/**
+ * Dtype code: float.
+ */
+#define KVR_DTYPE_F32 12
+
+/**
+ * Dtype code: double.
+ */
+#define KVR_DTYPE_F64 13
+
+/**
+ * Dtype code: FP8 E4M3 ("F8_E4M3").
+ */
+#define KVR_DTYPE_F8_E4M3 14
+
+/**
+ * Dtype code: FP8 E5M2 ("F8_E5M2").
+ */
+#define KVR_DTYPE_F8_E5M2 15
+
+/**
+ * Dtype code: FP8 E8M0 ("F8_E8M0").
+ */
+#define KVR_DTYPE_F8_E8M0 16
+
+/**
+ * Dtype code: FP8 E4M3 FNUZ ("F8_E4M3FNUZ").
+ */
+#define KVR_DTYPE_F8_E4M3FNUZ 17
+
+/**
+ * Dtype code: FP8 E5M2 FNUZ ("F8_E5M2FNUZ").
+ */
+#define KVR_DTYPE_F8_E5M2FNUZ 18
+
+/**
+ * Dtype code: complex64 ("C64").
+ */
+#define KVR_DTYPE_C64 19
+
+/**
+ * Dtype code: MX FP4, packed two per byte ("F4"; contiguous only).
+ */
+#define KVR_DTYPE_F4 20
+
+/**
+ * Dtype code: MX FP6 E2M3, packed ("F6_E2M3"; contiguous only).
+ */
+#define KVR_DTYPE_F6_E2M3 21
+
+/**
+ * Dtype code: MX FP6 E3M2, packed ("F6_E3M2"; contiguous only).
+ */
+#define KVR_DTYPE_F6_E3M2 22
+
+/**
+ * Write flag: start every tensor's data at a 4096-aligned file offset. The header is
+ * space-padded and, after a tensor whose size is not a multiple of 4096, a zero-filled U8
+ * padding tensor `__kvr_pad_<i>__` is inserted (safetensors requires contiguous offsets);
+ * kvr hides padding tensors when reading, other readers list them.
+ */
+#define KVR_TENSORS_ALIGN_4K (1 << 0)
+
+/**
+ * Write flag: skip the fsync of the file and its directory (faster, not crash-durable; the
+ * rename is still atomic).
+ */
+#define KVR_TENSORS_NO_SYNC (1 << 1)
+
+/**
+ * Largest rank accepted.
+ */
+#define KVR_TENSORS_MAX_RANK 64
+
+/**
  * Result of every fallible kvr call. `KVR_OK` is 0; error codes are grouped by area
  * (1xx arguments, 2xx storage, 3xx concurrency and lifecycle, 4xx layout and sizes,
  * 5xx CUDA, 9xx internal) and never reused.
@@ -169,6 +298,22 @@ typedef struct kvr_job kvr_job;
  * Opaque handle to an open shared region (`kvr_region_open` / `kvr_region_close`).
  */
 typedef struct kvr_region kvr_region;
+
+/**
+ * Opaque handle of a lazy tensor directory (`kvr_tensor_dir_open` / `kvr_tensor_dir_close`).
+ */
+typedef struct kvr_tensor_dir kvr_tensor_dir;
+
+/**
+ * Opaque handle of an open tensor file (`kvr_tensors_open` / `kvr_tensors_close`).
+ */
+typedef struct kvr_tensor_file kvr_tensor_file;
+
+/**
+ * Opaque lazy reference to one tensor of a directory item (`kvr_tensor_dir_get_ref` /
+ * `kvr_tensor_lazy_free`).
+ */
+typedef struct kvr_tensor_lazy kvr_tensor_lazy;
 
 /**
  * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
@@ -458,6 +603,82 @@ typedef struct kvr_region_info {
   uint64_t pin_ns;
 } kvr_region_info;
 
+/**
+ * A tensor to write: element `[i0, i1, ...]` is at
+ * `data + (i0*strides[0] + i1*strides[1] + ...) * element_size` bytes.
+ */
+typedef struct kvr_tensor {
+  /**
+   * Unique name (NUL-terminated UTF-8).
+   */
+  const char *name;
+  /**
+   * `KVR_DTYPE_*`.
+   */
+  uint32_t dtype;
+  /**
+   * Number of dimensions (0 for a scalar, at most `KVR_TENSORS_MAX_RANK`).
+   */
+  uint32_t rank;
+  /**
+   * `rank` dimensions (may be NULL when rank is 0).
+   */
+  const uint64_t *shape;
+  /**
+   * `rank` strides in elements (negative and zero allowed), or NULL for C-contiguous.
+   * Transposed, sliced and permuted views are gathered while writing.
+   */
+  const int64_t *strides;
+  /**
+   * Address of element `[0, 0, ...]`; may be NULL only for a tensor with no elements.
+   */
+  const void *data;
+} kvr_tensor;
+
+/**
+ * A metadata entry (`__metadata__` of the safetensors header).
+ */
+typedef struct kvr_kv {
+  /**
+   * Key (NUL-terminated UTF-8, unique).
+   */
+  const char *key;
+  /**
+   * Value (NUL-terminated UTF-8).
+   */
+  const char *value;
+} kvr_kv;
+
+/**
+ * A zero-copy view of a stored tensor (C-contiguous, little-endian).
+ */
+typedef struct kvr_tensor_ref {
+  /**
+   * Name.
+   */
+  const char *name;
+  /**
+   * `KVR_DTYPE_*`.
+   */
+  uint32_t dtype;
+  /**
+   * Number of dimensions.
+   */
+  uint32_t rank;
+  /**
+   * `rank` dimensions.
+   */
+  const uint64_t *shape;
+  /**
+   * The tensor's bytes in the read-only mapping (never write through it).
+   */
+  const void *data;
+  /**
+   * Bytes at `data`.
+   */
+  uint64_t nbytes;
+} kvr_tensor_ref;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -657,9 +878,10 @@ enum kvr_status kvr_cuda_available(void);
 
 /**
  * The name of a status code as a static NUL-terminated string ("KVR_ERR_NOT_FOUND").
- * Never returns NULL; unknown values give "KVR_ERR_UNKNOWN".
+ * Takes an `int` so that any value a C caller holds is safe to pass (a `kvr_status`
+ * converts implicitly); unknown values give "KVR_ERR_UNKNOWN". Never returns NULL.
  */
-const char *kvr_status_str(enum kvr_status status);
+const char *kvr_status_str(int32_t status);
 
 /**
  * The message of the last failed kvr call on this thread: what failed and why (paths, OS
@@ -667,6 +889,176 @@ const char *kvr_status_str(enum kvr_status status);
  * valid until the next kvr call on this thread. Never returns NULL.
  */
 const char *kvr_last_error_message(void);
+
+/**
+ * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
+ * (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
+ * error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
+ * Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved names, overflowing
+ * shapes, strides out of range), `KVR_ERR_UNSUPPORTED` (unknown dtype code),
+ * `KVR_ERR_NO_SPACE`, `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_tensors_write(const char *path,
+                                  const struct kvr_tensor *tensors,
+                                  size_t n,
+                                  const struct kvr_kv *metadata,
+                                  size_t m,
+                                  uint32_t flags);
+
+/**
+ * Opens a tensor file: maps it read-only and validates the header only (offsets in bounds,
+ * contiguous and non-overlapping, sizes equal to dtype x shape). No tensor data is read.
+ * Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is wrong), `KVR_ERR_UNSUPPORTED`.
+ */
+enum kvr_status kvr_tensors_open(const char *path, struct kvr_tensor_file **out);
+
+/**
+ * Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
+ */
+void kvr_tensors_close(struct kvr_tensor_file *file);
+
+/**
+ * Number of tensors in the file (padding tensors excluded).
+ */
+enum kvr_status kvr_tensors_count(const struct kvr_tensor_file *file, size_t *out);
+
+/**
+ * Name of tensor `index` (file order); the string is valid until close.
+ * `KVR_ERR_NOT_FOUND` when `index >= count`.
+ */
+enum kvr_status kvr_tensors_name_at(const struct kvr_tensor_file *file,
+                                    size_t index,
+                                    const char **out);
+
+/**
+ * Value of metadata `key`; the string is valid until close. `KVR_ERR_NOT_FOUND` if absent.
+ */
+enum kvr_status kvr_tensors_metadata_get(const struct kvr_tensor_file *file,
+                                         const char *key,
+                                         const char **out);
+
+/**
+ * Zero-copy view of tensor `name` (pointer into the mapping, valid until close). A NULL
+ * name succeeds only when the file holds exactly one tensor; otherwise `KVR_ERR_NOT_FOUND`
+ * with the available names in the message.
+ */
+enum kvr_status kvr_tensors_get(const struct kvr_tensor_file *file,
+                                const char *name,
+                                struct kvr_tensor_ref *out);
+
+/**
+ * Copies tensor `name` (NULL: the only tensor) into `dst` of `cap` bytes, reading only that
+ * tensor's bytes. `*out_len` (may be NULL) receives the bytes copied, or on
+ * `KVR_ERR_TOO_SMALL` the size needed.
+ */
+enum kvr_status kvr_tensors_read_into(const struct kvr_tensor_file *file,
+                                      const char *name,
+                                      void *dst,
+                                      size_t cap,
+                                      size_t *out_len);
+
+/**
+ * Copies tensor `name` into device memory `dst` (a `CUdeviceptr` of `cap` bytes on CUDA
+ * device `device`) through the CUDA driver. `KVR_ERR_CUDA_UNAVAILABLE` without a CUDA
+ * driver or device. `*out_len` (may be NULL) receives the bytes copied.
+ */
+enum kvr_status kvr_tensors_read_into_device(const struct kvr_tensor_file *file,
+                                             const char *name,
+                                             uint64_t dst,
+                                             size_t cap,
+                                             int32_t device,
+                                             size_t *out_len);
+
+/**
+ * Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
+ * the system temp directory). It is deleted when the handle and every lazy reference have
+ * been released, or at once by `kvr_tensor_dir_cleanup`.
+ */
+enum kvr_status kvr_tensor_dir_open(const char *parent, struct kvr_tensor_dir **out);
+
+/**
+ * Releases the directory handle; the directory lives on while lazy references exist.
+ * NULL is a no-op.
+ */
+void kvr_tensor_dir_close(struct kvr_tensor_dir *dir);
+
+/**
+ * Deletes the directory and its files now. Later puts, get_refs and materializations fail
+ * with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
+ * freed. The handle must still be closed.
+ */
+enum kvr_status kvr_tensor_dir_cleanup(const struct kvr_tensor_dir *dir);
+
+/**
+ * The directory's path (valid until the handle is closed).
+ */
+enum kvr_status kvr_tensor_dir_path(const struct kvr_tensor_dir *dir, const char **out);
+
+/**
+ * Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
+ * that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
+ */
+enum kvr_status kvr_tensor_dir_put(const struct kvr_tensor_dir *dir,
+                                   const char *item_id,
+                                   const struct kvr_tensor *tensors,
+                                   size_t n,
+                                   const struct kvr_kv *metadata,
+                                   size_t m,
+                                   uint32_t flags);
+
+/**
+ * A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
+ * Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
+ * directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_get_ref(const struct kvr_tensor_dir *dir,
+                                       const char *item_id,
+                                       const char *name,
+                                       struct kvr_tensor_lazy **out);
+
+/**
+ * Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
+ * materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
+ * `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_materialize(const struct kvr_tensor_lazy *lazy,
+                                            void *dst,
+                                            size_t cap,
+                                            size_t *out_len);
+
+/**
+ * Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
+ * is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
+                                     struct kvr_tensor_ref *out);
+
+/**
+ * Releases a lazy reference (from any thread); the last release of the directory's handle
+ * and references deletes the directory. NULL is a no-op.
+ */
+void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
+
+/**
+ * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
+ * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
+ * in the metadata and an xxh3-64 checksum per block. `flags` as for `kvr_tensors_write`.
+ */
+enum kvr_status kvr_region_export(const struct kvr_region *region,
+                                  const uint64_t *block_ids,
+                                  size_t n,
+                                  const char *path,
+                                  uint32_t flags);
+
+/**
+ * Loads a file written by `kvr_region_export` into the region, which must have the same
+ * layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
+ * is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
+ * receives the number of blocks loaded.
+ */
+enum kvr_status kvr_region_import(const struct kvr_region *region,
+                                  const char *path,
+                                  size_t *out_count);
 
 #ifdef __cplusplus
 }  // extern "C"

@@ -276,6 +276,132 @@ class FsStore {
   Handle<kvr_fs, kvr_fs_close> h_;
 };
 
+// ---- tensor files (safetensors): writing, lazy reading, lazy directory, region blocks ----
+
+/// Writes `n` tensors (strided views allowed) and `m` metadata entries as a safetensors file,
+/// atomically (kvr_tensors_write). `flags`: KVR_TENSORS_ALIGN_4K, KVR_TENSORS_NO_SYNC.
+inline void write_tensors(const std::string& path, const kvr_tensor* tensors, std::size_t n,
+                          const kvr_kv* metadata = nullptr, std::size_t m = 0,
+                          std::uint32_t flags = 0) {
+  check(kvr_tensors_write(path.c_str(), tensors, n, metadata, m, flags));
+}
+
+/// An open tensor file (kvr_tensors_open / kvr_tensors_close): header parsed, data mapped
+/// read-only; views returned by get() stay valid while this object lives.
+class TensorFile {
+ public:
+  explicit TensorFile(const std::string& path) {
+    kvr_tensor_file* f = nullptr;
+    check(kvr_tensors_open(path.c_str(), &f));
+    h_.reset(f);
+  }
+  std::size_t size() const {
+    std::size_t n = 0;
+    check(kvr_tensors_count(h_.get(), &n));
+    return n;
+  }
+  std::string name_at(std::size_t i) const {
+    const char* s = nullptr;
+    check(kvr_tensors_name_at(h_.get(), i, &s));
+    return s;
+  }
+  std::string metadata(const std::string& key) const {
+    const char* s = nullptr;
+    check(kvr_tensors_metadata_get(h_.get(), key.c_str(), &s));
+    return s;
+  }
+  /// Zero-copy view; `name == nullptr` only for a file holding exactly one tensor.
+  kvr_tensor_ref get(const char* name = nullptr) const {
+    kvr_tensor_ref r{};
+    check(kvr_tensors_get(h_.get(), name, &r));
+    return r;
+  }
+  kvr_tensor_ref get(const std::string& name) const { return get(name.c_str()); }
+  /// Copies one tensor into `dst`; returns the bytes copied.
+  std::size_t read_into(const char* name, void* dst, std::size_t cap) const {
+    std::size_t n = 0;
+    check(kvr_tensors_read_into(h_.get(), name, dst, cap, &n));
+    return n;
+  }
+  /// Copies one tensor into device memory (throws KVR_ERR_CUDA_UNAVAILABLE without CUDA).
+  std::size_t read_into_device(const char* name, std::uint64_t dst, std::size_t cap,
+                               int device = 0) const {
+    std::size_t n = 0;
+    check(kvr_tensors_read_into_device(h_.get(), name, dst, cap, device, &n));
+    return n;
+  }
+  kvr_tensor_file* get_handle() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_tensor_file, kvr_tensors_close> h_;
+};
+
+/// A lazy reference to one tensor of a TensorDir item; keeps the directory alive.
+class LazyTensor {
+ public:
+  explicit LazyTensor(kvr_tensor_lazy* l) noexcept : h_(l) {}
+  /// Loads the tensor into `dst`; returns the bytes copied (KVR_ERR_CLOSED after cleanup).
+  std::size_t materialize(void* dst, std::size_t cap) const {
+    std::size_t n = 0;
+    check(kvr_tensor_lazy_materialize(h_.get(), dst, cap, &n));
+    return n;
+  }
+  /// Zero-copy mapped view, valid while this reference lives.
+  kvr_tensor_ref view() const {
+    kvr_tensor_ref r{};
+    check(kvr_tensor_lazy_view(h_.get(), &r));
+    return r;
+  }
+  kvr_tensor_lazy* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_tensor_lazy, kvr_tensor_lazy_free> h_;
+};
+
+/// A lazy tensor directory (kvr_tensor_dir_open / kvr_tensor_dir_close): a fresh private
+/// directory, deleted when this handle and every LazyTensor are gone, or by cleanup().
+class TensorDir {
+ public:
+  /// `parent` empty: the system temp directory.
+  explicit TensorDir(const std::string& parent = "") {
+    kvr_tensor_dir* d = nullptr;
+    check(kvr_tensor_dir_open(parent.empty() ? nullptr : parent.c_str(), &d));
+    h_.reset(d);
+  }
+  void put(const std::string& item_id, const kvr_tensor* tensors, std::size_t n,
+           const kvr_kv* metadata = nullptr, std::size_t m = 0, std::uint32_t flags = 0) {
+    check(kvr_tensor_dir_put(h_.get(), item_id.c_str(), tensors, n, metadata, m, flags));
+  }
+  /// `name == nullptr`: the item's only tensor.
+  LazyTensor get_ref(const std::string& item_id, const char* name = nullptr) const {
+    kvr_tensor_lazy* l = nullptr;
+    check(kvr_tensor_dir_get_ref(h_.get(), item_id.c_str(), name, &l));
+    return LazyTensor(l);
+  }
+  void cleanup() { check(kvr_tensor_dir_cleanup(h_.get())); }
+  std::string path() const {
+    const char* p = nullptr;
+    check(kvr_tensor_dir_path(h_.get(), &p));
+    return p;
+  }
+  kvr_tensor_dir* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_tensor_dir, kvr_tensor_dir_close> h_;
+};
+
+/// Writes blocks of a region (rows, or this rank's slices) as a tensor file.
+inline void export_blocks(const Region& r, const std::uint64_t* ids, std::size_t n,
+                          const std::string& path, std::uint32_t flags = 0) {
+  check(kvr_region_export(r.get(), ids, n, path.c_str(), flags));
+}
+
+/// Loads a kvr_region_export file into a region of the same layout; returns blocks loaded.
+inline std::size_t import_blocks(const Region& r, const std::string& path) {
+  std::size_t n = 0;
+  check(kvr_region_import(r.get(), path.c_str(), &n));
+  return n;
+}
 
 }  // namespace kvr
 

@@ -10,9 +10,9 @@ jobs=$(nproc 2>/dev/null || echo 2)
 echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
-cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
-cargo test --locked
+cargo test --locked --workspace
 
 echo "== header is current"
 git diff --exit-code -- include/kvr.h 2>/dev/null || {

@@ -165,7 +165,23 @@ impl Drop for HostRegistration {
 /// # Safety
 /// `dst` must be a device allocation of at least `src.len()` bytes in a context of device 0.
 pub unsafe fn copy_to_device(dst: u64, src: &[u8]) -> Result<()> {
-    let ctx = PrimaryContext::retain(0)?;
+    // SAFETY: forwarded contract, device 0.
+    unsafe { copy_to_device_on(0, dst, src) }
+}
+
+/// Copies host bytes to device memory at `dst` on device `ordinal` synchronously (through
+/// the device's primary context). Large pageable copies are staged by the driver.
+///
+/// # Safety
+/// `dst` must be a device allocation of at least `src.len()` bytes usable in device
+/// `ordinal`'s primary context.
+pub unsafe fn copy_to_device_on(ordinal: i32, dst: u64, src: &[u8]) -> Result<()> {
+    if ordinal < 0 {
+        return Err(crate::Error::invalid(format!(
+            "CUDA device ordinal {ordinal} is negative"
+        )));
+    }
+    let ctx = PrimaryContext::retain(ordinal)?;
     ctx.make_current()?;
     // SAFETY: caller guarantees the device range; `src` is a valid host slice.
     check(

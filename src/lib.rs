@@ -7,6 +7,8 @@
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
 //! - [`fs`]: a content-addressed block store on a local or shared file system (one
 //!   safetensors file per block, atomic rename, checksums, O_DIRECT, LRU capacity).
+//! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
+//!   a lazy tensor directory, and export/import of region blocks.
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -19,9 +21,11 @@ pub mod ffi;
 pub mod fs;
 pub mod io;
 pub mod region;
+pub mod tensors;
 
 pub use error::{Error, ErrorKind, Result};
 pub use fs::{
     Durability, FsConfig, FsStats, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
 };
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
+pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};

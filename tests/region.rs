@@ -337,3 +337,34 @@ fn views_reject_bad_blocks_and_lengths() {
     assert_eq!(w.as_ptr() as usize - v.as_ptr() as usize, 60);
     assert_eq!(v.as_ptr() as usize - r.data_ptr() as usize, 100);
 }
+
+#[test]
+fn list_shows_live_and_stale_regions_and_remove_refuses_live_ones() {
+    let dir = tempfile::tempdir().unwrap();
+    let layout = Layout::new(2, 4096, 1).unwrap();
+    let mut live_cfg = config("live", layout, Role::Rank(0), true);
+    live_cfg.dir = dir.path().to_owned();
+    let live = Region::open(&live_cfg).unwrap();
+    // A stale file: a valid region whose holders are gone (copy of the live one's file).
+    std::fs::copy(live.path(), dir.path().join("kvr_stale.mmap")).unwrap();
+    std::fs::write(dir.path().join("kvr_junk.mmap"), b"not a region").unwrap();
+    let entries = kvr::region::shm::list(dir.path()).unwrap();
+    let names: Vec<_> = entries
+        .iter()
+        .map(|e| (e.name.as_str(), e.live, e.layout.is_ok()))
+        .collect();
+    assert_eq!(
+        names,
+        vec![
+            ("junk", false, false),
+            ("live", true, true),
+            ("stale", false, true)
+        ]
+    );
+    let e = kvr::region::shm::remove(dir.path(), "live").unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy);
+    kvr::region::shm::remove(dir.path(), "stale").unwrap();
+    assert!(!dir.path().join("kvr_stale.mmap").exists());
+    drop(live);
+    assert!(!dir.path().join("kvr_live.mmap").exists());
+}

@@ -14,6 +14,7 @@ pub mod fs;
 pub mod job;
 pub mod region;
 pub mod status;
+pub mod tensors;
 
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;

@@ -10,7 +10,7 @@ use crate::Error;
 
 /// Opaque handle to an open shared region (`kvr_region_open` / `kvr_region_close`).
 pub struct kvr_region {
-    inner: Region,
+    pub(crate) inner: Region,
 }
 
 /// `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.

@@ -74,6 +74,34 @@ impl From<ErrorKind> for kvr_status {
 }
 
 impl kvr_status {
+    const ALL: [kvr_status; 17] = {
+        use kvr_status::*;
+        [
+            KVR_OK,
+            KVR_ERR_INVALID_ARGUMENT,
+            KVR_ERR_UNSUPPORTED,
+            KVR_ERR_IO,
+            KVR_ERR_NO_SPACE,
+            KVR_ERR_NOT_FOUND,
+            KVR_ERR_CORRUPT,
+            KVR_ERR_PERMISSION,
+            KVR_ERR_TIMEOUT,
+            KVR_ERR_BUSY,
+            KVR_ERR_CLOSED,
+            KVR_ERR_LAYOUT_MISMATCH,
+            KVR_ERR_TOO_LARGE,
+            KVR_ERR_TOO_SMALL,
+            KVR_ERR_CUDA_UNAVAILABLE,
+            KVR_ERR_CUDA,
+            KVR_ERR_INTERNAL,
+        ]
+    };
+
+    /// The status with this numeric value, if it is one.
+    pub fn from_raw(raw: i32) -> Option<kvr_status> {
+        Self::ALL.into_iter().find(|s| *s as i32 == raw)
+    }
+
     fn name(self) -> &'static std::ffi::CStr {
         use kvr_status::*;
         match self {
@@ -137,19 +165,15 @@ pub(crate) fn guard_value<T>(fallback: T, body: impl FnOnce() -> T) -> T {
 }
 
 /// The name of a status code as a static NUL-terminated string ("KVR_ERR_NOT_FOUND").
-/// Never returns NULL; unknown values give "KVR_ERR_UNKNOWN".
+/// Takes an `int` so that any value a C caller holds is safe to pass (a `kvr_status`
+/// converts implicitly); unknown values give "KVR_ERR_UNKNOWN". Never returns NULL.
 #[no_mangle]
-pub extern "C" fn kvr_status_str(status: kvr_status) -> *const c_char {
-    // A C caller can pass any integer; validate it before treating it as the enum.
-    // SAFETY: `kvr_status` is repr(C), i.e. the size of a C int; reading it as i32 is exact.
-    let raw: i32 = unsafe { std::mem::transmute_copy(&status) };
-    let known = [
-        0, 100, 101, 200, 201, 202, 203, 204, 300, 301, 302, 400, 401, 402, 500, 501, 900,
-    ];
-    if !known.contains(&raw) {
-        return c"KVR_ERR_UNKNOWN".as_ptr();
-    }
-    status.name().as_ptr()
+pub extern "C" fn kvr_status_str(status: i32) -> *const c_char {
+    guard_value(c"KVR_ERR_UNKNOWN".as_ptr(), || {
+        kvr_status::from_raw(status)
+            .map_or(c"KVR_ERR_UNKNOWN", kvr_status::name)
+            .as_ptr()
+    })
 }
 
 /// The message of the last failed kvr call on this thread: what failed and why (paths, OS
@@ -167,4 +191,35 @@ pub extern "C" fn kvr_last_error_message() -> *const c_char {
 #[allow(dead_code)] // for entry points that return no status
 pub(crate) fn record(err: &Error) {
     set_last_error(&err.to_string());
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::ffi::CStr;
+
+    fn text(p: *const c_char) -> String {
+        // SAFETY: kvr returns static or thread-local NUL-terminated strings.
+        unsafe { CStr::from_ptr(p) }.to_string_lossy().into_owned()
+    }
+
+    #[test]
+    fn a_panic_becomes_internal_with_its_message() {
+        let s = guard(|| panic!("boom {}", 42));
+        assert_eq!(s, kvr_status::KVR_ERR_INTERNAL);
+        assert!(text(kvr_last_error_message()).contains("boom 42"));
+    }
+
+    #[test]
+    fn errors_set_the_message_and_codes_round_trip() {
+        let s = guard(|| Err(crate::err!(NotFound, "no block 00ff")));
+        assert_eq!(s, kvr_status::KVR_ERR_NOT_FOUND);
+        assert_eq!(text(kvr_last_error_message()), "no block 00ff");
+        for st in kvr_status::ALL {
+            assert_eq!(kvr_status::from_raw(st as i32), Some(st));
+            assert_eq!(text(kvr_status_str(st as i32)), format!("{st:?}"));
+        }
+        assert_eq!(text(kvr_status_str(12345)), "KVR_ERR_UNKNOWN");
+        assert_eq!(text(kvr_status_str(-1)), "KVR_ERR_UNKNOWN");
+    }
 }

@@ -42,15 +42,13 @@ pub struct TensorSpec {
     pub shape: Vec<u64>,
 }
 
-/// Byte size of one element of a safetensors dtype, or `None` for unknown or sub-byte types.
+/// Byte size of one element of a safetensors dtype, or `None` for unknown or sub-byte types
+/// (the dtype table is [`crate::tensors::Dtype`]'s).
 pub fn dtype_size(dtype: &str) -> Option<usize> {
-    Some(match dtype {
-        "BOOL" | "U8" | "I8" | "F8_E5M2" | "F8_E4M3" | "F8_E8M0" => 1,
-        "I16" | "U16" | "F16" | "BF16" => 2,
-        "I32" | "U32" | "F32" => 4,
-        "I64" | "U64" | "F64" => 8,
-        _ => return None,
-    })
+    crate::tensors::dtype::ALL_DTYPES
+        .iter()
+        .find(|d| d.name() == dtype)
+        .and_then(|d| d.byte_size())
 }
 
 impl TensorSpec {
@@ -302,6 +300,9 @@ mod tests {
         assert!(huge.check(0).is_err());
         assert_eq!(dtype_size("F8_E4M3"), Some(1));
         assert_eq!(dtype_size("I64"), Some(8));
+        assert_eq!(dtype_size("BF16"), Some(2));
+        assert_eq!(dtype_size("F4"), None);
+        assert_eq!(dtype_size("bf16"), None);
     }
 
     #[test]

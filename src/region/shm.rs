@@ -374,6 +374,78 @@ fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
     }
 }
 
+/// A region file found in a directory by [`list`].
+#[derive(Debug)]
+pub struct RegionEntry {
+    /// The region name (file `kvr_<name>.mmap`).
+    pub name: String,
+    /// Path of the file.
+    pub path: PathBuf,
+    /// File size in bytes.
+    pub size: u64,
+    /// The layout its header records, or why it could not be read.
+    pub layout: Result<Layout>,
+    /// Whether a live process holds the region (its kernel lock is held).
+    pub live: bool,
+}
+
+/// Lists the kvr region files in `dir` with their layout and whether a live process holds them.
+pub fn list(dir: &Path) -> Result<Vec<RegionEntry>> {
+    let entries =
+        std::fs::read_dir(dir).map_err(|e| Error::io(format!("listing {}", dir.display()), e))?;
+    let mut out = Vec::new();
+    for entry in entries.flatten() {
+        let file_name = entry.file_name().to_string_lossy().into_owned();
+        let Some(name) = file_name
+            .strip_prefix("kvr_")
+            .and_then(|n| n.strip_suffix(".mmap"))
+        else {
+            continue;
+        };
+        let path = entry.path();
+        let Ok(file) = open_nofollow(&path, libc::O_RDONLY) else {
+            continue;
+        };
+        let size = file.metadata().map(|m| m.len()).unwrap_or(0);
+        let mut header = vec![0u8; HEADER_LEN as usize];
+        let layout = read_exact_at(&file, &mut header, 0)
+            .map_err(|e| Error::io(format!("reading header of {}", path.display()), e))
+            .and_then(|()| decode_header(&header, &path));
+        let live = held_by_others(&file).unwrap_or(false);
+        out.push(RegionEntry {
+            name: name.to_owned(),
+            path,
+            size,
+            layout,
+            live,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+/// Removes region `name` in `dir`, refusing with `Busy` while a live process holds it.
+pub fn remove(dir: &Path, name: &str) -> Result<()> {
+    let path = region_path(dir, name)?;
+    let file = open_nofollow(&path, libc::O_RDWR)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    // Taking the write lock both proves no one holds it and keeps attachers out while we unlink.
+    if !lock(&file, LockKind::Write)
+        .map_err(|e| Error::io(format!("locking {}", path.display()), e))?
+    {
+        return Err(err!(
+            Busy,
+            "region {} is held by a live process; refusing to remove it",
+            path.display()
+        ));
+    }
+    if same_inode(&file, &path) {
+        std::fs::remove_file(&path)
+            .map_err(|e| Error::io(format!("removing {}", path.display()), e))?;
+    }
+    Ok(())
+}
+
 /// Removes temp files of interrupted creators (no lock holder means their creator died).
 fn remove_orphan_temps(dir: &Path, file_name: &str) {
     let prefix = format!(".{file_name}.");

@@ -1,0 +1,106 @@
+//! `kvr bench`: each tier's store and load paths next to the physical limit, same run.
+
+pub mod region;
+
+use std::path::PathBuf;
+
+use clap::{Args, ValueEnum};
+use indicatif::{ProgressBar, ProgressStyle};
+
+use crate::report::{print_table, Row};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Tier {
+    Region,
+    All,
+}
+
+#[derive(Args, Debug)]
+pub struct BenchArgs {
+    /// Which tier to measure.
+    #[arg(long, value_enum, default_value = "all")]
+    pub tier: Tier,
+    /// Block sizes, comma-separated, with K/M/G suffixes.
+    #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "64K,2M")]
+    pub block_size: Vec<u64>,
+    /// I/O threads (and fio --numjobs) for the disk tiers.
+    #[arg(long, default_value_t = 8)]
+    pub threads: usize,
+    /// Directory for the disk tiers' files (and fio's); region files go to /dev/shm.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Bytes moved per measurement (K/M/G suffixes).
+    #[arg(long, value_parser = parse_size, default_value = "1G")]
+    pub bytes: u64,
+    /// Repetitions; the table reports medians with min-max.
+    #[arg(long, default_value_t = 5)]
+    pub runs: usize,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Parses "64K", "2M", "4G", "4096".
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&s[..i], 1u64 << 10),
+        Some((i, 'M' | 'm')) => (&s[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&s[..i], 1 << 30),
+        Some((i, 'T' | 't')) => (&s[..i], 1 << 40),
+        _ => (s, 1),
+    };
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad size {s:?} (expected e.g. 4096, 64K, 2M, 4G)"))?;
+    n.checked_mul(mult)
+        .filter(|&v| v > 0)
+        .ok_or_else(|| format!("size {s:?} must be > 0 and fit in 64 bits"))
+}
+
+/// A progress bar that draws only on a terminal (indicatif hides itself otherwise).
+pub fn progress(total: u64, what: &str) -> ProgressBar {
+    let pb = ProgressBar::new(total);
+    pb.set_style(
+        ProgressStyle::with_template("{msg:<28} [{bar:30}] {pos}/{len} {elapsed}")
+            .unwrap()
+            .progress_chars("=> "),
+    );
+    pb.set_message(what.to_string());
+    pb
+}
+
+pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
+    if args.runs == 0 || args.threads == 0 {
+        return Err(kvr::Error::invalid(
+            "--runs and --threads must be at least 1",
+        ));
+    }
+    let mut rows: Vec<Row> = Vec::new();
+    if matches!(args.tier, Tier::Region | Tier::All) {
+        rows.extend(region::bench(args)?);
+    }
+    if args.json {
+        let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows });
+        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+    } else {
+        print_table(&rows, args.runs);
+    }
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse() {
+        assert_eq!(parse_size("64K"), Ok(65536));
+        assert_eq!(parse_size("2M"), Ok(2 << 20));
+        assert_eq!(parse_size("4g"), Ok(4 << 30));
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert!(parse_size("0").is_err());
+        assert!(parse_size("x").is_err());
+        assert!(parse_size("99999999999T").is_err());
+    }
+}

@@ -1,0 +1,77 @@
+//! `kvr`: benchmarks of kvr's tiers against the physical limit measured in the same run, and
+//! inspection/repair of what the tiers hold.
+//!
+//! Exit codes: 0 success; 1 an operation failed (one line on stderr says what and why);
+//! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
+
+mod bench;
+#[allow(dead_code)] // the disk tiers' benchmarks (fs, disk, tensors) use it
+mod fio;
+mod region_cmd;
+mod report;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Exit code when an operation fails.
+pub const EXIT_FAILURE: u8 = 1;
+/// Exit code when `verify` found bad entries.
+pub const EXIT_VERIFY_FOUND_BAD: u8 = 3;
+
+#[derive(Parser)]
+#[command(
+    name = "kvr",
+    version,
+    about = "kvr's KV-cache tiers: benchmarks and inspection",
+    after_help = "Exit codes: 0 success, 1 operation failed, 2 usage error, 3 verify found bad entries."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Benchmark tiers against the physical limit (memcpy, fio) measured in the same run.
+    Bench(bench::BenchArgs),
+    /// Shared host regions: list them, remove stale ones.
+    Region {
+        #[command(subcommand)]
+        command: region_cmd::RegionCommand,
+    },
+    /// Internal: one rank process of the region benchmark.
+    #[command(hide = true, name = "__bench-rank")]
+    BenchRank {
+        dir: PathBuf,
+        name: String,
+        blocks: u64,
+        page: u64,
+        ranks: u32,
+        rank: u32,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Bench(args) => bench::run(&args),
+        Command::Region { command } => region_cmd::run(&command),
+        Command::BenchRank {
+            dir,
+            name,
+            blocks,
+            page,
+            ranks,
+            rank,
+        } => bench::region::rank_process(&dir, &name, blocks, page, ranks, rank).map(|()| 0),
+    };
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(e) => {
+            eprintln!("kvr: {e}");
+            ExitCode::from(EXIT_FAILURE)
+        }
+    }
+}

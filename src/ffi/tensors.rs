@@ -1,0 +1,750 @@
+//! C ABI of tensor files: writing from strided tensors, lazy zero-copy reading, the lazy
+//! tensor directory, and export/import of region blocks.
+
+use std::ffi::{c_char, c_void, CString};
+
+use super::region::kvr_region;
+use super::status::{guard, kvr_status};
+use super::{arg_bytes_mut, arg_opt_path, arg_ref, arg_str, write_out};
+use crate::tensors::header::nbytes;
+use crate::tensors::write::extent;
+use crate::tensors::{
+    export_blocks, import_blocks, Dtype, LazyTensor, TensorDir, TensorEntry, TensorFile, TensorIn,
+    WriteOptions,
+};
+use crate::{err, Error, Result};
+
+/// Dtype code: boolean (1 byte).
+pub const KVR_DTYPE_BOOL: u32 = 1;
+/// Dtype code: uint8.
+pub const KVR_DTYPE_U8: u32 = 2;
+/// Dtype code: int8.
+pub const KVR_DTYPE_I8: u32 = 3;
+/// Dtype code: uint16.
+pub const KVR_DTYPE_U16: u32 = 4;
+/// Dtype code: int16.
+pub const KVR_DTYPE_I16: u32 = 5;
+/// Dtype code: uint32.
+pub const KVR_DTYPE_U32: u32 = 6;
+/// Dtype code: int32.
+pub const KVR_DTYPE_I32: u32 = 7;
+/// Dtype code: uint64.
+pub const KVR_DTYPE_U64: u32 = 8;
+/// Dtype code: int64.
+pub const KVR_DTYPE_I64: u32 = 9;
+/// Dtype code: IEEE half.
+pub const KVR_DTYPE_F16: u32 = 10;
+/// Dtype code: bfloat16.
+pub const KVR_DTYPE_BF16: u32 = 11;
+/// Dtype code: float.
+pub const KVR_DTYPE_F32: u32 = 12;
+/// Dtype code: double.
+pub const KVR_DTYPE_F64: u32 = 13;
+/// Dtype code: FP8 E4M3 ("F8_E4M3").
+pub const KVR_DTYPE_F8_E4M3: u32 = 14;
+/// Dtype code: FP8 E5M2 ("F8_E5M2").
+pub const KVR_DTYPE_F8_E5M2: u32 = 15;
+/// Dtype code: FP8 E8M0 ("F8_E8M0").
+pub const KVR_DTYPE_F8_E8M0: u32 = 16;
+/// Dtype code: FP8 E4M3 FNUZ ("F8_E4M3FNUZ").
+pub const KVR_DTYPE_F8_E4M3FNUZ: u32 = 17;
+/// Dtype code: FP8 E5M2 FNUZ ("F8_E5M2FNUZ").
+pub const KVR_DTYPE_F8_E5M2FNUZ: u32 = 18;
+/// Dtype code: complex64 ("C64").
+pub const KVR_DTYPE_C64: u32 = 19;
+/// Dtype code: MX FP4, packed two per byte ("F4"; contiguous only).
+pub const KVR_DTYPE_F4: u32 = 20;
+/// Dtype code: MX FP6 E2M3, packed ("F6_E2M3"; contiguous only).
+pub const KVR_DTYPE_F6_E2M3: u32 = 21;
+/// Dtype code: MX FP6 E3M2, packed ("F6_E3M2"; contiguous only).
+pub const KVR_DTYPE_F6_E3M2: u32 = 22;
+
+/// Write flag: start every tensor's data at a 4096-aligned file offset. The header is
+/// space-padded and, after a tensor whose size is not a multiple of 4096, a zero-filled U8
+/// padding tensor `__kvr_pad_<i>__` is inserted (safetensors requires contiguous offsets);
+/// kvr hides padding tensors when reading, other readers list them.
+pub const KVR_TENSORS_ALIGN_4K: u32 = 1 << 0;
+/// Write flag: skip the fsync of the file and its directory (faster, not crash-durable; the
+/// rename is still atomic).
+pub const KVR_TENSORS_NO_SYNC: u32 = 1 << 1;
+
+const KNOWN_WRITE_FLAGS: u32 = KVR_TENSORS_ALIGN_4K | KVR_TENSORS_NO_SYNC;
+
+/// Largest rank accepted.
+pub const KVR_TENSORS_MAX_RANK: u32 = 64;
+
+/// A tensor to write: element `[i0, i1, ...]` is at
+/// `data + (i0*strides[0] + i1*strides[1] + ...) * element_size` bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_tensor {
+    /// Unique name (NUL-terminated UTF-8).
+    pub name: *const c_char,
+    /// `KVR_DTYPE_*`.
+    pub dtype: u32,
+    /// Number of dimensions (0 for a scalar, at most `KVR_TENSORS_MAX_RANK`).
+    pub rank: u32,
+    /// `rank` dimensions (may be NULL when rank is 0).
+    pub shape: *const u64,
+    /// `rank` strides in elements (negative and zero allowed), or NULL for C-contiguous.
+    /// Transposed, sliced and permuted views are gathered while writing.
+    pub strides: *const i64,
+    /// Address of element `[0, 0, ...]`; may be NULL only for a tensor with no elements.
+    pub data: *const c_void,
+}
+
+/// A metadata entry (`__metadata__` of the safetensors header).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_kv {
+    /// Key (NUL-terminated UTF-8, unique).
+    pub key: *const c_char,
+    /// Value (NUL-terminated UTF-8).
+    pub value: *const c_char,
+}
+
+/// A zero-copy view of a stored tensor (C-contiguous, little-endian).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_tensor_ref {
+    /// Name.
+    pub name: *const c_char,
+    /// `KVR_DTYPE_*`.
+    pub dtype: u32,
+    /// Number of dimensions.
+    pub rank: u32,
+    /// `rank` dimensions.
+    pub shape: *const u64,
+    /// The tensor's bytes in the read-only mapping (never write through it).
+    pub data: *const c_void,
+    /// Bytes at `data`.
+    pub nbytes: u64,
+}
+
+impl kvr_tensor_ref {
+    fn new(e: &TensorEntry, data: &[u8]) -> Self {
+        kvr_tensor_ref {
+            name: e.name_c.as_ptr(),
+            dtype: e.dtype.code(),
+            rank: e.shape.len() as u32,
+            shape: e.shape.as_ptr(),
+            data: data.as_ptr().cast(),
+            nbytes: e.len,
+        }
+    }
+}
+
+/// Opaque handle of an open tensor file (`kvr_tensors_open` / `kvr_tensors_close`).
+pub struct kvr_tensor_file {
+    inner: TensorFile,
+}
+
+/// Opaque handle of a lazy tensor directory (`kvr_tensor_dir_open` / `kvr_tensor_dir_close`).
+pub struct kvr_tensor_dir {
+    inner: TensorDir,
+    path_c: CString,
+}
+
+/// Opaque lazy reference to one tensor of a directory item (`kvr_tensor_dir_get_ref` /
+/// `kvr_tensor_lazy_free`).
+pub struct kvr_tensor_lazy {
+    inner: LazyTensor,
+}
+
+/// Borrows the caller's tensor descriptions as [`TensorIn`]s.
+///
+/// # Safety
+/// `tensors` must be NULL or point to `n` descriptors whose pointers are valid as documented
+/// on [`kvr_tensor`] for `'a`.
+unsafe fn tensors_in<'a>(tensors: *const kvr_tensor, n: usize) -> Result<Vec<TensorIn<'a>>> {
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    if tensors.is_null() {
+        return Err(Error::invalid(format!("tensors is NULL (n = {n})")));
+    }
+    // SAFETY: non-null, `n` descriptors per the contract.
+    let descs = unsafe { std::slice::from_raw_parts(tensors, n) };
+    let mut out = Vec::with_capacity(n);
+    for (i, t) in descs.iter().enumerate() {
+        let what = |e: Error| e.context(format!("tensors[{i}]"));
+        // SAFETY: NUL-terminated per the contract (NULL rejected).
+        let name = unsafe { arg_str(t.name, "name") }.map_err(what)?;
+        let dtype = Dtype::from_code(t.dtype).map_err(|e| what(e.context(format!("'{name}'"))))?;
+        if t.rank > KVR_TENSORS_MAX_RANK {
+            return Err(what(err!(
+                InvalidArgument,
+                "'{name}' has rank {}, more than {KVR_TENSORS_MAX_RANK}",
+                t.rank
+            )));
+        }
+        let rank = t.rank as usize;
+        let shape: &[u64] = if rank == 0 {
+            &[]
+        } else if t.shape.is_null() {
+            return Err(what(err!(
+                InvalidArgument,
+                "'{name}': shape is NULL with rank {rank}"
+            )));
+        } else {
+            // SAFETY: non-null, `rank` entries per the contract.
+            unsafe { std::slice::from_raw_parts(t.shape, rank) }
+        };
+        let strides: Option<&[i64]> = if t.strides.is_null() || rank == 0 {
+            None
+        } else {
+            // SAFETY: non-null, `rank` entries per the contract.
+            Some(unsafe { std::slice::from_raw_parts(t.strides, rank) })
+        };
+        let size = nbytes(dtype, shape).map_err(|e| what(e.context(format!("'{name}'"))))?;
+        // The byte range the tensor reaches around `data`.
+        let (lo, hi) = match (strides, dtype.byte_size()) {
+            (Some(s), Some(elem)) => extent(shape, s, elem as u64).unwrap_or((0, 0)),
+            _ => (0, size as i128),
+        };
+        if hi == lo {
+            out.push(TensorIn {
+                name,
+                dtype,
+                shape,
+                strides,
+                data: &[],
+                offset: 0,
+            });
+            continue;
+        }
+        if t.data.is_null() {
+            return Err(what(err!(InvalidArgument, "'{name}': data is NULL")));
+        }
+        let span = hi - lo;
+        let start = t.data as usize as i128 + lo;
+        if span > isize::MAX as i128 || start < 0 || start + span > usize::MAX as i128 {
+            return Err(what(err!(
+                InvalidArgument,
+                "'{name}': strides {strides:?} reach outside the address space"
+            )));
+        }
+        // SAFETY: the caller guarantees every element the shape and strides reach is
+        // readable; [start, start+span) is exactly that range (computed by `extent`).
+        let data =
+            unsafe { std::slice::from_raw_parts(start as usize as *const u8, span as usize) };
+        out.push(TensorIn {
+            name,
+            dtype,
+            shape,
+            strides,
+            data,
+            offset: (-lo) as usize,
+        });
+    }
+    Ok(out)
+}
+
+/// Borrows the caller's metadata entries.
+///
+/// # Safety
+/// `kv` must be NULL or point to `m` entries of NUL-terminated strings valid for `'a`.
+unsafe fn metadata_in<'a>(kv: *const kvr_kv, m: usize) -> Result<Vec<(&'a str, &'a str)>> {
+    if m == 0 {
+        return Ok(Vec::new());
+    }
+    if kv.is_null() {
+        return Err(Error::invalid(format!("metadata is NULL (m = {m})")));
+    }
+    // SAFETY: non-null, `m` entries per the contract.
+    let entries = unsafe { std::slice::from_raw_parts(kv, m) };
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            // SAFETY: NUL-terminated per the contract (NULL rejected).
+            let k = unsafe { arg_str(e.key, &format!("metadata[{i}].key")) }?;
+            // SAFETY: as above.
+            let v = unsafe { arg_str(e.value, &format!("metadata[{i}].value")) }?;
+            Ok((k, v))
+        })
+        .collect()
+}
+
+fn write_options(flags: u32) -> Result<WriteOptions> {
+    if flags & !KNOWN_WRITE_FLAGS != 0 {
+        return Err(err!(
+            InvalidArgument,
+            "unknown tensor write flags {:#x}",
+            flags & !KNOWN_WRITE_FLAGS
+        ));
+    }
+    Ok(WriteOptions {
+        align_4k: flags & KVR_TENSORS_ALIGN_4K != 0,
+        sync: flags & KVR_TENSORS_NO_SYNC == 0,
+    })
+}
+
+/// Optional tensor name: NULL means "the only tensor".
+///
+/// # Safety
+/// As [`arg_str`].
+unsafe fn opt_name<'a>(name: *const c_char) -> Result<Option<&'a str>> {
+    if name.is_null() {
+        Ok(None)
+    } else {
+        // SAFETY: forwarded contract.
+        unsafe { arg_str(name, "name") }.map(Some)
+    }
+}
+
+/// Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
+/// (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
+/// error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
+/// Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved names, overflowing
+/// shapes, strides out of range), `KVR_ERR_UNSUPPORTED` (unknown dtype code),
+/// `KVR_ERR_NO_SPACE`, `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_write(
+    path: *const c_char,
+    tensors: *const kvr_tensor,
+    n: usize,
+    metadata: *const kvr_kv,
+    m: usize,
+    flags: u32,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a C string (caller's contract).
+        let path = unsafe { arg_str(path, "path") }?;
+        let opts = write_options(flags)?;
+        // SAFETY: `n` descriptors per the contract.
+        let t = unsafe { tensors_in(tensors, n) }?;
+        // SAFETY: `m` entries per the contract.
+        let md = unsafe { metadata_in(metadata, m) }?;
+        crate::tensors::write(path.as_ref(), &t, &md, opts).map(|_| ())
+    })
+}
+
+/// Opens a tensor file: maps it read-only and validates the header only (offsets in bounds,
+/// contiguous and non-overlapping, sizes equal to dtype x shape). No tensor data is read.
+/// Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is wrong), `KVR_ERR_UNSUPPORTED`.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_open(
+    path: *const c_char,
+    out: *mut *mut kvr_tensor_file,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a C string.
+        let path = unsafe { arg_str(path, "path") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let inner = TensorFile::open(path.as_ref())?;
+        let h = Box::into_raw(Box::new(kvr_tensor_file { inner }));
+        // SAFETY: checked non-null; writable per the contract.
+        unsafe { write_out(out, h, "out") }
+    })
+}
+
+/// Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_close(file: *mut kvr_tensor_file) {
+    let _ = guard(|| {
+        if !file.is_null() {
+            // SAFETY: from kvr_tensors_open, closed once (caller's contract).
+            drop(unsafe { Box::from_raw(file) });
+        }
+        Ok(())
+    });
+}
+
+/// Number of tensors in the file (padding tensors excluded).
+#[no_mangle]
+pub extern "C" fn kvr_tensors_count(file: *const kvr_tensor_file, out: *mut usize) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        // SAFETY: NULL (rejected) or writable.
+        unsafe { write_out(out, f.inner.len(), "out") }
+    })
+}
+
+/// Name of tensor `index` (file order); the string is valid until close.
+/// `KVR_ERR_NOT_FOUND` when `index >= count`.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_name_at(
+    file: *const kvr_tensor_file,
+    index: usize,
+    out: *mut *const c_char,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        let t = f.inner.tensors().get(index).ok_or_else(|| {
+            err!(
+                NotFound,
+                "tensor index {index} out of range ({} tensors)",
+                f.inner.len()
+            )
+        })?;
+        // SAFETY: NULL (rejected) or writable.
+        unsafe { write_out(out, t.name_c.as_ptr(), "out") }
+    })
+}
+
+/// Value of metadata `key`; the string is valid until close. `KVR_ERR_NOT_FOUND` if absent.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_metadata_get(
+    file: *const kvr_tensor_file,
+    key: *const c_char,
+    out: *mut *const c_char,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        // SAFETY: NULL or a C string.
+        let key = unsafe { arg_str(key, "key") }?;
+        let v = f.inner.metadata_get_c(key).ok_or_else(|| {
+            err!(
+                NotFound,
+                "no metadata key '{key}' in {}",
+                f.inner.path().display()
+            )
+        })?;
+        // SAFETY: NULL (rejected) or writable.
+        unsafe { write_out(out, v.as_ptr(), "out") }
+    })
+}
+
+/// Zero-copy view of tensor `name` (pointer into the mapping, valid until close). A NULL
+/// name succeeds only when the file holds exactly one tensor; otherwise `KVR_ERR_NOT_FOUND`
+/// with the available names in the message.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_get(
+    file: *const kvr_tensor_file,
+    name: *const c_char,
+    out: *mut kvr_tensor_ref,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        // SAFETY: NULL or a C string.
+        let name = unsafe { opt_name(name) }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let t = f.inner.get(name)?;
+        // SAFETY: checked non-null; writable.
+        unsafe { write_out(out, kvr_tensor_ref::new(t.entry, t.data), "out") }
+    })
+}
+
+/// Copies tensor `name` (NULL: the only tensor) into `dst` of `cap` bytes, reading only that
+/// tensor's bytes. `*out_len` (may be NULL) receives the bytes copied, or on
+/// `KVR_ERR_TOO_SMALL` the size needed.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_read_into(
+    file: *const kvr_tensor_file,
+    name: *const c_char,
+    dst: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        // SAFETY: NULL or a C string.
+        let name = unsafe { opt_name(name) }?;
+        let need = f.inner.find(name)?.len as usize;
+        if cap < need {
+            if !out_len.is_null() {
+                // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
+                unsafe { out_len.write(need) };
+            }
+            return Err(err!(
+                TooSmall,
+                "tensor needs {need} bytes, the buffer holds {cap}"
+            ));
+        }
+        let n = if need == 0 {
+            0
+        } else {
+            // SAFETY: `dst` is writable for `cap` bytes per the contract (NULL/0 rejected).
+            let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
+            f.inner.read_into(name, buf)?
+        };
+        if !out_len.is_null() {
+            // SAFETY: non-null and writable.
+            unsafe { out_len.write(n) };
+        }
+        Ok(())
+    })
+}
+
+/// Copies tensor `name` into device memory `dst` (a `CUdeviceptr` of `cap` bytes on CUDA
+/// device `device`) through the CUDA driver. `KVR_ERR_CUDA_UNAVAILABLE` without a CUDA
+/// driver or device. `*out_len` (may be NULL) receives the bytes copied.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_read_into_device(
+    file: *const kvr_tensor_file,
+    name: *const c_char,
+    dst: u64,
+    cap: usize,
+    device: i32,
+    out_len: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let f = unsafe { arg_ref(file, "file") }?;
+        // SAFETY: NULL or a C string.
+        let name = unsafe { opt_name(name) }?;
+        if dst == 0 {
+            return Err(Error::invalid("dst is a NULL device pointer"));
+        }
+        // SAFETY: the caller passes a device allocation of `cap` bytes on `device`.
+        let n = unsafe { f.inner.read_into_device(name, dst, cap, device) }?;
+        if !out_len.is_null() {
+            // SAFETY: non-null and writable.
+            unsafe { out_len.write(n) };
+        }
+        Ok(())
+    })
+}
+
+/// Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
+/// the system temp directory). It is deleted when the handle and every lazy reference have
+/// been released, or at once by `kvr_tensor_dir_cleanup`.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_open(
+    parent: *const c_char,
+    out: *mut *mut kvr_tensor_dir,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a C string.
+        let parent = unsafe { arg_opt_path(parent, "parent") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let inner = TensorDir::create(parent.as_deref())?;
+        let path_c = CString::new(inner.path().as_os_str().as_encoded_bytes())
+            .map_err(|_| Error::invalid("directory path contains NUL"))?;
+        let h = Box::into_raw(Box::new(kvr_tensor_dir { inner, path_c }));
+        // SAFETY: checked non-null; writable.
+        unsafe { write_out(out, h, "out") }
+    })
+}
+
+/// Releases the directory handle; the directory lives on while lazy references exist.
+/// NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_close(dir: *mut kvr_tensor_dir) {
+    let _ = guard(|| {
+        if !dir.is_null() {
+            // SAFETY: from kvr_tensor_dir_open, closed once.
+            drop(unsafe { Box::from_raw(dir) });
+        }
+        Ok(())
+    });
+}
+
+/// Deletes the directory and its files now. Later puts, get_refs and materializations fail
+/// with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
+/// freed. The handle must still be closed.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_cleanup(dir: *const kvr_tensor_dir) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let d = unsafe { arg_ref(dir, "dir") }?;
+        d.inner.cleanup()
+    })
+}
+
+/// The directory's path (valid until the handle is closed).
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_path(
+    dir: *const kvr_tensor_dir,
+    out: *mut *const c_char,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let d = unsafe { arg_ref(dir, "dir") }?;
+        // SAFETY: NULL (rejected) or writable.
+        unsafe { write_out(out, d.path_c.as_ptr(), "out") }
+    })
+}
+
+/// Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
+/// that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_put(
+    dir: *const kvr_tensor_dir,
+    item_id: *const c_char,
+    tensors: *const kvr_tensor,
+    n: usize,
+    metadata: *const kvr_kv,
+    m: usize,
+    flags: u32,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let d = unsafe { arg_ref(dir, "dir") }?;
+        // SAFETY: NULL or a C string.
+        let id = unsafe { arg_str(item_id, "item_id") }?;
+        let opts = write_options(flags)?;
+        // SAFETY: `n` descriptors per the contract.
+        let t = unsafe { tensors_in(tensors, n) }?;
+        // SAFETY: `m` entries per the contract.
+        let md = unsafe { metadata_in(metadata, m) }?;
+        d.inner.put(id, &t, &md, opts)
+    })
+}
+
+/// A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
+/// Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
+/// directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_dir_get_ref(
+    dir: *const kvr_tensor_dir,
+    item_id: *const c_char,
+    name: *const c_char,
+    out: *mut *mut kvr_tensor_lazy,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let d = unsafe { arg_ref(dir, "dir") }?;
+        // SAFETY: NULL or a C string.
+        let id = unsafe { arg_str(item_id, "item_id") }?;
+        // SAFETY: NULL or a C string.
+        let name = unsafe { opt_name(name) }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let inner = d.inner.get_ref(id, name)?;
+        let h = Box::into_raw(Box::new(kvr_tensor_lazy { inner }));
+        // SAFETY: checked non-null; writable.
+        unsafe { write_out(out, h, "out") }
+    })
+}
+
+/// Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
+/// materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
+/// `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_lazy_materialize(
+    lazy: *const kvr_tensor_lazy,
+    dst: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let l = unsafe { arg_ref(lazy, "lazy") }?;
+        let file = l.inner.load()?;
+        let need = file.find(l.inner.name())?.len as usize;
+        if cap < need {
+            if !out_len.is_null() {
+                // SAFETY: non-null and writable (documented TOO_SMALL output).
+                unsafe { out_len.write(need) };
+            }
+            return Err(err!(
+                TooSmall,
+                "tensor needs {need} bytes, the buffer holds {cap}"
+            ));
+        }
+        let n = if need == 0 {
+            0
+        } else {
+            // SAFETY: `dst` is writable for `cap` bytes per the contract.
+            let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
+            file.read_into(l.inner.name(), buf)?
+        };
+        if !out_len.is_null() {
+            // SAFETY: non-null and writable.
+            unsafe { out_len.write(n) };
+        }
+        Ok(())
+    })
+}
+
+/// Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
+/// is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_lazy_view(
+    lazy: *const kvr_tensor_lazy,
+    out: *mut kvr_tensor_ref,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let l = unsafe { arg_ref(lazy, "lazy") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        // The file stays mapped while the item lives, and the reference keeps the item.
+        let file = l.inner.load()?;
+        let t = file.get(l.inner.name())?;
+        // SAFETY: checked non-null; writable.
+        unsafe { write_out(out, kvr_tensor_ref::new(t.entry, t.data), "out") }
+    })
+}
+
+/// Releases a lazy reference (from any thread); the last release of the directory's handle
+/// and references deletes the directory. NULL is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_tensor_lazy_free(lazy: *mut kvr_tensor_lazy) {
+    let _ = guard(|| {
+        if !lazy.is_null() {
+            // SAFETY: from kvr_tensor_dir_get_ref, freed once.
+            drop(unsafe { Box::from_raw(lazy) });
+        }
+        Ok(())
+    });
+}
+
+/// Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
+/// scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
+/// in the metadata and an xxh3-64 checksum per block. `flags` as for `kvr_tensors_write`.
+#[no_mangle]
+pub extern "C" fn kvr_region_export(
+    region: *const kvr_region,
+    block_ids: *const u64,
+    n: usize,
+    path: *const c_char,
+    flags: u32,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let r = unsafe { arg_ref(region, "region") }?;
+        if n == 0 {
+            return Err(Error::invalid("n is 0"));
+        }
+        if block_ids.is_null() {
+            return Err(Error::invalid(format!("block_ids is NULL (n = {n})")));
+        }
+        // SAFETY: non-null, `n` ids per the contract.
+        let ids = unsafe { std::slice::from_raw_parts(block_ids, n) };
+        // SAFETY: NULL or a C string.
+        let path = unsafe { arg_str(path, "path") }?;
+        export_blocks(&r.inner, ids, path.as_ref(), write_options(flags)?).map(|_| ())
+    })
+}
+
+/// Loads a file written by `kvr_region_export` into the region, which must have the same
+/// layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
+/// is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
+/// receives the number of blocks loaded.
+#[no_mangle]
+pub extern "C" fn kvr_region_import(
+    region: *const kvr_region,
+    path: *const c_char,
+    out_count: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a live handle.
+        let r = unsafe { arg_ref(region, "region") }?;
+        // SAFETY: NULL or a C string.
+        let path = unsafe { arg_str(path, "path") }?;
+        let ids = import_blocks(&r.inner, path.as_ref())?;
+        if let Some(o) = {
+            // SAFETY: NULL or writable.
+            unsafe { out_count.as_mut() }
+        } {
+            *o = ids.len();
+        }
+        Ok(())
+    })
+}

@@ -1,0 +1,272 @@
+//! Lazy reading: map the file read-only, parse and validate only the header, hand out
+//! zero-copy views and targeted copies of single tensors.
+
+use std::collections::HashMap;
+use std::ffi::CString;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use memmap2::{Mmap, MmapOptions};
+
+use super::header::{self, Parsed};
+use super::Dtype;
+use crate::{err, Error, Result};
+
+/// One tensor of an open file.
+#[derive(Debug)]
+pub struct TensorEntry {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+    pub(crate) name_c: CString,
+}
+
+/// A zero-copy view of one tensor, borrowed from its [`TensorFile`].
+#[derive(Clone, Copy, Debug)]
+pub struct TensorRef<'a> {
+    /// The tensor's header entry.
+    pub entry: &'a TensorEntry,
+    /// Its bytes in the read-only mapping.
+    pub data: &'a [u8],
+}
+
+/// An open tensor file: a read-only mapping plus the validated header.
+///
+/// Like every mmap reader, the file must not be truncated or rewritten in place while open
+/// (kvr itself only ever replaces files by rename, which is safe).
+pub struct TensorFile {
+    path: PathBuf,
+    file: File,
+    map: Mmap,
+    tensors: Vec<TensorEntry>,
+    index: HashMap<String, usize>,
+    metadata: Vec<(String, String)>,
+    metadata_c: Vec<CString>,
+}
+
+impl std::fmt::Debug for TensorFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TensorFile")
+            .field("path", &self.path)
+            .field("tensors", &self.tensors.len())
+            .finish()
+    }
+}
+
+fn c_lossy(s: &str) -> CString {
+    CString::new(s.replace('\0', "\u{FFFD}")).expect("NULs replaced")
+}
+
+impl TensorFile {
+    /// Opens and maps `path`, parsing and validating the header only (no tensor data is read).
+    pub fn open(path: &Path) -> Result<TensorFile> {
+        let ctx = |e: Error| e.context(format!("opening tensor file {}", path.display()));
+        let file = File::open(path).map_err(|e| ctx(Error::io("open", e)))?;
+        let len = file
+            .metadata()
+            .map_err(|e| ctx(Error::io("fstat", e)))?
+            .len();
+        if len < 8 {
+            return Err(ctx(err!(
+                Corrupt,
+                "file is {len} bytes, shorter than the 8-byte header length"
+            )));
+        }
+        if len > isize::MAX as u64 {
+            return Err(ctx(err!(TooLarge, "file of {len} bytes cannot be mapped")));
+        }
+        // SAFETY: a read-only private mapping; kvr replaces files only by rename, and the
+        // type's docs require callers not to truncate an open file in place.
+        let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }
+            .map_err(|e| ctx(Error::io("mmap", e)))?;
+        let Parsed {
+            tensors, metadata, ..
+        } = header::parse(&map).map_err(ctx)?;
+        let tensors: Vec<TensorEntry> = tensors
+            .into_iter()
+            .map(|t| TensorEntry {
+                name_c: c_lossy(&t.name),
+                name: t.name,
+                dtype: t.dtype,
+                shape: t.shape,
+                offset: t.offset,
+                len: t.len,
+            })
+            .collect();
+        let index = tensors
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.name.clone(), i))
+            .collect();
+        let metadata_c = metadata.iter().map(|(_, v)| c_lossy(v)).collect();
+        Ok(TensorFile {
+            path: path.to_path_buf(),
+            file,
+            map,
+            tensors,
+            index,
+            metadata,
+            metadata_c,
+        })
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Number of tensors (padding tensors of aligned files excluded).
+    pub fn len(&self) -> usize {
+        self.tensors.len()
+    }
+
+    /// Whether the file holds no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.tensors.is_empty()
+    }
+
+    /// Tensors in file order.
+    pub fn tensors(&self) -> &[TensorEntry] {
+        &self.tensors
+    }
+
+    /// `__metadata__` entries sorted by key.
+    pub fn metadata(&self) -> &[(String, String)] {
+        &self.metadata
+    }
+
+    /// A metadata value.
+    pub fn metadata_get(&self, key: &str) -> Option<&str> {
+        self.metadata_index(key)
+            .map(|i| self.metadata[i].1.as_str())
+    }
+
+    fn metadata_index(&self, key: &str) -> Option<usize> {
+        self.metadata
+            .binary_search_by(|(k, _)| k.as_str().cmp(key))
+            .ok()
+    }
+
+    pub(crate) fn metadata_get_c(&self, key: &str) -> Option<&CString> {
+        self.metadata_index(key).map(|i| &self.metadata_c[i])
+    }
+
+    /// Finds a tensor by name. `None` succeeds only when the file holds exactly one tensor;
+    /// otherwise the `NotFound` error lists the available names.
+    pub fn find(&self, name: Option<&str>) -> Result<&TensorEntry> {
+        let found = match name {
+            Some(n) => self.index.get(n).map(|&i| &self.tensors[i]),
+            None if self.tensors.len() == 1 => Some(&self.tensors[0]),
+            None => None,
+        };
+        found.ok_or_else(|| {
+            let what = match name {
+                Some(n) => format!("no tensor named '{n}'"),
+                None => format!(
+                    "no tensor name given and the file holds {} tensors, not exactly one",
+                    self.tensors.len()
+                ),
+            };
+            err!(
+                NotFound,
+                "{what} in {}; available: {}",
+                self.path.display(),
+                self.list_names()
+            )
+        })
+    }
+
+    fn list_names(&self) -> String {
+        const SHOW: usize = 20;
+        if self.tensors.is_empty() {
+            return "(none)".into();
+        }
+        let mut s: Vec<String> = self
+            .tensors
+            .iter()
+            .take(SHOW)
+            .map(|t| format!("'{}'", t.name))
+            .collect();
+        if self.tensors.len() > SHOW {
+            s.push(format!("... and {} more", self.tensors.len() - SHOW));
+        }
+        s.join(", ")
+    }
+
+    /// Zero-copy view of a tensor (see [`TensorFile::find`] for `name`).
+    pub fn get(&self, name: Option<&str>) -> Result<TensorRef<'_>> {
+        let entry = self.find(name)?;
+        let data = &self.map[entry.offset as usize..(entry.offset + entry.len) as usize];
+        Ok(TensorRef { entry, data })
+    }
+
+    /// Copies one tensor into `dst` (at least its size; `TooSmall` names the size needed)
+    /// with positioned reads of that tensor's bytes only. Returns the bytes copied.
+    pub fn read_into(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
+        let entry = self.find(name)?;
+        let len = entry.len as usize;
+        if dst.len() < len {
+            return Err(err!(
+                TooSmall,
+                "tensor '{}' is {len} bytes, the buffer holds {}",
+                entry.name,
+                dst.len()
+            ));
+        }
+        self.file
+            .read_exact_at(&mut dst[..len], entry.offset)
+            .map_err(|e| {
+                Error::io(
+                    format!(
+                        "reading tensor '{}' ({len} bytes at {}) from {}",
+                        entry.name,
+                        entry.offset,
+                        self.path.display()
+                    ),
+                    e,
+                )
+            })?;
+        Ok(len)
+    }
+
+    /// Copies one tensor into device memory `dst` (a `CUdeviceptr` of `cap` bytes on device
+    /// `device`). `CudaUnavailable` where there is no CUDA driver or device.
+    ///
+    /// # Safety
+    /// `dst` must be a device allocation of at least `cap` bytes on device `device`.
+    pub unsafe fn read_into_device(
+        &self,
+        name: Option<&str>,
+        dst: u64,
+        cap: usize,
+        device: i32,
+    ) -> Result<usize> {
+        crate::cuda::available()?;
+        let t = self.get(name)?;
+        if cap < t.data.len() {
+            return Err(err!(
+                TooSmall,
+                "tensor '{}' is {} bytes, the device buffer holds {cap}",
+                t.entry.name,
+                t.data.len()
+            ));
+        }
+        // SAFETY: forwarded contract: `dst` holds at least `cap >= len` bytes on `device`.
+        unsafe { crate::cuda::copy_to_device_on(device, dst, t.data) }.map_err(|e| {
+            e.context(format!(
+                "copying tensor '{}' from {} to device {device}",
+                t.entry.name,
+                self.path.display()
+            ))
+        })?;
+        Ok(t.data.len())
+    }
+}

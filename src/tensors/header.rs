@@ -1,0 +1,445 @@
+//! The safetensors header, as pure functions: planning a file (offsets, padding, header JSON)
+//! before any byte is written, and parsing/validating one with the `safetensors` crate.
+//!
+//! File layout (the safetensors format):
+//! ```text
+//! [u64 LE n][n bytes of JSON header, space-padded][data: tensors back to back]
+//! ```
+//! With 4 KiB alignment the header is space-padded so the data starts at a multiple of 4096,
+//! and after every tensor whose size is not a multiple of 4096 a padding tensor
+//! (`__kvr_pad_<k>__`, dtype U8, zeros) fills the gap. The safetensors format requires the
+//! tensors' byte ranges to be contiguous and to cover the whole data area (the crate rejects
+//! unaccounted gaps), so padding has to be expressed as tensors. kvr hides them when reading;
+//! other readers list them. KV blocks are usually multiples of 4096 and then need no padding.
+
+use std::collections::HashSet;
+
+use super::Dtype;
+use crate::{err, Error, Result};
+
+/// Alignment of tensor data with [`KVR_TENSORS_ALIGN_4K`](crate::ffi::tensors::KVR_TENSORS_ALIGN_4K).
+pub const ALIGN: u64 = 4096;
+/// Name prefix of padding tensors; user tensor names may not start with it.
+pub const PAD_PREFIX: &str = "__kvr_pad_";
+/// Metadata key kvr sets on aligned files (value "4096"); readers then hide padding tensors.
+pub const ALIGN_KEY: &str = "kvr.align";
+/// Largest header the `safetensors` crate accepts.
+pub const MAX_HEADER: u64 = 100_000_000;
+
+/// Name, dtype and shape of one tensor to write.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// Unique, non-empty name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions (empty for a scalar).
+    pub shape: Vec<u64>,
+}
+
+/// Bytes of a tensor of `dtype` and `shape`; rejects overflow and packed types that do not
+/// end on a byte boundary.
+pub fn nbytes(dtype: Dtype, shape: &[u64]) -> Result<u64> {
+    let elems = shape
+        .iter()
+        .try_fold(1u64, |acc, &d| acc.checked_mul(d))
+        .ok_or_else(|| err!(InvalidArgument, "shape {shape:?} overflows 64 bits"))?;
+    let bits = elems
+        .checked_mul(dtype.bits())
+        .filter(|&b| b / 8 <= isize::MAX as u64)
+        .ok_or_else(|| {
+            err!(
+                InvalidArgument,
+                "{dtype} tensor of shape {shape:?} overflows"
+            )
+        })?;
+    if bits % 8 != 0 {
+        return Err(err!(
+            InvalidArgument,
+            "{dtype} tensor of shape {shape:?} is {bits} bits, not a whole number of bytes"
+        ));
+    }
+    Ok(bits / 8)
+}
+
+/// One piece of the data area, in file order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Piece {
+    /// Tensor `index` (into the specs) of `len` bytes.
+    Tensor {
+        /// Index into the planned specs.
+        index: usize,
+        /// Bytes.
+        len: u64,
+    },
+    /// `len` zero bytes of a padding tensor.
+    Pad {
+        /// Bytes.
+        len: u64,
+    },
+}
+
+/// Everything needed to write a file, computed before writing.
+#[derive(Clone, Debug)]
+pub struct Plan {
+    /// The first bytes of the file: 8-byte length plus padded JSON.
+    pub header: Vec<u8>,
+    /// The data area, in order.
+    pub pieces: Vec<Piece>,
+    /// File offset of tensor `i`'s first byte.
+    pub offsets: Vec<u64>,
+    /// Total file size.
+    pub file_len: u64,
+}
+
+/// Plans a file: validates names, metadata and sizes, lays out offsets (with 4 KiB padding
+/// when `align`), and builds the header.
+pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Result<Plan> {
+    let mut names = HashSet::new();
+    for s in specs {
+        if s.name.is_empty() {
+            return Err(Error::invalid("tensor name is empty"));
+        }
+        if s.name == "__metadata__" || s.name.starts_with(PAD_PREFIX) {
+            return Err(err!(
+                InvalidArgument,
+                "tensor name '{}' is reserved (\"__metadata__\", \"{PAD_PREFIX}*\")",
+                s.name
+            ));
+        }
+        if s.name.contains('\0') {
+            return Err(err!(
+                InvalidArgument,
+                "tensor name {:?} contains NUL",
+                s.name
+            ));
+        }
+        if !names.insert(s.name.as_str()) {
+            return Err(err!(InvalidArgument, "duplicate tensor name '{}'", s.name));
+        }
+    }
+    let mut keys = HashSet::new();
+    for (k, _) in metadata {
+        if !keys.insert(*k) {
+            return Err(err!(InvalidArgument, "duplicate metadata key '{k}'"));
+        }
+        if align && *k == ALIGN_KEY {
+            return Err(err!(
+                InvalidArgument,
+                "metadata key '{ALIGN_KEY}' is set by kvr on aligned files"
+            ));
+        }
+    }
+
+    let mut pieces = Vec::with_capacity(specs.len());
+    let mut offsets = Vec::with_capacity(specs.len());
+    let mut entries: Vec<(String, Dtype, Vec<u64>, u64, u64)> = Vec::new();
+    let mut at = 0u64;
+    let overflow = || Error::invalid("total data size overflows 64 bits");
+    for (i, s) in specs.iter().enumerate() {
+        let len =
+            nbytes(s.dtype, &s.shape).map_err(|e| e.context(format!("tensor '{}'", s.name)))?;
+        let end = at.checked_add(len).ok_or_else(overflow)?;
+        entries.push((s.name.clone(), s.dtype, s.shape.clone(), at, end));
+        pieces.push(Piece::Tensor { index: i, len });
+        offsets.push(at);
+        at = end;
+        if align && at % ALIGN != 0 && i + 1 < specs.len() {
+            let pad = ALIGN - at % ALIGN;
+            let name = format!("{PAD_PREFIX}{i}__");
+            entries.push((name, Dtype::U8, vec![pad], at, at + pad));
+            pieces.push(Piece::Pad { len: pad });
+            at += pad;
+        }
+    }
+
+    let mut json = String::from("{");
+    let mut first = true;
+    let mut meta: Vec<(&str, &str)> = metadata.to_vec();
+    if align {
+        meta.push((ALIGN_KEY, "4096"));
+    }
+    if !meta.is_empty() {
+        json.push_str("\"__metadata__\":{");
+        for (j, (k, v)) in meta.iter().enumerate() {
+            if j > 0 {
+                json.push(',');
+            }
+            json.push_str(&json_str(k));
+            json.push(':');
+            json.push_str(&json_str(v));
+        }
+        json.push('}');
+        first = false;
+    }
+    for (name, dtype, shape, s, e) in &entries {
+        if !first {
+            json.push(',');
+        }
+        first = false;
+        let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
+        json.push_str(&format!(
+            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{s},{e}]}}",
+            json_str(name),
+            dtype.name(),
+            dims.join(",")
+        ));
+    }
+    json.push('}');
+
+    let unit = if align { ALIGN } else { 8 };
+    let n = (8 + json.len() as u64).div_ceil(unit) * unit - 8;
+    if n > MAX_HEADER {
+        return Err(err!(
+            TooLarge,
+            "safetensors header of {n} bytes exceeds the format's limit of {MAX_HEADER}"
+        ));
+    }
+    let mut header = Vec::with_capacity(8 + n as usize);
+    header.extend_from_slice(&n.to_le_bytes());
+    header.extend_from_slice(json.as_bytes());
+    header.resize(8 + n as usize, b' ');
+    let data_start = 8 + n;
+    let file_len = data_start.checked_add(at).ok_or_else(overflow)?;
+    for o in &mut offsets {
+        *o += data_start;
+    }
+    Ok(Plan {
+        header,
+        pieces,
+        offsets,
+        file_len,
+    })
+}
+
+fn json_str(s: &str) -> String {
+    serde_json::to_string(s).expect("strings always serialize")
+}
+
+/// One tensor found in a file's header.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ParsedTensor {
+    /// Name.
+    pub name: String,
+    /// Element type.
+    pub dtype: Dtype,
+    /// Dimensions.
+    pub shape: Vec<u64>,
+    /// File offset of the first byte.
+    pub offset: u64,
+    /// Bytes.
+    pub len: u64,
+}
+
+/// A validated header.
+#[derive(Clone, Debug)]
+pub struct Parsed {
+    /// Tensors in file order, padding tensors of aligned kvr files left out.
+    pub tensors: Vec<ParsedTensor>,
+    /// `__metadata__` entries, sorted by key.
+    pub metadata: Vec<(String, String)>,
+    /// File offset of the data area.
+    pub data_start: u64,
+}
+
+/// Parses and validates the header of a whole file image (`buf` is the full file, usually a
+/// mapping; only the header bytes are read). Uses the `safetensors` crate's parser, which
+/// checks: header length within the file, valid UTF-8 JSON, known dtypes, offsets contiguous
+/// in order (so none overlap), sizes equal to dtype x shape, and data ending at the file's end.
+pub fn parse(buf: &[u8]) -> Result<Parsed> {
+    let len = buf.len() as u64;
+    let Some(n) = buf.get(..8) else {
+        return Err(err!(
+            Corrupt,
+            "file is {len} bytes, shorter than the 8-byte header length"
+        ));
+    };
+    let n = u64::from_le_bytes(n.try_into().expect("8 bytes"));
+    if n > len - 8 {
+        return Err(err!(
+            Corrupt,
+            "header length {n} runs past the end of the {len}-byte file"
+        ));
+    }
+    let (n, meta) = safetensors::SafeTensors::read_metadata(buf)
+        .map_err(|e| err!(Corrupt, "invalid safetensors header: {}", describe(&e)))?;
+    let data_start = 8 + n as u64;
+    let metadata = {
+        let mut m: Vec<(String, String)> = meta
+            .metadata()
+            .as_ref()
+            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
+            .unwrap_or_default();
+        m.sort();
+        m
+    };
+    let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
+    let names = meta.offset_keys();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let info = meta
+            .info(&name)
+            .ok_or_else(|| err!(Internal, "tensor '{name}' listed but not found"))?;
+        let dtype =
+            Dtype::from_st(info.dtype).map_err(|e| e.context(format!("tensor '{name}'")))?;
+        let is_pad =
+            aligned && name.starts_with(PAD_PREFIX) && dtype == Dtype::U8 && info.shape.len() == 1;
+        if is_pad {
+            continue;
+        }
+        let (s, e) = info.data_offsets;
+        tensors.push(ParsedTensor {
+            name,
+            dtype,
+            shape: info.shape.iter().map(|&d| d as u64).collect(),
+            offset: data_start + s as u64,
+            len: (e - s) as u64,
+        });
+    }
+    Ok(Parsed {
+        tensors,
+        metadata,
+        data_start,
+    })
+}
+
+fn describe(e: &safetensors::SafeTensorError) -> String {
+    use safetensors::SafeTensorError as E;
+    match e {
+        E::InvalidOffset(name) => format!(
+            "tensor '{name}' has data_offsets that are not contiguous with the previous tensor (overlap or gap)"
+        ),
+        E::TensorInvalidInfo => {
+            "a tensor's data_offsets span differs from its dtype size x shape".into()
+        }
+        E::MetadataIncompleteBuffer => {
+            "the tensors' data does not end exactly at the end of the file (truncated or trailing bytes)".into()
+        }
+        E::InvalidHeaderDeserialization(j) => format!("header is not valid safetensors JSON: {j}"),
+        E::InvalidHeader(u) => format!("header is not UTF-8: {u}"),
+        other => other.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> TensorSpec {
+        TensorSpec {
+            name: name.into(),
+            dtype,
+            shape: shape.to_vec(),
+        }
+    }
+
+    fn image(plan: &Plan) -> Vec<u8> {
+        let mut v = plan.header.clone();
+        v.resize(plan.file_len as usize, 0);
+        v
+    }
+
+    #[test]
+    fn sizes_and_overflow() {
+        assert_eq!(nbytes(Dtype::F32, &[2, 3]).unwrap(), 24);
+        assert_eq!(nbytes(Dtype::F32, &[]).unwrap(), 4);
+        assert_eq!(nbytes(Dtype::F32, &[0, 7]).unwrap(), 0);
+        assert_eq!(nbytes(Dtype::F4, &[4]).unwrap(), 2);
+        assert!(nbytes(Dtype::F4, &[3]).is_err());
+        assert_eq!(nbytes(Dtype::F6E2M3, &[4]).unwrap(), 3);
+        assert!(nbytes(Dtype::U8, &[u64::MAX, 2]).is_err());
+        assert!(nbytes(Dtype::F64, &[1 << 62]).is_err());
+    }
+
+    #[test]
+    fn plain_plan_parses_with_the_crate_and_back() {
+        let specs = [
+            spec("a", Dtype::F32, &[2, 3]),
+            spec("b\"q", Dtype::BF16, &[5]),
+            spec("s", Dtype::I64, &[]),
+        ];
+        let p = plan(&specs, &[("k", "v\n")], false).unwrap();
+        assert_eq!(p.header.len() % 8, 0);
+        assert_eq!(p.file_len, p.header.len() as u64 + 24 + 10 + 8);
+        let img = image(&p);
+        let parsed = parse(&img).unwrap();
+        assert_eq!(parsed.metadata, vec![("k".into(), "v\n".into())]);
+        let names: Vec<_> = parsed.tensors.iter().map(|t| t.name.as_str()).collect();
+        assert_eq!(names, ["a", "b\"q", "s"]);
+        for (t, o) in parsed.tensors.iter().zip(&p.offsets) {
+            assert_eq!(t.offset, *o);
+        }
+        assert_eq!(parsed.tensors[2].shape, Vec::<u64>::new());
+    }
+
+    #[test]
+    fn aligned_plan_starts_every_tensor_on_4k_and_stays_valid() {
+        let specs = [
+            spec("x", Dtype::F16, &[3]),
+            spec("empty", Dtype::F32, &[0]),
+            spec("y", Dtype::U8, &[4096]),
+            spec("z", Dtype::F64, &[513]),
+            spec("w", Dtype::U8, &[1]),
+        ];
+        let p = plan(&specs, &[], true).unwrap();
+        assert_eq!(p.header.len() as u64 % ALIGN, 0);
+        for o in &p.offsets {
+            assert_eq!(o % ALIGN, 0, "{:?}", p.offsets);
+        }
+        let pads = p
+            .pieces
+            .iter()
+            .filter(|x| matches!(x, Piece::Pad { .. }))
+            .count();
+        assert_eq!(pads, 2); // after x and after z; y is a 4096 multiple, w is last
+        let img = image(&p);
+        // The crate accepts it, padding tensors and all.
+        let st = safetensors::SafeTensors::deserialize(&img).unwrap();
+        assert_eq!(st.len(), 7);
+        // kvr hides the padding.
+        let parsed = parse(&img).unwrap();
+        assert_eq!(parsed.tensors.len(), 5);
+        assert_eq!(parsed.metadata, vec![(ALIGN_KEY.into(), "4096".into())]);
+        assert_eq!(parsed.data_start % ALIGN, 0);
+    }
+
+    #[test]
+    fn bad_specs_are_rejected() {
+        let e = plan(
+            &[spec("a", Dtype::U8, &[1]), spec("a", Dtype::U8, &[1])],
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("duplicate tensor name 'a'"), "{e}");
+        assert!(plan(&[spec("", Dtype::U8, &[1])], &[], false).is_err());
+        assert!(plan(&[spec("__metadata__", Dtype::U8, &[1])], &[], false).is_err());
+        assert!(plan(&[spec("__kvr_pad_0__", Dtype::U8, &[1])], &[], false).is_err());
+        assert!(plan(
+            &[spec("a", Dtype::U8, &[1])],
+            &[("k", "1"), ("k", "2")],
+            false
+        )
+        .is_err());
+        assert!(plan(&[spec("a", Dtype::U8, &[1])], &[(ALIGN_KEY, "1")], true).is_err());
+        let e = plan(&[spec("big", Dtype::U8, &[u64::MAX, 3])], &[], false).unwrap_err();
+        assert!(e.to_string().contains("tensor 'big'"), "{e}");
+        let e = plan(
+            &[
+                spec("a", Dtype::U8, &[u64::MAX / 2]),
+                spec("b", Dtype::U8, &[u64::MAX / 2 + 10]),
+            ],
+            &[],
+            false,
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("overflow"), "{e}");
+    }
+
+    #[test]
+    fn an_empty_file_is_valid() {
+        let p = plan(&[], &[], false).unwrap();
+        let parsed = parse(&image(&p)).unwrap();
+        assert!(parsed.tensors.is_empty());
+    }
+}

@@ -1,0 +1,19 @@
+//! Tensor files: safetensors written from strided tensors (streaming, atomic, optionally
+//! 4 KiB-aligned), read lazily and zero-copy from a read-only mapping, a lazy tensor directory
+//! with reference-counted lifetime, and export/import of region blocks.
+//!
+//! Files are plain safetensors (see [`header`] for the format and the alignment scheme): any
+//! safetensors reader (Python, Rust, C++) opens them, and kvr opens theirs.
+
+pub mod dir;
+pub mod dtype;
+pub mod export;
+pub mod file;
+pub mod header;
+pub mod write;
+
+pub use dir::{LazyTensor, TensorDir};
+pub use dtype::{Dtype, ALL_DTYPES};
+pub use export::{export_blocks, import_blocks};
+pub use file::{TensorEntry, TensorFile, TensorRef};
+pub use write::{write, TensorIn, WriteOptions};
