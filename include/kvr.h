@@ -18,21 +18,6 @@
 #define KVR_ABI_VERSION 1
 
 /**
- * Direct-I/O mode: O_DIRECT if the file system accepts it, else buffered (one log line).
- */
-#define KVR_DIRECT_IO_AUTO 0
-
-/**
- * Direct-I/O mode: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
- */
-#define KVR_DIRECT_IO_ON 1
-
-/**
- * Direct-I/O mode: always buffered I/O through the page cache.
- */
-#define KVR_DIRECT_IO_OFF 2
-
-/**
  * Bytes of a slot file key.
  */
 #define KVR_DISK_KEY_LEN 16
@@ -41,6 +26,41 @@
  * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
  */
 #define KVR_DISK_MAX_META 3968
+
+/**
+ * `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).
+ */
+#define KVR_FS_NO_RANK -1
+
+/**
+ * `direct_io`: use O_DIRECT if the file system accepts it, else buffered I/O (one log line).
+ */
+#define KVR_DIRECT_IO_AUTO 0
+
+/**
+ * `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+ */
+#define KVR_DIRECT_IO_ON 1
+
+/**
+ * `direct_io`: always buffered I/O.
+ */
+#define KVR_DIRECT_IO_OFF 2
+
+/**
+ * `durability`: no flushing (the OS writes back).
+ */
+#define KVR_FS_DURABILITY_NONE 0
+
+/**
+ * `durability`: `fdatasync` each block before renaming it into place.
+ */
+#define KVR_FS_DURABILITY_FDATASYNC 1
+
+/**
+ * `durability`: `fdatasync` before the rename and `fsync` the directory after it.
+ */
+#define KVR_FS_DURABILITY_FDATASYNC_DIR 2
 
 /**
  * `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
@@ -280,6 +300,11 @@ typedef enum kvr_status {
 typedef struct kvr_disk kvr_disk;
 
 /**
+ * Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
+ */
+typedef struct kvr_fs kvr_fs;
+
+/**
  * Opaque handle of a submitted batch. Free with `kvr_job_free` (which waits for it).
  */
 typedef struct kvr_job kvr_job;
@@ -479,6 +504,154 @@ typedef struct kvr_disk_read_op {
    */
   uint64_t meta_len;
 } kvr_disk_read_op;
+
+/**
+ * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
+ */
+typedef struct kvr_fs_config {
+  /**
+   * `sizeof(kvr_fs_config)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * Root directory (required; created if missing).
+   */
+  const char *root;
+  /**
+   * Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+   */
+  const char *namespace_name;
+  /**
+   * Tensor-parallel rank (own subdirectory `r<rank>`), or `KVR_FS_NO_RANK`. Default
+   * `KVR_FS_NO_RANK`.
+   */
+  int32_t rank;
+  /**
+   * Threads loading async batches. Default 8.
+   */
+  uint32_t read_threads;
+  /**
+   * Threads storing async batches. Default 8.
+   */
+  uint32_t write_threads;
+  /**
+   * `KVR_DIRECT_IO_*`. Default `KVR_DIRECT_IO_AUTO`.
+   */
+  uint32_t direct_io;
+  /**
+   * `KVR_FS_DURABILITY_*`. Default `KVR_FS_DURABILITY_NONE`.
+   */
+  uint32_t durability;
+  /**
+   * Verify the xxh3-64 checksum on every load. Default true.
+   */
+  bool verify;
+  /**
+   * Bound on the bytes of block files kept; least-recently-used blocks are removed to
+   * stay under it. 0 = unbounded (default).
+   */
+  uint64_t capacity_bytes;
+} kvr_fs_config;
+
+/**
+ * A 16-byte block key chosen by the engine (usually its block hash).
+ */
+typedef struct kvr_block_key {
+  /**
+   * The key bytes.
+   */
+  uint8_t bytes[16];
+} kvr_block_key;
+
+/**
+ * Counters of an open store, as seen by this process (filled by `kvr_fs_get_stats`).
+ */
+typedef struct kvr_fs_stats {
+  /**
+   * Set to `sizeof(kvr_fs_stats)` before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * Blocks known to this process (scanned at open, plus its stores, minus removals).
+   */
+  uint64_t blocks;
+  /**
+   * File bytes of those blocks (headers included).
+   */
+  uint64_t bytes;
+  /**
+   * Loads that returned a block.
+   */
+  uint64_t hits;
+  /**
+   * Loads that found no usable block.
+   */
+  uint64_t misses;
+  /**
+   * Corrupt block files found and removed.
+   */
+  uint64_t corrupt_dropped;
+  /**
+   * Payload bytes loaded.
+   */
+  uint64_t bytes_read;
+  /**
+   * Payload bytes stored.
+   */
+  uint64_t bytes_written;
+  /**
+   * Blocks written.
+   */
+  uint64_t stores;
+  /**
+   * Stores skipped because the block already existed.
+   */
+  uint64_t dedup_hits;
+  /**
+   * Blocks removed to stay under the capacity.
+   */
+  uint64_t evictions;
+  /**
+   * True when O_DIRECT is in use, false for buffered I/O.
+   */
+  bool direct_io;
+} kvr_fs_stats;
+
+/**
+ * One block of an async store batch.
+ */
+typedef struct kvr_fs_store_item {
+  /**
+   * The block's key.
+   */
+  struct kvr_block_key key;
+  /**
+   * Payload; must stay valid until the job completes.
+   */
+  const void *src;
+  /**
+   * Payload bytes (non-zero).
+   */
+  size_t len;
+} kvr_fs_store_item;
+
+/**
+ * One block of an async load batch.
+ */
+typedef struct kvr_fs_load_item {
+  /**
+   * The block's key.
+   */
+  struct kvr_block_key key;
+  /**
+   * Destination; must stay valid and untouched until the job completes.
+   */
+  void *dst;
+  /**
+   * Expected payload bytes (non-zero).
+   */
+  size_t len;
+} kvr_fs_load_item;
 
 /**
  * Progress of a job.
@@ -803,6 +976,118 @@ enum kvr_status kvr_disk_submit_read(const struct kvr_disk *disk,
                                      struct kvr_disk_read_op *ops,
                                      size_t n,
                                      struct kvr_job **out);
+
+/**
+ * Fills `*config` with the documented defaults (`root` and `namespace_name` left NULL).
+ */
+enum kvr_status kvr_fs_config_default(struct kvr_fs_config *config);
+
+/**
+ * Opens a store on `config->root` / `config->namespace_name` [/ r<rank>], creating
+ * directories, probing O_DIRECT, scanning existing blocks and removing dead writers' temp
+ * files. On success `*out` owns the handle; close it with `kvr_fs_close`.
+ * Errors: `KVR_ERR_INVALID_ARGUMENT` (bad namespace, values), `KVR_ERR_UNSUPPORTED`
+ * (`KVR_DIRECT_IO_ON` where O_DIRECT is refused), `KVR_ERR_PERMISSION`, `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_fs_open(const struct kvr_fs_config *config, struct kvr_fs **out);
+
+/**
+ * Closes a store after finishing queued async work. Jobs must be freed first or later
+ * (a job outlives its store safely). `kvr_fs_close(NULL)` is a no-op.
+ */
+void kvr_fs_close(struct kvr_fs *fs);
+
+/**
+ * Stores `len` bytes at `src` as the block `*key` (a `U8` tensor), unless it exists
+ * (deduplicated: `KVR_OK`, nothing written). Atomic: readers see the whole block or none.
+ * Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (ENOSPC, EDQUOT, EFBIG; nothing
+ * partial is left), `KVR_ERR_TOO_LARGE` (bigger than the capacity), `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_store_block(const struct kvr_fs *fs,
+                                const struct kvr_block_key *key,
+                                const void *src,
+                                size_t len);
+
+/**
+ * Like `kvr_store_block`, recording the payload's safetensors `dtype` ("F16", "BF16", ...)
+ * and `shape` (`ndim` dimensions, whose product times the dtype size must be `len`).
+ */
+enum kvr_status kvr_store_block_tensor(const struct kvr_fs *fs,
+                                       const struct kvr_block_key *key,
+                                       const void *src,
+                                       size_t len,
+                                       const char *dtype,
+                                       const uint64_t *shape,
+                                       size_t ndim);
+
+/**
+ * Loads the block `*key` into `len` bytes at `dst`. `KVR_ERR_NOT_FOUND` if absent;
+ * `KVR_ERR_CORRUPT` if the file failed validation (it was removed; the message names it);
+ * `KVR_ERR_LAYOUT_MISMATCH` if the block is intact but not `len` bytes long. On any error
+ * the contents of `dst` are unspecified; success always means exactly the stored bytes.
+ */
+enum kvr_status kvr_load_block(const struct kvr_fs *fs,
+                               const struct kvr_block_key *key,
+                               void *dst,
+                               size_t len);
+
+/**
+ * Sets `*out` to whether the block `*key` exists (written by any process).
+ */
+enum kvr_status kvr_fs_contains(const struct kvr_fs *fs,
+                                const struct kvr_block_key *key,
+                                bool *out);
+
+/**
+ * Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix).
+ * `n` may be 0 (then `keys` may be NULL).
+ */
+enum kvr_status kvr_fs_lookup_prefix(const struct kvr_fs *fs,
+                                     const struct kvr_block_key *keys,
+                                     size_t n,
+                                     size_t *hits);
+
+/**
+ * Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none. Readers
+ * that already opened it finish reading it.
+ */
+enum kvr_status kvr_fs_remove(const struct kvr_fs *fs, const struct kvr_block_key *key);
+
+/**
+ * Writes the NUL-terminated path of block `*key` (existing or not) into `buf` of `cap`
+ * bytes; `*needed` (may be NULL) receives the size including the NUL. `KVR_ERR_TOO_SMALL`
+ * if `cap` is too small (then only `*needed` is written).
+ */
+enum kvr_status kvr_fs_block_path(const struct kvr_fs *fs,
+                                  const struct kvr_block_key *key,
+                                  char *buf,
+                                  size_t cap,
+                                  size_t *needed);
+
+/**
+ * Fills `*out` with this process's counters. Set `out->struct_size = sizeof(kvr_fs_stats)`.
+ */
+enum kvr_status kvr_fs_get_stats(const struct kvr_fs *fs, struct kvr_fs_stats *out);
+
+/**
+ * Submits `n` (>= 1) blocks to store on the store's write threads; `*out` receives the job
+ * (`kvr_job_wait` / `kvr_job_poll` / `kvr_job_item_status`, whose bytes are 0 for a
+ * deduplicated block; free with `kvr_job_free`). Every item is checked first (NULL or empty
+ * buffers reject the whole batch). The `src` buffers must stay valid until the job is done.
+ */
+enum kvr_status kvr_fs_submit_store(const struct kvr_fs *fs,
+                                    const struct kvr_fs_store_item *items,
+                                    size_t n,
+                                    struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) blocks to load on the store's read threads; per-item results as for
+ * `kvr_load_block`. The `dst` buffers must stay valid and untouched until the job is done.
+ */
+enum kvr_status kvr_fs_submit_load(const struct kvr_fs *fs,
+                                   const struct kvr_fs_load_item *items,
+                                   size_t n,
+                                   struct kvr_job **out);
 
 /**
  * Reports progress without blocking.

@@ -272,6 +272,112 @@ class Disk {
   Handle<kvr_disk, kvr_disk_close> h_;
 };
 
+// ---- fs block store (kvr_fs_*) ----
+
+/// Builder-style options for FsStore (defaults as kvr_fs_config_default).
+struct FsOptions {
+  std::string root;                 // required
+  std::string ns;                   // namespace (model + layout digest), required
+  std::int32_t rank = KVR_FS_NO_RANK;
+  std::uint32_t read_threads = 8;
+  std::uint32_t write_threads = 8;
+  std::uint32_t direct_io = KVR_DIRECT_IO_AUTO;
+  std::uint32_t durability = KVR_FS_DURABILITY_NONE;
+  bool verify = true;
+  std::uint64_t capacity_bytes = 0;  // 0: unbounded
+};
+
+/// A 16-byte block key from its first 16 bytes at `p`.
+inline kvr_block_key make_key(const void* p) noexcept {
+  kvr_block_key k;
+  const auto* b = static_cast<const std::uint8_t*>(p);
+  for (int i = 0; i < 16; i++) k.bytes[i] = b[i];
+  return k;
+}
+
+/// A content-addressed block store on a directory (kvr_fs_open / kvr_fs_close).
+class FsStore {
+ public:
+  explicit FsStore(const FsOptions& o) {
+    kvr_fs_config c;
+    check(kvr_fs_config_default(&c));
+    c.root = o.root.c_str();
+    c.namespace_name = o.ns.c_str();
+    c.rank = o.rank;
+    c.read_threads = o.read_threads;
+    c.write_threads = o.write_threads;
+    c.direct_io = o.direct_io;
+    c.durability = o.durability;
+    c.verify = o.verify;
+    c.capacity_bytes = o.capacity_bytes;
+    kvr_fs* f = nullptr;
+    check(kvr_fs_open(&c, &f));
+    h_.reset(f);
+  }
+  /// Stores `len` bytes (a no-op if the block exists).
+  void store(const kvr_block_key& k, const void* src, std::size_t len) {
+    check(kvr_store_block(h_.get(), &k, src, len));
+  }
+  /// Loads the block into `dst`; false if there is none. Throws kvr::Error otherwise
+  /// (KVR_ERR_CORRUPT: the bad file was removed; KVR_ERR_LAYOUT_MISMATCH: other length).
+  bool load(const kvr_block_key& k, void* dst, std::size_t len) {
+    kvr_status s = kvr_load_block(h_.get(), &k, dst, len);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  bool contains(const kvr_block_key& k) const {
+    bool yes = false;
+    check(kvr_fs_contains(h_.get(), &k, &yes));
+    return yes;
+  }
+  /// How many leading keys exist (the reusable prompt prefix).
+  std::size_t lookup_prefix(const kvr_block_key* keys, std::size_t n) const {
+    std::size_t hits = 0;
+    check(kvr_fs_lookup_prefix(h_.get(), keys, n, &hits));
+    return hits;
+  }
+  /// Removes the block; false if there was none.
+  bool remove(const kvr_block_key& k) {
+    kvr_status s = kvr_fs_remove(h_.get(), &k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  kvr_fs_stats stats() const {
+    kvr_fs_stats s{};
+    s.struct_size = sizeof(s);
+    check(kvr_fs_get_stats(h_.get(), &s));
+    return s;
+  }
+  /// The path of the block's file (existing or not).
+  std::string block_path(const kvr_block_key& k) const {
+    std::size_t need = 0;
+    kvr_status s = kvr_fs_block_path(h_.get(), &k, nullptr, 0, &need);
+    if (s != KVR_ERR_TOO_SMALL) check(s);
+    std::string p(need, '\0');
+    check(kvr_fs_block_path(h_.get(), &k, &p[0], p.size(), &need));
+    p.resize(need - 1);
+    return p;
+  }
+  /// Stores a batch on the write threads; `items`' buffers must outlive the job.
+  Job submit_store(const kvr_fs_store_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_fs_submit_store(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Loads a batch on the read threads; `items`' buffers must outlive the job.
+  Job submit_load(const kvr_fs_load_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_fs_submit_load(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  kvr_fs* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_fs, kvr_fs_close> h_;
+};
+
 // ---- tensor files (safetensors): writing, lazy reading, lazy directory, region blocks ----
 
 /// Writes `n` tensors (strided views allowed) and `m` metadata entries as a safetensors file,

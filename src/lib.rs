@@ -5,6 +5,8 @@
 //!
 //! - [`region`]: a host-memory region shared by all tensor-parallel workers of one node,
 //!   mapped from `/dev/shm`, optionally pinned for DMA, crash-safe across SIGKILL.
+//! - [`fs`]: a content-addressed block store on a local or shared file system (one
+//!   safetensors file per block, atomic rename, checksums, O_DIRECT, LRU capacity).
 //! - [`disk`]: a preallocated file of fixed-size slots for local spill, with an in-memory LRU
 //!   index rebuilt from checksummed slot headers at open, crash-safe across SIGKILL.
 //! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
@@ -19,11 +21,15 @@ pub mod cuda;
 pub mod disk;
 mod error;
 pub mod ffi;
+pub mod fs;
 pub mod io;
 pub mod region;
 pub mod tensors;
 
 pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
+pub use fs::{
+    Durability, FsConfig, FsStats, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
+};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
 pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};

@@ -4,9 +4,9 @@ use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::disk::*;
+use kvr::ffi::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 use kvr::ffi::job::{kvr_job, kvr_job_free, kvr_job_item_status, kvr_job_wait};
 use kvr::ffi::kvr_status::{self, *};
-use kvr::ffi::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated, valid until the next kvr call on this thread.

@@ -587,7 +587,7 @@ impl Inner {
         data_sum: u64,
     ) -> Result<()> {
         let off = self.geometry.slot_offset(r.slot);
-        let mut hdr = self.bounce.take(PAGE as usize)?;
+        let mut hdr = self.bounce.get(PAGE as usize)?;
         let h = SlotHeader {
             key: *key,
             len: data.len() as u64,
@@ -635,7 +635,7 @@ impl Inner {
             let whole = data.len() / IO_ALIGN * IO_ALIGN;
             parts.push(&data[..whole]);
             if whole < data.len() {
-                let mut b = self.bounce.take(IO_ALIGN)?;
+                let mut b = self.bounce.get(IO_ALIGN)?;
                 let tail = &data[whole..];
                 b.as_mut_slice()[..tail.len()].copy_from_slice(tail);
                 b.as_mut_slice()[tail.len()..IO_ALIGN].fill(0);
@@ -643,7 +643,7 @@ impl Inner {
             }
         } else {
             let n = round_up(data.len());
-            let mut b = self.bounce.take(n)?;
+            let mut b = self.bounce.get(n)?;
             b.as_mut_slice()[..data.len()].copy_from_slice(data);
             b.as_mut_slice()[data.len()..n].fill(0);
             bounce = Some((b, n));
@@ -726,7 +726,7 @@ impl Inner {
     fn read_slot(&self, p: &Pinned, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<()> {
         let off = self.geometry.slot_offset(p.slot);
         let len = p.len as usize;
-        let mut hdr = self.bounce.take(PAGE as usize)?;
+        let mut hdr = self.bounce.get(PAGE as usize)?;
         let dst = &mut dst[..len];
         let aligned = is_aligned_ptr(dst.as_ptr());
         let whole = if self.direct && aligned {
@@ -744,7 +744,7 @@ impl Inner {
             round_up(len)
         };
         let mut bounce = if bounce_len > 0 {
-            Some(self.bounce.take(bounce_len)?)
+            Some(self.bounce.get(bounce_len)?)
         } else {
             None
         };

@@ -3,13 +3,12 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
+use super::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF, KVR_DIRECT_IO_ON};
 use super::job::kvr_job;
 use super::status::{guard, kvr_status};
-use super::{
-    arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, direct_io_from_c, read_config, write_out,
-    KVR_DIRECT_IO_AUTO,
-};
+use super::{arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, read_config, write_out};
 use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
+use crate::io::DirectIo;
 use crate::Error;
 
 /// Bytes of a slot file key.
@@ -157,7 +156,16 @@ fn to_rust_config(c: &kvr_disk_config) -> crate::Result<DiskConfig> {
     }
     let mut cfg = DiskConfig::new(PathBuf::from(path), c.slot_size, c.num_slots);
     cfg.io_threads = c.io_threads as usize;
-    cfg.direct_io = direct_io_from_c(c.direct_io, "config.direct_io")?;
+    cfg.direct_io = match c.direct_io {
+        KVR_DIRECT_IO_AUTO => DirectIo::Auto,
+        KVR_DIRECT_IO_ON => DirectIo::On,
+        KVR_DIRECT_IO_OFF => DirectIo::Off,
+        v => {
+            return Err(Error::invalid(format!(
+                "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
+            )))
+        }
+    };
     cfg.verify = c.verify;
     cfg.sync = c.sync;
     Ok(cfg)

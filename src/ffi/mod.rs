@@ -11,6 +11,7 @@
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
 pub mod disk;
+pub mod fs;
 pub mod job;
 pub mod region;
 pub mod status;
@@ -24,26 +25,6 @@ pub use status::kvr_status;
 
 /// Version of the C ABI in this header; bumped on any incompatible change.
 pub const KVR_ABI_VERSION: u32 = 1;
-
-/// Direct-I/O mode: O_DIRECT if the file system accepts it, else buffered (one log line).
-pub const KVR_DIRECT_IO_AUTO: u32 = 0;
-/// Direct-I/O mode: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
-pub const KVR_DIRECT_IO_ON: u32 = 1;
-/// Direct-I/O mode: always buffered I/O through the page cache.
-pub const KVR_DIRECT_IO_OFF: u32 = 2;
-
-/// Maps a `KVR_DIRECT_IO_*` value to [`crate::io::DirectIo`].
-pub(crate) fn direct_io_from_c(v: u32, name: &str) -> Result<crate::io::DirectIo> {
-    use crate::io::DirectIo;
-    match v {
-        KVR_DIRECT_IO_AUTO => Ok(DirectIo::Auto),
-        KVR_DIRECT_IO_ON => Ok(DirectIo::On),
-        KVR_DIRECT_IO_OFF => Ok(DirectIo::Off),
-        _ => Err(Error::invalid(format!(
-            "{name} is {v}, expected KVR_DIRECT_IO_AUTO (0), _ON (1) or _OFF (2)"
-        ))),
-    }
-}
 
 /// The library version as a static NUL-terminated string ("0.1.0").
 #[no_mangle]

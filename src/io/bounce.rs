@@ -1,5 +1,5 @@
-//! A small pool of page-aligned bounce buffers, for O_DIRECT transfers whose caller buffer is
-//! not 4096-aligned (and for header pages). Buffers are reused instead of allocated per call.
+//! A pool of page-aligned bounce buffers, reused across O_DIRECT transfers whose caller
+//! pointer or length is not 4096-aligned (and for block headers and tails).
 
 use std::ops::{Deref, DerefMut};
 use std::sync::Mutex;
@@ -7,34 +7,40 @@ use std::sync::Mutex;
 use super::AlignedBuf;
 use crate::Result;
 
-/// Keeps up to `max_kept` released buffers for reuse.
+/// Keeps up to `max_kept` freed buffers for reuse; hands out the smallest kept buffer that is
+/// large enough, else allocates a new one.
 pub struct BouncePool {
-    kept: Mutex<Vec<AlignedBuf>>,
+    free: Mutex<Vec<AlignedBuf>>,
     max_kept: usize,
 }
 
-/// A buffer on loan from a [`BouncePool`]; goes back to the pool when dropped.
+/// A buffer borrowed from a [`BouncePool`]; returned to the pool on drop.
 pub struct Bounce<'a> {
     buf: Option<AlignedBuf>,
     pool: &'a BouncePool,
 }
 
 impl BouncePool {
-    /// An empty pool keeping at most `max_kept` buffers.
+    /// A pool keeping at most `max_kept` idle buffers.
     pub fn new(max_kept: usize) -> Self {
         BouncePool {
-            kept: Mutex::new(Vec::new()),
+            free: Mutex::new(Vec::new()),
             max_kept,
         }
     }
 
-    /// A buffer of at least `len` bytes (4096-aligned; contents unspecified).
-    pub fn take(&self, len: usize) -> Result<Bounce<'_>> {
+    /// A buffer of at least `len` bytes (capacity a multiple of 4096). Its contents are
+    /// whatever the last user left there.
+    pub fn get(&self, len: usize) -> Result<Bounce<'_>> {
         let reused = {
-            let mut kept = self.kept.lock().unwrap_or_else(|p| p.into_inner());
-            kept.iter()
-                .position(|b| b.capacity() >= len)
-                .map(|i| kept.swap_remove(i))
+            let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+            let best = free
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.capacity() >= len)
+                .min_by_key(|(_, b)| b.capacity())
+                .map(|(i, _)| i);
+            best.map(|i| free.swap_remove(i))
         };
         let buf = match reused {
             Some(b) => b,
@@ -45,33 +51,39 @@ impl BouncePool {
             pool: self,
         })
     }
+
+    /// Number of idle buffers kept.
+    pub fn idle(&self) -> usize {
+        self.free.lock().unwrap_or_else(|p| p.into_inner()).len()
+    }
 }
 
 impl Deref for Bounce<'_> {
     type Target = AlignedBuf;
     fn deref(&self) -> &AlignedBuf {
-        self.buf.as_ref().expect("bounce buffer present until drop")
+        self.buf.as_ref().expect("buffer present until drop")
     }
 }
 
 impl DerefMut for Bounce<'_> {
     fn deref_mut(&mut self) -> &mut AlignedBuf {
-        self.buf.as_mut().expect("bounce buffer present until drop")
+        self.buf.as_mut().expect("buffer present until drop")
     }
 }
 
 impl Drop for Bounce<'_> {
     fn drop(&mut self) {
-        if let Some(b) = self.buf.take() {
-            let mut kept = self.pool.kept.lock().unwrap_or_else(|p| p.into_inner());
-            if kept.len() < self.pool.max_kept {
-                kept.push(b);
-            } else if let Some(smallest) = kept.iter_mut().min_by_key(|k| k.capacity()) {
-                // Keep the larger buffers: they serve every request size.
-                if smallest.capacity() < b.capacity() {
-                    *smallest = b;
-                }
-            }
+        let Some(buf) = self.buf.take() else { return };
+        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.pool.max_kept {
+            free.push(buf);
+        } else if let Some(smallest) = free
+            .iter_mut()
+            .min_by_key(|b| b.capacity())
+            .filter(|b| b.capacity() < buf.capacity())
+        {
+            // Keep the larger buffer: big transfers are the ones that pay for allocation.
+            *smallest = buf;
         }
     }
 }
@@ -81,22 +93,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn reuses_buffers_large_enough() {
+    fn reuses_and_bounds() {
         let pool = BouncePool::new(2);
-        let p = {
-            let b = pool.take(10_000).unwrap();
-            assert_eq!(b.capacity(), 12288);
+        let p1 = {
+            let mut b = pool.get(10_000).unwrap();
+            assert_eq!(b.capacity(), 12_288);
+            b.as_mut_slice()[0] = 1;
             b.as_slice().as_ptr()
         };
-        let b = pool.take(4096).unwrap();
-        assert_eq!(b.as_slice().as_ptr(), p);
-        let c = pool.take(4096).unwrap();
-        assert_ne!(c.as_slice().as_ptr(), p);
-        drop((b, c));
-        assert_eq!(pool.kept.lock().unwrap().len(), 2);
-        drop(pool.take(1 << 20).unwrap());
-        let kept = pool.kept.lock().unwrap();
-        assert!(kept.iter().any(|b| b.capacity() == 1 << 20));
-        assert_eq!(kept.len(), 2);
+        assert_eq!(pool.idle(), 1);
+        let b = pool.get(5000).unwrap(); // reuses the 12 KiB one
+        assert_eq!(b.as_slice().as_ptr(), p1);
+        let c = pool.get(4096).unwrap();
+        let d = pool.get(4096).unwrap();
+        assert_eq!(c.capacity(), 4096);
+        drop((b, c, d));
+        assert_eq!(pool.idle(), 2);
+        // The kept buffers are the larger ones.
+        assert_eq!(pool.get(12_288).unwrap().capacity(), 12_288);
     }
 }

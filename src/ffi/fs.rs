@@ -1,0 +1,538 @@
+//! C ABI of the fs block store (thin layer over [`crate::fs`]).
+
+use std::ffi::{c_char, c_void};
+
+use super::job::kvr_job;
+use super::status::{guard, kvr_status};
+use super::{arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, read_config, write_out};
+use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
+use crate::io::DirectIo;
+use crate::{Durability, Error};
+
+/// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
+pub struct kvr_fs {
+    inner: FsStore,
+}
+
+/// A 16-byte block key chosen by the engine (usually its block hash).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvr_block_key {
+    /// The key bytes.
+    pub bytes: [u8; 16],
+}
+
+/// `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).
+pub const KVR_FS_NO_RANK: i32 = -1;
+
+/// `direct_io`: use O_DIRECT if the file system accepts it, else buffered I/O (one log line).
+pub const KVR_DIRECT_IO_AUTO: u32 = 0;
+/// `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+pub const KVR_DIRECT_IO_ON: u32 = 1;
+/// `direct_io`: always buffered I/O.
+pub const KVR_DIRECT_IO_OFF: u32 = 2;
+
+/// `durability`: no flushing (the OS writes back).
+pub const KVR_FS_DURABILITY_NONE: u32 = 0;
+/// `durability`: `fdatasync` each block before renaming it into place.
+pub const KVR_FS_DURABILITY_FDATASYNC: u32 = 1;
+/// `durability`: `fdatasync` before the rename and `fsync` the directory after it.
+pub const KVR_FS_DURABILITY_FDATASYNC_DIR: u32 = 2;
+
+/// How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_fs_config {
+    /// `sizeof(kvr_fs_config)`; lets later versions add fields.
+    pub struct_size: u32,
+    /// Root directory (required; created if missing).
+    pub root: *const c_char,
+    /// Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+    pub namespace_name: *const c_char,
+    /// Tensor-parallel rank (own subdirectory `r<rank>`), or `KVR_FS_NO_RANK`. Default
+    /// `KVR_FS_NO_RANK`.
+    pub rank: i32,
+    /// Threads loading async batches. Default 8.
+    pub read_threads: u32,
+    /// Threads storing async batches. Default 8.
+    pub write_threads: u32,
+    /// `KVR_DIRECT_IO_*`. Default `KVR_DIRECT_IO_AUTO`.
+    pub direct_io: u32,
+    /// `KVR_FS_DURABILITY_*`. Default `KVR_FS_DURABILITY_NONE`.
+    pub durability: u32,
+    /// Verify the xxh3-64 checksum on every load. Default true.
+    pub verify: bool,
+    /// Bound on the bytes of block files kept; least-recently-used blocks are removed to
+    /// stay under it. 0 = unbounded (default).
+    pub capacity_bytes: u64,
+}
+
+impl Default for kvr_fs_config {
+    fn default() -> Self {
+        kvr_fs_config {
+            struct_size: std::mem::size_of::<Self>() as u32,
+            root: std::ptr::null(),
+            namespace_name: std::ptr::null(),
+            rank: KVR_FS_NO_RANK,
+            read_threads: 8,
+            write_threads: 8,
+            direct_io: KVR_DIRECT_IO_AUTO,
+            durability: KVR_FS_DURABILITY_NONE,
+            verify: true,
+            capacity_bytes: 0,
+        }
+    }
+}
+
+/// Counters of an open store, as seen by this process (filled by `kvr_fs_get_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvr_fs_stats {
+    /// Set to `sizeof(kvr_fs_stats)` before the call.
+    pub struct_size: u32,
+    /// Blocks known to this process (scanned at open, plus its stores, minus removals).
+    pub blocks: u64,
+    /// File bytes of those blocks (headers included).
+    pub bytes: u64,
+    /// Loads that returned a block.
+    pub hits: u64,
+    /// Loads that found no usable block.
+    pub misses: u64,
+    /// Corrupt block files found and removed.
+    pub corrupt_dropped: u64,
+    /// Payload bytes loaded.
+    pub bytes_read: u64,
+    /// Payload bytes stored.
+    pub bytes_written: u64,
+    /// Blocks written.
+    pub stores: u64,
+    /// Stores skipped because the block already existed.
+    pub dedup_hits: u64,
+    /// Blocks removed to stay under the capacity.
+    pub evictions: u64,
+    /// True when O_DIRECT is in use, false for buffered I/O.
+    pub direct_io: bool,
+}
+
+/// One block of an async store batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_fs_store_item {
+    /// The block's key.
+    pub key: kvr_block_key,
+    /// Payload; must stay valid until the job completes.
+    pub src: *const c_void,
+    /// Payload bytes (non-zero).
+    pub len: usize,
+}
+
+/// One block of an async load batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_fs_load_item {
+    /// The block's key.
+    pub key: kvr_block_key,
+    /// Destination; must stay valid and untouched until the job completes.
+    pub dst: *mut c_void,
+    /// Expected payload bytes (non-zero).
+    pub len: usize,
+}
+
+fn to_rust_config(c: &kvr_fs_config) -> crate::Result<FsConfig> {
+    // SAFETY: `root` is a C string per the config contract (checked for NULL).
+    let root = unsafe { arg_str(c.root, "config.root") }?;
+    if root.is_empty() {
+        return Err(Error::invalid("config.root is empty"));
+    }
+    // SAFETY: as above.
+    let ns = unsafe { arg_str(c.namespace_name, "config.namespace_name") }?;
+    let mut cfg = FsConfig::new(root, ns);
+    cfg.rank = match c.rank {
+        KVR_FS_NO_RANK => None,
+        r if r >= 0 => Some(r as u32),
+        r => {
+            return Err(Error::invalid(format!(
+                "config.rank {r} is negative and not KVR_FS_NO_RANK"
+            )))
+        }
+    };
+    if c.read_threads == 0
+        || c.write_threads == 0
+        || c.read_threads > 1024
+        || c.write_threads > 1024
+    {
+        return Err(Error::invalid(format!(
+            "config.read_threads ({}) and write_threads ({}) must be in 1..=1024",
+            c.read_threads, c.write_threads
+        )));
+    }
+    cfg.read_threads = c.read_threads as usize;
+    cfg.write_threads = c.write_threads as usize;
+    cfg.direct_io = match c.direct_io {
+        KVR_DIRECT_IO_AUTO => DirectIo::Auto,
+        KVR_DIRECT_IO_ON => DirectIo::On,
+        KVR_DIRECT_IO_OFF => DirectIo::Off,
+        v => {
+            return Err(Error::invalid(format!(
+                "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
+            )))
+        }
+    };
+    cfg.durability = match c.durability {
+        KVR_FS_DURABILITY_NONE => Durability::None,
+        KVR_FS_DURABILITY_FDATASYNC => Durability::Fdatasync,
+        KVR_FS_DURABILITY_FDATASYNC_DIR => Durability::FdatasyncDir,
+        v => {
+            return Err(Error::invalid(format!(
+                "config.durability {v} is not a KVR_FS_DURABILITY_* value"
+            )))
+        }
+    };
+    cfg.verify = c.verify;
+    cfg.capacity = c.capacity_bytes;
+    Ok(cfg)
+}
+
+/// Fills `*config` with the documented defaults (`root` and `namespace_name` left NULL).
+#[no_mangle]
+pub extern "C" fn kvr_fs_config_default(config: *mut kvr_fs_config) -> kvr_status {
+    guard(|| {
+        // SAFETY: checked for NULL; the caller provides a writable config struct.
+        unsafe { write_out(config, kvr_fs_config::default(), "config") }
+    })
+}
+
+/// Opens a store on `config->root` / `config->namespace_name` [/ r<rank>], creating
+/// directories, probing O_DIRECT, scanning existing blocks and removing dead writers' temp
+/// files. On success `*out` owns the handle; close it with `kvr_fs_close`.
+/// Errors: `KVR_ERR_INVALID_ARGUMENT` (bad namespace, values), `KVR_ERR_UNSUPPORTED`
+/// (`KVR_DIRECT_IO_ON` where O_DIRECT is refused), `KVR_ERR_PERMISSION`, `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_fs_open(config: *const kvr_fs_config, out: *mut *mut kvr_fs) -> kvr_status {
+    guard(|| {
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let min = std::mem::size_of::<kvr_fs_config>();
+        // SAFETY: the caller passes a config of `struct_size` bytes (checked inside).
+        let c = unsafe { read_config(config, kvr_fs_config::default(), min, "config") }?;
+        let store = FsStore::open(&to_rust_config(&c)?)?;
+        let handle = Box::into_raw(Box::new(kvr_fs { inner: store }));
+        // SAFETY: `out` is non-null (checked above) and writable per the contract.
+        unsafe { write_out(out, handle, "out") }
+    })
+}
+
+/// Closes a store after finishing queued async work. Jobs must be freed first or later
+/// (a job outlives its store safely). `kvr_fs_close(NULL)` is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_fs_close(fs: *mut kvr_fs) {
+    let _ = guard(|| {
+        if !fs.is_null() {
+            // SAFETY: `fs` came from kvr_fs_open and is closed once (caller's contract).
+            drop(unsafe { Box::from_raw(fs) });
+        }
+        Ok(())
+    });
+}
+
+/// Stores `len` bytes at `src` as the block `*key` (a `U8` tensor), unless it exists
+/// (deduplicated: `KVR_OK`, nothing written). Atomic: readers see the whole block or none.
+/// Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (ENOSPC, EDQUOT, EFBIG; nothing
+/// partial is left), `KVR_ERR_TOO_LARGE` (bigger than the capacity), `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_store_block(
+    fs: *const kvr_fs,
+    key: *const kvr_block_key,
+    src: *const c_void,
+    len: usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        // SAFETY: `src` is valid for `len` bytes per the contract.
+        let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
+        s.inner.store(&Key(k.bytes), data).map(|_| ())
+    })
+}
+
+/// Like `kvr_store_block`, recording the payload's safetensors `dtype` ("F16", "BF16", ...)
+/// and `shape` (`ndim` dimensions, whose product times the dtype size must be `len`).
+#[no_mangle]
+pub extern "C" fn kvr_store_block_tensor(
+    fs: *const kvr_fs,
+    key: *const kvr_block_key,
+    src: *const c_void,
+    len: usize,
+    dtype: *const c_char,
+    shape: *const u64,
+    ndim: usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        // SAFETY: `src` is valid for `len` bytes per the contract.
+        let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
+        // SAFETY: NUL-terminated string per the contract.
+        let dtype = unsafe { arg_str(dtype, "dtype") }?;
+        if ndim > 64 {
+            return Err(Error::invalid(format!("ndim {ndim} exceeds 64")));
+        }
+        let dims = if ndim == 0 {
+            &[][..]
+        } else {
+            if shape.is_null() {
+                return Err(Error::invalid(format!("shape is NULL (ndim {ndim})")));
+            }
+            // SAFETY: non-null and valid for `ndim` u64 values per the contract.
+            unsafe { std::slice::from_raw_parts(shape, ndim) }
+        };
+        let spec = TensorSpec {
+            dtype: dtype.to_string(),
+            shape: dims.to_vec(),
+        };
+        s.inner.store_tensor(&Key(k.bytes), data, &spec).map(|_| ())
+    })
+}
+
+/// Loads the block `*key` into `len` bytes at `dst`. `KVR_ERR_NOT_FOUND` if absent;
+/// `KVR_ERR_CORRUPT` if the file failed validation (it was removed; the message names it);
+/// `KVR_ERR_LAYOUT_MISMATCH` if the block is intact but not `len` bytes long. On any error
+/// the contents of `dst` are unspecified; success always means exactly the stored bytes.
+#[no_mangle]
+pub extern "C" fn kvr_load_block(
+    fs: *const kvr_fs,
+    key: *const kvr_block_key,
+    dst: *mut c_void,
+    len: usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
+        let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
+        s.inner.load(&Key(k.bytes), out).map(|_| ())
+    })
+}
+
+/// Sets `*out` to whether the block `*key` exists (written by any process).
+#[no_mangle]
+pub extern "C" fn kvr_fs_contains(
+    fs: *const kvr_fs,
+    key: *const kvr_block_key,
+    out: *mut bool,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let v = s.inner.contains(&Key(k.bytes));
+        // SAFETY: non-null and writable per the contract.
+        unsafe { write_out(out, v, "out") }
+    })
+}
+
+/// Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix).
+/// `n` may be 0 (then `keys` may be NULL).
+#[no_mangle]
+pub extern "C" fn kvr_fs_lookup_prefix(
+    fs: *const kvr_fs,
+    keys: *const kvr_block_key,
+    n: usize,
+    hits: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` is NULL or live per the caller's contract.
+        let s = unsafe { arg_ref(fs, "fs") }?;
+        if hits.is_null() {
+            return Err(Error::invalid("hits is NULL"));
+        }
+        let ks = key_array(keys, n, "keys")?;
+        let found = ks
+            .iter()
+            .take_while(|k| s.inner.contains(&Key(k.bytes)))
+            .count();
+        // SAFETY: non-null and writable per the contract.
+        unsafe { write_out(hits, found, "hits") }
+    })
+}
+
+fn key_array<'a, T>(ptr: *const T, n: usize, name: &str) -> crate::Result<&'a [T]> {
+    if n == 0 {
+        return Ok(&[]);
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL (n = {n})")));
+    }
+    if n.checked_mul(std::mem::size_of::<T>())
+        .map_or(true, |b| b > isize::MAX as usize)
+    {
+        return Err(Error::invalid(format!("{name}: n = {n} overflows")));
+    }
+    // SAFETY: non-null, size checked; the caller guarantees `n` valid elements.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
+/// Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none. Readers
+/// that already opened it finish reading it.
+#[no_mangle]
+pub extern "C" fn kvr_fs_remove(fs: *const kvr_fs, key: *const kvr_block_key) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        s.inner.remove(&Key(k.bytes))
+    })
+}
+
+/// Writes the NUL-terminated path of block `*key` (existing or not) into `buf` of `cap`
+/// bytes; `*needed` (may be NULL) receives the size including the NUL. `KVR_ERR_TOO_SMALL`
+/// if `cap` is too small (then only `*needed` is written).
+#[no_mangle]
+pub extern "C" fn kvr_fs_block_path(
+    fs: *const kvr_fs,
+    key: *const kvr_block_key,
+    buf: *mut c_char,
+    cap: usize,
+    needed: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
+        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        let p = s.inner.block_path(&Key(k.bytes));
+        let text = p.to_string_lossy();
+        let need = text.len() + 1;
+        if !needed.is_null() {
+            // SAFETY: non-null and writable per the contract.
+            unsafe { needed.write(need) };
+        }
+        if cap < need {
+            return Err(crate::err!(
+                TooSmall,
+                "path needs {need} bytes, buffer has {cap}"
+            ));
+        }
+        // SAFETY: `buf` is valid for `cap` >= need bytes per the contract (NULL rejected).
+        let out = unsafe { arg_bytes_mut(buf.cast(), cap, "buf") }?;
+        out[..text.len()].copy_from_slice(text.as_bytes());
+        out[text.len()] = 0;
+        Ok(())
+    })
+}
+
+/// Fills `*out` with this process's counters. Set `out->struct_size = sizeof(kvr_fs_stats)`.
+#[no_mangle]
+pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` is NULL or live per the caller's contract.
+        let s = unsafe { arg_ref(fs, "fs") }?;
+        // SAFETY: `out` is NULL or points to a struct of at least its declared size.
+        let o = unsafe { arg_mut(out, "out") }?;
+        let declared = o.struct_size as usize;
+        if declared < std::mem::size_of::<u32>() {
+            return Err(Error::invalid(
+                "out->struct_size is not set (use sizeof(kvr_fs_stats))",
+            ));
+        }
+        let st = s.inner.stats();
+        let full = kvr_fs_stats {
+            struct_size: std::mem::size_of::<kvr_fs_stats>() as u32,
+            blocks: st.blocks,
+            bytes: st.bytes,
+            hits: st.hits,
+            misses: st.misses,
+            corrupt_dropped: st.corrupt_dropped,
+            bytes_read: st.bytes_read,
+            bytes_written: st.bytes_written,
+            stores: st.stores,
+            dedup_hits: st.dedup_hits,
+            evictions: st.evictions,
+            direct_io: st.direct_io,
+        };
+        let n = declared.min(std::mem::size_of::<kvr_fs_stats>());
+        // SAFETY: the caller's struct has `declared` writable bytes; we copy at most that many.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (&full as *const kvr_fs_stats).cast::<u8>(),
+                (o as *mut kvr_fs_stats).cast::<u8>(),
+                n,
+            )
+        };
+        Ok(())
+    })
+}
+
+/// Submits `n` (>= 1) blocks to store on the store's write threads; `*out` receives the job
+/// (`kvr_job_wait` / `kvr_job_poll` / `kvr_job_item_status`, whose bytes are 0 for a
+/// deduplicated block; free with `kvr_job_free`). Every item is checked first (NULL or empty
+/// buffers reject the whole batch). The `src` buffers must stay valid until the job is done.
+#[no_mangle]
+pub extern "C" fn kvr_fs_submit_store(
+    fs: *const kvr_fs,
+    items: *const kvr_fs_store_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` is NULL or live per the caller's contract.
+        let s = unsafe { arg_ref(fs, "fs") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        if n == 0 {
+            return Err(Error::invalid("n is 0"));
+        }
+        let its = key_array(items, n, "items")?;
+        let mut reqs = Vec::with_capacity(n);
+        for (i, it) in its.iter().enumerate() {
+            // SAFETY: validity of `src` for `len` bytes is the caller's contract.
+            unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
+            reqs.push(StoreRequest {
+                key: Key(it.key.bytes),
+                src: it.src.cast(),
+                len: it.len,
+            });
+        }
+        // SAFETY: the caller keeps every `src` valid until the job completes (documented).
+        let job = unsafe { s.inner.submit_store(&reqs) };
+        // SAFETY: `out` is non-null (checked above) and writable.
+        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+    })
+}
+
+/// Submits `n` (>= 1) blocks to load on the store's read threads; per-item results as for
+/// `kvr_load_block`. The `dst` buffers must stay valid and untouched until the job is done.
+#[no_mangle]
+pub extern "C" fn kvr_fs_submit_load(
+    fs: *const kvr_fs,
+    items: *const kvr_fs_load_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `fs` is NULL or live per the caller's contract.
+        let s = unsafe { arg_ref(fs, "fs") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        if n == 0 {
+            return Err(Error::invalid("n is 0"));
+        }
+        let its = key_array(items, n, "items")?;
+        let mut reqs = Vec::with_capacity(n);
+        for (i, it) in its.iter().enumerate() {
+            // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
+            unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
+            reqs.push(LoadRequest {
+                key: Key(it.key.bytes),
+                dst: it.dst.cast(),
+                len: it.len,
+            });
+        }
+        // SAFETY: the caller keeps every `dst` valid and unaliased until the job completes.
+        let job = unsafe { s.inner.submit_load(&reqs) };
+        // SAFETY: `out` is non-null (checked above) and writable.
+        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+    })
+}

@@ -1,0 +1,346 @@
+//! The block file format (pure encoding and decoding, no I/O).
+//!
+//! A block file is a valid safetensors file holding one tensor named `block`:
+//!
+//! ```text
+//! [u64 LE header length N][N bytes of JSON, padded with spaces][payload]
+//! ```
+//!
+//! `8 + N` is a multiple of 4096, so the payload starts page-aligned (O_DIRECT reads it
+//! straight into an aligned buffer). The JSON is
+//!
+//! ```json
+//! {"__metadata__":{"format":"kvr.block","version":"1","key":"<32 hex>",
+//!   "payload_len":"<bytes>","xxh3_64":"<16 hex>"},
+//!  "block":{"dtype":"U8","shape":[<bytes>],"data_offsets":[0,<bytes>]}}
+//! ```
+//!
+//! (safetensors metadata values are strings). The file is exactly `8 + N + payload_len`
+//! bytes long: anything else is a torn or truncated file.
+
+use serde_json::{json, Value};
+
+use super::path::Key;
+use crate::io::IO_ALIGN;
+use crate::{err, Result};
+
+/// `__metadata__.format` of every block file.
+pub const FORMAT_NAME: &str = "kvr.block";
+/// `__metadata__.version` written by this library.
+pub const FORMAT_VERSION: &str = "1";
+/// Name of the single tensor in a block file.
+pub const TENSOR_NAME: &str = "block";
+/// Largest header (8-byte length + JSON) accepted when decoding.
+pub const MAX_HEADER: usize = 1 << 20;
+
+/// The payload's element type and shape, as safetensors records them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TensorSpec {
+    /// A safetensors dtype name ("U8", "F16", "BF16", ...).
+    pub dtype: String,
+    /// Dimensions; their product times the dtype size must equal the payload length.
+    pub shape: Vec<u64>,
+}
+
+/// Byte size of one element of a safetensors dtype, or `None` for unknown or sub-byte types
+/// (the dtype table is [`crate::tensors::Dtype`]'s).
+pub fn dtype_size(dtype: &str) -> Option<usize> {
+    crate::tensors::dtype::ALL_DTYPES
+        .iter()
+        .find(|d| d.name() == dtype)
+        .and_then(|d| d.byte_size())
+}
+
+impl TensorSpec {
+    /// A one-dimensional `U8` tensor of `len` bytes (the default).
+    pub fn bytes(len: u64) -> Self {
+        TensorSpec {
+            dtype: "U8".into(),
+            shape: vec![len],
+        }
+    }
+
+    /// Checks the dtype is known and `shape` describes exactly `len` bytes.
+    pub fn check(&self, len: u64) -> Result<()> {
+        let size = dtype_size(&self.dtype).ok_or_else(|| {
+            err!(
+                InvalidArgument,
+                "unknown or unsupported safetensors dtype {:?}",
+                self.dtype
+            )
+        })?;
+        let elems = self
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let bytes = elems.and_then(|e| e.checked_mul(size as u64));
+        if bytes != Some(len) {
+            return Err(err!(
+                InvalidArgument,
+                "tensor {} {:?} is {} bytes, but the payload is {len} bytes",
+                self.dtype,
+                self.shape,
+                bytes.map_or("an overflowing number of".into(), |b| b.to_string())
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// What a block header says.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Header {
+    /// Offset of the payload in the file (`8 + N`, a multiple of 4096).
+    pub data_offset: usize,
+    /// The key recorded in the file.
+    pub key: Key,
+    /// Payload bytes.
+    pub payload_len: u64,
+    /// xxh3-64 of the payload.
+    pub checksum: u64,
+    /// The tensor's dtype and shape.
+    pub tensor: TensorSpec,
+}
+
+/// xxh3-64 of a payload, as stored in the header.
+pub fn checksum(payload: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(payload)
+}
+
+/// Encodes the header (length prefix, JSON, space padding) for a payload; the result's
+/// length is the payload offset, a multiple of 4096.
+pub fn encode_header(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
+    let value = json!({
+        "__metadata__": {
+            "format": FORMAT_NAME,
+            "version": FORMAT_VERSION,
+            "key": key.to_hex(),
+            "payload_len": payload_len.to_string(),
+            "xxh3_64": format!("{sum:016x}"),
+        },
+        TENSOR_NAME: {
+            "dtype": tensor.dtype,
+            "shape": tensor.shape,
+            "data_offsets": [0, payload_len],
+        }
+    });
+    let text = serde_json::to_vec(&value).expect("a JSON value always serialises");
+    let total = (8 + text.len()).div_ceil(IO_ALIGN) * IO_ALIGN;
+    let n = (total - 8) as u64;
+    let mut out = Vec::with_capacity(total);
+    out.extend_from_slice(&n.to_le_bytes());
+    out.extend_from_slice(&text);
+    out.resize(total, b' ');
+    out
+}
+
+/// The header length (`8 + N`) a file announces in its first 8 bytes; validates the bounds.
+pub fn header_len(prefix: &[u8; 8]) -> Result<usize> {
+    let n = u64::from_le_bytes(*prefix);
+    if n == 0 || n > (MAX_HEADER - 8) as u64 {
+        return Err(err!(Corrupt, "header length {n} is out of range"));
+    }
+    let total = 8 + n as usize;
+    if total % IO_ALIGN != 0 {
+        return Err(err!(
+            Corrupt,
+            "payload offset {total} is not a multiple of {IO_ALIGN}"
+        ));
+    }
+    Ok(total)
+}
+
+/// Decodes and validates a full header (`bytes` holds at least `header_len` bytes).
+pub fn decode_header(bytes: &[u8]) -> Result<Header> {
+    let prefix: &[u8; 8] = bytes
+        .get(..8)
+        .and_then(|b| b.try_into().ok())
+        .ok_or_else(|| err!(Corrupt, "file is shorter than the 8-byte header length"))?;
+    let total = header_len(prefix)?;
+    let json = bytes.get(8..total).ok_or_else(|| {
+        err!(
+            Corrupt,
+            "header is {total} bytes but only {} were read",
+            bytes.len()
+        )
+    })?;
+    let v: Value =
+        serde_json::from_slice(json).map_err(|e| err!(Corrupt, "header is not valid JSON: {e}"))?;
+    let meta = v
+        .get("__metadata__")
+        .ok_or_else(|| err!(Corrupt, "header has no __metadata__"))?;
+    let field = |name: &str| -> Result<&str> {
+        meta.get(name)
+            .and_then(Value::as_str)
+            .ok_or_else(|| err!(Corrupt, "__metadata__.{name} is missing or not a string"))
+    };
+    if field("format")? != FORMAT_NAME {
+        return Err(err!(
+            Corrupt,
+            "not a kvr block (format {:?})",
+            field("format")?
+        ));
+    }
+    if field("version")? != FORMAT_VERSION {
+        return Err(err!(
+            Corrupt,
+            "unsupported block format version {:?} (this library reads {FORMAT_VERSION})",
+            field("version")?
+        ));
+    }
+    let key = Key::from_hex(field("key")?)
+        .ok_or_else(|| err!(Corrupt, "__metadata__.key is not 32 hex digits"))?;
+    let payload_len: u64 = field("payload_len")?
+        .parse()
+        .map_err(|_| err!(Corrupt, "__metadata__.payload_len is not a number"))?;
+    let sum_text = field("xxh3_64")?;
+    let checksum = (sum_text.len() == 16)
+        .then(|| u64::from_str_radix(sum_text, 16).ok())
+        .flatten()
+        .ok_or_else(|| err!(Corrupt, "__metadata__.xxh3_64 is not 16 hex digits"))?;
+    let t = v
+        .get(TENSOR_NAME)
+        .ok_or_else(|| err!(Corrupt, "header has no tensor {TENSOR_NAME:?}"))?;
+    let dtype = t
+        .get("dtype")
+        .and_then(Value::as_str)
+        .ok_or_else(|| err!(Corrupt, "tensor dtype is missing"))?
+        .to_string();
+    let shape = t
+        .get("shape")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
+        .ok_or_else(|| err!(Corrupt, "tensor shape is missing or not a list of integers"))?;
+    let offsets = t
+        .get("data_offsets")
+        .and_then(Value::as_array)
+        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>());
+    if offsets != Some(vec![0, payload_len]) {
+        return Err(err!(
+            Corrupt,
+            "tensor data_offsets {offsets:?} disagree with payload_len {payload_len}"
+        ));
+    }
+    let tensor = TensorSpec { dtype, shape };
+    tensor
+        .check(payload_len)
+        .map_err(|e| err!(Corrupt, "tensor does not match the payload: {e}"))?;
+    Ok(Header {
+        data_offset: total,
+        key,
+        payload_len,
+        checksum,
+        tensor,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    fn key() -> Key {
+        Key(*b"0123456789abcdef")
+    }
+
+    #[test]
+    fn header_round_trips_and_is_aligned() {
+        for len in [
+            1u64,
+            4095,
+            4096,
+            4097,
+            65536,
+            2 * 1024 * 1024 + 1,
+            u64::MAX / 2,
+        ] {
+            let sum = checksum(b"abc");
+            let h = encode_header(&key(), len, sum, &TensorSpec::bytes(len));
+            assert_eq!(h.len() % 4096, 0);
+            assert_eq!(h.len(), 4096);
+            assert_eq!(*h.last().unwrap(), b' ');
+            let d = decode_header(&h).unwrap();
+            assert_eq!(d.data_offset, 4096);
+            assert_eq!(d.key, key());
+            assert_eq!(d.payload_len, len);
+            assert_eq!(d.checksum, sum);
+            assert_eq!(d.tensor, TensorSpec::bytes(len));
+        }
+    }
+
+    #[test]
+    fn big_headers_span_pages() {
+        let shape = vec![1u64; 2000];
+        let t = TensorSpec {
+            dtype: "U8".into(),
+            shape,
+        };
+        let h = encode_header(&key(), 1, 0, &t);
+        assert_eq!(h.len(), 8192);
+        assert_eq!(decode_header(&h).unwrap().tensor, t);
+    }
+
+    #[test]
+    fn tensor_specs() {
+        let t = TensorSpec {
+            dtype: "BF16".into(),
+            shape: vec![2, 8, 128],
+        };
+        t.check(4096).unwrap();
+        assert!(t.check(4095).is_err());
+        let bad = TensorSpec {
+            dtype: "Q4".into(),
+            shape: vec![1],
+        };
+        assert_eq!(bad.check(1).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        let huge = TensorSpec {
+            dtype: "F64".into(),
+            shape: vec![u64::MAX, 2],
+        };
+        assert!(huge.check(0).is_err());
+        assert_eq!(dtype_size("F8_E4M3"), Some(1));
+        assert_eq!(dtype_size("I64"), Some(8));
+        assert_eq!(dtype_size("BF16"), Some(2));
+        assert_eq!(dtype_size("F4"), None);
+        assert_eq!(dtype_size("bf16"), None);
+    }
+
+    #[test]
+    fn rejects_damaged_headers() {
+        let good = encode_header(&key(), 10, 5, &TensorSpec::bytes(10));
+        let expect_corrupt = |b: &[u8]| {
+            assert_eq!(decode_header(b).unwrap_err().kind(), ErrorKind::Corrupt);
+        };
+        expect_corrupt(&good[..4]);
+        expect_corrupt(&good[..100]);
+        let mut b = good.clone();
+        b[0] = 0; // length no longer aligned
+        expect_corrupt(&b);
+        let mut b = good.clone();
+        b[..8].copy_from_slice(&0u64.to_le_bytes());
+        expect_corrupt(&b);
+        let mut b = good.clone();
+        b[9] = b'X'; // broken JSON
+        expect_corrupt(&b);
+        let text = String::from_utf8(good[8..].to_vec()).unwrap();
+        for (from, to) in [
+            ("kvr.block", "xyz.block"),
+            ("\"version\":\"1\"", "\"version\":\"9\""),
+            ("\"payload_len\":\"10\"", "\"payload_len\":\"11\""),
+            ("\"data_offsets\":[0,10]", "\"data_offsets\":[1,10]"),
+            ("\"dtype\":\"U8\"", "\"dtype\":\"F32\""),
+            ("\"xxh3_64\":\"0000000000000005\"", "\"xxh3_64\":\"05\""),
+        ] {
+            assert!(text.contains(from), "{from} in {text}");
+            let mut b = good[..8].to_vec();
+            b.extend_from_slice(text.replacen(from, to, 1).as_bytes());
+            b.resize(good.len(), b' ');
+            expect_corrupt(&b);
+        }
+    }
+
+    #[test]
+    fn checksum_is_xxh3_64() {
+        assert_eq!(checksum(b""), 0x2d06800538d394c2);
+    }
+}

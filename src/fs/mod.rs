@@ -1,0 +1,852 @@
+//! The fs block store: content-addressed KV blocks, one safetensors file per block, on a local
+//! or shared file system, shareable between engine instances and hosts.
+//!
+//! - Keys are 16 bytes; a block lives at `<root>/<namespace>/[r<rank>/]<hh>/<hh>/<hex>.kvb`
+//!   ([`path`]); its file format is in [`format`].
+//! - Writes go to a unique, `flock`ed temp file in the target directory and are renamed into
+//!   place: readers never see a partial block. A block that already exists is not rewritten.
+//! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
+//!   `Corrupt` with its path, never handed to the caller.
+//! - O_DIRECT is probed at open (buffered fallback); unaligned caller buffers and tails go
+//!   through pooled aligned bounce buffers.
+//! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
+//!   reading); the LRU order is rebuilt from a directory scan at open, which also removes the
+//!   temp files of dead writers (their `flock` is gone).
+//! - No lock file: several processes may share a root; correctness rests on content
+//!   addressing and atomic rename.
+
+pub mod format;
+pub mod index;
+pub mod path;
+mod sys;
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+pub use format::{Header, TensorSpec};
+pub use path::Key;
+
+use crate::io::{direct, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};
+use crate::{err, Error, ErrorKind, Result};
+use index::Index;
+
+/// When a stored block is flushed to stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Rely on the OS to write back (fastest; a power loss may lose recent blocks, but never
+    /// makes a torn block visible under its final name on journaling file systems).
+    None,
+    /// `fdatasync` the temp file before the rename.
+    Fdatasync,
+    /// `fdatasync` before the rename and `fsync` the directory after it.
+    FdatasyncDir,
+}
+
+/// How to open a store. [`FsConfig::new`] fills the defaults.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Root directory (created if missing), shared by every store on it.
+    pub root: PathBuf,
+    /// Namespace (model + layout digest chosen by the engine); no `/`, `..`, NUL, leading `.`.
+    pub namespace: String,
+    /// Tensor-parallel rank, giving each rank its own subdirectory; `None` for a shared store.
+    pub rank: Option<u32>,
+    /// Threads loading blocks for async batches. Default 8.
+    pub read_threads: usize,
+    /// Threads storing blocks for async batches. Default 8.
+    pub write_threads: usize,
+    /// O_DIRECT mode. Default `Auto`.
+    pub direct_io: DirectIo,
+    /// Flushing. Default `None`.
+    pub durability: Durability,
+    /// Verify the checksum on every load. Default true.
+    pub verify: bool,
+    /// Bound on the bytes of block files this store keeps (0 = unbounded). Default 0.
+    pub capacity: u64,
+}
+
+impl FsConfig {
+    /// A config with the defaults: no rank, 8 + 8 threads, direct I/O auto, no flushing,
+    /// verification on, unbounded.
+    pub fn new(root: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
+        FsConfig {
+            root: root.into(),
+            namespace: namespace.into(),
+            rank: None,
+            read_threads: 8,
+            write_threads: 8,
+            direct_io: DirectIo::Auto,
+            durability: Durability::None,
+            verify: true,
+            capacity: 0,
+        }
+    }
+}
+
+/// Counters of one open store (this process's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Blocks this process knows of (scanned at open, plus its own stores, minus removals).
+    pub blocks: u64,
+    /// File bytes of those blocks (headers included).
+    pub bytes: u64,
+    /// Loads that returned a block.
+    pub hits: u64,
+    /// Loads that found no block.
+    pub misses: u64,
+    /// Corrupt block files found and removed.
+    pub corrupt_dropped: u64,
+    /// Payload bytes loaded.
+    pub bytes_read: u64,
+    /// Payload bytes stored (deduplicated stores write nothing).
+    pub bytes_written: u64,
+    /// Blocks written.
+    pub stores: u64,
+    /// Stores skipped because the block already existed.
+    pub dedup_hits: u64,
+    /// Blocks removed to stay under the capacity.
+    pub evictions: u64,
+    /// True when O_DIRECT is in use, false for buffered I/O.
+    pub direct_io: bool,
+}
+
+/// What a store call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// The block was written.
+    Written,
+    /// The block already existed; nothing was written.
+    AlreadyPresent,
+}
+
+/// One block to store in an async batch: `len` bytes at `src`.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRequest {
+    /// The block's key.
+    pub key: Key,
+    /// Start of the payload; must stay valid until the job completes.
+    pub src: *const u8,
+    /// Payload bytes (non-zero).
+    pub len: usize,
+}
+
+/// One block to load in an async batch into `len` bytes at `dst`.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadRequest {
+    /// The block's key.
+    pub key: Key,
+    /// Destination; must stay valid and unaliased until the job completes.
+    pub dst: *mut u8,
+    /// Expected payload bytes (non-zero).
+    pub len: usize,
+}
+
+#[derive(Default)]
+struct Counters {
+    hits: AtomicU64,
+    misses: AtomicU64,
+    corrupt: AtomicU64,
+    bytes_read: AtomicU64,
+    bytes_written: AtomicU64,
+    stores: AtomicU64,
+    dedup: AtomicU64,
+    evictions: AtomicU64,
+}
+
+struct Inner {
+    dir: PathBuf,
+    direct: bool,
+    durability: Durability,
+    verify: bool,
+    capacity: u64,
+    bounce: BouncePool,
+    index: Mutex<Index>,
+    counters: Counters,
+    seq: AtomicU64,
+}
+
+/// An open fs block store. Cheap to share between threads (`&FsStore` is `Sync`).
+pub struct FsStore {
+    inner: Arc<Inner>,
+    // Declared after `inner` only for clarity: pools are joined on drop, finishing queued
+    // work, and their tasks hold their own `Arc<Inner>`.
+    readers: IoPool,
+    writers: IoPool,
+}
+
+/// Raw pointers of an async item, moved into a pool task.
+struct SendPtr<T>(T);
+// SAFETY: the pointers come from callers of the unsafe submit functions, who guarantee the
+// buffers stay valid (and, for loads, unaliased) until the job completes; `Job`'s Drop waits
+// for every item, so no task outlives the caller's buffers.
+unsafe impl<T> Send for SendPtr<T> {}
+
+impl FsStore {
+    /// Opens (creating directories as needed) a store; probes O_DIRECT, scans the store's
+    /// directory to rebuild the block index and LRU order, removes temp files left by dead
+    /// writers, and evicts down to the capacity.
+    pub fn open(cfg: &FsConfig) -> Result<FsStore> {
+        let dir = path::store_dir(&cfg.root, &cfg.namespace, cfg.rank)?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| Error::io(format!("creating fs store directory {}", dir.display()), e))?;
+        let direct = direct::resolve(cfg.direct_io, &dir)?;
+        let inner = Arc::new(Inner {
+            dir,
+            direct,
+            durability: cfg.durability,
+            verify: cfg.verify,
+            capacity: cfg.capacity,
+            bounce: BouncePool::new(cfg.read_threads + cfg.write_threads + 4),
+            index: Mutex::new(Index::default()),
+            counters: Counters::default(),
+            seq: AtomicU64::new(0),
+        });
+        inner.scan()?;
+        if inner.capacity > 0 {
+            let mut ix = inner.lock_index();
+            inner.evict_until(&mut ix, 0);
+        }
+        Ok(FsStore {
+            readers: IoPool::new("kvr-fs-read", cfg.read_threads)?,
+            writers: IoPool::new("kvr-fs-write", cfg.write_threads)?,
+            inner,
+        })
+    }
+
+    /// The directory holding this store's blocks (`<root>/<namespace>[/r<rank>]`).
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+
+    /// The path a block of `key` has (whether or not it exists).
+    pub fn block_path(&self, key: &Key) -> PathBuf {
+        path::block_path(&self.inner.dir, key)
+    }
+
+    /// Whether O_DIRECT is in use.
+    pub fn direct_io(&self) -> bool {
+        self.inner.direct
+    }
+
+    /// Stores `data` as a `U8` block under `key`, unless a block of that key exists.
+    pub fn store(&self, key: &Key, data: &[u8]) -> Result<Stored> {
+        self.inner.store(key, data, None)
+    }
+
+    /// Stores `data` recording the tensor's dtype and shape in the block file.
+    pub fn store_tensor(&self, key: &Key, data: &[u8], tensor: &TensorSpec) -> Result<Stored> {
+        self.inner.store(key, data, Some(tensor))
+    }
+
+    /// Loads the block of `key` into `dst`, whose length must equal the stored payload's.
+    /// `NotFound` if absent; `Corrupt` (file removed) if it fails validation;
+    /// `LayoutMismatch` (file kept) if it is intact but of another length. On error `dst`'s
+    /// contents are unspecified.
+    pub fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
+        self.inner.load(key, dst)
+    }
+
+    /// Whether a block of `key` exists (in this or any other process's writes).
+    pub fn contains(&self, key: &Key) -> bool {
+        std::fs::symlink_metadata(self.block_path(key)).is_ok()
+    }
+
+    /// How many leading `keys` exist: the reusable prefix of a prompt.
+    pub fn lookup_prefix(&self, keys: &[Key]) -> usize {
+        keys.iter().take_while(|k| self.contains(k)).count()
+    }
+
+    /// Removes the block of `key`; `NotFound` if there is none.
+    pub fn remove(&self, key: &Key) -> Result<()> {
+        let p = self.block_path(key);
+        let r = std::fs::remove_file(&p);
+        self.inner.lock_index().remove(key);
+        r.map_err(|e| Error::io(format!("removing block {}", p.display()), e))
+    }
+
+    /// This process's counters.
+    pub fn stats(&self) -> FsStats {
+        let c = &self.inner.counters;
+        let (blocks, bytes) = {
+            let ix = self.inner.lock_index();
+            (ix.len() as u64, ix.bytes())
+        };
+        FsStats {
+            blocks,
+            bytes,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            corrupt_dropped: c.corrupt.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            stores: c.stores.load(Relaxed),
+            dedup_hits: c.dedup.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            direct_io: self.inner.direct,
+        }
+    }
+
+    /// Stores a batch on the write pool; each item ends with `Ok(bytes written)` (0 when
+    /// deduplicated) or its error.
+    ///
+    /// # Safety
+    /// Every `src` must be valid for reads of `len` bytes until the returned job has
+    /// completed (dropping the job waits for it).
+    pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
+        let (job, completers) = Job::new(items.len());
+        for (item, done) in items.iter().zip(completers) {
+            let inner = self.inner.clone();
+            let it = SendPtr(*item);
+            self.writers.spawn(move || {
+                let it = it;
+                let r = (|| {
+                    if it.0.src.is_null() || it.0.len == 0 {
+                        return Err(err!(
+                            InvalidArgument,
+                            "store item has a NULL or empty buffer"
+                        ));
+                    }
+                    // SAFETY: valid for `len` bytes until the job completes (the contract of
+                    // this function); the job cannot complete before this item finishes.
+                    let data = unsafe { std::slice::from_raw_parts(it.0.src, it.0.len) };
+                    inner.store(&it.0.key, data, None).map(|s| match s {
+                        Stored::Written => it.0.len as u64,
+                        Stored::AlreadyPresent => 0,
+                    })
+                })();
+                done.finish(r);
+            });
+        }
+        job
+    }
+
+    /// Loads a batch on the read pool; each item ends with `Ok(bytes loaded)` or its error.
+    ///
+    /// # Safety
+    /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
+    /// until the returned job has completed (dropping the job waits for it).
+    pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
+        let (job, completers) = Job::new(items.len());
+        for (item, done) in items.iter().zip(completers) {
+            let inner = self.inner.clone();
+            let it = SendPtr(*item);
+            self.readers.spawn(move || {
+                let it = it;
+                let r = (|| {
+                    if it.0.dst.is_null() || it.0.len == 0 {
+                        return Err(err!(
+                            InvalidArgument,
+                            "load item has a NULL or empty buffer"
+                        ));
+                    }
+                    // SAFETY: valid and exclusively ours for `len` bytes until the job
+                    // completes (the contract of this function).
+                    let dst = unsafe { std::slice::from_raw_parts_mut(it.0.dst, it.0.len) };
+                    inner.load(&it.0.key, dst)
+                })();
+                done.finish(r);
+            });
+        }
+        job
+    }
+}
+
+/// Removes a writer's temp file on drop unless it was renamed into place.
+struct TempGuard<'a> {
+    path: &'a Path,
+    armed: bool,
+}
+
+impl Drop for TempGuard<'_> {
+    fn drop(&mut self) {
+        if self.armed {
+            let _ = std::fs::remove_file(self.path);
+        }
+    }
+}
+
+/// Releases a capacity reservation on drop.
+struct Reservation<'a> {
+    inner: &'a Inner,
+    bytes: u64,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if self.bytes > 0 {
+            self.inner.lock_index().unreserve(self.bytes);
+        }
+    }
+}
+
+fn round_up(n: usize) -> usize {
+    n.div_ceil(IO_ALIGN) * IO_ALIGN
+}
+
+impl Inner {
+    fn lock_index(&self) -> MutexGuard<'_, Index> {
+        // A poisoned lock only means a thread panicked while holding it; the index is sound.
+        self.index.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn open_flags(&self) -> i32 {
+        libc::O_CLOEXEC | libc::O_NOFOLLOW | if self.direct { libc::O_DIRECT } else { 0 }
+    }
+
+    /// Unlinks least-recently-used blocks until `incoming` more bytes fit under the capacity.
+    fn evict_until(&self, ix: &mut Index, incoming: u64) {
+        while ix.bytes() + ix.reserved() + incoming > self.capacity {
+            let Some((key, _)) = ix.pop_lru() else { break };
+            // ENOENT: another process removed it already. Open readers keep their inode.
+            let _ = std::fs::remove_file(path::block_path(&self.dir, &key));
+            self.counters.evictions.fetch_add(1, Relaxed);
+        }
+    }
+
+    fn store(&self, key: &Key, data: &[u8], tensor: Option<&TensorSpec>) -> Result<Stored> {
+        let final_path = path::block_path(&self.dir, key);
+        let ctx = || format!("storing block {}", final_path.display());
+        if data.is_empty() {
+            return Err(err!(InvalidArgument, "{}: payload is empty", ctx()));
+        }
+        let default_spec;
+        let spec = match tensor {
+            Some(t) => t,
+            None => {
+                default_spec = TensorSpec::bytes(data.len() as u64);
+                &default_spec
+            }
+        };
+        spec.check(data.len() as u64)
+            .map_err(|e| e.context(ctx()))?;
+        if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
+            let mut ix = self.lock_index();
+            if !ix.touch(key) {
+                ix.insert(*key, meta.len());
+            }
+            self.counters.dedup.fetch_add(1, Relaxed);
+            return Ok(Stored::AlreadyPresent);
+        }
+        let sum = format::checksum(data);
+        let header = format::encode_header(key, data.len() as u64, sum, spec);
+        let file_len = (header.len() + data.len()) as u64;
+        let _reservation = if self.capacity > 0 {
+            if file_len > self.capacity {
+                return Err(err!(
+                    TooLarge,
+                    "{}: block file of {file_len} bytes exceeds the store capacity of {} bytes",
+                    ctx(),
+                    self.capacity
+                ));
+            }
+            let mut ix = self.lock_index();
+            self.evict_until(&mut ix, file_len);
+            ix.reserve(file_len);
+            Reservation {
+                inner: self,
+                bytes: file_len,
+            }
+        } else {
+            Reservation {
+                inner: self,
+                bytes: 0,
+            }
+        };
+        let block_dir = final_path.parent().expect("block paths have a parent");
+        let (file, temp_path) = self.create_temp(key, block_dir)?;
+        let mut guard = TempGuard {
+            path: &temp_path,
+            armed: true,
+        };
+        self.write_block(&file, &header, data).map_err(|e| {
+            Error::io(
+                format!("writing block temp file {}", temp_path.display()),
+                e,
+            )
+        })?;
+        if self.durability != Durability::None {
+            sys::fdatasync(&file).map_err(|e| {
+                Error::io(
+                    format!("fdatasync of block temp file {}", temp_path.display()),
+                    e,
+                )
+            })?;
+        }
+        std::fs::rename(&temp_path, &final_path).map_err(|e| {
+            Error::io(
+                format!(
+                    "renaming {} to {}",
+                    temp_path.display(),
+                    final_path.display()
+                ),
+                e,
+            )
+        })?;
+        guard.armed = false;
+        drop(file); // releases the writer's lock
+        if self.durability == Durability::FdatasyncDir {
+            sys::fsync_dir(block_dir)
+                .map_err(|e| Error::io(format!("fsync of directory {}", block_dir.display()), e))?;
+        }
+        self.lock_index().insert(*key, file_len);
+        self.counters.stores.fetch_add(1, Relaxed);
+        self.counters
+            .bytes_written
+            .fetch_add(data.len() as u64, Relaxed);
+        Ok(Stored::Written)
+    }
+
+    /// Creates and locks a unique temp file next to the block's final path. A cleaner in
+    /// another process may unlink a fresh temp file before its writer locks it; the writer
+    /// notices (no links left) and starts over with a new name.
+    fn create_temp(&self, key: &Key, block_dir: &Path) -> Result<(File, PathBuf)> {
+        let mut created_dirs = false;
+        for _ in 0..100 {
+            let seq = self.seq.fetch_add(1, Relaxed);
+            let temp = block_dir.join(path::temp_name(key, std::process::id(), seq));
+            let opened = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .custom_flags(self.open_flags())
+                .open(&temp);
+            let file = match opened {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dirs => {
+                    std::fs::create_dir_all(block_dir).map_err(|e| {
+                        Error::io(format!("creating directory {}", block_dir.display()), e)
+                    })?;
+                    created_dirs = true;
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    return Err(Error::io(
+                        format!("creating block temp file {}", temp.display()),
+                        e,
+                    ))
+                }
+            };
+            sys::flock_exclusive(&file, true)
+                .map_err(|e| Error::io(format!("locking {}", temp.display()), e))?;
+            match file.metadata() {
+                Ok(m) if m.nlink() > 0 => return Ok((file, temp)),
+                Ok(_) => continue, // a cleaner removed it between create and lock
+                Err(e) => return Err(Error::io(format!("stat of {}", temp.display()), e)),
+            }
+        }
+        Err(err!(
+            Io,
+            "could not create a temp file in {} after 100 attempts",
+            block_dir.display()
+        ))
+    }
+
+    /// Writes header + payload at offset 0. Direct I/O: aligned callers' payloads go to the
+    /// kernel in place, with only the header and the tail page bounced; unaligned payloads
+    /// are copied into one bounce buffer. The file is then cut to its exact length.
+    fn write_block(&self, file: &File, header: &[u8], data: &[u8]) -> io::Result<()> {
+        let to_io = |e: Error| io::Error::other(e.to_string());
+        let file_len = header.len() + data.len();
+        // Allocate the whole (page-rounded) file first: a full disk fails here before any
+        // data moves, and the O_DIRECT write below is then not a file-extending write (which
+        // ext4 journals separately, an orphan-list update per file).
+        sys::preallocate(file, round_up(file_len) as u64)?;
+        if !self.direct {
+            sys::pwritev_all(file, &[header, data], 0)?;
+        } else if data.as_ptr() as usize % IO_ALIGN == 0 {
+            let main = data.len() / IO_ALIGN * IO_ALIGN;
+            let tail = data.len() - main;
+            let mut hb = self.bounce.get(header.len()).map_err(to_io)?;
+            hb.as_mut_slice()[..header.len()].copy_from_slice(header);
+            let mut tb = self.bounce.get(IO_ALIGN).map_err(to_io)?;
+            let tail_buf: &[u8] = if tail > 0 {
+                let t = &mut tb.as_mut_slice()[..IO_ALIGN];
+                t[..tail].copy_from_slice(&data[main..]);
+                t[tail..].fill(0);
+                t
+            } else {
+                &[]
+            };
+            sys::pwritev_all(
+                file,
+                &[&hb.as_slice()[..header.len()], &data[..main], tail_buf],
+                0,
+            )?;
+        } else {
+            let padded = round_up(file_len);
+            let mut b = self.bounce.get(padded).map_err(to_io)?;
+            let s = &mut b.as_mut_slice()[..padded];
+            s[..header.len()].copy_from_slice(header);
+            s[header.len()..file_len].copy_from_slice(data);
+            s[file_len..].fill(0);
+            sys::pwritev_all(file, &[s], 0)?;
+        }
+        if file_len % IO_ALIGN != 0 {
+            file.set_len(file_len as u64)?;
+        }
+        Ok(())
+    }
+
+    fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
+        let p = path::block_path(&self.dir, key);
+        if dst.is_empty() {
+            return Err(err!(
+                InvalidArgument,
+                "loading block {}: buffer length is 0",
+                p.display()
+            ));
+        }
+        let file = match OpenOptions::new()
+            .read(true)
+            .custom_flags(self.open_flags())
+            .open(&p)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                self.lock_index().remove(key);
+                return Err(err!(NotFound, "block {key} not found ({})", p.display()));
+            }
+            Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
+        };
+        match self.read_verified(&file, key, dst) {
+            Ok(()) => {
+                self.counters.hits.fetch_add(1, Relaxed);
+                self.counters
+                    .bytes_read
+                    .fetch_add(dst.len() as u64, Relaxed);
+                self.lock_index().touch(key);
+                Ok(dst.len() as u64)
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                // Only remove the file we read, not one a writer has renamed over it since.
+                if sys::same_file(&file, &p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+                self.lock_index().remove(key);
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                Err(e.context(format!("block {} is corrupt and was removed", p.display())))
+            }
+            Err(e) => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                Err(e.context(format!("loading block {}", p.display())))
+            }
+        }
+    }
+
+    /// Reads and validates a block into `dst`. `Corrupt` for a damaged file, `LayoutMismatch`
+    /// for an intact block whose payload length is not `dst.len()`.
+    fn read_verified(&self, file: &File, key: &Key, dst: &mut [u8]) -> Result<()> {
+        let io_err = |what: &str, e: io::Error| Error::io(what.to_string(), e);
+        let size = file.metadata().map_err(|e| io_err("stat", e))?.len();
+        let len = dst.len();
+        let aligned_dst = !self.direct || dst.as_ptr() as usize % IO_ALIGN == 0;
+        if aligned_dst && size == (IO_ALIGN + len) as u64 {
+            // Fast path: one preadv of [header page | payload in place | tail page].
+            let main = if self.direct {
+                len / IO_ALIGN * IO_ALIGN
+            } else {
+                len
+            };
+            let tail = len - main;
+            let mut hb = self.bounce.get(IO_ALIGN)?;
+            let mut tb = self.bounce.get(IO_ALIGN)?;
+            let (head, rest) = dst.split_at_mut(main);
+            let _ = rest;
+            let tail_buf: &mut [u8] = if tail > 0 {
+                &mut tb.as_mut_slice()[..IO_ALIGN]
+            } else {
+                &mut []
+            };
+            let got = sys::preadv_all(
+                file,
+                &mut [&mut hb.as_mut_slice()[..IO_ALIGN], head, tail_buf],
+                0,
+            )
+            .map_err(|e| io_err("reading", e))?;
+            let prefix: [u8; 8] = hb.as_slice()[..8].try_into().expect("8 bytes");
+            if format::header_len(&prefix).ok() == Some(IO_ALIGN) {
+                let header = format::decode_header(&hb.as_slice()[..IO_ALIGN])?;
+                self.check(&header, key, size, len)?;
+                if got as u64 != size {
+                    return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
+                }
+                if tail > 0 {
+                    dst[main..].copy_from_slice(&tb.as_slice()[..tail]);
+                }
+                return self.verify_sum(&header, dst);
+            }
+            // A bigger header (or garbage): take the general path below.
+        }
+        // General path: read the whole file (bounded) into a bounce buffer.
+        let want = (size as usize).min(len + format::MAX_HEADER);
+        let mut b = self.bounce.get(round_up(want.max(8)))?;
+        let cap = round_up(want.max(8));
+        let got = sys::preadv_all(file, &mut [&mut b.as_mut_slice()[..cap]], 0)
+            .map_err(|e| io_err("reading", e))?;
+        let bytes = &b.as_slice()[..got.min(want)];
+        let header = format::decode_header(bytes)?;
+        self.check(&header, key, size, len)?;
+        if got as u64 != size {
+            return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
+        }
+        dst.copy_from_slice(&bytes[header.data_offset..header.data_offset + len]);
+        self.verify_sum(&header, dst)
+    }
+
+    fn check(&self, h: &Header, key: &Key, size: u64, len: usize) -> Result<()> {
+        if h.key != *key {
+            return Err(err!(Corrupt, "header holds key {} instead of {key}", h.key));
+        }
+        let expect = h.data_offset as u64 + h.payload_len;
+        if size != expect {
+            return Err(err!(
+                Corrupt,
+                "file is {size} bytes, header says {expect} ({} + {} payload)",
+                h.data_offset,
+                h.payload_len
+            ));
+        }
+        if h.payload_len != len as u64 {
+            return Err(err!(
+                LayoutMismatch,
+                "block holds {} payload bytes, the caller's buffer is {len} bytes",
+                h.payload_len
+            ));
+        }
+        Ok(())
+    }
+
+    fn verify_sum(&self, h: &Header, payload: &[u8]) -> Result<()> {
+        if self.verify {
+            let sum = format::checksum(payload);
+            if sum != h.checksum {
+                return Err(err!(
+                    Corrupt,
+                    "checksum mismatch: xxh3-64 of the payload is {sum:016x}, header says {:016x}",
+                    h.checksum
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Rebuilds the index from the directory tree (LRU order from the files' access and
+    /// modification times) and removes temp files whose writers are gone.
+    fn scan(&self) -> Result<()> {
+        let mut found: Vec<(i64, Key, u64)> = Vec::new();
+        let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
+            match std::fs::read_dir(d) {
+                Ok(it) => Ok(it.filter_map(|e| e.ok()).collect()),
+                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                Err(e) => Err(Error::io(format!("scanning {}", d.display()), e)),
+            }
+        };
+        for a in read(&self.dir)? {
+            let an = a.file_name();
+            if !an.to_str().is_some_and(path::is_fanout_dir) {
+                continue;
+            }
+            for b in read(&a.path())? {
+                if !b.file_name().to_str().is_some_and(path::is_fanout_dir) {
+                    continue;
+                }
+                for f in read(&b.path())? {
+                    let name = f.file_name();
+                    let Some(name) = name.to_str() else { continue };
+                    match path::classify(name) {
+                        path::Entry::Block(key) => {
+                            if let Ok(m) = std::fs::symlink_metadata(f.path()) {
+                                if m.is_file() {
+                                    found.push((m.atime().max(m.mtime()), key, m.len()));
+                                }
+                            }
+                        }
+                        path::Entry::Temp => clean_temp(&f.path()),
+                        path::Entry::Other => {}
+                    }
+                }
+            }
+        }
+        found.sort();
+        let mut ix = self.lock_index();
+        for (_, key, size) in found {
+            ix.insert(key, size);
+        }
+        Ok(())
+    }
+}
+
+/// Removes a temp file if no live writer holds its lock.
+fn clean_temp(p: &Path) {
+    let Ok(f) = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(p)
+    else {
+        return;
+    };
+    if sys::flock_exclusive(&f, false).is_ok() && sys::same_file(&f, p) {
+        let _ = std::fs::remove_file(p);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(dir: &Path, direct: DirectIo) -> FsStore {
+        let mut c = FsConfig::new(dir, "ns");
+        c.direct_io = direct;
+        c.read_threads = 2;
+        c.write_threads = 2;
+        FsStore::open(&c).unwrap()
+    }
+
+    #[test]
+    fn store_load_dedup_remove() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path(), DirectIo::Off);
+        let k = Key([1; 16]);
+        assert_eq!(s.store(&k, b"hello").unwrap(), Stored::Written);
+        assert_eq!(s.store(&k, b"hello").unwrap(), Stored::AlreadyPresent);
+        let mut out = [0u8; 5];
+        assert_eq!(s.load(&k, &mut out).unwrap(), 5);
+        assert_eq!(&out, b"hello");
+        let mut wrong = [0u8; 6];
+        assert_eq!(
+            s.load(&k, &mut wrong).unwrap_err().kind(),
+            ErrorKind::LayoutMismatch
+        );
+        assert!(s.contains(&k)); // an intact block of another length is kept
+        assert_eq!(s.lookup_prefix(&[k, Key([2; 16]), k]), 1);
+        s.remove(&k).unwrap();
+        assert_eq!(s.remove(&k).unwrap_err().kind(), ErrorKind::NotFound);
+        assert_eq!(
+            s.load(&k, &mut out).unwrap_err().kind(),
+            ErrorKind::NotFound
+        );
+        let st = s.stats();
+        assert_eq!((st.stores, st.dedup_hits, st.hits, st.blocks), (1, 1, 1, 0));
+        assert_eq!(st.misses, 2);
+    }
+
+    #[test]
+    fn clean_temp_respects_live_locks() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join(path::temp_name(&Key([3; 16]), 1, 1));
+        let f = File::create(&p).unwrap();
+        sys::flock_exclusive(&f, false).unwrap();
+        clean_temp(&p);
+        assert!(p.exists(), "a locked temp file belongs to a live writer");
+        drop(f);
+        clean_temp(&p);
+        assert!(!p.exists());
+    }
+}

@@ -1,0 +1,215 @@
+//! Pure path derivation: namespace validation, key <-> hex, block and temp file names.
+//!
+//! A block of key `k` (16 bytes, hex `h`) lives at
+//! `<root>/<namespace>/[r<rank>/]<h[0..2]>/<h[2..4]>/<h>.kvb`. Writers create
+//! `.<h>.<pid>.<n>.tmp` in the same directory and rename it into place.
+
+use std::path::{Path, PathBuf};
+
+use crate::{Error, Result};
+
+/// A block key: 16 bytes chosen by the engine (usually its block hash).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Key(pub [u8; 16]);
+
+/// File name suffix of a complete block.
+pub const BLOCK_EXT: &str = ".kvb";
+/// File name suffix of a writer's temporary file.
+pub const TEMP_EXT: &str = ".tmp";
+
+impl Key {
+    /// 32 lowercase hex digits.
+    pub fn to_hex(&self) -> String {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut s = String::with_capacity(32);
+        for b in self.0 {
+            s.push(HEX[(b >> 4) as usize] as char);
+            s.push(HEX[(b & 15) as usize] as char);
+        }
+        s
+    }
+
+    /// Parses exactly 32 hex digits (either case).
+    pub fn from_hex(s: &str) -> Option<Key> {
+        let b = s.as_bytes();
+        if b.len() != 32 {
+            return None;
+        }
+        let nib = |c: u8| match c {
+            b'0'..=b'9' => Some(c - b'0'),
+            b'a'..=b'f' => Some(c - b'a' + 10),
+            b'A'..=b'F' => Some(c - b'A' + 10),
+            _ => None,
+        };
+        let mut k = [0u8; 16];
+        for (i, out) in k.iter_mut().enumerate() {
+            *out = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
+        }
+        Some(Key(k))
+    }
+}
+
+impl std::fmt::Display for Key {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_hex())
+    }
+}
+
+/// Checks a namespace: 1..=255 bytes, not `.`, no `/`, `..`, NUL, and no leading `.`
+/// (hidden names are reserved for kvr's own files).
+pub fn validate_namespace(ns: &str) -> Result<()> {
+    if ns.is_empty() || ns.len() > 255 {
+        return Err(Error::invalid(format!(
+            "fs namespace must be 1..=255 bytes, got {} bytes",
+            ns.len()
+        )));
+    }
+    if ns.contains('/') || ns.contains("..") || ns.contains('\0') || ns.starts_with('.') {
+        return Err(Error::invalid(format!(
+            "fs namespace {ns:?} must not contain '/', '..' or NUL, nor start with '.'"
+        )));
+    }
+    Ok(())
+}
+
+/// The directory all of a store's blocks live under: `<root>/<namespace>[/r<rank>]`.
+pub fn store_dir(root: &Path, ns: &str, rank: Option<u32>) -> Result<PathBuf> {
+    validate_namespace(ns)?;
+    let mut p = root.join(ns);
+    if let Some(r) = rank {
+        p.push(format!("r{r}"));
+    }
+    Ok(p)
+}
+
+/// The fan-out directory of `key` under `store_dir`: `<hh>/<hh>`.
+pub fn block_dir(store_dir: &Path, key: &Key) -> PathBuf {
+    let h = key.to_hex();
+    store_dir.join(&h[0..2]).join(&h[2..4])
+}
+
+/// The path of `key`'s block file under `store_dir`.
+pub fn block_path(store_dir: &Path, key: &Key) -> PathBuf {
+    let h = key.to_hex();
+    let mut p = store_dir.join(&h[0..2]);
+    p.push(&h[2..4]);
+    p.push(format!("{h}{BLOCK_EXT}"));
+    p
+}
+
+/// A writer's unique temporary file name for `key` (unique per process and `seq`).
+pub fn temp_name(key: &Key, pid: u32, seq: u64) -> String {
+    format!(".{}.{pid}.{seq}{TEMP_EXT}", key.to_hex())
+}
+
+/// What a directory entry in a fan-out directory is.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Entry {
+    /// A complete block of this key.
+    Block(Key),
+    /// A writer's temporary file.
+    Temp,
+    /// Something else (left alone).
+    Other,
+}
+
+/// Classifies a file name found in a fan-out directory.
+pub fn classify(name: &str) -> Entry {
+    if let Some(stem) = name.strip_suffix(BLOCK_EXT) {
+        if let Some(k) = Key::from_hex(stem) {
+            return Entry::Block(k);
+        }
+    }
+    if name.starts_with('.')
+        && name.ends_with(TEMP_EXT)
+        && name.get(1..33).and_then(Key::from_hex).is_some()
+        && name.get(33..34) == Some(".")
+    {
+        return Entry::Temp;
+    }
+    Entry::Other
+}
+
+/// Whether `name` is a fan-out directory name (two lowercase hex digits).
+pub fn is_fanout_dir(name: &str) -> bool {
+    name.len() == 2
+        && name
+            .bytes()
+            .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hex_round_trips() {
+        let k = Key([
+            0x00, 0x01, 0x7f, 0x80, 0xff, 0xab, 0xcd, 0xef, 1, 2, 3, 4, 5, 6, 7, 8,
+        ]);
+        let h = k.to_hex();
+        assert_eq!(h, "00017f80ffabcdef0102030405060708");
+        assert_eq!(Key::from_hex(&h), Some(k));
+        assert_eq!(Key::from_hex(&h.to_uppercase()), Some(k));
+        assert_eq!(Key::from_hex(&h[1..]), None);
+        assert_eq!(Key::from_hex("g0017f80ffabcdef0102030405060708"), None);
+        for b in 0..=255u8 {
+            let k = Key([b; 16]);
+            assert_eq!(Key::from_hex(&k.to_hex()), Some(k));
+        }
+    }
+
+    #[test]
+    fn namespaces() {
+        for ok in ["llama-3-8b_tp2_b16", "a", "m.odel", "x..", ""] {
+            if ok.is_empty() || ok.contains("..") {
+                continue;
+            }
+            assert!(validate_namespace(ok).is_ok(), "{ok}");
+        }
+        for bad in [
+            "",
+            "a/b",
+            "..",
+            "a..b",
+            "/abs",
+            ".hidden",
+            "nul\0",
+            &"x".repeat(256),
+        ] {
+            let e = validate_namespace(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+        }
+        assert!(validate_namespace(&"x".repeat(255)).is_ok());
+    }
+
+    #[test]
+    fn paths() {
+        let k = Key::from_hex("abcdef00112233445566778899aabbcc").unwrap();
+        let d = store_dir(Path::new("/r"), "ns", Some(3)).unwrap();
+        assert_eq!(d, Path::new("/r/ns/r3"));
+        assert_eq!(
+            block_path(&d, &k),
+            Path::new("/r/ns/r3/ab/cd/abcdef00112233445566778899aabbcc.kvb")
+        );
+        assert_eq!(block_dir(&d, &k), Path::new("/r/ns/r3/ab/cd"));
+        let d = store_dir(Path::new("/r"), "ns", None).unwrap();
+        assert_eq!(d, Path::new("/r/ns"));
+        assert!(store_dir(Path::new("/r"), "../x", None).is_err());
+    }
+
+    #[test]
+    fn classify_names() {
+        let k = Key([7; 16]);
+        assert_eq!(classify(&format!("{}.kvb", k.to_hex())), Entry::Block(k));
+        assert_eq!(classify(&temp_name(&k, 42, 7)), Entry::Temp);
+        assert_eq!(classify("notes.txt"), Entry::Other);
+        assert_eq!(classify(".kvr_direct_probe.1.tmp"), Entry::Other);
+        assert_eq!(classify("0707.kvb"), Entry::Other);
+        assert_eq!(classify(".\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}\u{e9}x.tmp"), Entry::Other);
+        assert!(is_fanout_dir("a0"));
+        assert!(!is_fanout_dir("A0"));
+        assert!(!is_fanout_dir("r0"));
+        assert!(!is_fanout_dir("abc"));
+    }
+}

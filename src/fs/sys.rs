@@ -1,0 +1,212 @@
+//! Thin syscall helpers for block files: vectored positional I/O that retries short
+//! transfers and EINTR, advisory locks, and directory fsync.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+/// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
+pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut start = 0;
+    while start < iov.len() {
+        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec points into a live slice of `bufs` (advanced within bounds
+        // below); the kernel only reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov[start..].as_ptr(),
+                cnt,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        offset += n as u64;
+        start = advance(&mut iov, start, n as usize);
+    }
+    Ok(())
+}
+
+/// Reads into `bufs` from `offset` with `preadv` until they are full or end of file;
+/// returns the bytes read.
+pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut start = 0;
+    let mut total = 0;
+    while start < iov.len() {
+        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`
+        // (advanced within bounds below); the kernel writes at most iov_len bytes to each.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov[start..].as_ptr(),
+                cnt,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break; // end of file
+        }
+        offset += n as u64;
+        total += n as usize;
+        start = advance(&mut iov, start, n as usize);
+    }
+    Ok(total)
+}
+
+/// Consumes `n` bytes from `iov[start..]`; returns the new start.
+fn advance(iov: &mut [libc::iovec], mut start: usize, mut n: usize) -> usize {
+    while n > 0 && start < iov.len() {
+        let v = &mut iov[start];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            start += 1;
+        } else {
+            // SAFETY: n < iov_len, so the new base stays inside the same buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    start
+}
+
+/// Takes an exclusive advisory lock; `wait` false makes it fail with EWOULDBLOCK when held.
+pub fn flock_exclusive(file: &File, wait: bool) -> io::Result<()> {
+    let op = if wait {
+        libc::LOCK_EX
+    } else {
+        libc::LOCK_EX | libc::LOCK_NB
+    };
+    loop {
+        // SAFETY: plain syscall on an open descriptor.
+        if unsafe { libc::flock(file.as_raw_fd(), op) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// Allocates `len` bytes of `file` from offset 0 (the size grows to `len`). A file system
+/// without `fallocate` support (EOPNOTSUPP) is not an error: the write allocates instead.
+pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
+    loop {
+        // SAFETY: plain syscall on an open descriptor.
+        let r = unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        match e.raw_os_error() {
+            Some(libc::EINTR) => continue,
+            Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS) => return Ok(()),
+            _ => return Err(e),
+        }
+    }
+}
+
+/// Flushes a file's data (and the metadata needed to read it) to stable storage.
+pub fn fdatasync(file: &File) -> io::Result<()> {
+    file.sync_data()
+}
+
+/// Flushes a directory (its entries, e.g. after a rename) to stable storage.
+pub fn fsync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+/// Whether `path` still names the same inode as `file` (guards unlinking a file that another
+/// process has replaced by rename in the meantime).
+pub fn same_file(file: &File, path: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (file.metadata(), std::fs::symlink_metadata(path)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev() && a.ino() == b.ino(),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn vectored_round_trip_and_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        pwritev_all(&f, &[b"abc", b"", b"defgh"], 2).unwrap();
+        let (mut a, mut b) = ([0u8; 4], [9u8; 10]);
+        let n = preadv_all(&f, &mut [&mut a, &mut b], 0).unwrap();
+        assert_eq!(n, 10);
+        assert_eq!(&a, b"\0\0ab");
+        assert_eq!(&b[..6], b"cdefgh");
+        assert_eq!(b[6], 9);
+        flock_exclusive(&f, false).unwrap();
+        let g = std::fs::File::open(dir.path().join("f")).unwrap();
+        assert!(flock_exclusive(&g, false).is_err());
+        drop(f);
+        flock_exclusive(&g, false).unwrap();
+        assert!(same_file(&g, &dir.path().join("f")));
+        assert!(!same_file(&g, &dir.path().join("nope")));
+        fsync_dir(dir.path()).unwrap();
+    }
+
+    #[test]
+    fn advance_splits_buffers() {
+        let (a, b) = ([0u8; 4], [0u8; 4]);
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: 4,
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: 4,
+            },
+        ];
+        assert_eq!(advance(&mut iov, 0, 5), 1);
+        assert_eq!(iov[1].iov_len, 3);
+        assert_eq!(advance(&mut iov, 1, 3), 2);
+    }
+}

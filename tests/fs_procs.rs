@@ -1,0 +1,348 @@
+//! fs block store across processes: a SIGKILLed writer, 4 processes x 4 threads sharing a
+//! root, and full file systems (RLIMIT_FSIZE in a child; a small tmpfs when mounting works).
+//!
+//! Children are this test binary re-executed with `KVR_FS_ROLE` set, running the same test.
+
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command};
+use std::time::{Duration, Instant};
+
+use kvr::io::DirectIo;
+use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest};
+
+const ROLE: &str = "KVR_FS_ROLE";
+const DIR: &str = "KVR_FS_DIR";
+
+fn key(i: u64) -> Key {
+    let mut k = [0u8; 16];
+    k[..8].copy_from_slice(&i.to_le_bytes());
+    k[8..].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
+    Key(k)
+}
+
+fn key_index(k: &Key) -> u64 {
+    u64::from_le_bytes(k.0[..8].try_into().unwrap())
+}
+
+/// Length and content are functions of the key: any process can check any block.
+fn block_len(i: u64) -> usize {
+    4096 * (1 + (i % 4) as usize) + (i % 7) as usize * 111
+}
+
+fn content(k: &Key, len: usize) -> Vec<u8> {
+    let mut x = key_index(k) ^ 0x1234_5678_9abc_def1;
+    let mut out = vec![0u8; len];
+    for chunk in out.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
+    }
+    out
+}
+
+fn spawn_role(test: &str, role: &str, dir: &Path) -> Command {
+    let mut c = Command::new(std::env::current_exe().unwrap());
+    c.args(["--exact", test, "--nocapture", "--test-threads=1"])
+        .env(ROLE, role)
+        .env(DIR, dir);
+    c
+}
+
+fn role() -> Option<(String, PathBuf)> {
+    let r = std::env::var(ROLE).ok()?;
+    Some((r, PathBuf::from(std::env::var(DIR).unwrap())))
+}
+
+fn walk(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+fn is_temp(p: &Path) -> bool {
+    p.file_name().unwrap().to_str().unwrap().ends_with(".tmp")
+}
+
+/// Every visible block loads and holds exactly its key's bytes. Returns the block count.
+fn check_all_blocks(s: &FsStore) -> usize {
+    let mut n = 0;
+    for p in walk(s.dir()) {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(hex) = name.strip_suffix(".kvb") else {
+            continue;
+        };
+        let k = Key::from_hex(hex).unwrap();
+        let len = block_len(key_index(&k));
+        let mut out = vec![0u8; len];
+        s.load(&k, &mut out)
+            .unwrap_or_else(|e| panic!("visible block {} fails to load: {e}", p.display()));
+        assert!(out == content(&k, len), "wrong bytes in {}", p.display());
+        n += 1;
+    }
+    n
+}
+
+fn open(dir: &Path) -> FsStore {
+    let mut c = FsConfig::new(dir, "shared-ns");
+    c.read_threads = 4;
+    c.write_threads = 4;
+    FsStore::open(&c).unwrap()
+}
+
+#[test]
+fn sigkilled_writer_leaves_no_partial_block() {
+    if let Some((r, dir)) = role() {
+        assert_eq!(r, "crash-writer");
+        // fdatasync keeps each block in its temp state longer: more likely to be killed there.
+        let mut c = FsConfig::new(&dir, "shared-ns");
+        c.durability = kvr::Durability::Fdatasync;
+        c.write_threads = 4;
+        let s = FsStore::open(&c).unwrap();
+        // Store blocks until killed, 16 in flight at a time on 4 threads.
+        let mut i = 0u64;
+        loop {
+            let bufs: Vec<(Key, Vec<u8>)> = (i..i + 16)
+                .map(|j| (key(j), content(&key(j), block_len(j) + 60_000)))
+                .collect();
+            let reqs: Vec<StoreRequest> = bufs
+                .iter()
+                .map(|(k, b)| StoreRequest {
+                    key: *k,
+                    src: b.as_ptr(),
+                    len: b.len(),
+                })
+                .collect();
+            // SAFETY: `bufs` outlives the job (dropped at the end of this iteration).
+            let job = unsafe { s.submit_store(&reqs) };
+            job.wait(None).unwrap();
+            i += 16;
+        }
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut child = spawn_role(
+        "sigkilled_writer_leaves_no_partial_block",
+        "crash-writer",
+        d.path(),
+    )
+    .spawn()
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let ns = d.path().join("shared-ns");
+    while walk(&ns).iter().filter(|p| !is_temp(p)).count() < 200 {
+        assert!(Instant::now() < deadline, "child wrote too few blocks");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // SAFETY: plain kill(2) of our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.wait().unwrap();
+    let temps_before = walk(&ns).iter().filter(|p| is_temp(p)).count();
+    println!("temp files left by the killed writer: {temps_before}");
+    // Reopening cleans the dead writer's temp files (its flocks died with it).
+    let mut c = FsConfig::new(d.path(), "shared-ns");
+    c.direct_io = DirectIo::Auto;
+    let s = FsStore::open(&c).unwrap();
+    assert_eq!(walk(&ns).iter().filter(|p| is_temp(p)).count(), 0);
+    // Content blocks of the crash role are block_len + 60000 long.
+    let mut n = 0;
+    for p in walk(&ns) {
+        let name = p.file_name().unwrap().to_str().unwrap().to_string();
+        let Some(hex) = name.strip_suffix(".kvb") else {
+            continue;
+        };
+        let k = Key::from_hex(hex).unwrap();
+        let len = block_len(key_index(&k)) + 60_000;
+        let mut out = vec![0u8; len];
+        s.load(&k, &mut out)
+            .unwrap_or_else(|e| panic!("visible block {} is partial: {e}", p.display()));
+        assert!(out == content(&k, len));
+        n += 1;
+    }
+    assert!(n >= 200, "{n} blocks");
+    assert_eq!(s.stats().corrupt_dropped, 0);
+}
+
+#[test]
+fn four_processes_four_threads_share_a_root() {
+    if let Some((r, dir)) = role() {
+        assert_eq!(r, "mixer");
+        let s = open(&dir);
+        let pid = std::process::id() as u64;
+        std::thread::scope(|scope| {
+            for t in 0..4u64 {
+                let s = &s;
+                scope.spawn(move || {
+                    let mut x = pid * 7919 + t * 104_729 + 1;
+                    let mut out = vec![0u8; 5 * 4096];
+                    for _ in 0..300 {
+                        x ^= x << 13;
+                        x ^= x >> 7;
+                        x ^= x << 17;
+                        let i = x % 48; // overlapping key set
+                        let k = key(i);
+                        let len = block_len(i);
+                        match (x >> 8) % 8 {
+                            0..=2 => {
+                                s.store(&k, &content(&k, len)).unwrap();
+                            }
+                            3 => match s.remove(&k) {
+                                Ok(()) => {}
+                                Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+                            },
+                            _ => match s.load(&k, &mut out[..len]) {
+                                Ok(n) => {
+                                    assert_eq!(n as usize, len);
+                                    assert!(out[..len] == content(&k, len), "wrong bytes");
+                                }
+                                Err(e) => assert_eq!(e.kind(), ErrorKind::NotFound, "{e}"),
+                            },
+                        }
+                    }
+                });
+            }
+        });
+        assert_eq!(s.stats().corrupt_dropped, 0);
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let children: Vec<Child> = (0..4)
+        .map(|_| {
+            spawn_role(
+                "four_processes_four_threads_share_a_root",
+                "mixer",
+                d.path(),
+            )
+            .spawn()
+            .unwrap()
+        })
+        .collect();
+    for mut c in children {
+        let st = c.wait().unwrap();
+        assert!(st.success(), "a child failed: {st}");
+    }
+    let s = open(d.path());
+    assert_eq!(walk(s.dir()).iter().filter(|p| is_temp(p)).count(), 0);
+    let n = check_all_blocks(&s);
+    assert!(n > 0);
+}
+
+/// Stores until the file system refuses, then checks: `NoSpace`, no temp file, every
+/// visible block intact. Returns the number of blocks stored.
+fn fill_until_no_space(dir: &Path, len: usize, max: u64) -> u64 {
+    let s = open(dir);
+    for i in 0..max {
+        let k = key(i);
+        match s.store(&k, &content(&k, len)) {
+            Ok(_) => {}
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+                assert!(!s.contains(&k), "failed block is not visible");
+                let temps = walk(s.dir()).into_iter().filter(|p| is_temp(p)).count();
+                assert_eq!(temps, 0, "temp file left after {e}");
+                for j in 0..i {
+                    let mut out = vec![0u8; len];
+                    s.load(&key(j), &mut out).unwrap();
+                    assert!(out == content(&key(j), len));
+                }
+                return i;
+            }
+        }
+    }
+    panic!("the file system never filled up");
+}
+
+#[test]
+fn file_size_limit_gives_no_space_and_leaves_nothing_partial() {
+    if let Some((r, dir)) = role() {
+        assert_eq!(r, "fsize");
+        let s = open(&dir);
+        let small = content(&key(1), 64 * 1024);
+        s.store(&key(1), &small).unwrap();
+        let big = content(&key(2), 512 * 1024);
+        let e = s.store(&key(2), &big).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+        println!("fsize child got: {e}");
+        assert!(!s.contains(&key(2)));
+        assert_eq!(walk(s.dir()).iter().filter(|p| is_temp(p)).count(), 0);
+        let mut out = vec![0u8; small.len()];
+        s.load(&key(1), &mut out).unwrap();
+        assert!(out == small);
+        return;
+    }
+    let d = tempfile::tempdir().unwrap();
+    let mut cmd = spawn_role(
+        "file_size_limit_gives_no_space_and_leaves_nothing_partial",
+        "fsize",
+        d.path(),
+    );
+    // SAFETY: only async-signal-safe calls (signal, setrlimit) between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN); // EFBIG instead of a signal
+            let lim = libc::rlimit {
+                rlim_cur: 256 * 1024,
+                rlim_max: 256 * 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_FSIZE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        })
+    };
+    let out = cmd.output().unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
+
+#[test]
+fn small_tmpfs_fills_up_cleanly() {
+    let d = tempfile::tempdir().unwrap();
+    let mnt = d.path().join("mnt");
+    std::fs::create_dir(&mnt).unwrap();
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt)
+        .stderr(std::process::Stdio::piped())
+        .output();
+    match status {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            println!(
+                "SKIP small_tmpfs_fills_up_cleanly: mounting a tmpfs is not permitted here ({})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return;
+        }
+        Err(e) => {
+            println!("SKIP small_tmpfs_fills_up_cleanly: cannot run mount: {e}");
+            return;
+        }
+    }
+    struct Unmount(PathBuf);
+    impl Drop for Unmount {
+        fn drop(&mut self) {
+            let _ = Command::new("umount").arg(&self.0).status();
+        }
+    }
+    let _u = Unmount(mnt.clone());
+    let n = fill_until_no_space(&mnt, 64 * 1024, 1000);
+    assert!((5..=16).contains(&n), "{n} blocks of 64 KiB fit in 1 MiB");
+}
