@@ -4,6 +4,7 @@ use std::path::Path;
 use std::process::Command;
 
 /// One fio measurement.
+#[derive(Clone, Copy)]
 pub struct FioJob<'a> {
     /// "write", "read", "randwrite", "randread".
     pub rw: &'a str,
@@ -16,7 +17,9 @@ pub struct FioJob<'a> {
     pub target: FioTarget<'a>,
 }
 
+#[derive(Clone, Copy)]
 pub enum FioTarget<'a> {
+    #[allow(dead_code)] // the fs and tensors tiers' benchmarks use it
     Directory(&'a Path),
     File(&'a Path),
 }
@@ -30,7 +33,35 @@ pub fn require() -> kvr::Result<()> {
 }
 
 /// Runs the job and returns aggregate bandwidth in GB/s (1e9 B/s).
+#[allow(dead_code)] // the fs and tensors tiers' benchmarks use it
 pub fn run(job: &FioJob) -> kvr::Result<f64> {
+    run_with(job, &[])
+}
+
+/// Runs the job on one existing, preallocated file shared by all jobs (`job.target` must be
+/// a file): each job moves `job.size_per_job` bytes at offsets in `[offset, offset + len)`,
+/// and fio neither extends nor reallocates the file. Returns aggregate GB/s.
+pub fn run_shared_file(job: &FioJob, offset: u64, len: u64) -> kvr::Result<f64> {
+    if !matches!(job.target, FioTarget::File(_)) {
+        return Err(kvr::err!(
+            Internal,
+            "fio shared-file run needs a file target"
+        ));
+    }
+    run_with(
+        &FioJob {
+            size_per_job: len,
+            ..*job
+        },
+        &[
+            format!("--offset={offset}"),
+            format!("--io_size={}", job.size_per_job),
+            "--fallocate=none".into(),
+        ],
+    )
+}
+
+fn run_with(job: &FioJob, extra: &[String]) -> kvr::Result<f64> {
     let mut cmd = Command::new("fio");
     cmd.args([
         "--name=kvr-limit",
@@ -44,6 +75,7 @@ pub fn run(job: &FioJob) -> kvr::Result<f64> {
         "--output-format=json",
         "--end_fsync=0",
     ]);
+    cmd.args(extra);
     match job.target {
         FioTarget::Directory(d) => cmd.arg(format!("--directory={}", d.display())),
         FioTarget::File(f) => cmd.arg(format!("--filename={}", f.display())),

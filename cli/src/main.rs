@@ -5,7 +5,7 @@
 //! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
 
 mod bench;
-#[allow(dead_code)] // the disk tiers' benchmarks (fs, disk, tensors) use it
+mod disk_cmd;
 mod fio;
 mod region_cmd;
 mod report;
@@ -41,6 +41,11 @@ enum Command {
         #[command(subcommand)]
         command: region_cmd::RegionCommand,
     },
+    /// Disk slot files: geometry and entries, verification of every entry.
+    Disk {
+        #[command(subcommand)]
+        command: disk_cmd::DiskCommand,
+    },
     /// Internal: one rank process of the region benchmark.
     #[command(hide = true, name = "__bench-rank")]
     BenchRank {
@@ -58,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
         Command::Region { command } => region_cmd::run(&command),
+        Command::Disk { command } => disk_cmd::run(&command),
         Command::BenchRank {
             dir,
             name,

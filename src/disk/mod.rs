@@ -26,6 +26,7 @@
 //!
 //! On-disk format: see [`format`].
 
+pub mod check;
 mod file;
 pub mod format;
 pub mod index;
@@ -35,6 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
 
 use crate::io::{direct, is_aligned_ptr, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};

@@ -1,5 +1,6 @@
 //! `kvr bench`: each tier's store and load paths next to the physical limit, same run.
 
+pub mod disk;
 pub mod region;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use crate::report::{print_table, Row};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
     Region,
+    Disk,
     All,
 }
 
@@ -77,14 +79,21 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
         ));
     }
     let mut rows: Vec<Row> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
     if matches!(args.tier, Tier::Region | Tier::All) {
         rows.extend(region::bench(args)?);
     }
+    if matches!(args.tier, Tier::Disk | Tier::All) {
+        rows.extend(disk::bench(args, &mut notes)?);
+    }
     if args.json {
-        let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows });
+        let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows, "notes": notes });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     } else {
         print_table(&rows, args.runs);
+        for n in &notes {
+            println!("{n}");
+        }
     }
     Ok(0)
 }

@@ -1,0 +1,437 @@
+//! Read-only inspection and verification of a slot file, for tools (`kvr disk inspect|verify`):
+//! no owner lock is taken and nothing is written.
+//!
+//! - [`inspect`] reads the file header and the header table and classifies every slot: a live
+//!   entry (the highest sequence number for its key), a superseded older copy of a key (the
+//!   owner invalidates it at its next open), free (zeroed table entry), or damaged (a non-zero
+//!   table entry that does not decode: torn or bit-flipped). It works while a live process
+//!   owns the file (the figures are then a snapshot that may be changing) and says so.
+//! - [`verify`] additionally reads every live entry's slot (header page and payload) in
+//!   parallel and checks that the slot's own header decodes and matches the table, and that
+//!   the payload and metadata checksum matches. It refuses (`Busy`) while a live process owns
+//!   the file, since the owner rewrites slots under it, and holds a shared lock meanwhile (an
+//!   owner opening during a verify gets `Busy`).
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::file::read_exact_at;
+use super::format::{self, Geometry, Key, SlotHeader, PAGE, SLOT_HEADER_LEN};
+use crate::io::AlignedBuf;
+use crate::{err, Error, Result};
+
+/// What [`inspect`] found in a slot file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SlotFileReport {
+    /// Path of the file.
+    pub path: PathBuf,
+    /// Geometry recorded in the file header.
+    pub geometry: Geometry,
+    /// Size of the file in bytes.
+    pub file_len: u64,
+    /// Whether a live process holds the owner lock (the figures may be changing).
+    pub owned: bool,
+    /// Live entries (one per key).
+    pub entries: u64,
+    /// Payload bytes of the live entries.
+    pub payload_bytes: u64,
+    /// Metadata bytes of the live entries.
+    pub meta_bytes: u64,
+    /// Free slots (zeroed table entry).
+    pub free_slots: u64,
+    /// Slots holding an older copy of a live key (left by a crash; invalidated at next open).
+    pub superseded: u64,
+    /// Slots whose table entry is non-zero but damaged (torn or bit-flipped): never served.
+    pub damaged: Vec<u32>,
+    /// Live entries as (slot, header), in slot order.
+    pub live: Vec<(u32, SlotHeader)>,
+}
+
+/// One entry that failed [`verify`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BadEntry {
+    /// Slot index.
+    pub slot: u32,
+    /// The entry's key, when its table entry decodes.
+    pub key: Option<Key>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// What [`verify`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VerifyReport {
+    /// The table-level findings.
+    pub inspect: SlotFileReport,
+    /// Live entries whose slot was read and checked.
+    pub checked: u64,
+    /// Payload and metadata bytes read and checksummed.
+    pub bytes_checked: u64,
+    /// Bad entries (damaged table entries, then slots failing their checks), by slot.
+    pub bad: Vec<BadEntry>,
+}
+
+/// How a live owner was detected: a shared `flock` fails while the owner's exclusive one is
+/// held. On success the shared lock is held until `file` is closed.
+fn try_shared_lock(file: &File, path: &Path) -> Result<bool> {
+    // SAFETY: valid fd for the duration of the call.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
+        return Ok(true);
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Ok(false);
+    }
+    Err(Error::io(
+        format!("locking slot file {}", path.display()),
+        e,
+    ))
+}
+
+fn open_ro(path: &Path, flags: libc::c_int) -> io::Result<File> {
+    File::options()
+        .read(true)
+        .custom_flags(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(path)
+}
+
+fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64)> {
+    let mut page = vec![0u8; PAGE as usize];
+    let len = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat of {}", path.display()), e))?
+        .len();
+    if len < PAGE {
+        return Err(err!(
+            LayoutMismatch,
+            "{} is not a kvr slot file ({len} bytes, shorter than its header)",
+            path.display()
+        ));
+    }
+    read_exact_at(file, &mut page, 0)
+        .map_err(|e| Error::io(format!("reading the header of {}", path.display()), e))?;
+    let g = format::decode_file_header(&page).map_err(|e| match e {
+        format::FileHeaderError::NotSlotFile => err!(
+            LayoutMismatch,
+            "{} is not a kvr slot file (bad magic)",
+            path.display()
+        ),
+        format::FileHeaderError::Version(v) => err!(
+            LayoutMismatch,
+            "{} has slot file format version {v}, this kvr reads version {}",
+            path.display(),
+            format::FORMAT_VERSION
+        ),
+        format::FileHeaderError::Checksum => err!(
+            Corrupt,
+            "{} has a damaged file header (checksum mismatch)",
+            path.display()
+        ),
+    })?;
+    if len < g.file_len() {
+        return Err(err!(
+            Corrupt,
+            "slot file {} is {len} bytes, its geometry needs {}",
+            path.display(),
+            g.file_len()
+        ));
+    }
+    Ok((g, len))
+}
+
+/// Classification of one table entry (pure).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TableEntry {
+    /// Zeroed: the slot is free.
+    Free,
+    /// A valid entry.
+    Valid(SlotHeader),
+    /// Non-zero but does not decode.
+    Damaged,
+}
+
+/// Classifies the 128-byte table entry of slot `slot`.
+pub fn classify(entry: &[u8], slot: u32, slot_size: u64) -> TableEntry {
+    match format::decode_slot_header(entry, slot, slot_size) {
+        Some(h) => TableEntry::Valid(h),
+        None if entry.iter().all(|&b| b == 0) => TableEntry::Free,
+        None => TableEntry::Damaged,
+    }
+}
+
+/// Builds the report from classified table entries (pure): the highest sequence number wins
+/// for a key, as in recovery.
+pub fn summarize(
+    path: &Path,
+    geometry: Geometry,
+    file_len: u64,
+    owned: bool,
+    table: &[TableEntry],
+) -> SlotFileReport {
+    let mut winners: std::collections::HashMap<Key, u32> = std::collections::HashMap::new();
+    let (mut free, mut superseded, mut damaged) = (0u64, 0u64, Vec::new());
+    for (i, t) in table.iter().enumerate() {
+        match t {
+            TableEntry::Free => free += 1,
+            TableEntry::Damaged => damaged.push(i as u32),
+            TableEntry::Valid(h) => {
+                let w = winners.entry(h.key).or_insert(i as u32);
+                if *w != i as u32 {
+                    superseded += 1;
+                    if let TableEntry::Valid(prev) = table[*w as usize] {
+                        if h.seq > prev.seq {
+                            *w = i as u32;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    let mut live: Vec<(u32, SlotHeader)> = winners
+        .into_values()
+        .filter_map(|s| match table[s as usize] {
+            TableEntry::Valid(h) => Some((s, h)),
+            _ => None,
+        })
+        .collect();
+    live.sort_unstable_by_key(|(s, _)| *s);
+    SlotFileReport {
+        path: path.to_owned(),
+        geometry,
+        file_len,
+        owned,
+        entries: live.len() as u64,
+        payload_bytes: live.iter().map(|(_, h)| h.len).sum(),
+        meta_bytes: live.iter().map(|(_, h)| h.meta_len as u64).sum(),
+        free_slots: free,
+        superseded,
+        damaged,
+        live,
+    }
+}
+
+fn inspect_file(file: &File, path: &Path, owned: bool) -> Result<SlotFileReport> {
+    let (g, len) = read_geometry(file, path)?;
+    let mut table = vec![0u8; g.table_len() as usize];
+    read_exact_at(file, &mut table, g.table_offset())
+        .map_err(|e| Error::io(format!("reading the header table of {}", path.display()), e))?;
+    let entries: Vec<TableEntry> = table
+        .chunks_exact(SLOT_HEADER_LEN)
+        .take(g.num_slots as usize)
+        .enumerate()
+        .map(|(i, e)| classify(e, i as u32, g.slot_size))
+        .collect();
+    Ok(summarize(path, g, len, owned, &entries))
+}
+
+/// Reads a slot file's header and header table without taking the owner lock or writing
+/// anything. Errors: `NotFound`, `Permission`, `LayoutMismatch` (not a slot file, or another
+/// format version), `Corrupt` (damaged file header, truncated file), `Io`.
+pub fn inspect(path: &Path) -> Result<SlotFileReport> {
+    let file = open_ro(path, 0)
+        .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
+    let owned = !try_shared_lock(&file, path)?;
+    inspect_file(&file, path, owned)
+}
+
+/// Checks one live entry's slot against its table entry (pure): `page` is the slot's header
+/// page, `payload` its payload bytes.
+pub fn check_slot(
+    slot: u32,
+    t: &SlotHeader,
+    page: &[u8],
+    payload: &[u8],
+    slot_size: u64,
+) -> Option<String> {
+    let Some(h) = format::decode_slot_header(page, slot, slot_size) else {
+        return Some("slot header is damaged (checksum or fields)".into());
+    };
+    if h != *t {
+        return Some(format!(
+            "slot header (seq {}, len {}, meta {}) does not match the table entry (seq {}, len {}, meta {})",
+            h.seq, h.len, h.meta_len, t.seq, t.len, t.meta_len
+        ));
+    }
+    let meta = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + h.meta_len as usize];
+    let sum = format::data_checksum(payload, meta);
+    (sum != h.data_sum).then(|| {
+        format!(
+            "payload checksum mismatch (stored {:016x}, computed {sum:016x})",
+            h.data_sum
+        )
+    })
+}
+
+/// [`inspect`], then reads every live entry's slot on `threads` threads (O_DIRECT when the
+/// file system takes it, so the device's bytes are checked) and checks it: the slot's header
+/// must decode and equal the table entry, and the payload and metadata checksum must match.
+/// Damaged table entries are reported as bad too. Errors: those of [`inspect`], and `Busy`
+/// while a live process owns the file.
+pub fn verify(path: &Path, threads: usize) -> Result<VerifyReport> {
+    let file = open_ro(path, 0)
+        .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
+    if !try_shared_lock(&file, path)? {
+        return Err(err!(
+            Busy,
+            "slot file {} is owned by a live process that rewrites it; stop it before verifying (inspect works meanwhile)",
+            path.display()
+        ));
+    }
+    let report = inspect_file(&file, path, false)?;
+    let g = report.geometry;
+    // O_DIRECT reads check the device's bytes (the kernel writes back dirty cached pages
+    // first); buffered reads where the file system refuses O_DIRECT.
+    let data = open_ro(path, libc::O_DIRECT)
+        .or_else(|_| file.try_clone())
+        .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
+    let next = AtomicUsize::new(0);
+    let bad: Mutex<Vec<BadEntry>> = Mutex::new(Vec::new());
+    let failed: Mutex<Option<Error>> = Mutex::new(None);
+    let live = &report.live;
+    let threads = threads.clamp(1, 256).min(live.len().max(1));
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| {
+                let mut buf = match AlignedBuf::new(g.stride() as usize) {
+                    Ok(b) => b,
+                    Err(e) => {
+                        *failed.lock().unwrap() = Some(e);
+                        return;
+                    }
+                };
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= live.len() || failed.lock().unwrap().is_some() {
+                        break;
+                    }
+                    let (slot, h) = live[i];
+                    let n = (PAGE + h.len).next_multiple_of(PAGE) as usize;
+                    let off = g.slot_offset(slot);
+                    if let Err(e) = read_exact_at(&data, &mut buf.as_mut_slice()[..n], off) {
+                        *failed.lock().unwrap() = Some(Error::io(
+                            format!("reading slot {slot} of {}", path.display()),
+                            e,
+                        ));
+                        break;
+                    }
+                    let b = buf.as_slice();
+                    let page = &b[..PAGE as usize];
+                    let payload = &b[PAGE as usize..PAGE as usize + h.len as usize];
+                    if let Some(reason) = check_slot(slot, &h, page, payload, g.slot_size) {
+                        bad.lock().unwrap().push(BadEntry {
+                            slot,
+                            key: Some(h.key),
+                            reason,
+                        });
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = failed.into_inner().unwrap() {
+        return Err(e);
+    }
+    let mut bad: Vec<BadEntry> = report
+        .damaged
+        .iter()
+        .map(|&slot| BadEntry {
+            slot,
+            key: None,
+            reason: "header table entry is damaged (checksum or fields)".into(),
+        })
+        .chain(bad.into_inner().unwrap())
+        .collect();
+    bad.sort_by_key(|b| b.slot);
+    Ok(VerifyReport {
+        checked: live.len() as u64,
+        bytes_checked: live.iter().map(|(_, h)| h.len + h.meta_len as u64).sum(),
+        inspect: report,
+        bad,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hdr(key: u8, seq: u64, slot: u32) -> SlotHeader {
+        SlotHeader {
+            key: [key; 16],
+            len: 100,
+            meta_len: 3,
+            seq,
+            data_sum: 1,
+            slot,
+        }
+    }
+
+    fn entry(h: &SlotHeader) -> Vec<u8> {
+        let mut page = vec![0u8; PAGE as usize];
+        format::encode_slot_header(h, b"abc", &mut page);
+        page.truncate(SLOT_HEADER_LEN);
+        page
+    }
+
+    #[test]
+    fn classifies_free_valid_damaged() {
+        assert_eq!(classify(&[0; 128], 0, 4096), TableEntry::Free);
+        let h = hdr(1, 5, 2);
+        let e = entry(&h);
+        assert_eq!(classify(&e, 2, 4096), TableEntry::Valid(h));
+        assert_eq!(classify(&e, 3, 4096), TableEntry::Damaged); // misplaced
+        let mut d = e.clone();
+        d[40] ^= 4;
+        assert_eq!(classify(&d, 2, 4096), TableEntry::Damaged);
+    }
+
+    #[test]
+    fn summary_keeps_highest_seq_per_key() {
+        let g = Geometry::new(4096, 6).unwrap();
+        let t = [
+            TableEntry::Valid(hdr(1, 5, 0)),
+            TableEntry::Free,
+            TableEntry::Valid(hdr(1, 9, 2)),
+            TableEntry::Damaged,
+            TableEntry::Valid(hdr(2, 1, 4)),
+            TableEntry::Valid(hdr(1, 7, 5)),
+        ];
+        let r = summarize(Path::new("f"), g, 1, false, &t);
+        assert_eq!(r.entries, 2);
+        assert_eq!(r.free_slots, 1);
+        assert_eq!(r.superseded, 2);
+        assert_eq!(r.damaged, vec![3]);
+        assert_eq!(r.live.iter().map(|(s, _)| *s).collect::<Vec<_>>(), [2, 4]);
+        assert_eq!((r.payload_bytes, r.meta_bytes), (200, 6));
+    }
+
+    #[test]
+    fn check_slot_finds_each_fault() {
+        let payload = vec![7u8; 100];
+        let mut h = hdr(1, 5, 2);
+        h.data_sum = format::data_checksum(&payload, b"abc");
+        let mut page = vec![0u8; PAGE as usize];
+        format::encode_slot_header(&h, b"abc", &mut page);
+        assert_eq!(check_slot(2, &h, &page, &payload, 4096), None);
+        let mut bad = payload.clone();
+        bad[50] ^= 1;
+        assert!(check_slot(2, &h, &page, &bad, 4096)
+            .unwrap()
+            .contains("checksum mismatch"));
+        let mut m = page.clone();
+        m[129] ^= 1; // metadata is covered by the data checksum
+        assert!(check_slot(2, &h, &m, &payload, 4096).is_some());
+        let mut t = h;
+        t.seq = 6;
+        assert!(check_slot(2, &t, &page, &payload, 4096)
+            .unwrap()
+            .contains("does not match"));
+        assert!(check_slot(2, &h, &[0u8; 4096], &payload, 4096)
+            .unwrap()
+            .contains("damaged"));
+    }
+}
