@@ -33,8 +33,8 @@ struct TempFile {
 
 kvr::DiskKey key(uint32_t i) {
   kvr::DiskKey k{};
-  std::memcpy(k.data(), &i, sizeof i);
-  k[15] = 0x42;
+  std::memcpy(k.bytes, &i, sizeof i);
+  k.bytes[15] = 0x42;
   return k;
 }
 
@@ -162,9 +162,9 @@ TEST(Disk, BitFlipIsCorruptThenNotFoundAndSlotReused) {
   uint64_t len = 0, mlen = 0;
   auto k = key(1);
   EXPECT_KVR(KVR_ERR_CORRUPT,
-             kvr_disk_read(d.get(), k.data(), out.data(), slot, &len, nullptr, 0, &mlen));
+             kvr_disk_read(d.get(), &k, out.data(), slot, &len, nullptr, 0, &mlen));
   EXPECT_KVR(KVR_ERR_NOT_FOUND,
-             kvr_disk_read(d.get(), k.data(), out.data(), slot, &len, nullptr, 0, &mlen));
+             kvr_disk_read(d.get(), &k, out.data(), slot, &len, nullptr, 0, &mlen));
   auto s = d.stats();
   EXPECT_EQ(s.corrupt_dropped, 1u);
   EXPECT_EQ(s.free_slots, 3u);
@@ -183,7 +183,7 @@ TEST(Disk, SecondOwnerIsBusyAndReopenAfterKillSucceeds) {
     if (kvr_disk_open(&c, &d) != KVR_OK) return 1;
     uint8_t b[10] = {7};
     auto k = key(9);
-    if (kvr_disk_write(d, k.data(), b, sizeof b, nullptr, 0) != KVR_OK) return 2;
+    if (kvr_disk_write(d, &k, b, sizeof b, nullptr, 0) != KVR_OK) return 2;
     ready.signal();
     pause();  // killed here
     return 0;
@@ -198,7 +198,7 @@ TEST(Disk, SecondOwnerIsBusyAndReopenAfterKillSucceeds) {
   ASSERT_KVR(KVR_OK, kvr_disk_open(&c, &d));
   bool has = false;
   auto k = key(9);
-  EXPECT_KVR(KVR_OK, kvr_disk_contains(d, k.data(), &has));
+  EXPECT_KVR(KVR_OK, kvr_disk_contains(d, &k, &has));
   EXPECT_TRUE(has);
   kvr_disk* d2 = nullptr;
   EXPECT_KVR(KVR_ERR_BUSY, kvr_disk_open(&c, &d2));
@@ -262,52 +262,52 @@ TEST(Disk, BadInputsAreRejected) {
   auto k = key(1);
   uint8_t buf[8192] = {1, 2, 3};
   uint8_t meta[16] = {9};
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(nullptr, k.data(), buf, 10, nullptr, 0));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(nullptr, &k, buf, 10, nullptr, 0));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, nullptr, buf, 10, nullptr, 0));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, k.data(), nullptr, 10, nullptr, 0));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, k.data(), buf, 0, nullptr, 0));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, k.data(), buf, 10, nullptr, 5));
-  EXPECT_KVR(KVR_ERR_TOO_LARGE, kvr_disk_write(d, k.data(), buf, 4097, nullptr, 0));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, &k, nullptr, 10, nullptr, 0));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, &k, buf, 0, nullptr, 0));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_write(d, &k, buf, 10, nullptr, 5));
+  EXPECT_KVR(KVR_ERR_TOO_LARGE, kvr_disk_write(d, &k, buf, 4097, nullptr, 0));
   std::string msg = kvr_last_error_message();
   EXPECT_NE(msg.find("4097"), std::string::npos) << msg;
   EXPECT_NE(msg.find("4096"), std::string::npos) << msg;
   std::vector<uint8_t> big_meta(KVR_DISK_MAX_META + 1);
   EXPECT_KVR(KVR_ERR_TOO_LARGE,
-             kvr_disk_write(d, k.data(), buf, 10, big_meta.data(), big_meta.size()));
-  ASSERT_KVR(KVR_OK, kvr_disk_write(d, k.data(), buf, 3000, meta, 16));
+             kvr_disk_write(d, &k, buf, 10, big_meta.data(), big_meta.size()));
+  ASSERT_KVR(KVR_OK, kvr_disk_write(d, &k, buf, 3000, meta, 16));
 
   uint64_t len = 0, mlen = 0;
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_disk_read(nullptr, k.data(), buf, 8192, &len, meta, 16, &mlen));
+             kvr_disk_read(nullptr, &k, buf, 8192, &len, meta, 16, &mlen));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
              kvr_disk_read(d, nullptr, buf, 8192, &len, meta, 16, &mlen));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_disk_read(d, k.data(), nullptr, 8192, &len, meta, 16, &mlen));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_read(d, k.data(), buf, 0, &len, meta, 16, &mlen));
+             kvr_disk_read(d, &k, nullptr, 8192, &len, meta, 16, &mlen));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_read(d, &k, buf, 0, &len, meta, 16, &mlen));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_disk_read(d, k.data(), buf, 8192, nullptr, meta, 16, &mlen));
+             kvr_disk_read(d, &k, buf, 8192, nullptr, meta, 16, &mlen));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_disk_read(d, k.data(), buf, 8192, &len, meta, 16, nullptr));
+             kvr_disk_read(d, &k, buf, 8192, &len, meta, 16, nullptr));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_disk_read(d, k.data(), buf, 8192, &len, nullptr, 16, &mlen));
+             kvr_disk_read(d, &k, buf, 8192, &len, nullptr, 16, &mlen));
   // Too small: needed sizes written out, for the payload and for the metadata.
-  EXPECT_KVR(KVR_ERR_TOO_SMALL, kvr_disk_read(d, k.data(), buf, 2999, &len, meta, 16, &mlen));
+  EXPECT_KVR(KVR_ERR_TOO_SMALL, kvr_disk_read(d, &k, buf, 2999, &len, meta, 16, &mlen));
   EXPECT_EQ(len, 3000u);
   EXPECT_EQ(mlen, 16u);
   len = mlen = 0;
-  EXPECT_KVR(KVR_ERR_TOO_SMALL, kvr_disk_read(d, k.data(), buf, 8192, &len, nullptr, 0, &mlen));
+  EXPECT_KVR(KVR_ERR_TOO_SMALL, kvr_disk_read(d, &k, buf, 8192, &len, nullptr, 0, &mlen));
   EXPECT_EQ(len, 3000u);
   EXPECT_EQ(mlen, 16u);
   auto other = key(2);
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_disk_read(d, other.data(), buf, 8192, &len, meta, 16, &mlen));
-  EXPECT_KVR(KVR_OK, kvr_disk_read(d, k.data(), buf, 8192, &len, meta, 16, &mlen));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_disk_read(d, &other, buf, 8192, &len, meta, 16, &mlen));
+  EXPECT_KVR(KVR_OK, kvr_disk_read(d, &k, buf, 8192, &len, meta, 16, &mlen));
   EXPECT_EQ(len, 3000u);
 
   bool has = true;
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_contains(d, k.data(), nullptr));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_contains(d, &k, nullptr));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_contains(d, nullptr, &has));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_remove(d, nullptr));
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_disk_remove(d, other.data()));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_disk_remove(d, &other));
   kvr_disk_counters st{};
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_stats(d, &st));  // struct_size not set
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_stats(d, nullptr));
@@ -336,7 +336,7 @@ TEST(Disk, BatchesThroughJobs) {
   for (uint32_t i = 0; i < 6; i++) {
     src.push_back(pattern(i, 1000 + i * 2000));
     auto k = key(i);
-    std::memcpy(w[i].key, k.data(), 16);
+    w[i].key = k;
     w[i].src = src[i].data();
     w[i].len = src[i].size();
   }
@@ -349,7 +349,7 @@ TEST(Disk, BatchesThroughJobs) {
   std::vector<kvr_disk_read_op> r(7);
   for (uint32_t i = 0; i < 7; i++) {  // key 6 was never written
     auto k = key(i);
-    std::memcpy(r[i].key, k.data(), 16);
+    r[i].key = k;
     r[i].dst = dst[i].data();
     r[i].dst_cap = dst[i].size();
   }

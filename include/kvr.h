@@ -371,6 +371,17 @@ typedef struct kvr_disk_config {
 } kvr_disk_config;
 
 /**
+ * A 16-byte block key chosen by the engine (usually its block hash); the fs store and the
+ * disk slot file take the same keys, so one hash addresses a block in every tier.
+ */
+typedef struct kvr_block_key {
+  /**
+   * The key bytes.
+   */
+  uint8_t bytes[16];
+} kvr_block_key;
+
+/**
  * Counters and state of an open slot file (filled by `kvr_disk_stats`).
  */
 typedef struct kvr_disk_counters {
@@ -451,7 +462,7 @@ typedef struct kvr_disk_write_op {
   /**
    * Key.
    */
-  uint8_t key[16];
+  struct kvr_block_key key;
   /**
    * Payload (1..=slot_size bytes), valid until the job completes.
    */
@@ -478,7 +489,7 @@ typedef struct kvr_disk_read_op {
   /**
    * Key.
    */
-  uint8_t key[16];
+  struct kvr_block_key key;
   /**
    * Payload destination, valid until the job completes.
    */
@@ -552,16 +563,6 @@ typedef struct kvr_fs_config {
    */
   uint64_t capacity_bytes;
 } kvr_fs_config;
-
-/**
- * A 16-byte block key chosen by the engine (usually its block hash).
- */
-typedef struct kvr_block_key {
-  /**
-   * The key bytes.
-   */
-  uint8_t bytes[16];
-} kvr_block_key;
 
 /**
  * Counters of an open store, as seen by this process (filled by `kvr_fs_get_stats`).
@@ -916,7 +917,7 @@ void kvr_disk_close(struct kvr_disk *disk);
  * `KVR_ERR_IO`.
  */
 enum kvr_status kvr_disk_write(const struct kvr_disk *disk,
-                               const uint8_t *key,
+                               const struct kvr_block_key *key,
                                const uint8_t *src,
                                uint64_t len,
                                const uint8_t *meta,
@@ -932,7 +933,7 @@ enum kvr_status kvr_disk_write(const struct kvr_disk *disk,
  * `KVR_ERR_IO`. The contents of `dst` are unspecified after an error.
  */
 enum kvr_status kvr_disk_read(const struct kvr_disk *disk,
-                              const uint8_t *key,
+                              const struct kvr_block_key *key,
                               uint8_t *dst,
                               uint64_t dst_cap,
                               uint64_t *len,
@@ -943,12 +944,14 @@ enum kvr_status kvr_disk_read(const struct kvr_disk *disk,
 /**
  * Writes to `*out` whether `key` has an entry (does not change recency).
  */
-enum kvr_status kvr_disk_contains(const struct kvr_disk *disk, const uint8_t *key, bool *out);
+enum kvr_status kvr_disk_contains(const struct kvr_disk *disk,
+                                  const struct kvr_block_key *key,
+                                  bool *out);
 
 /**
  * Removes `key`'s entry; it stays removed after a crash. `KVR_ERR_NOT_FOUND` if absent.
  */
-enum kvr_status kvr_disk_remove(const struct kvr_disk *disk, const uint8_t *key);
+enum kvr_status kvr_disk_remove(const struct kvr_disk *disk, const struct kvr_block_key *key);
 
 /**
  * Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_counters)`

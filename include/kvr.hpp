@@ -174,7 +174,7 @@ class Job {
 // ---- disk slot file: local spill of fixed-size blocks, crash-safe LRU index ----
 
 /// A slot file key: 16 bytes (the engine's block hash).
-using DiskKey = std::array<std::uint8_t, 16>;
+using DiskKey = kvr_block_key;  // the same 16-byte keys as the fs store
 
 /// Options for Disk (defaults as kvr_disk_config_default).
 struct DiskOptions {
@@ -214,14 +214,14 @@ class Disk {
   /// Stores `len` bytes (and optional metadata) under `key`; may evict the LRU entry.
   void write(const DiskKey& key, const void* src, std::uint64_t len, const void* meta = nullptr,
              std::uint64_t meta_len = 0) {
-    check(kvr_disk_write(h_.get(), key.data(), static_cast<const std::uint8_t*>(src), len,
+    check(kvr_disk_write(h_.get(), &key, static_cast<const std::uint8_t*>(src), len,
                          static_cast<const std::uint8_t*>(meta), meta_len));
   }
   /// Reads `key` into `dst`; throws KVR_ERR_NOT_FOUND, KVR_ERR_CORRUPT, KVR_ERR_TOO_SMALL...
   DiskEntry read(const DiskKey& key, void* dst, std::uint64_t cap, void* meta = nullptr,
                  std::uint64_t meta_cap = 0) {
     DiskEntry e;
-    check(kvr_disk_read(h_.get(), key.data(), static_cast<std::uint8_t*>(dst), cap, &e.len,
+    check(kvr_disk_read(h_.get(), &key, static_cast<std::uint8_t*>(dst), cap, &e.len,
                         static_cast<std::uint8_t*>(meta), meta_cap, &e.meta_len));
     return e;
   }
@@ -229,7 +229,7 @@ class Disk {
   bool try_read(const DiskKey& key, void* dst, std::uint64_t cap, DiskEntry* out = nullptr,
                 void* meta = nullptr, std::uint64_t meta_cap = 0) {
     DiskEntry e;
-    kvr_status s = kvr_disk_read(h_.get(), key.data(), static_cast<std::uint8_t*>(dst), cap,
+    kvr_status s = kvr_disk_read(h_.get(), &key, static_cast<std::uint8_t*>(dst), cap,
                                  &e.len, static_cast<std::uint8_t*>(meta), meta_cap, &e.meta_len);
     if (s == KVR_ERR_NOT_FOUND || s == KVR_ERR_CORRUPT) return false;
     check(s);
@@ -238,12 +238,12 @@ class Disk {
   }
   bool contains(const DiskKey& key) const {
     bool b = false;
-    check(kvr_disk_contains(h_.get(), key.data(), &b));
+    check(kvr_disk_contains(h_.get(), &key, &b));
     return b;
   }
   /// Removes `key`'s entry; false if there was none.
   bool remove(const DiskKey& key) {
-    kvr_status s = kvr_disk_remove(h_.get(), key.data());
+    kvr_status s = kvr_disk_remove(h_.get(), &key);
     if (s == KVR_ERR_NOT_FOUND) return false;
     check(s);
     return true;

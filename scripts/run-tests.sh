@@ -14,11 +14,8 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace
 
-echo "== header is current"
-git diff --exit-code -- include/kvr.h 2>/dev/null || {
-  echo "include/kvr.h differs from what the code generates: commit the regenerated header" >&2
-  exit 1
-}
+# The committed include/kvr.h is checked by tests/header.rs: with CI set, build.rs never
+# rewrites it, so a stale committed header fails `cargo test` there.
 
 prefix=$(mktemp -d "${TMPDIR:-/tmp}/kvr-prefix.XXXXXX")
 ctest_build=$(mktemp -d "${TMPDIR:-/tmp}/kvr-cpp-tests.XXXXXX")

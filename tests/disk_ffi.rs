@@ -6,6 +6,7 @@ use std::ptr::{null, null_mut};
 use kvr::ffi::disk::*;
 use kvr::ffi::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 use kvr::ffi::job::{kvr_job, kvr_job_free, kvr_job_item_status, kvr_job_wait};
+use kvr::ffi::kvr_block_key;
 use kvr::ffi::kvr_status::{self, *};
 
 fn last_error() -> String {
@@ -81,12 +82,12 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(open(&c).unwrap_err(), KVR_ERR_BUSY);
     assert!(last_error().contains("owned"), "{}", last_error());
 
-    let key = [3u8; 16];
+    let key = kvr_block_key { bytes: [3u8; 16] };
     let data = vec![9u8; 5000];
     let meta = b"tokens";
     // Writes: NULLs, zero sizes, too large.
     assert_eq!(
-        kvr_disk_write(null(), key.as_ptr(), data.as_ptr(), 5000, null(), 0),
+        kvr_disk_write(null(), &key, data.as_ptr(), 5000, null(), 0),
         KVR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
@@ -94,20 +95,20 @@ fn c_api_round_trip_and_bad_arguments() {
         KVR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
-        kvr_disk_write(d, key.as_ptr(), null(), 5000, null(), 0),
+        kvr_disk_write(d, &key, null(), 5000, null(), 0),
         KVR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
-        kvr_disk_write(d, key.as_ptr(), data.as_ptr(), 0, null(), 0),
+        kvr_disk_write(d, &key, data.as_ptr(), 0, null(), 0),
         KVR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(
-        kvr_disk_write(d, key.as_ptr(), data.as_ptr(), 5000, null(), 3),
+        kvr_disk_write(d, &key, data.as_ptr(), 5000, null(), 3),
         KVR_ERR_INVALID_ARGUMENT
     );
     let big = vec![0u8; 12289];
     assert_eq!(
-        kvr_disk_write(d, key.as_ptr(), big.as_ptr(), 12289, null(), 0),
+        kvr_disk_write(d, &key, big.as_ptr(), 12289, null(), 0),
         KVR_ERR_TOO_LARGE
     );
     let msg = last_error();
@@ -115,7 +116,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_write(
             d,
-            key.as_ptr(),
+            &key,
             data.as_ptr(),
             5000,
             meta.as_ptr(),
@@ -128,23 +129,14 @@ fn c_api_round_trip_and_bad_arguments() {
     let mut dst = vec![0u8; 12288];
     let mut mdst = [0u8; 16];
     let (mut len, mut mlen) = (77u64, 77u64);
-    let read = |k: &[u8; 16],
+    let read = |k: &kvr_block_key,
                 dst: &mut [u8],
                 cap: u64,
                 m: &mut [u8],
                 mcap: u64,
                 len: &mut u64,
                 mlen: &mut u64| {
-        kvr_disk_read(
-            d,
-            k.as_ptr(),
-            dst.as_mut_ptr(),
-            cap,
-            len,
-            m.as_mut_ptr(),
-            mcap,
-            mlen,
-        )
+        kvr_disk_read(d, k, dst.as_mut_ptr(), cap, len, m.as_mut_ptr(), mcap, mlen)
     };
     assert_eq!(
         read(&key, &mut dst, 12288, &mut mdst, 16, &mut len, &mut mlen),
@@ -170,7 +162,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_read(
             d,
-            key.as_ptr(),
+            &key,
             dst.as_mut_ptr(),
             12288,
             &mut len,
@@ -183,7 +175,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_read(
             d,
-            key.as_ptr(),
+            &key,
             null_mut(),
             12288,
             &mut len,
@@ -196,7 +188,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_read(
             d,
-            key.as_ptr(),
+            &key,
             dst.as_mut_ptr(),
             0,
             &mut len,
@@ -209,7 +201,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_read(
             d,
-            key.as_ptr(),
+            &key,
             dst.as_mut_ptr(),
             12288,
             null_mut(),
@@ -222,7 +214,7 @@ fn c_api_round_trip_and_bad_arguments() {
     assert_eq!(
         kvr_disk_read(
             d,
-            key.as_ptr(),
+            &key,
             dst.as_mut_ptr(),
             12288,
             &mut len,
@@ -245,7 +237,7 @@ fn c_api_round_trip_and_bad_arguments() {
         ),
         KVR_ERR_INVALID_ARGUMENT
     );
-    let other = [4u8; 16];
+    let other = kvr_block_key { bytes: [4u8; 16] };
     assert_eq!(
         read(&other, &mut dst, 12288, &mut mdst, 16, &mut len, &mut mlen),
         KVR_ERR_NOT_FOUND
@@ -253,10 +245,10 @@ fn c_api_round_trip_and_bad_arguments() {
 
     // Contains, remove, stats.
     let mut has = false;
-    assert_eq!(kvr_disk_contains(d, key.as_ptr(), &mut has), KVR_OK);
+    assert_eq!(kvr_disk_contains(d, &key, &mut has), KVR_OK);
     assert!(has);
     assert_eq!(
-        kvr_disk_contains(d, key.as_ptr(), null_mut()),
+        kvr_disk_contains(d, &key, null_mut()),
         KVR_ERR_INVALID_ARGUMENT
     );
     let mut st = kvr_disk_counters::default();
@@ -271,15 +263,15 @@ fn c_api_round_trip_and_bad_arguments() {
         (st.slot_size, st.num_slots, st.direct, st.created),
         (12288, 4, false, true)
     );
-    assert_eq!(kvr_disk_remove(d, key.as_ptr()), KVR_OK);
-    assert_eq!(kvr_disk_remove(d, key.as_ptr()), KVR_ERR_NOT_FOUND);
-    assert_eq!(kvr_disk_contains(d, key.as_ptr(), &mut has), KVR_OK);
+    assert_eq!(kvr_disk_remove(d, &key), KVR_OK);
+    assert_eq!(kvr_disk_remove(d, &key), KVR_ERR_NOT_FOUND);
+    assert_eq!(kvr_disk_contains(d, &key, &mut has), KVR_OK);
     assert!(!has);
 
     // Batches.
     let wops: Vec<kvr_disk_write_op> = (0..4u8)
         .map(|i| kvr_disk_write_op {
-            key: [i; 16],
+            key: kvr_block_key { bytes: [i; 16] },
             src: data.as_ptr(),
             len: 1000 + i as u64,
             meta: meta.as_ptr(),
@@ -312,7 +304,9 @@ fn c_api_round_trip_and_bad_arguments() {
         .zip(metas.iter_mut())
         .enumerate()
         .map(|(i, (b, m))| kvr_disk_read_op {
-            key: [i as u8; 16],
+            key: kvr_block_key {
+                bytes: [i as u8; 16],
+            },
             dst: b.as_mut_ptr(),
             dst_cap: if i == 3 { 1000 } else { 2000 },
             meta_dst: m.as_mut_ptr(),

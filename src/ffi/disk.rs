@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use super::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF, KVR_DIRECT_IO_ON};
 use super::job::kvr_job;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, read_config, write_out};
+use super::{
+    arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, kvr_block_key, read_config, write_out,
+};
 use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
 use crate::io::DirectIo;
 use crate::Error;
@@ -106,7 +108,7 @@ pub struct kvr_disk_counters {
 #[derive(Clone, Copy, Debug)]
 pub struct kvr_disk_write_op {
     /// Key.
-    pub key: [u8; 16],
+    pub key: kvr_block_key,
     /// Payload (1..=slot_size bytes), valid until the job completes.
     pub src: *const u8,
     /// Payload bytes.
@@ -123,7 +125,7 @@ pub struct kvr_disk_write_op {
 #[derive(Clone, Copy, Debug)]
 pub struct kvr_disk_read_op {
     /// Key.
-    pub key: [u8; 16],
+    pub key: kvr_block_key,
     /// Payload destination, valid until the job completes.
     pub dst: *mut u8,
     /// Its capacity.
@@ -211,11 +213,10 @@ pub extern "C" fn kvr_disk_close(disk: *mut kvr_disk) {
 }
 
 /// # Safety
-/// A non-null `key` must point to 16 readable bytes.
-unsafe fn arg_key(key: *const u8) -> crate::Result<Key> {
-    // SAFETY: forwarded contract (16 bytes).
-    let k = unsafe { arg_bytes(key, 16, "key", false) }?;
-    Ok(k.try_into().expect("16 bytes"))
+/// A non-null `key` must point to a readable `kvr_block_key`.
+unsafe fn arg_key(key: *const kvr_block_key) -> crate::Result<Key> {
+    // SAFETY: forwarded contract.
+    Ok(unsafe { arg_ref(key, "key") }?.bytes)
 }
 
 /// Stores `len` bytes at `src` (1..=slot_size) and `meta_len` bytes of metadata at `meta`
@@ -228,7 +229,7 @@ unsafe fn arg_key(key: *const u8) -> crate::Result<Key> {
 #[no_mangle]
 pub extern "C" fn kvr_disk_write(
     disk: *const kvr_disk,
-    key: *const u8,
+    key: *const kvr_block_key,
     src: *const u8,
     len: u64,
     meta: *const u8,
@@ -237,7 +238,7 @@ pub extern "C" fn kvr_disk_write(
     guard(|| {
         // SAFETY: `disk` is NULL or a live handle.
         let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or 16 readable bytes.
+        // SAFETY: `key` is NULL or a readable kvr_block_key.
         let key = unsafe { arg_key(key) }?;
         // SAFETY: `src` is NULL or readable for `len` bytes.
         let data = unsafe { arg_bytes(src, len as usize, "src", false) }?;
@@ -257,7 +258,7 @@ pub extern "C" fn kvr_disk_write(
 #[no_mangle]
 pub extern "C" fn kvr_disk_read(
     disk: *const kvr_disk,
-    key: *const u8,
+    key: *const kvr_block_key,
     dst: *mut u8,
     dst_cap: u64,
     len: *mut u64,
@@ -268,7 +269,7 @@ pub extern "C" fn kvr_disk_read(
     guard(|| {
         // SAFETY: `disk` is NULL or a live handle.
         let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or 16 readable bytes.
+        // SAFETY: `key` is NULL or a readable kvr_block_key.
         let key = unsafe { arg_key(key) }?;
         // SAFETY: `dst` is NULL or writable for `dst_cap` bytes.
         let dst = unsafe { arg_bytes_mut(dst, dst_cap as usize, "dst") }?;
@@ -307,13 +308,13 @@ pub extern "C" fn kvr_disk_read(
 #[no_mangle]
 pub extern "C" fn kvr_disk_contains(
     disk: *const kvr_disk,
-    key: *const u8,
+    key: *const kvr_block_key,
     out: *mut bool,
 ) -> kvr_status {
     guard(|| {
         // SAFETY: `disk` is NULL or a live handle.
         let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or 16 readable bytes.
+        // SAFETY: `key` is NULL or a readable kvr_block_key.
         let key = unsafe { arg_key(key) }?;
         // SAFETY: `out` is NULL (rejected) or writable.
         unsafe { write_out(out, d.inner.contains(&key), "out") }
@@ -322,11 +323,11 @@ pub extern "C" fn kvr_disk_contains(
 
 /// Removes `key`'s entry; it stays removed after a crash. `KVR_ERR_NOT_FOUND` if absent.
 #[no_mangle]
-pub extern "C" fn kvr_disk_remove(disk: *const kvr_disk, key: *const u8) -> kvr_status {
+pub extern "C" fn kvr_disk_remove(disk: *const kvr_disk, key: *const kvr_block_key) -> kvr_status {
     guard(|| {
         // SAFETY: `disk` is NULL or a live handle.
         let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or 16 readable bytes.
+        // SAFETY: `key` is NULL or a readable kvr_block_key.
         let key = unsafe { arg_key(key) }?;
         if d.inner.remove(&key) {
             Ok(())
@@ -410,7 +411,7 @@ pub extern "C" fn kvr_disk_submit_write(
         let raw: Vec<RawWrite> = ops
             .iter()
             .map(|o| RawWrite {
-                key: o.key,
+                key: o.key.bytes,
                 src: o.src,
                 len: o.len as usize,
                 meta: o.meta,
@@ -453,7 +454,7 @@ pub extern "C" fn kvr_disk_submit_read(
                 // SAFETY: as above; field addresses of a valid op.
                 let op = unsafe { *o };
                 RawRead {
-                    key: op.key,
+                    key: op.key.bytes,
                     dst: op.dst,
                     dst_cap: op.dst_cap as usize,
                     meta_dst: op.meta_dst,

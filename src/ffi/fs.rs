@@ -3,6 +3,7 @@
 use std::ffi::{c_char, c_void};
 
 use super::job::kvr_job;
+pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, read_config, write_out};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
@@ -12,14 +13,6 @@ use crate::{Durability, Error};
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
 pub struct kvr_fs {
     inner: FsStore,
-}
-
-/// A 16-byte block key chosen by the engine (usually its block hash).
-#[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
-pub struct kvr_block_key {
-    /// The key bytes.
-    pub bytes: [u8; 16],
 }
 
 /// `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).

@@ -23,6 +23,15 @@ use std::path::PathBuf;
 use crate::{Error, Result};
 pub use status::kvr_status;
 
+/// A 16-byte block key chosen by the engine (usually its block hash); the fs store and the
+/// disk slot file take the same keys, so one hash addresses a block in every tier.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct kvr_block_key {
+    /// The key bytes.
+    pub bytes: [u8; 16],
+}
+
 /// Version of the C ABI in this header; bumped on any incompatible change.
 pub const KVR_ABI_VERSION: u32 = 1;
 
