@@ -9,6 +9,7 @@ mod bench;
 mod fio;
 mod region_cmd;
 mod report;
+mod tensors_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -41,6 +42,11 @@ enum Command {
         #[command(subcommand)]
         command: region_cmd::RegionCommand,
     },
+    /// Tensor (safetensors) files: list what one holds.
+    Tensors {
+        #[command(subcommand)]
+        command: tensors_cmd::TensorsCommand,
+    },
     /// Internal: one rank process of the region benchmark.
     #[command(hide = true, name = "__bench-rank")]
     BenchRank {
@@ -58,6 +64,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
         Command::Region { command } => region_cmd::run(&command),
+        Command::Tensors { command } => tensors_cmd::run(&command),
         Command::BenchRank {
             dir,
             name,

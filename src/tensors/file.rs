@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use memmap2::{Mmap, MmapOptions};
 
-use super::header::{self, Parsed};
+use super::header::{self, Parsed, ParsedTensor};
 use super::Dtype;
 use crate::{err, Error, Result};
 
@@ -47,6 +47,8 @@ pub struct TensorFile {
     file: File,
     map: Mmap,
     tensors: Vec<TensorEntry>,
+    padding: Vec<ParsedTensor>,
+    data_start: u64,
     index: HashMap<String, usize>,
     metadata: Vec<(String, String)>,
     metadata_c: Vec<CString>,
@@ -88,7 +90,10 @@ impl TensorFile {
         let map = unsafe { MmapOptions::new().len(len as usize).map(&file) }
             .map_err(|e| ctx(Error::io("mmap", e)))?;
         let Parsed {
-            tensors, metadata, ..
+            tensors,
+            padding,
+            metadata,
+            data_start,
         } = header::parse(&map).map_err(ctx)?;
         let tensors: Vec<TensorEntry> = tensors
             .into_iter()
@@ -112,6 +117,8 @@ impl TensorFile {
             file,
             map,
             tensors,
+            padding,
+            data_start,
             index,
             metadata,
             metadata_c,
@@ -136,6 +143,22 @@ impl TensorFile {
     /// Tensors in file order.
     pub fn tensors(&self) -> &[TensorEntry] {
         &self.tensors
+    }
+
+    /// The padding tensors of an aligned kvr file (`__kvr_pad_*`, hidden from
+    /// [`TensorFile::tensors`]), in file order; empty for other files.
+    pub fn padding(&self) -> &[ParsedTensor] {
+        &self.padding
+    }
+
+    /// File offset of the data area (8 + the header length).
+    pub fn data_start(&self) -> u64 {
+        self.data_start
+    }
+
+    /// File size in bytes.
+    pub fn file_len(&self) -> u64 {
+        self.map.len() as u64
     }
 
     /// `__metadata__` entries sorted by key.

@@ -236,6 +236,8 @@ pub struct ParsedTensor {
 pub struct Parsed {
     /// Tensors in file order, padding tensors of aligned kvr files left out.
     pub tensors: Vec<ParsedTensor>,
+    /// The padding tensors of aligned kvr files (hidden from `tensors`), in file order.
+    pub padding: Vec<ParsedTensor>,
     /// `__metadata__` entries, sorted by key.
     pub metadata: Vec<(String, String)>,
     /// File offset of the data area.
@@ -276,6 +278,7 @@ pub fn parse(buf: &[u8]) -> Result<Parsed> {
     let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
     let names = meta.offset_keys();
     let mut tensors = Vec::with_capacity(names.len());
+    let mut padding = Vec::new();
     for name in names {
         let info = meta
             .info(&name)
@@ -284,20 +287,23 @@ pub fn parse(buf: &[u8]) -> Result<Parsed> {
             Dtype::from_st(info.dtype).map_err(|e| e.context(format!("tensor '{name}'")))?;
         let is_pad =
             aligned && name.starts_with(PAD_PREFIX) && dtype == Dtype::U8 && info.shape.len() == 1;
-        if is_pad {
-            continue;
-        }
         let (s, e) = info.data_offsets;
-        tensors.push(ParsedTensor {
+        let t = ParsedTensor {
             name,
             dtype,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
             offset: data_start + s as u64,
             len: (e - s) as u64,
-        });
+        };
+        if is_pad {
+            padding.push(t);
+        } else {
+            tensors.push(t);
+        }
     }
     Ok(Parsed {
         tensors,
+        padding,
         metadata,
         data_start,
     })
@@ -399,6 +405,11 @@ mod tests {
         // kvr hides the padding.
         let parsed = parse(&img).unwrap();
         assert_eq!(parsed.tensors.len(), 5);
+        assert_eq!(parsed.padding.len(), 2);
+        assert!(parsed
+            .padding
+            .iter()
+            .all(|t| t.name.starts_with(PAD_PREFIX)));
         assert_eq!(parsed.metadata, vec![(ALIGN_KEY.into(), "4096".into())]);
         assert_eq!(parsed.data_start % ALIGN, 0);
     }
