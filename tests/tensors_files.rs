@@ -425,3 +425,45 @@ fn name_fallback_and_lookups() {
         eprintln!("skipped: device copy (no CUDA here): {e}");
     }
 }
+
+#[test]
+fn read_into_direct_matches_the_mapping_for_every_size_and_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(99);
+    let sizes = [3 * 4096usize, 5000, 6, 0, 4096, 8191];
+    let datas: Vec<Vec<u8>> = sizes.iter().map(|&n| rng.bytes(n)).collect();
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{i}")).collect();
+    let shapes: Vec<[u64; 1]> = sizes.iter().map(|&n| [n as u64]).collect();
+    for align_4k in [true, false] {
+        let p = dir.path().join(format!("d{align_4k}.safetensors"));
+        let tensors: Vec<TensorIn> = (0..sizes.len())
+            .map(|i| TensorIn::contiguous(&names[i], Dtype::U8, &shapes[i], &datas[i]))
+            .collect();
+        let opts = WriteOptions {
+            align_4k,
+            sync: false,
+        };
+        kvr::tensors::write(&p, &tensors, &[], opts).unwrap();
+        let f = TensorFile::open(&p).unwrap();
+        let mut aligned = kvr::io::AlignedBuf::new(4 * 4096).unwrap();
+        let mut plain = vec![0u8; 4 * 4096 + 1];
+        for (i, name) in names.iter().enumerate() {
+            let n = f
+                .read_into_direct(Some(name), aligned.as_mut_slice())
+                .unwrap();
+            assert_eq!(&aligned.as_slice()[..n], &datas[i][..], "{name} aligned");
+            let n = f.read_into_direct(Some(name), &mut plain[1..]).unwrap();
+            assert_eq!(&plain[1..1 + n], &datas[i][..], "{name} unaligned");
+        }
+        let e = f
+            .read_into_direct(Some("t0"), &mut plain[..100])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooSmall);
+        assert_eq!(
+            f.read_into_direct(Some("nope"), &mut plain)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+    }
+}

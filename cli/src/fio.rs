@@ -17,6 +17,7 @@ pub struct FioJob<'a> {
 }
 
 pub enum FioTarget<'a> {
+    #[allow(dead_code)] // the fs and disk tiers' benchmarks use it
     Directory(&'a Path),
     File(&'a Path),
 }

@@ -5,7 +5,6 @@
 //! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
 
 mod bench;
-#[allow(dead_code)] // the disk tiers' benchmarks (fs, disk, tensors) use it
 mod fio;
 mod region_cmd;
 mod report;

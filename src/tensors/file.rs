@@ -5,12 +5,16 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
 
 use memmap2::{Mmap, MmapOptions};
 
 use super::header::{self, Parsed, ParsedTensor};
 use super::Dtype;
+use crate::io::aligned::is_aligned;
+use crate::io::{AlignedBuf, IO_ALIGN};
 use crate::{err, Error, Result};
 
 /// One tensor of an open file.
@@ -50,6 +54,9 @@ pub struct TensorFile {
     padding: Vec<ParsedTensor>,
     data_start: u64,
     index: HashMap<String, usize>,
+    /// A second descriptor opened with O_DIRECT on first use of `read_into_direct`
+    /// (`None` when the file system refuses O_DIRECT).
+    direct: OnceLock<Option<File>>,
     metadata: Vec<(String, String)>,
     metadata_c: Vec<CString>,
 }
@@ -62,6 +69,9 @@ impl std::fmt::Debug for TensorFile {
             .finish()
     }
 }
+
+/// Largest bounce buffer [`TensorFile::read_into_direct`] uses for an unaligned destination.
+pub const DIRECT_BOUNCE: usize = 4 << 20;
 
 fn c_lossy(s: &str) -> CString {
     CString::new(s.replace('\0', "\u{FFFD}")).expect("NULs replaced")
@@ -120,6 +130,7 @@ impl TensorFile {
             padding,
             data_start,
             index,
+            direct: OnceLock::new(),
             metadata,
             metadata_c,
         })
@@ -257,6 +268,83 @@ impl TensorFile {
                     e,
                 )
             })?;
+        Ok(len)
+    }
+
+    /// Like [`TensorFile::read_into`], but bypasses the page cache: when the tensor starts at
+    /// a 4096-aligned file offset (every tensor of a file written with `align_4k`) and the
+    /// file system accepts O_DIRECT, its bytes are read with O_DIRECT straight into `dst`
+    /// when `dst` is 4096-aligned, else through a 4096-aligned bounce buffer of at most
+    /// [`DIRECT_BOUNCE`] bytes; a final partial page always goes through a one-page bounce
+    /// buffer. Otherwise (unaligned tensor, tmpfs ...) it falls back to `read_into`.
+    ///
+    /// Use it for large loads that should not evict other data from the page cache, or when
+    /// the file was just written and its pages are not worth keeping. Returns the bytes copied.
+    pub fn read_into_direct(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
+        let entry = self.find(name)?;
+        let direct = self.direct.get_or_init(|| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+                .open(&self.path)
+                .ok()
+        });
+        let (Some(fd), true) = (direct, entry.offset % IO_ALIGN as u64 == 0) else {
+            return self.read_into(name, dst);
+        };
+        let len = entry.len as usize;
+        if dst.len() < len {
+            return Err(err!(
+                TooSmall,
+                "tensor '{}' is {len} bytes, the buffer holds {}",
+                entry.name,
+                dst.len()
+            ));
+        }
+        let ctx = |at: u64, n: usize, e: std::io::Error| {
+            Error::io(
+                format!(
+                    "reading tensor '{}' with O_DIRECT ({n} bytes at {at}) from {}",
+                    entry.name,
+                    self.path.display()
+                ),
+                e,
+            )
+        };
+        let body = len / IO_ALIGN * IO_ALIGN;
+        if is_aligned(dst.as_ptr(), 0) {
+            fd.read_exact_at(&mut dst[..body], entry.offset)
+                .map_err(|e| ctx(entry.offset, body, e))?;
+        } else if body > 0 {
+            let mut bounce = AlignedBuf::new(body.min(DIRECT_BOUNCE))?;
+            let mut done = 0;
+            while done < body {
+                let n = (body - done).min(bounce.capacity());
+                let at = entry.offset + done as u64;
+                fd.read_exact_at(&mut bounce.as_mut_slice()[..n], at)
+                    .map_err(|e| ctx(at, n, e))?;
+                dst[done..done + n].copy_from_slice(&bounce.as_slice()[..n]);
+                done += n;
+            }
+        }
+        if body < len {
+            // The last partial page: read the whole page (O_DIRECT lengths are multiples of
+            // 4096; the read is short where the page runs past the end of the file).
+            let mut page = AlignedBuf::new(IO_ALIGN)?;
+            let at = entry.offset + body as u64;
+            let got = fd
+                .read_at(page.as_mut_slice(), at)
+                .map_err(|e| ctx(at, IO_ALIGN, e))?;
+            if got < len - body {
+                return Err(err!(
+                    Corrupt,
+                    "{} ended inside tensor '{}' (truncated while open?)",
+                    self.path.display(),
+                    entry.name
+                ));
+            }
+            dst[body..len].copy_from_slice(&page.as_slice()[..len - body]);
+        }
         Ok(len)
     }
 

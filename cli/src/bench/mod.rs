@@ -1,17 +1,19 @@
 //! `kvr bench`: each tier's store and load paths next to the physical limit, same run.
 
 pub mod region;
+pub mod tensors;
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::report::{print_table, Row};
+use crate::report::{print_table, print_timings, Row, Timing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
     Region,
+    Tensors,
     All,
 }
 
@@ -77,14 +79,26 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
         ));
     }
     let mut rows: Vec<Row> = Vec::new();
+    let mut timings: Vec<Timing> = Vec::new();
     if matches!(args.tier, Tier::Region | Tier::All) {
         rows.extend(region::bench(args)?);
     }
+    if matches!(args.tier, Tier::Tensors | Tier::All) {
+        let (r, t) = tensors::bench(args)?;
+        rows.extend(r);
+        timings.extend(t);
+    }
     if args.json {
-        let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows });
+        let out = serde_json::json!({
+            "runs": args.runs,
+            "bytes": args.bytes,
+            "rows": rows,
+            "timings": timings,
+        });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     } else {
         print_table(&rows, args.runs);
+        print_timings(&timings);
     }
     Ok(0)
 }
