@@ -467,3 +467,45 @@ fn read_into_direct_matches_the_mapping_for_every_size_and_destination() {
         );
     }
 }
+
+#[test]
+fn transposes_of_2_and_4_byte_elements_take_every_edge_of_the_register_blocks() {
+    // Sizes around the 8x8 (2-byte) and 4x4 (4-byte) register blocks and the 64-row tile,
+    // flipped (negative strides) or not, from an offset inside a bigger buffer.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(777);
+    for dtype in [Dtype::F16, Dtype::F32] {
+        let elem = dtype.byte_size().unwrap();
+        for (r, c) in [
+            (8u64, 8u64),
+            (9, 17),
+            (37, 83),
+            (64, 130),
+            (130, 9),
+            (3, 70),
+        ] {
+            let data = rng.bytes((r * c) as usize * elem + 64);
+            for flip in [false, true] {
+                // The transpose of an r x c matrix at byte 64: shape [c, r].
+                let (strides, offset) = if flip {
+                    // Rows in reverse order: element [i, j] at (r-1-j)*c + i.
+                    (vec![1i64, -(c as i64)], 64 + ((r - 1) * c) as usize * elem)
+                } else {
+                    (vec![1i64, c as i64], 64)
+                };
+                assert_same_file_as_contiguous(
+                    dir.path(),
+                    TensorIn {
+                        name: "t",
+                        dtype,
+                        shape: &[c, r],
+                        strides: Some(&strides),
+                        data: &data,
+                        offset,
+                    },
+                    &format!("{dtype} transpose of {r}x{c}, flipped {flip}"),
+                );
+            }
+        }
+    }
+}
