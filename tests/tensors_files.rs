@@ -509,3 +509,24 @@ fn transposes_of_2_and_4_byte_elements_take_every_edge_of_the_register_blocks() 
         }
     }
 }
+
+#[test]
+fn lookups_agree_before_and_after_the_name_index_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("n.safetensors");
+    let data: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 4]).collect();
+    let names = ["e", "d", "c", "b", "a"];
+    let tensors: Vec<TensorIn> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| TensorIn::contiguous(n, Dtype::U8, &[4], d))
+        .collect();
+    kvr::tensors::write(&p, &tensors, &[], no_sync()).unwrap();
+    let f = TensorFile::open(&p).unwrap();
+    for round in 0..3 {
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(f.get(Some(n)).unwrap().data, &data[i][..], "{round} {n}");
+        }
+        assert_eq!(f.get(Some("zz")).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}

@@ -8,6 +8,7 @@ use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
 
 use memmap2::{Mmap, MmapOptions};
@@ -31,7 +32,15 @@ pub struct TensorEntry {
     pub offset: u64,
     /// Bytes.
     pub len: u64,
-    pub(crate) name_c: CString,
+    /// The name as a C string, made on first use (by the C API).
+    name_c: OnceLock<CString>,
+}
+
+impl TensorEntry {
+    /// The name as a C string (NULs replaced), valid as long as the entry.
+    pub(crate) fn name_c(&self) -> &CString {
+        self.name_c.get_or_init(|| c_lossy(&self.name))
+    }
 }
 
 /// A zero-copy view of one tensor, borrowed from its [`TensorFile`].
@@ -54,7 +63,10 @@ pub struct TensorFile {
     tensors: Vec<TensorEntry>,
     padding: Vec<ParsedTensor>,
     data_start: u64,
-    index: HashMap<String, usize>,
+    /// Name -> position, built on the second lookup (one lookup is a scan: cheaper than
+    /// hashing every name, and the common "open, get one tensor" stays fast).
+    index: OnceLock<HashMap<String, usize>>,
+    lookups: AtomicBool,
     /// A second descriptor opened with O_DIRECT on first use of `read_into_direct`
     /// (`None` when the file system refuses O_DIRECT).
     direct: OnceLock<Option<File>>,
@@ -113,18 +125,13 @@ impl TensorFile {
         let tensors: Vec<TensorEntry> = tensors
             .into_iter()
             .map(|t| TensorEntry {
-                name_c: c_lossy(&t.name),
+                name_c: OnceLock::new(),
                 name: t.name,
                 dtype: t.dtype,
                 shape: t.shape,
                 offset: t.offset,
                 len: t.len,
             })
-            .collect();
-        let index = tensors
-            .iter()
-            .enumerate()
-            .map(|(i, t)| (t.name.clone(), i))
             .collect();
         let metadata_c = metadata.iter().map(|(_, v)| c_lossy(v)).collect();
         Ok(TensorFile {
@@ -134,7 +141,8 @@ impl TensorFile {
             tensors,
             padding,
             data_start,
-            index,
+            index: OnceLock::new(),
+            lookups: AtomicBool::new(false),
             direct: OnceLock::new(),
             metadata,
             metadata_c,
@@ -202,7 +210,7 @@ impl TensorFile {
     /// otherwise the `NotFound` error lists the available names.
     pub fn find(&self, name: Option<&str>) -> Result<&TensorEntry> {
         let found = match name {
-            Some(n) => self.index.get(n).map(|&i| &self.tensors[i]),
+            Some(n) => self.position(n).map(|i| &self.tensors[i]),
             None if self.tensors.len() == 1 => Some(&self.tensors[0]),
             None => None,
         };
@@ -221,6 +229,23 @@ impl TensorFile {
                 self.list_names()
             )
         })
+    }
+
+    fn position(&self, name: &str) -> Option<usize> {
+        if let Some(index) = self.index.get() {
+            return index.get(name).copied();
+        }
+        if !self.lookups.swap(true, Ordering::Relaxed) {
+            return self.tensors.iter().position(|t| t.name == name);
+        }
+        let index = self.index.get_or_init(|| {
+            self.tensors
+                .iter()
+                .enumerate()
+                .map(|(i, t)| (t.name.clone(), i))
+                .collect()
+        });
+        index.get(name).copied()
     }
 
     fn list_names(&self) -> String {

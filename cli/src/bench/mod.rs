@@ -22,13 +22,16 @@ pub struct BenchArgs {
     /// Which tier to measure.
     #[arg(long, value_enum, default_value = "all")]
     pub tier: Tier,
-    /// Block sizes, comma-separated, with K/M/G suffixes.
+    /// Block sizes, comma-separated, with K/M/G suffixes. For --tier tensors: the size of
+    /// each tensor in the benchmark file (a multiple of 4096) and fio's --bs.
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "64K,2M")]
     pub block_size: Vec<u64>,
-    /// I/O threads (and fio --numjobs) for the disk tiers.
+    /// I/O threads (and fio --numjobs) for the disk tiers. The tensors tier reads and writes
+    /// one file from one thread (fio --numjobs=1), as `read_into` and `write` do.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
     /// Directory for the disk tiers' files (and fio's); region files go to /dev/shm.
+    /// The tensors tier puts one file of --bytes there (removed at the end).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     /// Bytes moved per measurement (K/M/G suffixes).

@@ -2,7 +2,8 @@
 //! `--block-size` bytes each (4 KiB-aligned, as kvr writes them for O_DIRECT):
 //!
 //! - `read_into` of every tensor in file order, one thread, into one 4096-aligned tensor
-//!   buffer (fio also reuses one buffer), against `fio --rw=read` of the same file with
+//!   buffer (fio also reuses one buffer), opening the file each pass (fio does too), against
+//!   `fio --rw=read --ioengine=psync` of the same file with
 //!   `--bs` = the tensor size and `--numjobs=1`:
 //!   - `read O_DIRECT`: [`TensorFile::read_into_direct`] vs fio `--direct=1`;
 //!   - `read cold`: buffered `read_into` after `POSIX_FADV_DONTNEED` of the file vs fio
