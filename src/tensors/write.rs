@@ -271,6 +271,18 @@ mod transpose {
             let je = (jb + TILE).min(inner);
             let mut j0 = jb;
             while j0 + lanes <= je {
+                // Prefetch the next block's source rows: each block reads `lanes` short
+                // runs (n elements) too few for the hardware prefetcher to pick up.
+                if j0 + 2 * lanes <= je {
+                    for q in 0..lanes {
+                        for off in (0..n * E).step_by(64) {
+                            let p = src(0, j0 + lanes + q) + off;
+                            // SAFETY: a prefetch is a hint that never faults; the address
+                            // is inside source row j0+lanes+q of the view anyway.
+                            unsafe { _mm_prefetch::<_MM_HINT_T0>(sp.add(p).cast()) };
+                        }
+                    }
+                }
                 let mut k0 = 0;
                 while k0 + lanes <= n {
                     let ld = |q: usize| unsafe { _mm_loadu_si128(sp.add(src(k0, j0 + q)).cast()) };
