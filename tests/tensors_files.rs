@@ -425,3 +425,108 @@ fn name_fallback_and_lookups() {
         eprintln!("skipped: device copy (no CUDA here): {e}");
     }
 }
+
+#[test]
+fn read_into_direct_matches_the_mapping_for_every_size_and_destination() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(99);
+    let sizes = [3 * 4096usize, 5000, 6, 0, 4096, 8191];
+    let datas: Vec<Vec<u8>> = sizes.iter().map(|&n| rng.bytes(n)).collect();
+    let names: Vec<String> = (0..sizes.len()).map(|i| format!("t{i}")).collect();
+    let shapes: Vec<[u64; 1]> = sizes.iter().map(|&n| [n as u64]).collect();
+    for align_4k in [true, false] {
+        let p = dir.path().join(format!("d{align_4k}.safetensors"));
+        let tensors: Vec<TensorIn> = (0..sizes.len())
+            .map(|i| TensorIn::contiguous(&names[i], Dtype::U8, &shapes[i], &datas[i]))
+            .collect();
+        let opts = WriteOptions {
+            align_4k,
+            sync: false,
+        };
+        kvr::tensors::write(&p, &tensors, &[], opts).unwrap();
+        let f = TensorFile::open(&p).unwrap();
+        let mut aligned = kvr::io::AlignedBuf::new(4 * 4096).unwrap();
+        let mut plain = vec![0u8; 4 * 4096 + 1];
+        for (i, name) in names.iter().enumerate() {
+            let n = f
+                .read_into_direct(Some(name), aligned.as_mut_slice())
+                .unwrap();
+            assert_eq!(&aligned.as_slice()[..n], &datas[i][..], "{name} aligned");
+            let n = f.read_into_direct(Some(name), &mut plain[1..]).unwrap();
+            assert_eq!(&plain[1..1 + n], &datas[i][..], "{name} unaligned");
+        }
+        let e = f
+            .read_into_direct(Some("t0"), &mut plain[..100])
+            .unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::TooSmall);
+        assert_eq!(
+            f.read_into_direct(Some("nope"), &mut plain)
+                .unwrap_err()
+                .kind(),
+            ErrorKind::NotFound
+        );
+    }
+}
+
+#[test]
+fn transposes_of_2_and_4_byte_elements_take_every_edge_of_the_register_blocks() {
+    // Sizes around the 8x8 (2-byte) and 4x4 (4-byte) register blocks and the 64-row tile,
+    // flipped (negative strides) or not, from an offset inside a bigger buffer.
+    let dir = tempfile::tempdir().unwrap();
+    let mut rng = Rng(777);
+    for dtype in [Dtype::F16, Dtype::F32] {
+        let elem = dtype.byte_size().unwrap();
+        for (r, c) in [
+            (8u64, 8u64),
+            (9, 17),
+            (37, 83),
+            (64, 130),
+            (130, 9),
+            (3, 70),
+        ] {
+            let data = rng.bytes((r * c) as usize * elem + 64);
+            for flip in [false, true] {
+                // The transpose of an r x c matrix at byte 64: shape [c, r].
+                let (strides, offset) = if flip {
+                    // Rows in reverse order: element [i, j] at (r-1-j)*c + i.
+                    (vec![1i64, -(c as i64)], 64 + ((r - 1) * c) as usize * elem)
+                } else {
+                    (vec![1i64, c as i64], 64)
+                };
+                assert_same_file_as_contiguous(
+                    dir.path(),
+                    TensorIn {
+                        name: "t",
+                        dtype,
+                        shape: &[c, r],
+                        strides: Some(&strides),
+                        data: &data,
+                        offset,
+                    },
+                    &format!("{dtype} transpose of {r}x{c}, flipped {flip}"),
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn lookups_agree_before_and_after_the_name_index_is_built() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("n.safetensors");
+    let data: Vec<Vec<u8>> = (0..5u8).map(|i| vec![i; 4]).collect();
+    let names = ["e", "d", "c", "b", "a"];
+    let tensors: Vec<TensorIn> = names
+        .iter()
+        .zip(&data)
+        .map(|(n, d)| TensorIn::contiguous(n, Dtype::U8, &[4], d))
+        .collect();
+    kvr::tensors::write(&p, &tensors, &[], no_sync()).unwrap();
+    let f = TensorFile::open(&p).unwrap();
+    for round in 0..3 {
+        for (i, n) in names.iter().enumerate() {
+            assert_eq!(f.get(Some(n)).unwrap().data, &data[i][..], "{round} {n}");
+        }
+        assert_eq!(f.get(Some("zz")).unwrap_err().kind(), ErrorKind::NotFound);
+    }
+}

@@ -19,7 +19,7 @@ pub struct FioJob<'a> {
 
 #[derive(Clone, Copy)]
 pub enum FioTarget<'a> {
-    #[allow(dead_code)] // the fs and tensors tiers' benchmarks use it
+    #[allow(dead_code)] // the fs tier's benchmark uses it
     Directory(&'a Path),
     File(&'a Path),
 }

@@ -9,6 +9,7 @@ mod disk_cmd;
 mod fio;
 mod region_cmd;
 mod report;
+mod tensors_cmd;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -46,6 +47,11 @@ enum Command {
         #[command(subcommand)]
         command: disk_cmd::DiskCommand,
     },
+    /// Tensor (safetensors) files: list what one holds.
+    Tensors {
+        #[command(subcommand)]
+        command: tensors_cmd::TensorsCommand,
+    },
     /// Internal: one rank process of the region benchmark.
     #[command(hide = true, name = "__bench-rank")]
     BenchRank {
@@ -64,6 +70,7 @@ fn main() -> ExitCode {
         Command::Bench(args) => bench::run(&args),
         Command::Region { command } => region_cmd::run(&command),
         Command::Disk { command } => disk_cmd::run(&command),
+        Command::Tensors { command } => tensors_cmd::run(&command),
         Command::BenchRank {
             dir,
             name,

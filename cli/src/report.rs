@@ -70,6 +70,33 @@ impl Row {
     }
 }
 
+/// A latency measurement that has no throughput limit to compare with, in microseconds.
+#[derive(Debug, Serialize)]
+pub struct Timing {
+    pub tier: String,
+    pub what: String,
+    pub micros: Summary,
+}
+
+impl Timing {
+    pub fn new(tier: &str, what: &str, micros: &[f64]) -> Timing {
+        Timing {
+            tier: tier.into(),
+            what: what.into(),
+            micros: Summary::of(micros),
+        }
+    }
+}
+
+pub fn print_timings(timings: &[Timing]) {
+    for t in timings {
+        println!(
+            "{:<8} {}: median {:.0} us ({:.0}-{:.0})",
+            t.tier, t.what, t.micros.median, t.micros.min, t.micros.max
+        );
+    }
+}
+
 pub fn human_bytes(n: u64) -> String {
     const UNITS: [(&str, u64); 4] = [
         ("T", 1 << 40),

@@ -97,3 +97,48 @@ fn bench_region_smoke_json() {
         assert!(r["ratio"].as_f64().unwrap() > 0.0, "{r}");
     }
 }
+
+#[test]
+fn bench_tensors_smoke_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = kvr(&[
+        "bench",
+        "--tier",
+        "tensors",
+        "--bytes",
+        "64M",
+        "--runs",
+        "1",
+        "--block-size",
+        "2M",
+        "--dir",
+        dir.path().to_str().unwrap(),
+        "--json",
+    ]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let rows = v["rows"].as_array().unwrap();
+    let ops: Vec<&str> = rows.iter().map(|r| r["op"].as_str().unwrap()).collect();
+    assert_eq!(
+        ops,
+        [
+            "write T",
+            "write T+fsync",
+            "read O_DIRECT",
+            "read cold",
+            "read warm"
+        ]
+    );
+    for r in rows {
+        assert_eq!(r["tier"], "tensors");
+        assert_eq!(r["block_size"], 2 << 20);
+        assert!(r["kvr_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["limit_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    let t = v["timings"].as_array().unwrap();
+    assert_eq!(t.len(), 2);
+    assert!(t[0]["micros"]["median"].as_f64().unwrap() > 0.0);
+    // Nothing left behind.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}

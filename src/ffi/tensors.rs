@@ -124,7 +124,7 @@ pub struct kvr_tensor_ref {
 impl kvr_tensor_ref {
     fn new(e: &TensorEntry, data: &[u8]) -> Self {
         kvr_tensor_ref {
-            name: e.name_c.as_ptr(),
+            name: e.name_c().as_ptr(),
             dtype: e.dtype.code(),
             rank: e.shape.len() as u32,
             shape: e.shape.as_ptr(),
@@ -383,7 +383,7 @@ pub extern "C" fn kvr_tensors_name_at(
             )
         })?;
         // SAFETY: NULL (rejected) or writable.
-        unsafe { write_out(out, t.name_c.as_ptr(), "out") }
+        unsafe { write_out(out, t.name_c().as_ptr(), "out") }
     })
 }
 

@@ -236,17 +236,62 @@ pub struct ParsedTensor {
 pub struct Parsed {
     /// Tensors in file order, padding tensors of aligned kvr files left out.
     pub tensors: Vec<ParsedTensor>,
+    /// The padding tensors of aligned kvr files (hidden from `tensors`), in file order.
+    pub padding: Vec<ParsedTensor>,
     /// `__metadata__` entries, sorted by key.
     pub metadata: Vec<(String, String)>,
     /// File offset of the data area.
     pub data_start: u64,
 }
 
+/// The header JSON as the `safetensors` crate reads it (an object of `TensorInfo`s plus an
+/// optional `__metadata__` string map; a repeated key keeps its last value), deserialized
+/// straight from the text with the crate's own `TensorInfo` and `Dtype` impls. The crate's
+/// `read_metadata` goes through a serde `flatten`, which buffers the whole document in
+/// generic `Content` values first and costs about 3/4 of the time to open a file.
+struct RawHeader {
+    metadata: Option<std::collections::HashMap<String, String>>,
+    tensors: Vec<(String, safetensors::tensor::TensorInfo)>,
+}
+
+impl<'de> serde::Deserialize<'de> for RawHeader {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawHeader;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a safetensors header object")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<RawHeader, A::Error> {
+                let mut metadata = None;
+                let mut tensors = Vec::new();
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "__metadata__" {
+                        metadata = Some(map.next_value()?);
+                    } else {
+                        tensors.push((key, map.next_value()?));
+                    }
+                }
+                Ok(RawHeader { metadata, tensors })
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
 /// Parses and validates the header of a whole file image (`buf` is the full file, usually a
-/// mapping; only the header bytes are read). Uses the `safetensors` crate's parser, which
-/// checks: header length within the file, valid UTF-8 JSON, known dtypes, offsets contiguous
-/// in order (so none overlap), sizes equal to dtype x shape, and data ending at the file's end.
+/// mapping; only the header bytes are read). The checks are the `safetensors` crate's
+/// (`SafeTensors::read_metadata`): header length within the file and at most 100 MB, valid
+/// UTF-8 JSON, known dtypes (the crate's `Dtype`/`TensorInfo` deserializers), offsets
+/// contiguous in order so none overlap and sizes equal to dtype x shape (the crate's
+/// `Metadata::new`), data ending exactly at the file's end. Only the walk over the JSON
+/// object is kvr's ([`RawHeader`]), about 4x faster than the crate's; a test checks both
+/// agree on good and malformed headers.
 pub fn parse(buf: &[u8]) -> Result<Parsed> {
+    use safetensors::SafeTensorError as E;
     let len = buf.len() as u64;
     let Some(n) = buf.get(..8) else {
         return Err(err!(
@@ -261,43 +306,65 @@ pub fn parse(buf: &[u8]) -> Result<Parsed> {
             "header length {n} runs past the end of the {len}-byte file"
         ));
     }
-    let (n, meta) = safetensors::SafeTensors::read_metadata(buf)
-        .map_err(|e| err!(Corrupt, "invalid safetensors header: {}", describe(&e)))?;
-    let data_start = 8 + n as u64;
-    let metadata = {
-        let mut m: Vec<(String, String)> = meta
-            .metadata()
-            .as_ref()
-            .map(|m| m.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-            .unwrap_or_default();
-        m.sort();
-        m
-    };
+    let bad = |e: E| err!(Corrupt, "invalid safetensors header: {}", describe(&e));
+    if n > MAX_HEADER {
+        return Err(bad(E::HeaderTooLarge));
+    }
+    let text =
+        std::str::from_utf8(&buf[8..8 + n as usize]).map_err(|e| bad(E::InvalidHeader(e)))?;
+    let RawHeader {
+        metadata,
+        mut tensors,
+    } = serde_json::from_str(text).map_err(|e| bad(E::InvalidHeaderDeserialization(e)))?;
+    // A repeated name keeps its last entry (as the crate's HashMap does); then file order.
+    if tensors.len() > 1 {
+        let mut seen = std::collections::HashMap::with_capacity(tensors.len());
+        for (i, (name, _)) in tensors.iter().enumerate() {
+            seen.insert(name.as_str(), i);
+        }
+        if seen.len() < tensors.len() {
+            let keep: HashSet<usize> = seen.into_values().collect();
+            let mut i = 0;
+            tensors.retain(|_| {
+                i += 1;
+                keep.contains(&(i - 1))
+            });
+        }
+    }
+    tensors.sort_by(|(a, x), (b, y)| x.data_offsets.cmp(&y.data_offsets).then(a.cmp(b)));
+    let data_start = 8 + n;
+    let mut metadata: Vec<(String, String)> = metadata.unwrap_or_default().into_iter().collect();
+    metadata.sort();
     let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
-    let names = meta.offset_keys();
-    let mut tensors = Vec::with_capacity(names.len());
-    for name in names {
-        let info = meta
-            .info(&name)
-            .ok_or_else(|| err!(Internal, "tensor '{name}' listed but not found"))?;
+    let mut out = Vec::with_capacity(tensors.len());
+    let mut padding = Vec::new();
+    for (name, info) in &tensors {
         let dtype =
             Dtype::from_st(info.dtype).map_err(|e| e.context(format!("tensor '{name}'")))?;
         let is_pad =
             aligned && name.starts_with(PAD_PREFIX) && dtype == Dtype::U8 && info.shape.len() == 1;
-        if is_pad {
-            continue;
-        }
         let (s, e) = info.data_offsets;
-        tensors.push(ParsedTensor {
-            name,
+        let t = ParsedTensor {
+            name: name.clone(),
             dtype,
             shape: info.shape.iter().map(|&d| d as u64).collect(),
             offset: data_start + s as u64,
-            len: (e - s) as u64,
-        });
+            len: (e as u64).wrapping_sub(s as u64),
+        };
+        if is_pad {
+            padding.push(t);
+        } else {
+            out.push(t);
+        }
+    }
+    // The crate's validation: contiguous offsets in order, sizes = dtype x shape.
+    let meta = safetensors::tensor::Metadata::new(None, tensors).map_err(bad)?;
+    if meta.data_len() as u64 != len - data_start {
+        return Err(bad(E::MetadataIncompleteBuffer));
     }
     Ok(Parsed {
-        tensors,
+        tensors: out,
+        padding,
         metadata,
         data_start,
     })
@@ -399,6 +466,11 @@ mod tests {
         // kvr hides the padding.
         let parsed = parse(&img).unwrap();
         assert_eq!(parsed.tensors.len(), 5);
+        assert_eq!(parsed.padding.len(), 2);
+        assert!(parsed
+            .padding
+            .iter()
+            .all(|t| t.name.starts_with(PAD_PREFIX)));
         assert_eq!(parsed.metadata, vec![(ALIGN_KEY.into(), "4096".into())]);
         assert_eq!(parsed.data_start % ALIGN, 0);
     }
@@ -434,6 +506,84 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.to_string().contains("overflow"), "{e}");
+    }
+
+    /// kvr's parse accepts exactly what the crate's `read_metadata` accepts, with the same
+    /// tensors, on good headers and on many broken variants of them.
+    #[test]
+    fn parse_agrees_with_the_crate() {
+        let specs = [
+            spec("a", Dtype::F32, &[2, 3]),
+            spec("z", Dtype::U8, &[0]),
+            spec("b", Dtype::BF16, &[5]),
+        ];
+        let good = image(&plan(&specs, &[("k", "v")], true).unwrap());
+        let json_end = 8 + good[8..].iter().position(|&c| c == b' ').unwrap();
+        let data_start = parse(&good).unwrap().data_start as usize;
+        let mut cases: Vec<Vec<u8>> = vec![good.clone()];
+        let edits: [(&str, &str); 11] = [
+            ("\"k\":\"v\"", "\"k\":\"w\",\"k\":\"v\""),
+            ("\"F32\"", "\"F31\""),
+            ("[2,3]", "[2,4]"),
+            ("[2,3]", "[2,-3]"),
+            ("\"data_offsets\":[0,24]", "\"data_offsets\":[0,20]"),
+            ("\"data_offsets\":[0,24]", "\"data_offsets\":[8,32]"),
+            ("\"__metadata__\":{\"k\":\"v\"", "\"__metadata__\":{\"k\":1"),
+            ("\"b\":", "\"a\":"),
+            ("\"z\":", "\"a\":"),
+            ("{\"__metadata__\"", "[\"__metadata__\""),
+            ("\"shape\"", "\"shapes\""),
+        ];
+        for (from, to) in edits {
+            let text = std::str::from_utf8(&good[8..json_end]).unwrap();
+            assert!(text.contains(from), "{from} in {text}");
+            // Same header length (the JSON re-padded with spaces), same data.
+            let mut v = good.clone();
+            let mut h = text.replacen(from, to, 1).into_bytes();
+            h.resize(data_start - 8, b' ');
+            v[8..data_start].copy_from_slice(&h);
+            cases.push(v);
+        }
+        let mut trailing = good.clone();
+        trailing.push(0);
+        cases.push(trailing);
+        cases.push(good[..good.len() - 1].to_vec());
+        let mut not_utf8 = good.clone();
+        not_utf8[12] = 0xff;
+        cases.push(not_utf8);
+        let mut accepted = 0;
+        for (i, c) in cases.iter().enumerate() {
+            let ours = parse(c);
+            accepted += usize::from(ours.is_ok());
+            let theirs = safetensors::SafeTensors::read_metadata(c);
+            assert_eq!(
+                ours.is_ok(),
+                theirs.is_ok(),
+                "case {i}: {ours:?} vs {theirs:?}"
+            );
+            if let (Ok(p), Ok((_, m))) = (ours, theirs) {
+                let mut names: Vec<String> = p
+                    .tensors
+                    .iter()
+                    .chain(&p.padding)
+                    .map(|t| t.name.clone())
+                    .collect();
+                names.sort();
+                let mut want: Vec<String> = m.tensors().into_keys().collect();
+                want.sort();
+                assert_eq!(names, want, "case {i}");
+                for t in p.tensors.iter().chain(&p.padding) {
+                    let info = m.info(&t.name).unwrap();
+                    assert_eq!(t.offset - p.data_start, info.data_offsets.0 as u64);
+                    assert_eq!(
+                        t.shape,
+                        info.shape.iter().map(|&d| d as u64).collect::<Vec<_>>()
+                    );
+                }
+            }
+        }
+        // The good file and the repeated metadata value pass; the broken ones do not.
+        assert_eq!(accepted, 2, "{} cases", cases.len());
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl Gather {
             return None;
         }
         let row = self.inner_len as usize * self.elem;
-        let t = (TILE as u64).min(len).min((CHUNK / row.max(1)) as u64) as usize;
+        let t = (TILE_ROWS as u64).min(len).min((CHUNK / row.max(1)) as u64) as usize;
         (t >= 2).then_some(t)
     }
 
@@ -223,8 +223,121 @@ impl Gather {
     }
 }
 
-/// Rows per tile of the tiled gather.
+/// Output rows per tile of the tiled gather: along them the source is read sequentially
+/// (a run of TILE_ROWS elements per source row), long enough for the hardware prefetcher.
+const TILE_ROWS: usize = 256;
+/// Source rows (output elements) per block within a tile: TILE rows x TILE_ROWS elements of
+/// the source and as many output bytes stay in L1/L2 while the block is transposed.
 const TILE: usize = 64;
+
+/// Transposes with SSE2 (part of the x86_64 baseline, so always available there).
+#[cfg(target_arch = "x86_64")]
+mod transpose {
+    use std::arch::x86_64::*;
+
+    use super::TILE;
+
+    /// Output row `k < n`, element `j < inner` (E bytes each, rows `inner*E` bytes apart in
+    /// `dp`) <- the source element at byte `start + k*E + j*inner_stride` of `sp`.
+    /// Full L x L blocks (L = 16/E) go through registers; the edges element by element.
+    ///
+    /// # Safety
+    /// Every source element so described lies inside the allocation at `sp`; `dp` is valid
+    /// for `n*inner*E` bytes of writes and does not overlap the source.
+    pub(super) unsafe fn tile<const E: usize>(
+        sp: *const u8,
+        dp: *mut u8,
+        start: i64,
+        n: usize,
+        inner: usize,
+        inner_stride: i64,
+    ) {
+        let lanes = 16 / E;
+        let row = inner * E;
+        let src = |k: usize, j: usize| (start + (k * E) as i64 + j as i64 * inner_stride) as usize;
+        // SAFETY (all blocks below): loads read elements k0..k0+lanes of source row j, all
+        // elements of the view (k < n, j < inner); stores write output rows k < n at
+        // elements j < inner, inside `dp`'s n*row bytes.
+        let scalar = |k: std::ops::Range<usize>, j: std::ops::Range<usize>| {
+            for k in k {
+                for j in j.clone() {
+                    unsafe {
+                        std::ptr::copy_nonoverlapping(sp.add(src(k, j)), dp.add(k * row + j * E), E)
+                    };
+                }
+            }
+        };
+        for jb in (0..inner).step_by(TILE) {
+            let je = (jb + TILE).min(inner);
+            let mut j0 = jb;
+            while j0 + lanes <= je {
+                // Prefetch the next block's source rows: each block reads `lanes` short
+                // runs (n elements) too few for the hardware prefetcher to pick up.
+                if j0 + 2 * lanes <= je {
+                    for q in 0..lanes {
+                        for off in (0..n * E).step_by(64) {
+                            let p = src(0, j0 + lanes + q) + off;
+                            // SAFETY: a prefetch is a hint that never faults; the address
+                            // is inside source row j0+lanes+q of the view anyway.
+                            unsafe { _mm_prefetch::<_MM_HINT_T0>(sp.add(p).cast()) };
+                        }
+                    }
+                }
+                let mut k0 = 0;
+                while k0 + lanes <= n {
+                    let ld = |q: usize| unsafe { _mm_loadu_si128(sp.add(src(k0, j0 + q)).cast()) };
+                    let st = |q: usize, v: __m128i| unsafe {
+                        _mm_storeu_si128(dp.add((k0 + q) * row + j0 * E).cast(), v)
+                    };
+                    // SAFETY: SSE2 is part of x86_64; the intrinsics only touch registers.
+                    unsafe {
+                        if E == 2 {
+                            let a: [__m128i; 8] = std::array::from_fn(ld);
+                            let t0 = _mm_unpacklo_epi16(a[0], a[1]);
+                            let t1 = _mm_unpackhi_epi16(a[0], a[1]);
+                            let t2 = _mm_unpacklo_epi16(a[2], a[3]);
+                            let t3 = _mm_unpackhi_epi16(a[2], a[3]);
+                            let t4 = _mm_unpacklo_epi16(a[4], a[5]);
+                            let t5 = _mm_unpackhi_epi16(a[4], a[5]);
+                            let t6 = _mm_unpacklo_epi16(a[6], a[7]);
+                            let t7 = _mm_unpackhi_epi16(a[6], a[7]);
+                            let u0 = _mm_unpacklo_epi32(t0, t2);
+                            let u1 = _mm_unpackhi_epi32(t0, t2);
+                            let u2 = _mm_unpacklo_epi32(t1, t3);
+                            let u3 = _mm_unpackhi_epi32(t1, t3);
+                            let u4 = _mm_unpacklo_epi32(t4, t6);
+                            let u5 = _mm_unpackhi_epi32(t4, t6);
+                            let u6 = _mm_unpacklo_epi32(t5, t7);
+                            let u7 = _mm_unpackhi_epi32(t5, t7);
+                            st(0, _mm_unpacklo_epi64(u0, u4));
+                            st(1, _mm_unpackhi_epi64(u0, u4));
+                            st(2, _mm_unpacklo_epi64(u1, u5));
+                            st(3, _mm_unpackhi_epi64(u1, u5));
+                            st(4, _mm_unpacklo_epi64(u2, u6));
+                            st(5, _mm_unpackhi_epi64(u2, u6));
+                            st(6, _mm_unpacklo_epi64(u3, u7));
+                            st(7, _mm_unpackhi_epi64(u3, u7));
+                        } else {
+                            let a: [__m128i; 4] = std::array::from_fn(ld);
+                            let t0 = _mm_unpacklo_epi32(a[0], a[1]);
+                            let t1 = _mm_unpackhi_epi32(a[0], a[1]);
+                            let t2 = _mm_unpacklo_epi32(a[2], a[3]);
+                            let t3 = _mm_unpackhi_epi32(a[2], a[3]);
+                            st(0, _mm_unpacklo_epi64(t0, t2));
+                            st(1, _mm_unpackhi_epi64(t0, t2));
+                            st(2, _mm_unpacklo_epi64(t1, t3));
+                            st(3, _mm_unpackhi_epi64(t1, t3));
+                        }
+                    }
+                    k0 += lanes;
+                }
+                scalar(k0..n, j0..j0 + lanes);
+                j0 += lanes;
+            }
+            scalar(0..n, j0..je);
+        }
+    }
+}
 
 /// Calls `f(offset)` for every index of `dims` (size, byte stride) in C order.
 fn odometer(dims: &[(u64, i64)], mut f: impl FnMut(i64) -> Result<()>) -> Result<()> {
@@ -387,8 +500,7 @@ impl Sink<'_> {
             self.flush()?;
         }
         let at = self.buf.len();
-        self.buf.resize(at + n * row, 0);
-        let dst = &mut self.buf[at..];
+        self.buf.reserve(n * row);
         // Blocks of TILE x TILE elements: TILE source cache lines and TILE destination
         // runs are live at a time, so both sides stay in cache and in the TLB.
         let inner = g.inner_len as usize;
@@ -404,7 +516,26 @@ impl Sink<'_> {
                 + (inner as i64 - 1) * g.inner_stride.min(0);
             first >= 0 && (last as usize + elem) <= src.len()
         });
-        let (sp, dp) = (src.as_ptr(), dst.as_mut_ptr());
+        // The kernels below write every byte of the n*row bytes after `at` (each output row
+        // k < n, each element j < inner), so the length is set after them without zeroing.
+        // SAFETY: `reserve` made room for n*row bytes after `at`.
+        let (sp, dp) = (src.as_ptr(), unsafe { self.buf.as_mut_ptr().add(at) });
+        #[cfg(target_arch = "x86_64")]
+        if row_stride == elem as i64 && (elem == 2 || elem == 4) {
+            // A plain transpose of 2- or 4-byte elements: 8x8 / 4x4 blocks in SSE2 registers.
+            // SAFETY: as for the scalar loop below: every element read is an element of the
+            // view, inside `src`; writes stay within the n*row bytes of `dst`.
+            unsafe {
+                if elem == 2 {
+                    transpose::tile::<2>(sp, dp, start, n, inner, g.inner_stride)
+                } else {
+                    transpose::tile::<4>(sp, dp, start, n, inner, g.inner_stride)
+                }
+                // SAFETY: all n*row bytes were written (see above); u8 needs no init.
+                self.buf.set_len(at + n * row);
+            }
+            return Ok(());
+        }
         macro_rules! tile_n {
             ($e:expr) => {
                 for jb in (0..inner).step_by(TILE) {
@@ -416,7 +547,8 @@ impl Sink<'_> {
                             let o = (s0 + j as i64 * g.inner_stride) as usize;
                             let d = d0 + j * $e;
                             // SAFETY: `o..o+e` is an element of the view, inside `src` (see
-                            // above); `d..d+e` < n*row = dst.len(); the buffers are distinct.
+                            // above); `d..d+e` < n*row, reserved after `at`; the buffers are
+                            // distinct.
                             unsafe { std::ptr::copy_nonoverlapping(sp.add(o), dp.add(d), $e) };
                         }
                     }
@@ -430,6 +562,8 @@ impl Sink<'_> {
             8 => tile_n!(8),
             _ => tile_n!(elem),
         }
+        // SAFETY: all n*row bytes were written (see above); u8 needs no init.
+        unsafe { self.buf.set_len(at + n * row) };
         Ok(())
     }
 

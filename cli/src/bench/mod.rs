@@ -2,18 +2,20 @@
 
 pub mod disk;
 pub mod region;
+pub mod tensors;
 
 use std::path::PathBuf;
 
 use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
-use crate::report::{print_table, Row};
+use crate::report::{print_table, print_timings, Row, Timing};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
     Region,
     Disk,
+    Tensors,
     All,
 }
 
@@ -22,13 +24,16 @@ pub struct BenchArgs {
     /// Which tier to measure.
     #[arg(long, value_enum, default_value = "all")]
     pub tier: Tier,
-    /// Block sizes, comma-separated, with K/M/G suffixes.
+    /// Block sizes, comma-separated, with K/M/G suffixes. For --tier tensors: the size of
+    /// each tensor in the benchmark file (a multiple of 4096) and fio's --bs.
     #[arg(long, value_delimiter = ',', value_parser = parse_size, default_value = "64K,2M")]
     pub block_size: Vec<u64>,
-    /// I/O threads (and fio --numjobs) for the disk tiers.
+    /// I/O threads (and fio --numjobs) for the disk tiers. The tensors tier reads and writes
+    /// one file from one thread (fio --numjobs=1), as `read_into` and `write` do.
     #[arg(long, default_value_t = 8)]
     pub threads: usize,
     /// Directory for the disk tiers' files (and fio's); region files go to /dev/shm.
+    /// The tensors tier puts one file of --bytes there (removed at the end).
     #[arg(long, default_value = ".")]
     pub dir: PathBuf,
     /// Bytes moved per measurement (K/M/G suffixes).
@@ -80,17 +85,30 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
     }
     let mut rows: Vec<Row> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
+    let mut timings: Vec<Timing> = Vec::new();
     if matches!(args.tier, Tier::Region | Tier::All) {
         rows.extend(region::bench(args)?);
     }
     if matches!(args.tier, Tier::Disk | Tier::All) {
         rows.extend(disk::bench(args, &mut notes)?);
     }
+    if matches!(args.tier, Tier::Tensors | Tier::All) {
+        let (r, t) = tensors::bench(args)?;
+        rows.extend(r);
+        timings.extend(t);
+    }
     if args.json {
-        let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows, "notes": notes });
+        let out = serde_json::json!({
+            "runs": args.runs,
+            "bytes": args.bytes,
+            "rows": rows,
+            "timings": timings,
+            "notes": notes,
+        });
         println!("{}", serde_json::to_string_pretty(&out).unwrap());
     } else {
         print_table(&rows, args.runs);
+        print_timings(&timings);
         for n in &notes {
             println!("{n}");
         }
