@@ -68,6 +68,14 @@ TEST(Tensors, StridedWriteAndZeroCopyRead) {
     int64_t out = 0;
     EXPECT_EQ(f.read_into("s", &out, sizeof out), sizeof out);
     EXPECT_EQ(out, 42);
+    // O_DIRECT read of an aligned tensor into an aligned buffer, and into an unaligned one.
+    alignas(4096) static float direct[4096 / sizeof(float)];
+    EXPECT_EQ(f.read_into_direct("t", direct, sizeof direct), 48u);
+    for (int i = 0; i < 3; i++)
+      for (int j = 0; j < 4; j++) EXPECT_EQ(direct[i * 4 + j], static_cast<float>(j * 3 + i));
+    float unaligned[13];
+    EXPECT_EQ(f.read_into_direct("t", unaligned + 1, 48), 48u);
+    EXPECT_EQ(unaligned[1 + 5], static_cast<float>(1 * 3 + 1));
     // NULL name with two tensors: NOT_FOUND listing the names.
     try {
       f.get(nullptr);
@@ -81,6 +89,10 @@ TEST(Tensors, StridedWriteAndZeroCopyRead) {
     float small[2];
     EXPECT_KVR(KVR_ERR_TOO_SMALL,
                kvr_tensors_read_into(f.get_handle(), "t", small, sizeof small, &need));
+    EXPECT_EQ(need, 48u);
+    need = 0;
+    EXPECT_KVR(KVR_ERR_TOO_SMALL,
+               kvr_tensors_read_into_direct(f.get_handle(), "t", small, sizeof small, &need));
     EXPECT_EQ(need, 48u);
     // The device copy reports missing CUDA instead of copying to host memory.
     if (kvr_cuda_available() != KVR_OK) {
@@ -145,6 +157,7 @@ TEST(Tensors, BadInputsAreRejectedAndLeaveNoFile) {
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_metadata_get(nullptr, "k", &s));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_get(nullptr, nullptr, &r));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into(nullptr, nullptr, data, 4, &n));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into_direct(nullptr, nullptr, data, 4, &n));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
              kvr_tensors_read_into_device(nullptr, nullptr, 0x1000, 4, 0, &n));
   kvr_tensors_close(nullptr);
@@ -157,6 +170,8 @@ TEST(Tensors, BadInputsAreRejectedAndLeaveNoFile) {
   EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_get(tf.get_handle(), "zz", &r));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_get(tf.get_handle(), "a", nullptr));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into(tf.get_handle(), "a", nullptr, 16, &n));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into_direct(tf.get_handle(), "a", nullptr, 16, &n));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_read_into_direct(tf.get_handle(), "zz", data, 16, &n));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
              kvr_tensors_read_into_device(tf.get_handle(), "a", 0, 16, 0, &n));
   EXPECT_KVR(KVR_OK, kvr_tensors_get(tf.get_handle(), nullptr, &r));  // the only tensor

@@ -1235,14 +1235,27 @@ enum kvr_status kvr_tensors_get(const struct kvr_tensor_file *file,
 
 /**
  * Copies tensor `name` (NULL: the only tensor) into `dst` of `cap` bytes, reading only that
- * tensor's bytes. `*out_len` (may be NULL) receives the bytes copied, or on
- * `KVR_ERR_TOO_SMALL` the size needed.
+ * tensor's bytes through the page cache (the fast path for files read repeatedly).
+ * `*out_len` (may be NULL) receives the bytes copied, or on `KVR_ERR_TOO_SMALL` the size needed.
  */
 enum kvr_status kvr_tensors_read_into(const struct kvr_tensor_file *file,
                                       const char *name,
                                       void *dst,
                                       size_t cap,
                                       size_t *out_len);
+
+/**
+ * Like `kvr_tensors_read_into`, but reads with O_DIRECT, bypassing the page cache (the fast
+ * path for a file read once, e.g. a checkpoint loaded into a pinned region): straight into
+ * `dst` when it and the tensor's offset are 4096-aligned (files written with
+ * `KVR_TENSORS_ALIGN_4K`), else through aligned bounce buffers; falls back to
+ * `kvr_tensors_read_into` where the file system refuses O_DIRECT.
+ */
+enum kvr_status kvr_tensors_read_into_direct(const struct kvr_tensor_file *file,
+                                             const char *name,
+                                             void *dst,
+                                             size_t cap,
+                                             size_t *out_len);
 
 /**
  * Copies tensor `name` into device memory `dst` (a `CUdeviceptr` of `cap` bytes on CUDA

@@ -425,6 +425,12 @@ class TensorFile {
     check(kvr_tensors_read_into(h_.get(), name, dst, cap, &n));
     return n;
   }
+  /// Same, bypassing the page cache with O_DIRECT (for files read once).
+  std::size_t read_into_direct(const char* name, void* dst, std::size_t cap) const {
+    std::size_t n = 0;
+    check(kvr_tensors_read_into_direct(h_.get(), name, dst, cap, &n));
+    return n;
+  }
   /// Copies one tensor into device memory (throws KVR_ERR_CUDA_UNAVAILABLE without CUDA).
   std::size_t read_into_device(const char* name, std::uint64_t dst, std::size_t cap,
                                int device = 0) const {

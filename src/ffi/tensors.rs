@@ -435,8 +435,8 @@ pub extern "C" fn kvr_tensors_get(
 }
 
 /// Copies tensor `name` (NULL: the only tensor) into `dst` of `cap` bytes, reading only that
-/// tensor's bytes. `*out_len` (may be NULL) receives the bytes copied, or on
-/// `KVR_ERR_TOO_SMALL` the size needed.
+/// tensor's bytes through the page cache (the fast path for files read repeatedly).
+/// `*out_len` (may be NULL) receives the bytes copied, or on `KVR_ERR_TOO_SMALL` the size needed.
 #[no_mangle]
 pub extern "C" fn kvr_tensors_read_into(
     file: *const kvr_tensor_file,
@@ -445,35 +445,64 @@ pub extern "C" fn kvr_tensors_read_into(
     cap: usize,
     out_len: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
-        // SAFETY: NULL or a C string.
-        let name = unsafe { opt_name(name) }?;
-        let need = f.inner.find(name)?.len as usize;
-        if cap < need {
-            if !out_len.is_null() {
-                // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
-                unsafe { out_len.write(need) };
-            }
-            return Err(err!(
-                TooSmall,
-                "tensor needs {need} bytes, the buffer holds {cap}"
-            ));
-        }
-        let n = if need == 0 {
-            0
-        } else {
-            // SAFETY: `dst` is writable for `cap` bytes per the contract (NULL/0 rejected).
-            let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
-            f.inner.read_into(name, buf)?
-        };
+    guard(|| read_into(file, name, dst, cap, out_len, false))
+}
+
+/// Like `kvr_tensors_read_into`, but reads with O_DIRECT, bypassing the page cache (the fast
+/// path for a file read once, e.g. a checkpoint loaded into a pinned region): straight into
+/// `dst` when it and the tensor's offset are 4096-aligned (files written with
+/// `KVR_TENSORS_ALIGN_4K`), else through aligned bounce buffers; falls back to
+/// `kvr_tensors_read_into` where the file system refuses O_DIRECT.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_read_into_direct(
+    file: *const kvr_tensor_file,
+    name: *const c_char,
+    dst: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+) -> kvr_status {
+    guard(|| read_into(file, name, dst, cap, out_len, true))
+}
+
+fn read_into(
+    file: *const kvr_tensor_file,
+    name: *const c_char,
+    dst: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+    direct: bool,
+) -> crate::Result<()> {
+    // SAFETY: NULL or a live handle.
+    let f = unsafe { arg_ref(file, "file") }?;
+    // SAFETY: NULL or a C string.
+    let name = unsafe { opt_name(name) }?;
+    let need = f.inner.find(name)?.len as usize;
+    if cap < need {
         if !out_len.is_null() {
-            // SAFETY: non-null and writable.
-            unsafe { out_len.write(n) };
+            // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
+            unsafe { out_len.write(need) };
         }
-        Ok(())
-    })
+        return Err(err!(
+            TooSmall,
+            "tensor needs {need} bytes, the buffer holds {cap}"
+        ));
+    }
+    let n = if need == 0 {
+        0
+    } else {
+        // SAFETY: `dst` is writable for `cap` bytes per the contract (NULL/0 rejected).
+        let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
+        if direct {
+            f.inner.read_into_direct(name, buf)?
+        } else {
+            f.inner.read_into(name, buf)?
+        }
+    };
+    if !out_len.is_null() {
+        // SAFETY: non-null and writable.
+        unsafe { out_len.write(n) };
+    }
+    Ok(())
 }
 
 /// Copies tensor `name` into device memory `dst` (a `CUdeviceptr` of `cap` bytes on CUDA
