@@ -17,6 +17,7 @@
 
 pub mod format;
 pub mod index;
+pub mod maintenance;
 pub mod path;
 mod sys;
 
