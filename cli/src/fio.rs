@@ -14,10 +14,15 @@ pub struct FioJob<'a> {
     pub size_per_job: u64,
     /// Either a directory (one file per job) or one file shared by all jobs.
     pub target: FioTarget<'a>,
+    /// One new file per block instead of one file per job: `--nrfiles=size/bs
+    /// --filesize=bs --create_on_open=1` (files are created inside the timed phase, as a
+    /// block store creates them).
+    pub new_file_per_block: bool,
 }
 
 pub enum FioTarget<'a> {
     Directory(&'a Path),
+    #[allow(dead_code)] // for benchmarks of one shared file (the tensors tier)
     File(&'a Path),
 }
 
@@ -44,6 +49,13 @@ pub fn run(job: &FioJob) -> kvr::Result<f64> {
         "--output-format=json",
         "--end_fsync=0",
     ]);
+    if job.new_file_per_block {
+        cmd.args([
+            format!("--nrfiles={}", (job.size_per_job / job.block_size).max(1)),
+            format!("--filesize={}", job.block_size),
+            "--create_on_open=1".to_string(),
+        ]);
+    }
     match job.target {
         FioTarget::Directory(d) => cmd.arg(format!("--directory={}", d.display())),
         FioTarget::File(f) => cmd.arg(format!("--filename={}", f.display())),

@@ -5,8 +5,8 @@
 //! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
 
 mod bench;
-#[allow(dead_code)] // the disk tiers' benchmarks (fs, disk, tensors) use it
 mod fio;
+mod fs_cmd;
 mod region_cmd;
 mod report;
 
@@ -36,6 +36,11 @@ struct Cli {
 enum Command {
     /// Benchmark tiers against the physical limit (memcpy, fio) measured in the same run.
     Bench(bench::BenchArgs),
+    /// fs block stores: inspect, verify (and repair), trim to a byte bound.
+    Fs {
+        #[command(subcommand)]
+        command: fs_cmd::FsCommand,
+    },
     /// Shared host regions: list them, remove stale ones.
     Region {
         #[command(subcommand)]
@@ -57,6 +62,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::Fs { command } => fs_cmd::run(&command),
         Command::Region { command } => region_cmd::run(&command),
         Command::BenchRank {
             dir,

@@ -101,8 +101,8 @@ pub struct GcReport {
 /// holding `r<N>` subdirectories yields one store per rank (plus an unranked one if it also
 /// holds fan-out directories); an empty namespace directory yields its unranked store.
 pub fn find_stores(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreLocation>> {
-    let meta = std::fs::metadata(root)
-        .map_err(|e| Error::io(format!("fs root {}", root.display()), e))?;
+    let meta =
+        std::fs::metadata(root).map_err(|e| Error::io(format!("fs root {}", root.display()), e))?;
     if !meta.is_dir() {
         return Err(err!(
             InvalidArgument,
@@ -288,8 +288,7 @@ fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<B
     let Err(e) = check_block_bytes(buf, &b.key) else {
         return Ok(None);
     };
-    let removed =
-        repair && sys::same_file(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
+    let removed = repair && sys::same_file(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
     Ok(Some(BadBlock {
         path: b.path.clone(),
         reason: e.to_string(),
@@ -422,7 +421,12 @@ mod tests {
 
     #[test]
     fn gc_plan_is_lru_and_exact() {
-        let v = vec![bf("c", 10, 3), bf("a", 10, 1), bf("b", 10, 2), bf("d", 10, 1)];
+        let v = vec![
+            bf("c", 10, 3),
+            bf("a", 10, 1),
+            bf("b", 10, 2),
+            bf("d", 10, 1),
+        ];
         let names = |p: Vec<BlockFile>| -> Vec<String> {
             p.iter().map(|b| b.path.display().to_string()).collect()
         };

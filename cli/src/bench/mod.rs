@@ -1,5 +1,6 @@
 //! `kvr bench`: each tier's store and load paths next to the physical limit, same run.
 
+pub mod fs;
 pub mod region;
 
 use std::path::PathBuf;
@@ -12,6 +13,7 @@ use crate::report::{print_table, Row};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
     Region,
+    Fs,
     All,
 }
 
@@ -79,6 +81,9 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
     let mut rows: Vec<Row> = Vec::new();
     if matches!(args.tier, Tier::Region | Tier::All) {
         rows.extend(region::bench(args)?);
+    }
+    if matches!(args.tier, Tier::Fs | Tier::All) {
+        rows.extend(fs::bench(args)?);
     }
     if args.json {
         let out = serde_json::json!({ "runs": args.runs, "bytes": args.bytes, "rows": rows });
