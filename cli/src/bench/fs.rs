@@ -10,7 +10,8 @@
 //!   block, as the store does: the file-creation limit),
 //! - `fio --rw=read` of the first job's files (one per job).
 //!
-//! Everything is removed at the end (namespaces only then: deleting thousands of files right
+//! Every fio job writes into its own fresh directory. Everything is removed only at the end
+//! (deleting thousands of files right
 //! before creating thousands more makes ext4's inode allocator skip the recently freed inodes,
 //! which would measure the benchmark's own cleanup).
 
@@ -35,12 +36,13 @@ impl Drop for Cleanup {
     }
 }
 
+/// Keys spread like an engine's block hashes (xxh3-128 of block size, run and index).
 fn key(block: u64, run: usize, i: usize) -> Key {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&(i as u64).to_le_bytes());
-    k[8..12].copy_from_slice(&(block as u32).to_le_bytes());
-    k[12..].copy_from_slice(&(run as u32).to_le_bytes());
-    Key(k)
+    let mut seed = [0u8; 24];
+    seed[..8].copy_from_slice(&block.to_le_bytes());
+    seed[8..16].copy_from_slice(&(run as u64).to_le_bytes());
+    seed[16..].copy_from_slice(&(i as u64).to_le_bytes());
+    Key(xxhash_rust::xxh3::xxh3_128(&seed).to_le_bytes())
 }
 
 /// One kvr run: (store GB/s, load GB/s).
@@ -145,29 +147,20 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                 target,
                 new_file_per_block: new_files,
             };
-            let fresh = || -> kvr::Result<()> {
-                let _ = std::fs::remove_dir_all(&fio_dir);
-                std::fs::create_dir_all(&fio_dir)
-                    .map_err(|e| kvr::Error::io(format!("creating {}", fio_dir.display()), e))
+            // Each fio job gets its own directory, all kept until the end: deleting thousands
+            // of files right before the next run's creations would make ext4's inode
+            // allocator crawl over the recently freed inodes (`recently_deleted`).
+            let dir = |what: &str| -> kvr::Result<PathBuf> {
+                let d = fio_dir.join(format!("{what}-{block}-{run}"));
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| kvr::Error::io(format!("creating {}", d.display()), e))?;
+                Ok(d)
             };
-            fresh()?;
-            fw.push(fio::run(&job(
-                "write",
-                FioTarget::Directory(&fio_dir),
-                false,
-            ))?);
-            fr.push(fio::run(&job(
-                "read",
-                FioTarget::Directory(&fio_dir),
-                false,
-            ))?);
-            fresh()?;
-            fnew.push(fio::run(&job(
-                "write",
-                FioTarget::Directory(&fio_dir),
-                true,
-            ))?);
-            let _ = std::fs::remove_dir_all(&fio_dir);
+            let seq = dir("seq")?;
+            fw.push(fio::run(&job("write", FioTarget::Directory(&seq), false))?);
+            fr.push(fio::run(&job("read", FioTarget::Directory(&seq), false))?);
+            let new = dir("new")?;
+            fnew.push(fio::run(&job("write", FioTarget::Directory(&new), true))?);
             pb.inc(1);
         }
         let t = args.threads;
