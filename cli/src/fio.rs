@@ -15,11 +15,14 @@ pub struct FioJob<'a> {
     pub size_per_job: u64,
     /// Either a directory (one file per job) or one file shared by all jobs.
     pub target: FioTarget<'a>,
+    /// One new file per block instead of one file per job: `--nrfiles=size/bs
+    /// --filesize=bs --create_on_open=1` (files are created inside the timed phase, as a
+    /// block store creates them).
+    pub new_file_per_block: bool,
 }
 
 #[derive(Clone, Copy)]
 pub enum FioTarget<'a> {
-    #[allow(dead_code)] // the fs tier's benchmark uses it
     Directory(&'a Path),
     File(&'a Path),
 }
@@ -76,6 +79,13 @@ fn run_with(job: &FioJob, extra: &[String]) -> kvr::Result<f64> {
         "--end_fsync=0",
     ]);
     cmd.args(extra);
+    if job.new_file_per_block {
+        cmd.args([
+            format!("--nrfiles={}", (job.size_per_job / job.block_size).max(1)),
+            format!("--filesize={}", job.block_size),
+            "--create_on_open=1".to_string(),
+        ]);
+    }
     match job.target {
         FioTarget::Directory(d) => cmd.arg(format!("--directory={}", d.display())),
         FioTarget::File(f) => cmd.arg(format!("--filename={}", f.display())),

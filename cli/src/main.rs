@@ -7,6 +7,7 @@
 mod bench;
 mod disk_cmd;
 mod fio;
+mod fs_cmd;
 mod region_cmd;
 mod report;
 mod tensors_cmd;
@@ -37,6 +38,11 @@ struct Cli {
 enum Command {
     /// Benchmark tiers against the physical limit (memcpy, fio) measured in the same run.
     Bench(bench::BenchArgs),
+    /// fs block stores: inspect, verify (and repair), trim to a byte bound.
+    Fs {
+        #[command(subcommand)]
+        command: fs_cmd::FsCommand,
+    },
     /// Shared host regions: list them, remove stale ones.
     Region {
         #[command(subcommand)]
@@ -68,6 +74,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
+        Command::Fs { command } => fs_cmd::run(&command),
         Command::Region { command } => region_cmd::run(&command),
         Command::Disk { command } => disk_cmd::run(&command),
         Command::Tensors { command } => tensors_cmd::run(&command),

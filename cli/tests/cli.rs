@@ -142,3 +142,191 @@ fn bench_tensors_smoke_json() {
     // Nothing left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
+
+/// A root with namespace `good` (4 blocks) and `mixed` rank 0 (3 good + 2 bad blocks).
+fn fs_fixture() -> (tempfile::TempDir, Vec<std::path::PathBuf>) {
+    use kvr::{FsConfig, FsStore, Key};
+    let dir = tempfile::tempdir().unwrap();
+    let open = |ns: &str, rank| {
+        let mut c = FsConfig::new(dir.path(), ns);
+        c.rank = rank;
+        c.read_threads = 1;
+        c.write_threads = 1;
+        FsStore::open(&c).unwrap()
+    };
+    let good = open("good", None);
+    for i in 0..4u8 {
+        good.store(&Key([i; 16]), &[i; 1000]).unwrap();
+    }
+    let mixed = open("mixed", Some(0));
+    for i in 10..15u8 {
+        mixed.store(&Key([i; 16]), &[i; 1000]).unwrap();
+    }
+    // Bad: a flipped payload byte, and a truncated file.
+    let flipped = mixed.block_path(&Key([11; 16]));
+    let mut b = std::fs::read(&flipped).unwrap();
+    b[4096 + 7] ^= 1;
+    std::fs::write(&flipped, b).unwrap();
+    let truncated = mixed.block_path(&Key([13; 16]));
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(&truncated)
+        .unwrap();
+    f.set_len(4096 + 10).unwrap();
+    let mut bad = vec![flipped, truncated];
+    bad.sort();
+    (dir, bad)
+}
+
+#[test]
+fn fs_inspect_verify_repair() {
+    let (dir, bad) = fs_fixture();
+    let d = dir.path().to_str().unwrap();
+
+    let o = kvr(&["fs", "inspect", d, "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let stores = v["stores"].as_array().unwrap();
+    assert_eq!(stores.len(), 2, "{v}");
+    assert_eq!(stores[0]["namespace"], "good");
+    assert_eq!(stores[0]["rank"], serde_json::Value::Null);
+    assert_eq!(stores[0]["blocks"], 4);
+    assert_eq!(stores[0]["bytes"], 4 * (4096 + 1000));
+    assert_eq!(
+        (stores[1]["namespace"].as_str(), stores[1]["rank"].as_u64()),
+        (Some("mixed"), Some(0))
+    );
+    assert_eq!(stores[1]["blocks"], 5);
+    let o = kvr(&["fs", "inspect", d]);
+    let (out, _) = text(&o);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("mixed/r0") && l.contains(" 5 ")),
+        "{out}"
+    );
+
+    // Only the good namespace: clean.
+    let o = kvr(&["fs", "verify", d, "--namespace", "good"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+
+    let o = kvr(&["fs", "verify", d, "--json", "--threads", "3"]);
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["checked"], 9);
+    let found: Vec<std::path::PathBuf> = v["bad"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["path"].as_str().unwrap().into())
+        .collect();
+    assert_eq!(found, bad);
+    assert!(
+        bad.iter().all(|p| p.exists()),
+        "verify without --repair keeps files"
+    );
+
+    let o = kvr(&["fs", "verify", d, "--repair"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert!(text(&o).0.contains("2 bad, 2 removed"), "{:?}", text(&o));
+    assert!(bad.iter().all(|p| !p.exists()));
+    assert_eq!(kvr(&["fs", "verify", d]).status.code(), Some(0));
+}
+
+#[test]
+fn fs_gc_keeps_the_bound_and_errors_are_one_line() {
+    let (dir, _) = fs_fixture();
+    let d = dir.path().to_str().unwrap();
+    let bound = 3 * (4096 + 1000);
+    let o = kvr(&[
+        "fs",
+        "gc",
+        d,
+        "--namespace",
+        "good",
+        "--max-bytes",
+        &bound.to_string(),
+        "--json",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(
+        (v["removed_blocks"].as_u64(), v["bytes_after"].as_u64()),
+        (Some(1), Some(bound))
+    );
+    let o = kvr(&["fs", "inspect", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["stores"][0]["blocks"], 3);
+    assert_eq!(v["stores"][1]["blocks"], 5, "other namespaces untouched");
+
+    let o = kvr(&["fs", "gc", d, "--max-bytes", "8K"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let o = kvr(&["fs", "inspect", d, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let total: u64 = v["stores"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["bytes"].as_u64().unwrap())
+        .sum();
+    assert!(total <= 8192, "{v}");
+
+    for args in [
+        &["fs", "inspect", "/nonexistent/kvr-root"][..],
+        &["fs", "verify", d, "--namespace", "nope"],
+        &["fs", "gc", d, "--namespace", "../x", "--max-bytes", "1M"],
+    ] {
+        let o = kvr(args);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(1), "{args:?}");
+        assert_eq!(err.lines().count(), 1, "{args:?}: {err}");
+    }
+    assert_eq!(
+        kvr(&["fs", "gc", d]).status.code(),
+        Some(2),
+        "--max-bytes is required"
+    );
+    for sub in [
+        &["fs", "--help"][..],
+        &["fs", "inspect", "--help"],
+        &["fs", "verify", "--help"],
+        &["fs", "gc", "--help"],
+    ] {
+        assert!(text(&kvr(sub)).0.contains("Usage"), "{sub:?}");
+    }
+}
+
+#[test]
+fn bench_fs_smoke_json() {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let o = kvr(&[
+        "bench",
+        "--tier",
+        "fs",
+        "--bytes",
+        "64M",
+        "--runs",
+        "1",
+        "--json",
+        "--dir",
+        dir.path().to_str().unwrap(),
+    ]);
+    let (out, err) = text(&o);
+    if err.contains("fio not found") {
+        eprintln!("skipping: fio is not installed");
+        return;
+    }
+    assert!(o.status.success(), "{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
+    let rows = v["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 6, "3 rows per block size (64K, 2M)");
+    for r in rows {
+        assert_eq!(r["tier"], "fs");
+        assert!(r["kvr_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+        assert!(r["limit_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
+    }
+    assert_eq!(
+        std::fs::read_dir(dir.path()).unwrap().count(),
+        0,
+        "bench cleans up"
+    );
+}

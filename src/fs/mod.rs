@@ -17,6 +17,7 @@
 
 pub mod format;
 pub mod index;
+pub mod maintenance;
 pub mod path;
 mod sys;
 
@@ -167,6 +168,36 @@ struct Inner {
     index: Mutex<Index>,
     counters: Counters,
     seq: AtomicU64,
+    /// Fan-out directories known to exist (created or seen by this store).
+    dirs: DirCache,
+    /// This process's id, for temp file names (a forked child that keeps using the store
+    /// shares it; its names are still unique thanks to `create_new` + retry).
+    pid: u32,
+}
+
+/// Which `<hh>` and `<hh>/<hh>` fan-out directories exist: one bit each, set once created
+/// or seen. A stale bit (a directory removed behind the store's back) only costs the
+/// `ENOENT` retry in `create_temp`.
+struct DirCache {
+    top: [AtomicU64; 4],
+    leaf: Box<[AtomicU64]>,
+}
+
+impl DirCache {
+    fn new() -> Self {
+        DirCache {
+            top: Default::default(),
+            leaf: (0..1024).map(|_| AtomicU64::new(0)).collect(),
+        }
+    }
+
+    fn test(bits: &[AtomicU64], i: usize) -> bool {
+        bits[i / 64].load(Relaxed) & (1 << (i % 64)) != 0
+    }
+
+    fn set(bits: &[AtomicU64], i: usize) {
+        bits[i / 64].fetch_or(1 << (i % 64), Relaxed);
+    }
 }
 
 /// An open fs block store. Cheap to share between threads (`&FsStore` is `Sync`).
@@ -204,6 +235,8 @@ impl FsStore {
             index: Mutex::new(Index::default()),
             counters: Counters::default(),
             seq: AtomicU64::new(0),
+            dirs: DirCache::new(),
+            pid: std::process::id(),
         });
         inner.scan()?;
         if inner.capacity > 0 {
@@ -504,10 +537,11 @@ impl Inner {
     /// another process may unlink a fresh temp file before its writer locks it; the writer
     /// notices (no links left) and starts over with a new name.
     fn create_temp(&self, key: &Key, block_dir: &Path) -> Result<(File, PathBuf)> {
+        self.ensure_dirs(key, block_dir);
         let mut created_dirs = false;
         for _ in 0..100 {
             let seq = self.seq.fetch_add(1, Relaxed);
-            let temp = block_dir.join(path::temp_name(key, std::process::id(), seq));
+            let temp = block_dir.join(path::temp_name(key, self.pid, seq));
             let opened = OpenOptions::new()
                 .write(true)
                 .create_new(true)
@@ -544,6 +578,36 @@ impl Inner {
             "could not create a temp file in {} after 100 attempts",
             block_dir.display()
         ))
+    }
+
+    /// Creates `key`'s fan-out directories once (one `mkdir` per directory, no failed open
+    /// first) and remembers them. Errors are left to `create_temp`, which retries with
+    /// `create_dir_all` on `ENOENT` and reports what failed.
+    fn ensure_dirs(&self, key: &Key, block_dir: &Path) {
+        let (top, leaf) = (
+            key.0[0] as usize,
+            (key.0[0] as usize) << 8 | key.0[1] as usize,
+        );
+        if DirCache::test(&self.dirs.leaf, leaf) {
+            return;
+        }
+        let mkdir = |d: &Path| match std::fs::create_dir(d) {
+            Ok(()) => true,
+            Err(e) => e.kind() == io::ErrorKind::AlreadyExists,
+        };
+        if !DirCache::test(&self.dirs.top, top) {
+            if !mkdir(
+                block_dir
+                    .parent()
+                    .expect("fan-out directories have a parent"),
+            ) {
+                return;
+            }
+            DirCache::set(&self.dirs.top, top);
+        }
+        if mkdir(block_dir) {
+            DirCache::set(&self.dirs.leaf, leaf);
+        }
     }
 
     /// Writes header + payload at offset 0. Direct I/O: aligned callers' payloads go to the
@@ -750,13 +814,18 @@ impl Inner {
         };
         for a in read(&self.dir)? {
             let an = a.file_name();
-            if !an.to_str().is_some_and(path::is_fanout_dir) {
+            let Some(hi) = an.to_str().filter(|n| path::is_fanout_dir(n)) else {
                 continue;
-            }
+            };
+            let hi = usize::from_str_radix(hi, 16).expect("two hex digits");
+            DirCache::set(&self.dirs.top, hi);
             for b in read(&a.path())? {
-                if !b.file_name().to_str().is_some_and(path::is_fanout_dir) {
+                let bn = b.file_name();
+                let Some(lo) = bn.to_str().filter(|n| path::is_fanout_dir(n)) else {
                     continue;
-                }
+                };
+                let lo = usize::from_str_radix(lo, 16).expect("two hex digits");
+                DirCache::set(&self.dirs.leaf, hi << 8 | lo);
                 for f in read(&b.path())? {
                     let name = f.file_name();
                     let Some(name) = name.to_str() else { continue };

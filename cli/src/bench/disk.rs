@@ -123,6 +123,7 @@ fn fio_gbps(
             direct: true,
             size_per_job: total / threads as u64,
             target: FioTarget::File(path),
+            new_file_per_block: false,
         },
         g.slots_start(),
         g.file_len() - g.slots_start(),

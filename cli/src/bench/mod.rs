@@ -1,6 +1,7 @@
 //! `kvr bench`: each tier's store and load paths next to the physical limit, same run.
 
 pub mod disk;
+pub mod fs;
 pub mod region;
 pub mod tensors;
 
@@ -14,6 +15,7 @@ use crate::report::{print_table, print_timings, Row, Timing};
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
     Region,
+    Fs,
     Disk,
     Tensors,
     All,
@@ -88,6 +90,9 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
     let mut timings: Vec<Timing> = Vec::new();
     if matches!(args.tier, Tier::Region | Tier::All) {
         rows.extend(region::bench(args)?);
+    }
+    if matches!(args.tier, Tier::Fs | Tier::All) {
+        rows.extend(fs::bench(args)?);
     }
     if matches!(args.tier, Tier::Disk | Tier::All) {
         rows.extend(disk::bench(args, &mut notes)?);

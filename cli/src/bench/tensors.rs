@@ -176,6 +176,7 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<(Vec<Row>, Vec<Timing>)> {
                 direct,
                 size_per_job: file_len,
                 target: FioTarget::File(path),
+                new_file_per_block: false,
             })
         };
         let (mut d, mut dl, mut c, mut cl) = (vec![], vec![], vec![], vec![]);

@@ -1,0 +1,197 @@
+//! fs block store benchmark: async store and load batches (direct I/O, checksums on) next to
+//! fio on the same directory with the same block size, `--numjobs=threads`, `--direct=1`.
+//!
+//! Per block size and run: a fresh namespace receives `bytes / block` distinct blocks in one
+//! `submit_store` batch on `threads` write threads; one `submit_load` batch reads them back
+//! (checksums verified) and the bytes are compared. Then, in `DIR/kvr-bench-fio`:
+//! - `fio --rw=write --bs=B --numjobs=T --direct=1 --size=bytes/T --ioengine=psync`
+//!   (sequential writes into one preallocated file per job: the strict disk limit),
+//! - the same with `--nrfiles=bytes/T/B --filesize=B --create_on_open=1` (one new file per
+//!   block, as the store does: the file-creation limit),
+//! - `fio --rw=read` of the first job's files (one per job).
+//!
+//! Every fio job writes into its own fresh directory. Everything is removed only at the end
+//! (deleting thousands of files right
+//! before creating thousands more makes ext4's inode allocator skip the recently freed inodes,
+//! which would measure the benchmark's own cleanup).
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use kvr::io::{AlignedBuf, DirectIo};
+use kvr::{FsConfig, FsStore, Key, LoadRequest, StoreRequest};
+
+use super::{progress, BenchArgs};
+use crate::fio::{self, FioJob, FioTarget};
+use crate::report::Row;
+
+/// Removes the benchmark's directories on drop, also on errors.
+struct Cleanup(Vec<PathBuf>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for d in &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Keys spread like an engine's block hashes (xxh3-128 of block size, run and index).
+fn key(block: u64, run: usize, i: usize) -> Key {
+    let mut seed = [0u8; 24];
+    seed[..8].copy_from_slice(&block.to_le_bytes());
+    seed[8..16].copy_from_slice(&(run as u64).to_le_bytes());
+    seed[16..].copy_from_slice(&(i as u64).to_le_bytes());
+    Key(xxhash_rust::xxh3::xxh3_128(&seed).to_le_bytes())
+}
+
+/// One kvr run: (store GB/s, load GB/s).
+fn kvr_run(
+    root: &Path,
+    args: &BenchArgs,
+    block: usize,
+    n: usize,
+    run: usize,
+    src: &AlignedBuf,
+    dst: &mut AlignedBuf,
+) -> kvr::Result<(f64, f64)> {
+    let mut c = FsConfig::new(root, format!("bench-{block}-{run}"));
+    c.direct_io = DirectIo::On;
+    c.read_threads = args.threads;
+    c.write_threads = args.threads;
+    c.verify = true;
+    let s = FsStore::open(&c)?;
+    let stores: Vec<StoreRequest> = (0..n)
+        .map(|i| StoreRequest {
+            key: key(block as u64, run, i),
+            src: src.as_slice()[i * block..].as_ptr(),
+            len: block,
+        })
+        .collect();
+    let t = Instant::now();
+    // SAFETY: `src` outlives the job, which is waited for and dropped in this function.
+    let job = unsafe { s.submit_store(&stores) };
+    job.wait(None)?;
+    let store_s = t.elapsed().as_secs_f64();
+    for i in 0..n {
+        job.item(i).map_err(|e| e.context("fs bench store"))?;
+    }
+    drop(job);
+    let base = dst.as_mut_slice().as_mut_ptr();
+    let loads: Vec<LoadRequest> = (0..n)
+        .map(|i| LoadRequest {
+            key: key(block as u64, run, i),
+            // SAFETY: i * block < n * block <= dst's length.
+            dst: unsafe { base.add(i * block) },
+            len: block,
+        })
+        .collect();
+    let t = Instant::now();
+    // SAFETY: `dst` outlives the job and is not touched until it completes.
+    let job = unsafe { s.submit_load(&loads) };
+    job.wait(None)?;
+    let load_s = t.elapsed().as_secs_f64();
+    for i in 0..n {
+        job.item(i).map_err(|e| e.context("fs bench load"))?;
+    }
+    drop(job);
+    if dst.as_slice()[..n * block] != src.as_slice()[..n * block] {
+        return Err(kvr::err!(
+            Internal,
+            "fs bench: loaded bytes differ from stored"
+        ));
+    }
+    let bytes = (n * block) as f64;
+    Ok((bytes / store_s / 1e9, bytes / load_s / 1e9))
+}
+
+pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
+    fio::require()?;
+    let base = args
+        .dir
+        .join(format!("kvr-bench-fs-{}", std::process::id()));
+    let root = base.join("kvr");
+    let fio_dir = base.join("fio");
+    let _cleanup = Cleanup(vec![base.clone()]);
+    std::fs::create_dir_all(&root)
+        .map_err(|e| kvr::Error::io(format!("creating {}", root.display()), e))?;
+    let max_block = *args.block_size.iter().max().expect("clap gives one size");
+    let total = args.bytes.max(max_block) as usize;
+    let mut src = AlignedBuf::new(total)?;
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for c in src.as_mut_slice().chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    let mut dst = AlignedBuf::new(total)?;
+    let pb = progress((args.block_size.len() * args.runs) as u64, "fs");
+    let mut rows = Vec::new();
+    for &block in &args.block_size {
+        let n = (total / block as usize).max(1);
+        // fio moves the same volume, split over its jobs (whole blocks per job).
+        let blocks_per_job = (n / args.threads).max(1) as u64;
+        let per_job = blocks_per_job * block;
+        let (mut ks, mut kl, mut fw, mut fnew, mut fr) = (vec![], vec![], vec![], vec![], vec![]);
+        for run in 0..args.runs {
+            let (s, l) = kvr_run(&root, args, block as usize, n, run, &src, &mut dst)?;
+            ks.push(s);
+            kl.push(l);
+            let job = |rw, target, new_files| FioJob {
+                rw,
+                block_size: block,
+                numjobs: args.threads,
+                direct: true,
+                size_per_job: per_job,
+                target,
+                new_file_per_block: new_files,
+            };
+            // Each fio job gets its own directory, all kept until the end: deleting thousands
+            // of files right before the next run's creations would make ext4's inode
+            // allocator crawl over the recently freed inodes (`recently_deleted`).
+            let dir = |what: &str| -> kvr::Result<PathBuf> {
+                let d = fio_dir.join(format!("{what}-{block}-{run}"));
+                std::fs::create_dir_all(&d)
+                    .map_err(|e| kvr::Error::io(format!("creating {}", d.display()), e))?;
+                Ok(d)
+            };
+            let seq = dir("seq")?;
+            fw.push(fio::run(&job("write", FioTarget::Directory(&seq), false))?);
+            fr.push(fio::run(&job("read", FioTarget::Directory(&seq), false))?);
+            let new = dir("new")?;
+            fnew.push(fio::run(&job("write", FioTarget::Directory(&new), true))?);
+            pb.inc(1);
+        }
+        let t = args.threads;
+        rows.push(Row::new(
+            "fs",
+            "store",
+            block,
+            t,
+            &ks,
+            &fw,
+            "fio write --direct=1, 1 file per job",
+        ));
+        rows.push(Row::new(
+            "fs",
+            "store",
+            block,
+            t,
+            &ks,
+            &fnew,
+            "fio write --direct=1, new file per block",
+        ));
+        rows.push(Row::new(
+            "fs",
+            "load",
+            block,
+            t,
+            &kl,
+            &fr,
+            "fio read --direct=1, 1 file per job",
+        ));
+    }
+    pb.finish_and_clear();
+    Ok(rows)
+}

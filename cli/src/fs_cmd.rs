@@ -1,0 +1,181 @@
+//! `kvr fs inspect|verify|gc`: a thin layer over `kvr::fs::maintenance`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Subcommand};
+use kvr::fs::maintenance;
+use serde_json::json;
+
+use crate::bench::parse_size;
+use crate::report::human_bytes;
+use crate::EXIT_VERIFY_FOUND_BAD;
+
+#[derive(Args, Debug)]
+pub struct Target {
+    /// The store root (the directory holding one subdirectory per namespace).
+    pub root: PathBuf,
+    /// Only this namespace (default: every namespace under ROOT).
+    #[arg(long)]
+    pub namespace: Option<String>,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum FsCommand {
+    /// Blocks, bytes and temp files per namespace and rank.
+    Inspect(Target),
+    /// Check every block file's header, key, length and checksum in parallel; exit 3 if bad
+    /// blocks remain.
+    Verify {
+        #[command(flatten)]
+        target: Target,
+        /// Remove the bad block files.
+        #[arg(long)]
+        repair: bool,
+        /// Checking threads.
+        #[arg(long, default_value_t = 8)]
+        threads: usize,
+    },
+    /// Remove least recently used blocks until the stores hold at most --max-bytes (and
+    /// remove temp files left by dead writers).
+    Gc {
+        #[command(flatten)]
+        target: Target,
+        /// Byte bound for the selected stores together (K/M/G suffixes; 0 empties them).
+        #[arg(long, value_parser = parse_bound)]
+        max_bytes: u64,
+    },
+}
+
+fn parse_bound(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        Ok(0)
+    } else {
+        parse_size(s)
+    }
+}
+
+fn store_name(l: &maintenance::StoreLocation) -> String {
+    match l.rank {
+        Some(r) => format!("{}/r{r}", l.namespace),
+        None => l.namespace.clone(),
+    }
+}
+
+pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
+    match cmd {
+        FsCommand::Inspect(t) => {
+            let stores = maintenance::inspect(&t.root, t.namespace.as_deref())?;
+            if t.json {
+                let v: Vec<_> = stores
+                    .iter()
+                    .map(|s| {
+                        json!({
+                            "namespace": s.location.namespace,
+                            "rank": s.location.rank,
+                            "dir": s.location.dir,
+                            "blocks": s.blocks,
+                            "bytes": s.bytes,
+                            "temp_files": s.temp_files,
+                            "last_used": s.last_used.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
+                        })
+                    })
+                    .collect();
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&json!({ "stores": v })).unwrap()
+                );
+                return Ok(0);
+            }
+            if stores.is_empty() {
+                println!("no fs stores under {}", t.root.display());
+                return Ok(0);
+            }
+            println!(
+                "{:<40} {:>10} {:>10} {:>6}",
+                "store", "blocks", "bytes", "temp"
+            );
+            let (mut nb, mut by) = (0, 0);
+            for s in &stores {
+                println!(
+                    "{:<40} {:>10} {:>10} {:>6}",
+                    store_name(&s.location),
+                    s.blocks,
+                    human_bytes(s.bytes),
+                    s.temp_files
+                );
+                nb += s.blocks;
+                by += s.bytes;
+            }
+            println!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by));
+            Ok(0)
+        }
+        FsCommand::Verify {
+            target: t,
+            repair,
+            threads,
+        } => {
+            if *threads == 0 {
+                return Err(kvr::Error::invalid("--threads must be at least 1"));
+            }
+            let r = maintenance::verify(&t.root, t.namespace.as_deref(), *threads, *repair)?;
+            let remaining = r.bad.iter().filter(|b| !b.removed).count();
+            if t.json {
+                let bad: Vec<_> = r
+                    .bad
+                    .iter()
+                    .map(|b| json!({"path": b.path, "reason": b.reason, "removed": b.removed}))
+                    .collect();
+                let v = json!({"checked": r.checked, "bytes": r.bytes, "bad": bad});
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                for b in &r.bad {
+                    let what = if b.removed { "REMOVED" } else { "BAD" };
+                    println!("{what} {}: {}", b.path.display(), b.reason);
+                }
+                println!(
+                    "checked {} blocks ({}): {} bad, {} removed",
+                    r.checked,
+                    human_bytes(r.bytes),
+                    r.bad.len(),
+                    r.bad.len() - remaining
+                );
+            }
+            Ok(if remaining > 0 {
+                EXIT_VERIFY_FOUND_BAD
+            } else {
+                0
+            })
+        }
+        FsCommand::Gc {
+            target: t,
+            max_bytes,
+        } => {
+            let r = maintenance::gc(&t.root, t.namespace.as_deref(), *max_bytes)?;
+            if t.json {
+                let v = json!({
+                    "blocks_before": r.blocks_before,
+                    "bytes_before": r.bytes_before,
+                    "removed_blocks": r.removed_blocks,
+                    "removed_bytes": r.removed_bytes,
+                    "bytes_after": r.bytes_after,
+                    "removed_temp_files": r.removed_temp_files,
+                });
+                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+            } else {
+                println!(
+                    "removed {} of {} blocks ({} of {}), {} left; {} stale temp files removed",
+                    r.removed_blocks,
+                    r.blocks_before,
+                    human_bytes(r.removed_bytes),
+                    human_bytes(r.bytes_before),
+                    human_bytes(r.bytes_after),
+                    r.removed_temp_files
+                );
+            }
+            Ok(0)
+        }
+    }
+}

@@ -1,0 +1,502 @@
+//! Offline maintenance of fs block stores under a root: what they hold ([`inspect`]), which
+//! block files are damaged ([`verify`], optionally removing them), and trimming them to a
+//! byte bound, least recently used first ([`gc`]).
+//!
+//! These functions work on the directory tree alone (no [`super::FsStore`] needs to be open)
+//! and are safe to run while engines use the stores: a damaged file is only removed if the
+//! path still names the inode that was checked, and removal is a plain `unlink` (readers that
+//! hold a block open keep reading it; the stores treat a vanished block as a miss).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+
+use super::format::{self, Header};
+use super::path::{self, Entry, Key};
+use super::{clean_temp, sys};
+use crate::{err, Error, Result};
+
+/// One store directory under a root: `<root>/<namespace>[/r<rank>]`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StoreLocation {
+    /// The namespace directory's name.
+    pub namespace: String,
+    /// The rank, for a store in an `r<rank>` subdirectory.
+    pub rank: Option<u32>,
+    /// The store's directory.
+    pub dir: PathBuf,
+}
+
+/// One complete block file found on disk.
+#[derive(Clone, Debug)]
+pub struct BlockFile {
+    /// Its path.
+    pub path: PathBuf,
+    /// The key its name says.
+    pub key: Key,
+    /// File bytes (header included).
+    pub size: u64,
+    /// Last use: the later of its access and modification times, in seconds since the epoch.
+    pub last_used: i64,
+}
+
+/// What one store directory holds.
+#[derive(Clone, Debug)]
+pub struct StoreSummary {
+    /// Which store.
+    pub location: StoreLocation,
+    /// Complete block files.
+    pub blocks: u64,
+    /// Their file bytes.
+    pub bytes: u64,
+    /// Writers' temp files (live writers' or left by dead ones).
+    pub temp_files: u64,
+    /// Oldest and newest last use of its blocks (seconds since the epoch), if any.
+    pub last_used: Option<(i64, i64)>,
+}
+
+/// A block file that failed verification.
+#[derive(Clone, Debug)]
+pub struct BadBlock {
+    /// Its path.
+    pub path: PathBuf,
+    /// What is wrong with it.
+    pub reason: String,
+    /// Whether it was removed (`repair`).
+    pub removed: bool,
+}
+
+/// The result of [`verify`].
+#[derive(Clone, Debug, Default)]
+pub struct VerifyReport {
+    /// Block files checked.
+    pub checked: u64,
+    /// Their file bytes.
+    pub bytes: u64,
+    /// The ones that failed, sorted by path.
+    pub bad: Vec<BadBlock>,
+}
+
+/// The result of [`gc`].
+#[derive(Clone, Debug, Default)]
+pub struct GcReport {
+    /// Blocks and bytes before.
+    pub blocks_before: u64,
+    /// File bytes before.
+    pub bytes_before: u64,
+    /// Blocks removed.
+    pub removed_blocks: u64,
+    /// File bytes removed.
+    pub removed_bytes: u64,
+    /// File bytes left.
+    pub bytes_after: u64,
+    /// Temp files of dead writers removed.
+    pub removed_temp_files: u64,
+}
+
+/// The stores under `root`, all namespaces or only `namespace`, sorted. A namespace directory
+/// holding `r<N>` subdirectories yields one store per rank (plus an unranked one if it also
+/// holds fan-out directories); an empty namespace directory yields its unranked store.
+pub fn find_stores(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreLocation>> {
+    let meta =
+        std::fs::metadata(root).map_err(|e| Error::io(format!("fs root {}", root.display()), e))?;
+    if !meta.is_dir() {
+        return Err(err!(
+            InvalidArgument,
+            "fs root {} is not a directory",
+            root.display()
+        ));
+    }
+    let namespaces: Vec<String> = match namespace {
+        Some(ns) => {
+            path::validate_namespace(ns)?;
+            let d = root.join(ns);
+            if !d.is_dir() {
+                return Err(err!(
+                    NotFound,
+                    "namespace {ns:?} not found under {}",
+                    root.display()
+                ));
+            }
+            vec![ns.to_string()]
+        }
+        None => read_names(root)?
+            .into_iter()
+            .filter(|n| path::validate_namespace(n).is_ok() && root.join(n).is_dir())
+            .collect(),
+    };
+    let mut out = Vec::new();
+    for ns in namespaces {
+        let nsdir = root.join(&ns);
+        let names = read_names(&nsdir)?;
+        let mut ranks: Vec<u32> = names.iter().filter_map(|n| parse_rank(n)).collect();
+        ranks.sort_unstable();
+        let has_fanout = names.iter().any(|n| path::is_fanout_dir(n));
+        if has_fanout || ranks.is_empty() {
+            out.push(StoreLocation {
+                namespace: ns.clone(),
+                rank: None,
+                dir: nsdir.clone(),
+            });
+        }
+        for r in ranks {
+            out.push(StoreLocation {
+                namespace: ns.clone(),
+                rank: Some(r),
+                dir: nsdir.join(format!("r{r}")),
+            });
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `r<N>` (N a decimal u32 without leading zeros) → N.
+fn parse_rank(name: &str) -> Option<u32> {
+    let digits = name.strip_prefix('r')?;
+    if digits.is_empty() || (digits.len() > 1 && digits.starts_with('0')) {
+        return None;
+    }
+    if !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+fn read_names(dir: &Path) -> Result<Vec<String>> {
+    let it = match std::fs::read_dir(dir) {
+        Ok(it) => it,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(Error::io(format!("listing {}", dir.display()), e)),
+    };
+    Ok(it
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect())
+}
+
+/// The block files and temp file paths of one store directory (its `<hh>/<hh>` fan-out).
+pub fn scan_store(dir: &Path) -> Result<(Vec<BlockFile>, Vec<PathBuf>)> {
+    let (mut blocks, mut temps) = (Vec::new(), Vec::new());
+    for a in read_names(dir)? {
+        if !path::is_fanout_dir(&a) {
+            continue;
+        }
+        let adir = dir.join(&a);
+        for b in read_names(&adir)? {
+            if !path::is_fanout_dir(&b) {
+                continue;
+            }
+            let bdir = adir.join(&b);
+            for name in read_names(&bdir)? {
+                match path::classify(&name) {
+                    Entry::Block(key) => {
+                        let p = bdir.join(&name);
+                        // A block removed since the listing is simply gone.
+                        if let Ok(m) = std::fs::symlink_metadata(&p) {
+                            if m.is_file() {
+                                blocks.push(BlockFile {
+                                    path: p,
+                                    key,
+                                    size: m.len(),
+                                    last_used: m.atime().max(m.mtime()),
+                                });
+                            }
+                        }
+                    }
+                    Entry::Temp => temps.push(bdir.join(&name)),
+                    Entry::Other => {}
+                }
+            }
+        }
+    }
+    Ok((blocks, temps))
+}
+
+/// Counts and sizes per store (namespace and rank) under `root`.
+pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>> {
+    find_stores(root, namespace)?
+        .into_iter()
+        .map(|location| {
+            let (blocks, temps) = scan_store(&location.dir)?;
+            let last_used = blocks.iter().fold(None, |acc: Option<(i64, i64)>, b| {
+                Some(match acc {
+                    None => (b.last_used, b.last_used),
+                    Some((lo, hi)) => (lo.min(b.last_used), hi.max(b.last_used)),
+                })
+            });
+            Ok(StoreSummary {
+                blocks: blocks.len() as u64,
+                bytes: blocks.iter().map(|b| b.size).sum(),
+                temp_files: temps.len() as u64,
+                last_used,
+                location,
+            })
+        })
+        .collect()
+}
+
+/// Validates a whole block file's bytes against the key its name says: header, key, length
+/// and xxh3-64 checksum. Pure; `Corrupt` with the reason on any mismatch.
+pub fn check_block_bytes(bytes: &[u8], name_key: &Key) -> Result<Header> {
+    let h = format::decode_header(bytes)?;
+    if h.key != *name_key {
+        return Err(err!(
+            Corrupt,
+            "header holds key {} but the file is named for {name_key}",
+            h.key
+        ));
+    }
+    let expect = h.data_offset as u64 + h.payload_len;
+    if bytes.len() as u64 != expect {
+        return Err(err!(
+            Corrupt,
+            "file is {} bytes, header says {expect} ({} + {} payload)",
+            bytes.len(),
+            h.data_offset,
+            h.payload_len
+        ));
+    }
+    let sum = format::checksum(&bytes[h.data_offset..]);
+    if sum != h.checksum {
+        return Err(err!(
+            Corrupt,
+            "checksum mismatch: xxh3-64 of the payload is {sum:016x}, header says {:016x}",
+            h.checksum
+        ));
+    }
+    Ok(h)
+}
+
+/// Reads and checks one block file; `Ok(None)` if it vanished meanwhile, `Ok(Some(reason))`
+/// if it is bad (removed when `repair`, keeping a file renamed over it since).
+fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<BadBlock>> {
+    let file = match OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
+        .open(&b.path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(Error::io(format!("opening {}", b.path.display()), e)),
+    };
+    buf.clear();
+    read_all(&file, buf).map_err(|e| Error::io(format!("reading {}", b.path.display()), e))?;
+    let Err(e) = check_block_bytes(buf, &b.key) else {
+        return Ok(None);
+    };
+    let removed = repair && sys::same_file(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
+    Ok(Some(BadBlock {
+        path: b.path.clone(),
+        reason: e.to_string(),
+        removed,
+    }))
+}
+
+fn read_all(mut file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
+    file.read_to_end(buf).map(drop)
+}
+
+/// Checks every block file of the selected stores with `threads` threads (at least 1);
+/// with `repair`, removes the bad ones. I/O errors other than a vanished file abort.
+pub fn verify(
+    root: &Path,
+    namespace: Option<&str>,
+    threads: usize,
+    repair: bool,
+) -> Result<VerifyReport> {
+    let mut files = Vec::new();
+    for s in find_stores(root, namespace)? {
+        files.extend(scan_store(&s.dir)?.0);
+    }
+    let next = AtomicUsize::new(0);
+    let bad = Mutex::new(Vec::new());
+    let first_err: Mutex<Option<Error>> = Mutex::new(None);
+    std::thread::scope(|sc| {
+        for _ in 0..threads.clamp(1, files.len().max(1)) {
+            sc.spawn(|| {
+                let mut buf = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    let Some(b) = files.get(i) else { break };
+                    match verify_one(b, &mut buf, repair) {
+                        Ok(Some(bb)) => bad.lock().unwrap_or_else(|p| p.into_inner()).push(bb),
+                        Ok(None) => {}
+                        Err(e) => {
+                            first_err
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .get_or_insert(e);
+                            next.store(files.len(), Ordering::Relaxed);
+                            break;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    if let Some(e) = first_err.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(e);
+    }
+    let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+    bad.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(VerifyReport {
+        checked: files.len() as u64,
+        bytes: files.iter().map(|b| b.size).sum(),
+        bad,
+    })
+}
+
+/// The blocks to remove so that the rest fit in `max_bytes`: least recently used first
+/// (ties broken by path, for determinism). Pure.
+pub fn gc_plan(mut blocks: Vec<BlockFile>, max_bytes: u64) -> Vec<BlockFile> {
+    let mut total: u64 = blocks.iter().map(|b| b.size).sum();
+    blocks.sort_by(|a, b| a.last_used.cmp(&b.last_used).then(a.path.cmp(&b.path)));
+    let mut out = Vec::new();
+    for b in blocks {
+        if total <= max_bytes {
+            break;
+        }
+        total -= b.size;
+        out.push(b);
+    }
+    out
+}
+
+/// Trims the selected stores, together, to at most `max_bytes` of block files, removing the
+/// least recently used blocks first; also removes temp files left by dead writers.
+pub fn gc(root: &Path, namespace: Option<&str>, max_bytes: u64) -> Result<GcReport> {
+    let mut blocks = Vec::new();
+    let mut report = GcReport::default();
+    for s in find_stores(root, namespace)? {
+        let (b, temps) = scan_store(&s.dir)?;
+        blocks.extend(b);
+        for t in temps {
+            clean_temp(&t);
+            if std::fs::symlink_metadata(&t).is_err() {
+                report.removed_temp_files += 1;
+            }
+        }
+    }
+    report.blocks_before = blocks.len() as u64;
+    report.bytes_before = blocks.iter().map(|b| b.size).sum();
+    for b in gc_plan(blocks, max_bytes) {
+        match std::fs::remove_file(&b.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {} // removed meanwhile
+            Err(e) => return Err(Error::io(format!("removing {}", b.path.display()), e)),
+        }
+        report.removed_blocks += 1;
+        report.removed_bytes += b.size;
+    }
+    report.bytes_after = report.bytes_before - report.removed_bytes;
+    Ok(report)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{FsConfig, FsStore, TensorSpec};
+
+    fn bf(name: &str, size: u64, last_used: i64) -> BlockFile {
+        BlockFile {
+            path: PathBuf::from(name),
+            key: Key([0; 16]),
+            size,
+            last_used,
+        }
+    }
+
+    #[test]
+    fn ranks_parse() {
+        assert_eq!(parse_rank("r0"), Some(0));
+        assert_eq!(parse_rank("r17"), Some(17));
+        for bad in ["r", "r01", "rx", "0", "ra", "r-1", "r99999999999"] {
+            assert_eq!(parse_rank(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn gc_plan_is_lru_and_exact() {
+        let v = vec![
+            bf("c", 10, 3),
+            bf("a", 10, 1),
+            bf("b", 10, 2),
+            bf("d", 10, 1),
+        ];
+        let names = |p: Vec<BlockFile>| -> Vec<String> {
+            p.iter().map(|b| b.path.display().to_string()).collect()
+        };
+        assert_eq!(names(gc_plan(v.clone(), 40)), Vec::<String>::new());
+        assert_eq!(names(gc_plan(v.clone(), 39)), ["a"]);
+        assert_eq!(names(gc_plan(v.clone(), 20)), ["a", "d"]);
+        assert_eq!(names(gc_plan(v.clone(), 0)), ["a", "d", "b", "c"]);
+    }
+
+    #[test]
+    fn check_block_bytes_catches_every_mismatch() {
+        let k = Key([5; 16]);
+        let data = b"payload bytes";
+        let h = format::encode_header(
+            &k,
+            data.len() as u64,
+            format::checksum(data),
+            &TensorSpec::bytes(data.len() as u64),
+        );
+        let mut good = h.clone();
+        good.extend_from_slice(data);
+        assert_eq!(check_block_bytes(&good, &k).unwrap().payload_len, 13);
+        assert!(check_block_bytes(&good, &Key([6; 16])).is_err());
+        let mut flipped = good.clone();
+        *flipped.last_mut().unwrap() ^= 1;
+        assert!(check_block_bytes(&flipped, &k).is_err());
+        assert!(check_block_bytes(&good[..good.len() - 1], &k).is_err());
+        assert!(check_block_bytes(&good[..100], &k).is_err());
+        assert!(check_block_bytes(b"", &k).is_err());
+    }
+
+    #[test]
+    fn inspect_verify_gc_on_real_stores() {
+        let d = tempfile::tempdir().unwrap();
+        let open = |ns: &str, rank| {
+            let mut c = FsConfig::new(d.path(), ns);
+            c.rank = rank;
+            c.read_threads = 1;
+            c.write_threads = 1;
+            FsStore::open(&c).unwrap()
+        };
+        let (a, b) = (open("a", None), open("b", Some(1)));
+        for i in 0..4u8 {
+            a.store(&Key([i; 16]), &[i; 100]).unwrap();
+        }
+        b.store(&Key([9; 16]), &[9; 100]).unwrap();
+        let s = inspect(d.path(), None).unwrap();
+        assert_eq!(s.len(), 2);
+        assert_eq!((s[0].location.namespace.as_str(), s[0].blocks), ("a", 4));
+        assert_eq!((s[1].location.rank, s[1].blocks), (Some(1), 1));
+        assert_eq!(s[0].bytes, 4 * (4096 + 100));
+        assert_eq!(inspect(d.path(), Some("b")).unwrap().len(), 1);
+        assert!(inspect(d.path(), Some("zz")).is_err());
+
+        let p = a.block_path(&Key([2; 16]));
+        let mut bytes = std::fs::read(&p).unwrap();
+        bytes[4096] ^= 0xff;
+        std::fs::write(&p, &bytes).unwrap();
+        let r = verify(d.path(), None, 3, false).unwrap();
+        assert_eq!((r.checked, r.bad.len()), (5, 1));
+        assert_eq!(r.bad[0].path, p);
+        assert!(!r.bad[0].removed && p.exists());
+        let r = verify(d.path(), Some("a"), 2, true).unwrap();
+        assert!(r.bad[0].removed && !p.exists());
+        assert!(verify(d.path(), None, 2, false).unwrap().bad.is_empty());
+
+        let g = gc(d.path(), Some("a"), 2 * (4096 + 100)).unwrap();
+        assert_eq!((g.blocks_before, g.removed_blocks), (3, 1));
+        assert_eq!(g.bytes_after, 2 * (4096 + 100));
+        let g = gc(d.path(), None, 0).unwrap();
+        assert_eq!((g.removed_blocks, g.bytes_after), (3, 0));
+    }
+}
