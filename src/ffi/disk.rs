@@ -7,7 +7,8 @@ use super::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF, KVR_DIRECT_IO_ON};
 use super::job::kvr_job;
 use super::status::{guard, kvr_status};
 use super::{
-    arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, kvr_block_key, read_config, write_out,
+    arg_bytes, arg_bytes_mut, arg_ref, arg_str, kvr_block_key, read_config, write_out,
+    write_sized_out,
 };
 use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
 use crate::io::DirectIo;
@@ -344,14 +345,6 @@ pub extern "C" fn kvr_disk_stats(disk: *const kvr_disk, out: *mut kvr_disk_count
     guard(|| {
         // SAFETY: `disk` is NULL or a live handle.
         let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `out` is NULL or points to a struct of at least its declared size.
-        let o = unsafe { arg_mut(out, "out") }?;
-        let declared = o.struct_size as usize;
-        if declared < 8 {
-            return Err(Error::invalid(
-                "out->struct_size is not set (use sizeof(kvr_disk_counters))",
-            ));
-        }
         let s = d.inner.stats();
         let full = kvr_disk_counters {
             struct_size: std::mem::size_of::<kvr_disk_counters>() as u32,
@@ -372,16 +365,8 @@ pub extern "C" fn kvr_disk_stats(disk: *const kvr_disk, out: *mut kvr_disk_count
             recovery_ns: s.recovery_ns,
             recovery_cpu_ns: s.recovery_cpu_ns,
         };
-        let n = declared.min(std::mem::size_of::<kvr_disk_counters>());
-        // SAFETY: the caller's struct has `declared` writable bytes; we copy at most that many.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&full as *const kvr_disk_counters).cast::<u8>(),
-                (o as *mut kvr_disk_counters).cast::<u8>(),
-                n,
-            )
-        };
-        Ok(())
+        // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
+        unsafe { write_sized_out(out, full, "out") }
     })
 }
 

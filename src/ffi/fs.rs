@@ -5,7 +5,7 @@ use std::ffi::{c_char, c_void};
 use super::job::kvr_job;
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_mut, arg_ref, arg_str, read_config, write_out};
+use super::{arg_bytes, arg_bytes_mut, arg_ref, arg_str, read_config, write_out, write_sized_out};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
 use crate::io::DirectIo;
 use crate::{Durability, Error};
@@ -420,14 +420,6 @@ pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) ->
     guard(|| {
         // SAFETY: `fs` is NULL or live per the caller's contract.
         let s = unsafe { arg_ref(fs, "fs") }?;
-        // SAFETY: `out` is NULL or points to a struct of at least its declared size.
-        let o = unsafe { arg_mut(out, "out") }?;
-        let declared = o.struct_size as usize;
-        if declared < std::mem::size_of::<u32>() {
-            return Err(Error::invalid(
-                "out->struct_size is not set (use sizeof(kvr_fs_stats))",
-            ));
-        }
         let st = s.inner.stats();
         let full = kvr_fs_stats {
             struct_size: std::mem::size_of::<kvr_fs_stats>() as u32,
@@ -443,16 +435,8 @@ pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) ->
             evictions: st.evictions,
             direct_io: st.direct_io,
         };
-        let n = declared.min(std::mem::size_of::<kvr_fs_stats>());
-        // SAFETY: the caller's struct has `declared` writable bytes; we copy at most that many.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&full as *const kvr_fs_stats).cast::<u8>(),
-                (o as *mut kvr_fs_stats).cast::<u8>(),
-                n,
-            )
-        };
-        Ok(())
+        // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
+        unsafe { write_sized_out(out, full, "out") }
     })
 }
 

@@ -56,15 +56,6 @@ pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> 
     unsafe { ptr.as_ref() }.ok_or_else(|| Error::invalid(format!("{name} is NULL")))
 }
 
-/// Checks a pointer argument for NULL and borrows it mutably.
-///
-/// # Safety
-/// `ptr` must be NULL or point to a valid, unaliased `T` for the lifetime `'a`.
-pub(crate) unsafe fn arg_mut<'a, T>(ptr: *mut T, name: &str) -> Result<&'a mut T> {
-    // SAFETY: the caller guarantees a non-null `ptr` points to a live, unaliased T.
-    unsafe { ptr.as_mut() }.ok_or_else(|| Error::invalid(format!("{name} is NULL")))
-}
-
 /// Borrows `len` bytes at `ptr`; rejects NULL and zero lengths unless `allow_empty`.
 ///
 /// # Safety
@@ -179,6 +170,33 @@ pub(crate) unsafe fn read_config<T: Copy>(
             .write(std::mem::size_of::<T>() as u32)
     };
     Ok(out)
+}
+
+/// Writes an output struct that begins with `uint32_t struct_size`, which the caller sets to
+/// the size it was compiled with: copies the first `min(struct_size, sizeof(T))` bytes of
+/// `value`, so an older caller's smaller struct is never overrun and a newer caller's extra
+/// fields are left alone. Rejects NULL and an unset (< 4) `struct_size`.
+///
+/// # Safety
+/// A non-null `out` must point to at least `out->struct_size` writable bytes.
+pub(crate) unsafe fn write_sized_out<T: Copy>(out: *mut T, value: T, name: &str) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL")));
+    }
+    // SAFETY: every sized output struct begins with a u32 the caller has set.
+    let declared = unsafe { out.cast::<u32>().read_unaligned() } as usize;
+    if declared < std::mem::size_of::<u32>() {
+        return Err(Error::invalid(format!(
+            "{name}->struct_size is {declared}: set it to sizeof the struct before the call"
+        )));
+    }
+    let n = declared.min(std::mem::size_of::<T>());
+    // SAFETY: `out` has `declared >= n` writable bytes (caller's contract); `value` has
+    // size_of::<T>() >= n readable bytes; they cannot overlap (`value` is a local).
+    unsafe {
+        std::ptr::copy_nonoverlapping((&value as *const T).cast::<u8>(), out.cast::<u8>(), n)
+    };
+    Ok(())
 }
 
 /// Writes an output value; outputs are only written on success.

@@ -4,7 +4,7 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use super::status::{guard, kvr_status};
-use super::{arg_mut, arg_ref, arg_str, read_config, write_out};
+use super::{arg_ref, arg_str, read_config, write_out, write_sized_out};
 use crate::region::{Layout, Pinning, Region, RegionConfig, Role};
 use crate::Error;
 
@@ -260,14 +260,6 @@ pub extern "C" fn kvr_region_get_info(
     guard(|| {
         // SAFETY: `region` is NULL or a live handle.
         let r = unsafe { arg_ref(region, "region") }?;
-        // SAFETY: `out` is NULL or points to a struct of at least its declared size.
-        let o = unsafe { arg_mut(out, "out") }?;
-        let declared = o.struct_size as usize;
-        if declared < std::mem::size_of::<u32>() {
-            return Err(Error::invalid(
-                "out->struct_size is not set (use sizeof(kvr_region_info))",
-            ));
-        }
         let i = r.inner.info();
         let full = kvr_region_info {
             struct_size: std::mem::size_of::<kvr_region_info>() as u32,
@@ -287,16 +279,8 @@ pub extern "C" fn kvr_region_get_info(
             populate_ns: i.populate_time.as_nanos() as u64,
             pin_ns: i.pin_time.as_nanos() as u64,
         };
-        let n = declared.min(std::mem::size_of::<kvr_region_info>());
-        // SAFETY: the caller's struct has `declared` writable bytes; we copy at most that many.
-        unsafe {
-            std::ptr::copy_nonoverlapping(
-                (&full as *const kvr_region_info).cast::<u8>(),
-                (o as *mut kvr_region_info).cast::<u8>(),
-                n,
-            )
-        };
-        Ok(())
+        // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
+        unsafe { write_sized_out(out, full, "out") }
     })
 }
 
