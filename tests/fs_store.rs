@@ -177,7 +177,7 @@ fn paths_namespaces_and_ranks() {
     s.store(&k, b"r3").unwrap();
     assert!(d
         .path()
-        .join("ns/r3/ab/cd/abcdef00112233445566778899aabbcc.kvb")
+        .join("ns/r3/ab/abcdef00112233445566778899aabbcc.kvb")
         .is_file());
     c.rank = Some(4);
     let other = FsStore::open(&c).unwrap();

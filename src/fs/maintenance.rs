@@ -178,7 +178,7 @@ fn read_names(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The block files and temp file paths of one store directory (its `<hh>/<hh>` fan-out).
+/// The block files and temp file paths of one store directory (its `<hh>` fan-out).
 pub fn scan_store(dir: &Path) -> Result<(Vec<BlockFile>, Vec<PathBuf>)> {
     let (mut blocks, mut temps) = (Vec::new(), Vec::new());
     for a in read_names(dir)? {
@@ -186,30 +186,24 @@ pub fn scan_store(dir: &Path) -> Result<(Vec<BlockFile>, Vec<PathBuf>)> {
             continue;
         }
         let adir = dir.join(&a);
-        for b in read_names(&adir)? {
-            if !path::is_fanout_dir(&b) {
-                continue;
-            }
-            let bdir = adir.join(&b);
-            for name in read_names(&bdir)? {
-                match path::classify(&name) {
-                    Entry::Block(key) => {
-                        let p = bdir.join(&name);
-                        // A block removed since the listing is simply gone.
-                        if let Ok(m) = std::fs::symlink_metadata(&p) {
-                            if m.is_file() {
-                                blocks.push(BlockFile {
-                                    path: p,
-                                    key,
-                                    size: m.len(),
-                                    last_used: m.atime().max(m.mtime()),
-                                });
-                            }
+        for name in read_names(&adir)? {
+            match path::classify(&name) {
+                Entry::Block(key) => {
+                    let p = adir.join(&name);
+                    // A block removed since the listing is simply gone.
+                    if let Ok(m) = std::fs::symlink_metadata(&p) {
+                        if m.is_file() {
+                            blocks.push(BlockFile {
+                                path: p,
+                                key,
+                                size: m.len(),
+                                last_used: m.atime().max(m.mtime()),
+                            });
                         }
                     }
-                    Entry::Temp => temps.push(bdir.join(&name)),
-                    Entry::Other => {}
                 }
+                Entry::Temp => temps.push(adir.join(&name)),
+                Entry::Other => {}
             }
         }
     }

@@ -1,7 +1,7 @@
 //! The fs block store: content-addressed KV blocks, one safetensors file per block, on a local
 //! or shared file system, shareable between engine instances and hosts.
 //!
-//! - Keys are 16 bytes; a block lives at `<root>/<namespace>/[r<rank>/]<hh>/<hh>/<hex>.kvb`
+//! - Keys are 16 bytes; a block lives at `<root>/<namespace>/[r<rank>/]<hh>/<hex>.kvb`
 //!   ([`path`]); its file format is in [`format`].
 //! - Writes go to a unique, `flock`ed temp file in the target directory and are renamed into
 //!   place: readers never see a partial block. A block that already exists is not rewritten.
@@ -175,28 +175,19 @@ struct Inner {
     pid: u32,
 }
 
-/// Which `<hh>` and `<hh>/<hh>` fan-out directories exist: one bit each, set once created
-/// or seen. A stale bit (a directory removed behind the store's back) only costs the
-/// `ENOENT` retry in `create_temp`.
-struct DirCache {
-    top: [AtomicU64; 4],
-    leaf: Box<[AtomicU64]>,
-}
+/// Which of the 256 `<hh>` fan-out directories exist: one bit each, set once created or
+/// seen. A stale bit (a directory removed behind the store's back) only costs the `ENOENT`
+/// retry in `create_temp`.
+#[derive(Default)]
+struct DirCache([AtomicU64; 4]);
 
 impl DirCache {
-    fn new() -> Self {
-        DirCache {
-            top: Default::default(),
-            leaf: (0..1024).map(|_| AtomicU64::new(0)).collect(),
-        }
+    fn test(&self, i: usize) -> bool {
+        self.0[i / 64].load(Relaxed) & (1 << (i % 64)) != 0
     }
 
-    fn test(bits: &[AtomicU64], i: usize) -> bool {
-        bits[i / 64].load(Relaxed) & (1 << (i % 64)) != 0
-    }
-
-    fn set(bits: &[AtomicU64], i: usize) {
-        bits[i / 64].fetch_or(1 << (i % 64), Relaxed);
+    fn set(&self, i: usize) {
+        self.0[i / 64].fetch_or(1 << (i % 64), Relaxed);
     }
 }
 
@@ -235,7 +226,7 @@ impl FsStore {
             index: Mutex::new(Index::default()),
             counters: Counters::default(),
             seq: AtomicU64::new(0),
-            dirs: DirCache::new(),
+            dirs: DirCache::default(),
             pid: std::process::id(),
         });
         inner.scan()?;
@@ -537,7 +528,7 @@ impl Inner {
     /// another process may unlink a fresh temp file before its writer locks it; the writer
     /// notices (no links left) and starts over with a new name.
     fn create_temp(&self, key: &Key, block_dir: &Path) -> Result<(File, PathBuf)> {
-        self.ensure_dirs(key, block_dir);
+        self.ensure_dir(key, block_dir);
         let mut created_dirs = false;
         for _ in 0..100 {
             let seq = self.seq.fetch_add(1, Relaxed);
@@ -580,33 +571,18 @@ impl Inner {
         ))
     }
 
-    /// Creates `key`'s fan-out directories once (one `mkdir` per directory, no failed open
-    /// first) and remembers them. Errors are left to `create_temp`, which retries with
-    /// `create_dir_all` on `ENOENT` and reports what failed.
-    fn ensure_dirs(&self, key: &Key, block_dir: &Path) {
-        let (top, leaf) = (
-            key.0[0] as usize,
-            (key.0[0] as usize) << 8 | key.0[1] as usize,
-        );
-        if DirCache::test(&self.dirs.leaf, leaf) {
+    /// Creates `key`'s fan-out directory once (one `mkdir`, no failed open first) and
+    /// remembers it. Errors are left to `create_temp`, which retries with `create_dir_all`
+    /// on `ENOENT` and reports what failed.
+    fn ensure_dir(&self, key: &Key, block_dir: &Path) {
+        let i = path::fanout_index(key);
+        if self.dirs.test(i) {
             return;
         }
-        let mkdir = |d: &Path| match std::fs::create_dir(d) {
-            Ok(()) => true,
-            Err(e) => e.kind() == io::ErrorKind::AlreadyExists,
-        };
-        if !DirCache::test(&self.dirs.top, top) {
-            if !mkdir(
-                block_dir
-                    .parent()
-                    .expect("fan-out directories have a parent"),
-            ) {
-                return;
-            }
-            DirCache::set(&self.dirs.top, top);
-        }
-        if mkdir(block_dir) {
-            DirCache::set(&self.dirs.leaf, leaf);
+        match std::fs::create_dir(block_dir) {
+            Ok(()) => self.dirs.set(i),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.dirs.set(i),
+            Err(_) => {}
         }
     }
 
@@ -817,29 +793,21 @@ impl Inner {
             let Some(hi) = an.to_str().filter(|n| path::is_fanout_dir(n)) else {
                 continue;
             };
-            let hi = usize::from_str_radix(hi, 16).expect("two hex digits");
-            DirCache::set(&self.dirs.top, hi);
-            for b in read(&a.path())? {
-                let bn = b.file_name();
-                let Some(lo) = bn.to_str().filter(|n| path::is_fanout_dir(n)) else {
-                    continue;
-                };
-                let lo = usize::from_str_radix(lo, 16).expect("two hex digits");
-                DirCache::set(&self.dirs.leaf, hi << 8 | lo);
-                for f in read(&b.path())? {
-                    let name = f.file_name();
-                    let Some(name) = name.to_str() else { continue };
-                    match path::classify(name) {
-                        path::Entry::Block(key) => {
-                            if let Ok(m) = std::fs::symlink_metadata(f.path()) {
-                                if m.is_file() {
-                                    found.push((m.atime().max(m.mtime()), key, m.len()));
-                                }
+            self.dirs
+                .set(usize::from_str_radix(hi, 16).expect("two hex digits"));
+            for f in read(&a.path())? {
+                let name = f.file_name();
+                let Some(name) = name.to_str() else { continue };
+                match path::classify(name) {
+                    path::Entry::Block(key) => {
+                        if let Ok(m) = std::fs::symlink_metadata(f.path()) {
+                            if m.is_file() {
+                                found.push((m.atime().max(m.mtime()), key, m.len()));
                             }
                         }
-                        path::Entry::Temp => clean_temp(&f.path()),
-                        path::Entry::Other => {}
                     }
+                    path::Entry::Temp => clean_temp(&f.path()),
+                    path::Entry::Other => {}
                 }
             }
         }

@@ -1,8 +1,11 @@
 //! Pure path derivation: namespace validation, key <-> hex, block and temp file names.
 //!
 //! A block of key `k` (16 bytes, hex `h`) lives at
-//! `<root>/<namespace>/[r<rank>/]<h[0..2]>/<h[2..4]>/<h>.kvb`. Writers create
-//! `.<h>.<pid>.<n>.tmp` in the same directory and rename it into place.
+//! `<root>/<namespace>/[r<rank>/]<h[0..2]>/<h>.kvb`: one level of 256 fan-out directories
+//! (ext4's hashed directories and other modern file systems handle large directories well,
+//! while every extra fan-out directory costs a `mkdir` and an inode allocation when a store
+//! starts filling). Writers create `.<h>.<pid>.<n>.tmp` in the same directory and rename it
+//! into place.
 
 use std::path::{Path, PathBuf};
 
@@ -82,17 +85,20 @@ pub fn store_dir(root: &Path, ns: &str, rank: Option<u32>) -> Result<PathBuf> {
     Ok(p)
 }
 
-/// The fan-out directory of `key` under `store_dir`: `<hh>/<hh>`.
+/// The fan-out directory of `key` under `store_dir`: `<hh>`, the key's first byte in hex.
 pub fn block_dir(store_dir: &Path, key: &Key) -> PathBuf {
-    let h = key.to_hex();
-    store_dir.join(&h[0..2]).join(&h[2..4])
+    store_dir.join(&key.to_hex()[0..2])
+}
+
+/// The index (0..256) of `key`'s fan-out directory: its first byte.
+pub fn fanout_index(key: &Key) -> usize {
+    key.0[0] as usize
 }
 
 /// The path of `key`'s block file under `store_dir`.
 pub fn block_path(store_dir: &Path, key: &Key) -> PathBuf {
     let h = key.to_hex();
     let mut p = store_dir.join(&h[0..2]);
-    p.push(&h[2..4]);
     p.push(format!("{h}{BLOCK_EXT}"));
     p
 }
@@ -190,9 +196,21 @@ mod tests {
         assert_eq!(d, Path::new("/r/ns/r3"));
         assert_eq!(
             block_path(&d, &k),
-            Path::new("/r/ns/r3/ab/cd/abcdef00112233445566778899aabbcc.kvb")
+            Path::new("/r/ns/r3/ab/abcdef00112233445566778899aabbcc.kvb")
         );
-        assert_eq!(block_dir(&d, &k), Path::new("/r/ns/r3/ab/cd"));
+        assert_eq!(block_dir(&d, &k), Path::new("/r/ns/r3/ab"));
+        assert_eq!(
+            block_path(&d, &k).parent(),
+            Some(block_dir(&d, &k).as_path())
+        );
+        assert_eq!(fanout_index(&k), 0xab);
+        for b in 0..=255u8 {
+            let k = Key([b; 16]);
+            let dir = block_dir(&d, &k);
+            let name = dir.file_name().unwrap().to_str().unwrap();
+            assert!(is_fanout_dir(name));
+            assert_eq!(usize::from_str_radix(name, 16).unwrap(), fanout_index(&k));
+        }
         let d = store_dir(Path::new("/r"), "ns", None).unwrap();
         assert_eq!(d, Path::new("/r/ns"));
         assert!(store_dir(Path::new("/r"), "../x", None).is_err());
