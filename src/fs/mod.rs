@@ -12,6 +12,8 @@
 //! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
 //!   reading); the LRU order is rebuilt from a directory scan at open, which also removes the
 //!   temp files of dead writers (their `flock` is gone).
+//! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
+//!   supports it, so its 256 fan-out directories spread over ext4's block groups.
 //! - No lock file: several processes may share a root; correctness rests on content
 //!   addressing and atomic rename.
 
@@ -215,6 +217,9 @@ impl FsStore {
         let dir = path::store_dir(&cfg.root, &cfg.namespace, cfg.rank)?;
         std::fs::create_dir_all(&dir)
             .map_err(|e| Error::io(format!("creating fs store directory {}", dir.display()), e))?;
+        // Spread the fan-out directories over the file system's block groups (ext4 only; a
+        // hint, see `sys::hint_top_dir`).
+        sys::hint_top_dir(&dir);
         let direct = direct::resolve(cfg.direct_io, &dir)?;
         let inner = Arc::new(Inner {
             dir,
