@@ -530,3 +530,41 @@ fn lookups_agree_before_and_after_the_name_index_is_built() {
         assert_eq!(f.get(Some("zz")).unwrap_err().kind(), ErrorKind::NotFound);
     }
 }
+
+#[test]
+fn headers_longer_than_the_first_read_open() {
+    // ~3000 entries of ~60 header bytes each: a header well past the 64 KiB first read.
+    let dir = tempfile::tempdir().unwrap();
+    let p = dir.path().join("big_header.safetensors");
+    let n = 3000usize;
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("layer.{i}.attention.weight"))
+        .collect();
+    let data: Vec<[u8; 4]> = (0..n).map(|i| (i as u32).to_le_bytes()).collect();
+    let tensors: Vec<TensorIn> = names
+        .iter()
+        .zip(&data)
+        .map(|(nm, d)| TensorIn::contiguous(nm, Dtype::U32, &[1], d))
+        .collect();
+    kvr::tensors::write(&p, &tensors, &[("k", "v")], no_sync()).unwrap();
+    let f = TensorFile::open(&p).unwrap();
+    assert!(
+        f.data_start() > 64 << 10,
+        "header of {} bytes",
+        f.data_start()
+    );
+    assert_eq!(f.len(), n);
+    assert_eq!(f.metadata_get("k"), Some("v"));
+    let mut dst = [0u8; 4];
+    for i in [0, 1, n / 2, n - 1] {
+        assert_eq!(f.read_into(Some(&names[i]), &mut dst).unwrap(), 4);
+        assert_eq!(dst, data[i]);
+        assert_eq!(f.get(Some(&names[i])).unwrap().data, &data[i][..]);
+    }
+    // Truncated inside the header: a clear Corrupt error, not a short read.
+    let bytes = std::fs::read(&p).unwrap();
+    let cut = dir.path().join("cut.safetensors");
+    std::fs::write(&cut, &bytes[..70_000]).unwrap();
+    let e = TensorFile::open(&cut).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
+}
