@@ -314,81 +314,7 @@ pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::write_all_at(file, buf, off)
 }
 
-fn advance(iov: &mut Vec<libc::iovec>, mut n: usize) {
-    let mut skip = 0;
-    for v in iov.iter_mut() {
-        if n >= v.iov_len {
-            n -= v.iov_len;
-            skip += 1;
-        } else {
-            // SAFETY: n < iov_len, so the new base stays inside the same buffer.
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-            v.iov_len -= n;
-            break;
-        }
-    }
-    iov.drain(..skip);
-}
-
-/// `preadv` until every buffer is full (one syscall in the common case).
-pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut off: u64) -> io::Result<()> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr().cast(),
-            iov_len: b.len(),
-        })
-        .collect();
-    while !iov.is_empty() {
-        let cnt = iov.len().min(1024) as libc::c_int;
-        // SAFETY: every iovec points into a live, exclusively borrowed buffer of its length.
-        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), cnt, off as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
-        }
-        off += n as u64;
-        advance(&mut iov, n as usize);
-    }
-    Ok(())
-}
-
-/// `pwritev` until every buffer is written (one syscall in the common case).
-pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut off: u64) -> io::Result<()> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    while !iov.is_empty() {
-        let cnt = iov.len().min(1024) as libc::c_int;
-        // SAFETY: every iovec points into a live buffer of its length; pwritev only reads.
-        let n = unsafe { libc::pwritev(file.as_raw_fd(), iov.as_ptr(), cnt, off as libc::off_t) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from(io::ErrorKind::WriteZero));
-        }
-        off += n as u64;
-        advance(&mut iov, n as usize);
-    }
-    Ok(())
-}
+pub use crate::io::vectored::{preadv_exact, pwritev_all};
 
 /// `fdatasync`.
 pub fn datasync(file: &File) -> io::Result<()> {
@@ -444,43 +370,4 @@ pub fn scan_table(table: &File, g: &Geometry, threads: usize) -> Result<Vec<Opti
         r?;
     }
     Ok(found)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn vectored_io_round_trips_across_buffers() {
-        let dir = tempfile::tempdir().unwrap();
-        let f = File::options()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .open(dir.path().join("v"))
-            .unwrap();
-        let a = vec![1u8; 3];
-        let b = vec![2u8; 5000];
-        pwritev_all(&f, &[&a, &[], &b], 10).unwrap();
-        let (mut x, mut y) = (vec![0u8; 4], vec![0u8; 4999]);
-        preadv_all(&f, &mut [&mut x, &mut y], 10).unwrap();
-        assert_eq!(x, [1, 1, 1, 2]);
-        assert!(y.iter().all(|&v| v == 2));
-        let mut z = vec![0u8; 10];
-        assert!(preadv_all(&f, &mut [&mut z], 5005).is_err());
-        let mut iov = vec![
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut _,
-                iov_len: 3,
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: 5000,
-            },
-        ];
-        advance(&mut iov, 4);
-        assert_eq!(iov.len(), 1);
-        assert_eq!(iov[0].iov_len, 4999);
-    }
 }

@@ -758,7 +758,7 @@ impl Inner {
             if let Some(b) = bounce.as_mut() {
                 parts.push(&mut b.as_mut_slice()[..bounce_len]);
             }
-            file::preadv_all(&self.file, &mut parts, off).map_err(|e| {
+            file::preadv_exact(&self.file, &mut parts, off).map_err(|e| {
                 Error::io(
                     format!(
                         "reading entry {} from slot {} of {}",

@@ -6,103 +6,7 @@ use std::io;
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
-/// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
-pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.as_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut start = 0;
-    while start < iov.len() {
-        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: every iovec points into a live slice of `bufs` (advanced within bounds
-        // below); the kernel only reads from them.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iov[start..].as_ptr(),
-                cnt,
-                offset as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        offset += n as u64;
-        start = advance(&mut iov, start, n as usize);
-    }
-    Ok(())
-}
-
-/// Reads into `bufs` from `offset` with `preadv` until they are full or end of file;
-/// returns the bytes read.
-pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::Result<usize> {
-    let mut iov: Vec<libc::iovec> = bufs
-        .iter_mut()
-        .filter(|b| !b.is_empty())
-        .map(|b| libc::iovec {
-            iov_base: b.as_mut_ptr() as *mut libc::c_void,
-            iov_len: b.len(),
-        })
-        .collect();
-    let mut start = 0;
-    let mut total = 0;
-    while start < iov.len() {
-        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`
-        // (advanced within bounds below); the kernel writes at most iov_len bytes to each.
-        let n = unsafe {
-            libc::preadv(
-                file.as_raw_fd(),
-                iov[start..].as_ptr(),
-                cnt,
-                offset as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            break; // end of file
-        }
-        offset += n as u64;
-        total += n as usize;
-        start = advance(&mut iov, start, n as usize);
-    }
-    Ok(total)
-}
-
-/// Consumes `n` bytes from `iov[start..]`; returns the new start.
-fn advance(iov: &mut [libc::iovec], mut start: usize, mut n: usize) -> usize {
-    while n > 0 && start < iov.len() {
-        let v = &mut iov[start];
-        if n >= v.iov_len {
-            n -= v.iov_len;
-            start += 1;
-        } else {
-            // SAFETY: n < iov_len, so the new base stays inside the same buffer.
-            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
-            v.iov_len -= n;
-            n = 0;
-        }
-    }
-    start
-}
+pub use crate::io::vectored::{preadv_all, pwritev_all};
 
 /// Takes an exclusive advisory lock; `wait` false makes it fail with EWOULDBLOCK when held.
 pub fn flock_exclusive(file: &File, wait: bool) -> io::Result<()> {
@@ -248,23 +152,5 @@ mod tests {
         let file = dir.path().join("f");
         std::fs::write(&file, b"x").unwrap();
         assert!(!hint_top_dir(&file), "not a directory");
-    }
-
-    #[test]
-    fn advance_splits_buffers() {
-        let (a, b) = ([0u8; 4], [0u8; 4]);
-        let mut iov = [
-            libc::iovec {
-                iov_base: a.as_ptr() as *mut _,
-                iov_len: 4,
-            },
-            libc::iovec {
-                iov_base: b.as_ptr() as *mut _,
-                iov_len: 4,
-            },
-        ];
-        assert_eq!(advance(&mut iov, 0, 5), 1);
-        assert_eq!(iov[1].iov_len, 3);
-        assert_eq!(advance(&mut iov, 1, 3), 2);
     }
 }

@@ -1,0 +1,173 @@
+//! Vectored positional I/O (`preadv`/`pwritev`) that retries EINTR and short transfers:
+//! one syscall for [header page | caller's buffer | tail page] in the common case. Shared by
+//! the fs block store and the disk slot file.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+
+/// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
+pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut start = 0;
+    while start < iov.len() {
+        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec points into a live slice of `bufs` (advanced within bounds
+        // below); the kernel only reads from them.
+        let n = unsafe {
+            libc::pwritev(
+                file.as_raw_fd(),
+                iov[start..].as_ptr(),
+                cnt,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
+        }
+        offset += n as u64;
+        start = advance(&mut iov, start, n as usize);
+    }
+    Ok(())
+}
+
+/// Reads into `bufs` from `offset` with `preadv` until they are full or end of file;
+/// returns the bytes read.
+pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::Result<usize> {
+    let mut iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let mut start = 0;
+    let mut total = 0;
+    while start < iov.len() {
+        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
+        // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`
+        // (advanced within bounds below); the kernel writes at most iov_len bytes to each.
+        let n = unsafe {
+            libc::preadv(
+                file.as_raw_fd(),
+                iov[start..].as_ptr(),
+                cnt,
+                offset as libc::off_t,
+            )
+        };
+        if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            return Err(e);
+        }
+        if n == 0 {
+            break; // end of file
+        }
+        offset += n as u64;
+        total += n as usize;
+        start = advance(&mut iov, start, n as usize);
+    }
+    Ok(total)
+}
+
+/// Consumes `n` bytes from `iov[start..]`; returns the new start.
+fn advance(iov: &mut [libc::iovec], mut start: usize, mut n: usize) -> usize {
+    while n > 0 && start < iov.len() {
+        let v = &mut iov[start];
+        if n >= v.iov_len {
+            n -= v.iov_len;
+            start += 1;
+        } else {
+            // SAFETY: n < iov_len, so the new base stays inside the same buffer.
+            v.iov_base = unsafe { v.iov_base.cast::<u8>().add(n) }.cast();
+            v.iov_len -= n;
+            n = 0;
+        }
+    }
+    start
+}
+
+/// Like [`preadv_all`], but end of file before every buffer is full is an error
+/// (`UnexpectedEof`).
+pub fn preadv_exact(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<()> {
+    let want: usize = bufs.iter().map(|b| b.len()).sum();
+    if preadv_all(file, bufs, offset)? < want {
+        return Err(io::Error::from(io::ErrorKind::UnexpectedEof));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_across_buffers_and_reports_eof() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("v"))
+            .unwrap();
+        let a = vec![1u8; 3];
+        let b = vec![2u8; 5000];
+        pwritev_all(&f, &[&a, &[], &b], 10).unwrap();
+        let (mut x, mut y) = (vec![0u8; 4], vec![0u8; 4999]);
+        preadv_exact(&f, &mut [&mut x, &mut y], 10).unwrap();
+        assert_eq!(x, [1, 1, 1, 2]);
+        assert!(y.iter().all(|&v| v == 2));
+        let mut z = vec![0u8; 10];
+        assert_eq!(preadv_all(&f, &mut [&mut z], 5005).unwrap(), 8); // file ends at 5013
+        let e = preadv_exact(&f, &mut [&mut z], 5005).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
+        let mut iov = vec![
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: 3,
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: 5000,
+            },
+        ];
+        assert_eq!(advance(&mut iov, 0, 4), 1);
+        assert_eq!(iov[1].iov_len, 4999);
+    }
+
+    #[test]
+    fn advance_splits_buffers() {
+        let (a, b) = ([0u8; 4], [0u8; 4]);
+        let mut iov = [
+            libc::iovec {
+                iov_base: a.as_ptr() as *mut _,
+                iov_len: 4,
+            },
+            libc::iovec {
+                iov_base: b.as_ptr() as *mut _,
+                iov_len: 4,
+            },
+        ];
+        assert_eq!(advance(&mut iov, 0, 5), 1);
+        assert_eq!(iov[1].iov_len, 3);
+        assert_eq!(advance(&mut iov, 1, 3), 2);
+    }
+}
