@@ -7,9 +7,9 @@ use super::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF, KVR_DIRECT_IO_ON};
 use super::job::kvr_job;
 use super::status::{guard, kvr_status};
 use super::{
-    arg_bytes, arg_bytes_mut, arg_ref, arg_str, kvr_block_key, read_config, write_out,
-    write_sized_out,
+    arg_bytes, arg_bytes_mut, arg_ref, arg_str, kvr_block_key, write_out, write_sized_out,
 };
+use super::{close_handle, open_handle};
 use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
 use crate::io::DirectIo;
 use crate::Error;
@@ -187,16 +187,12 @@ pub extern "C" fn kvr_disk_open(
     out: *mut *mut kvr_disk,
 ) -> kvr_status {
     guard(|| {
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
+        // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
+        unsafe {
+            open_handle(config, out, |c| {
+                SlotFile::open(&to_rust_config(c)?).map(|inner| kvr_disk { inner })
+            })
         }
-        let min = std::mem::size_of::<kvr_disk_config>();
-        // SAFETY: the caller passes a config of `struct_size` bytes (checked inside).
-        let c = unsafe { read_config(config, kvr_disk_config::default(), min, "config") }?;
-        let disk = SlotFile::open(&to_rust_config(&c)?)?;
-        let handle = Box::into_raw(Box::new(kvr_disk { inner: disk }));
-        // SAFETY: `out` is non-null (checked above) and writable per the contract.
-        unsafe { write_out(out, handle, "out") }
     })
 }
 
@@ -204,13 +200,8 @@ pub extern "C" fn kvr_disk_open(
 /// stay in the file for the next open. `kvr_disk_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_disk_close(disk: *mut kvr_disk) {
-    let _ = guard(|| {
-        if !disk.is_null() {
-            // SAFETY: `disk` came from kvr_disk_open and is closed once (caller's contract).
-            drop(unsafe { Box::from_raw(disk) });
-        }
-        Ok(())
-    });
+    // SAFETY: `disk` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(disk) }
 }
 
 /// # Safety

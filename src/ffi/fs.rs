@@ -5,7 +5,8 @@ use std::ffi::{c_char, c_void};
 use super::job::kvr_job;
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_ref, arg_str, read_config, write_out, write_sized_out};
+use super::{arg_bytes, arg_bytes_mut, arg_ref, arg_str, write_out, write_sized_out};
+use super::{close_handle, open_handle};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
 use crate::io::DirectIo;
 use crate::{Durability, Error};
@@ -203,16 +204,12 @@ pub extern "C" fn kvr_fs_config_default(config: *mut kvr_fs_config) -> kvr_statu
 #[no_mangle]
 pub extern "C" fn kvr_fs_open(config: *const kvr_fs_config, out: *mut *mut kvr_fs) -> kvr_status {
     guard(|| {
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
+        // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
+        unsafe {
+            open_handle(config, out, |c| {
+                FsStore::open(&to_rust_config(c)?).map(|inner| kvr_fs { inner })
+            })
         }
-        let min = std::mem::size_of::<kvr_fs_config>();
-        // SAFETY: the caller passes a config of `struct_size` bytes (checked inside).
-        let c = unsafe { read_config(config, kvr_fs_config::default(), min, "config") }?;
-        let store = FsStore::open(&to_rust_config(&c)?)?;
-        let handle = Box::into_raw(Box::new(kvr_fs { inner: store }));
-        // SAFETY: `out` is non-null (checked above) and writable per the contract.
-        unsafe { write_out(out, handle, "out") }
     })
 }
 
@@ -220,13 +217,8 @@ pub extern "C" fn kvr_fs_open(config: *const kvr_fs_config, out: *mut *mut kvr_f
 /// (a job outlives its store safely). `kvr_fs_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_fs_close(fs: *mut kvr_fs) {
-    let _ = guard(|| {
-        if !fs.is_null() {
-            // SAFETY: `fs` came from kvr_fs_open and is closed once (caller's contract).
-            drop(unsafe { Box::from_raw(fs) });
-        }
-        Ok(())
-    });
+    // SAFETY: `fs` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(fs) }
 }
 
 /// Stores `len` bytes at `src` as the block `*key` (a `U8` tensor), unless it exists

@@ -2,6 +2,7 @@
 
 use std::time::Duration;
 
+use super::close_handle;
 use super::status::{guard, kvr_status};
 use super::{arg_ref, write_out};
 use crate::io::Job;
@@ -83,11 +84,6 @@ pub extern "C" fn kvr_job_item_status(
 /// then). `kvr_job_free(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_job_free(job: *mut kvr_job) {
-    let _ = guard(|| {
-        if !job.is_null() {
-            // SAFETY: `job` came from a submit call and is freed once (caller's contract).
-            drop(unsafe { Box::from_raw(job) });
-        }
-        Ok(())
-    });
+    // SAFETY: `job` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(job) }
 }

@@ -199,6 +199,44 @@ pub(crate) unsafe fn write_sized_out<T: Copy>(out: *mut T, value: T, name: &str)
     Ok(())
 }
 
+/// Body of every `*_open` that takes a versioned config: checks `out`, reads the config
+/// (`struct_size` first, newer fields defaulted), builds the Rust object with `open` and hands
+/// C a boxed handle. Nothing is allocated on failure.
+///
+/// # Safety
+/// `config` must be NULL or point to `config->struct_size` readable bytes; `out` NULL or
+/// writable.
+pub(crate) unsafe fn open_handle<C: Copy + Default, H>(
+    config: *const C,
+    out: *mut *mut H,
+    open: impl FnOnce(&C) -> Result<H>,
+) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::invalid("out is NULL"));
+    }
+    let min = std::mem::size_of::<C>();
+    // SAFETY: forwarded contract (read_config checks NULL and struct_size).
+    let c = unsafe { read_config(config, C::default(), min, "config") }?;
+    let handle = Box::into_raw(Box::new(open(&c)?));
+    // SAFETY: `out` is non-null (checked above) and writable per the contract.
+    unsafe { write_out(out, handle, "out") }
+}
+
+/// Body of every `*_close`/`*_free`: frees a handle made by `Box::into_raw`; NULL is a no-op.
+/// Panics in the destructor are caught (they are recorded for `kvr_last_error_message`).
+///
+/// # Safety
+/// `handle` must be NULL or a handle kvr returned that was not freed yet.
+pub(crate) unsafe fn close_handle<H>(handle: *mut H) {
+    let _ = status::guard(|| {
+        if !handle.is_null() {
+            // SAFETY: from Box::into_raw in kvr, freed once (caller's contract).
+            drop(unsafe { Box::from_raw(handle) });
+        }
+        Ok(())
+    });
+}
+
 /// Writes an output value; outputs are only written on success.
 ///
 /// # Safety

@@ -4,7 +4,8 @@ use std::ffi::c_char;
 use std::time::Duration;
 
 use super::status::{guard, kvr_status};
-use super::{arg_ref, arg_str, read_config, write_out, write_sized_out};
+use super::{arg_ref, arg_str, write_out, write_sized_out};
+use super::{close_handle, open_handle};
 use crate::region::{Layout, Pinning, Region, RegionConfig, Role};
 use crate::Error;
 
@@ -191,16 +192,12 @@ pub extern "C" fn kvr_region_open(
     out: *mut *mut kvr_region,
 ) -> kvr_status {
     guard(|| {
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
+        // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
+        unsafe {
+            open_handle(config, out, |c| {
+                Region::open(&to_rust_config(c)?).map(|inner| kvr_region { inner })
+            })
         }
-        let min = std::mem::size_of::<kvr_region_config>();
-        // SAFETY: the caller passes a config of `struct_size` bytes (checked inside).
-        let c = unsafe { read_config(config, kvr_region_config::default(), min, "config") }?;
-        let region = Region::open(&to_rust_config(&c)?)?;
-        let handle = Box::into_raw(Box::new(kvr_region { inner: region }));
-        // SAFETY: `out` is non-null (checked above) and writable per the contract.
-        unsafe { write_out(out, handle, "out") }
     })
 }
 
@@ -208,13 +205,8 @@ pub extern "C" fn kvr_region_open(
 /// `kvr_region_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_region_close(region: *mut kvr_region) {
-    let _ = guard(|| {
-        if !region.is_null() {
-            // SAFETY: `region` came from kvr_region_open and is closed once (caller's contract).
-            drop(unsafe { Box::from_raw(region) });
-        }
-        Ok(())
-    });
+    // SAFETY: `region` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(region) }
 }
 
 /// Hands out the next tensor's view for this rank: successive calls pack tensors of

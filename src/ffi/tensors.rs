@@ -3,6 +3,7 @@
 
 use std::ffi::{c_char, c_void, CString};
 
+use super::close_handle;
 use super::region::kvr_region;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes_mut, arg_opt_path, arg_ref, arg_str, write_out};
@@ -344,13 +345,8 @@ pub extern "C" fn kvr_tensors_open(
 /// Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensors_close(file: *mut kvr_tensor_file) {
-    let _ = guard(|| {
-        if !file.is_null() {
-            // SAFETY: from kvr_tensors_open, closed once (caller's contract).
-            drop(unsafe { Box::from_raw(file) });
-        }
-        Ok(())
-    });
+    // SAFETY: `file` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(file) }
 }
 
 /// Number of tensors in the file (padding tensors excluded).
@@ -562,13 +558,8 @@ pub extern "C" fn kvr_tensor_dir_open(
 /// NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensor_dir_close(dir: *mut kvr_tensor_dir) {
-    let _ = guard(|| {
-        if !dir.is_null() {
-            // SAFETY: from kvr_tensor_dir_open, closed once.
-            drop(unsafe { Box::from_raw(dir) });
-        }
-        Ok(())
-    });
+    // SAFETY: `dir` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(dir) }
 }
 
 /// Deletes the directory and its files now. Later puts, get_refs and materializations fail
@@ -715,13 +706,8 @@ pub extern "C" fn kvr_tensor_lazy_view(
 /// and references deletes the directory. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensor_lazy_free(lazy: *mut kvr_tensor_lazy) {
-    let _ = guard(|| {
-        if !lazy.is_null() {
-            // SAFETY: from kvr_tensor_dir_get_ref, freed once.
-            drop(unsafe { Box::from_raw(lazy) });
-        }
-        Ok(())
-    });
+    // SAFETY: `lazy` is NULL or a live handle freed once (caller's contract).
+    unsafe { close_handle(lazy) }
 }
 
 /// Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
