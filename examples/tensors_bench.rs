@@ -1,5 +1,5 @@
 //! Tensor file benchmark (release mode):
-//! `cargo run --release --example tensors_bench -- [dir]` (default dir: /work/tmp-bench).
+//! `cargo run --release --example tensors_bench -- [dir]` (default dir: $TMPDIR or /tmp).
 //!
 //! 1. Writes a 1 GiB file of 1000 F16 tensors (512x1024 each, 4 KiB-aligned), then times
 //!    open + get of one tensor (page cache warm and after evicting the file with
@@ -35,11 +35,10 @@ fn gbps(bytes: u64, d: Duration) -> f64 {
 }
 
 fn main() {
-    let dir = PathBuf::from(
-        std::env::args()
-            .nth(1)
-            .unwrap_or_else(|| "/work/tmp-bench".into()),
-    );
+    let dir = std::env::args()
+        .nth(1)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| std::env::temp_dir().join("kvr-tensors-bench"));
     std::fs::create_dir_all(&dir).unwrap();
     let big = dir.join("bench_1000.safetensors");
     let (n, rows, cols) = (1000usize, 512u64, 1024u64);
