@@ -3,15 +3,14 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
-use super::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF, KVR_DIRECT_IO_ON};
+use super::fs::{direct_io_from_c, KVR_DIRECT_IO_AUTO};
 use super::job::kvr_job;
 use super::status::{guard, kvr_status};
 use super::{
     arg_bytes, arg_bytes_mut, arg_ref, arg_str, kvr_block_key, write_out, write_sized_out,
 };
-use super::{close_handle, open_handle};
+use super::{arg_slice, check_array, close_handle, open_handle};
 use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
-use crate::io::DirectIo;
 use crate::Error;
 
 /// Bytes of a slot file key.
@@ -159,16 +158,7 @@ fn to_rust_config(c: &kvr_disk_config) -> crate::Result<DiskConfig> {
     }
     let mut cfg = DiskConfig::new(PathBuf::from(path), c.slot_size, c.num_slots);
     cfg.io_threads = c.io_threads as usize;
-    cfg.direct_io = match c.direct_io {
-        KVR_DIRECT_IO_AUTO => DirectIo::Auto,
-        KVR_DIRECT_IO_ON => DirectIo::On,
-        KVR_DIRECT_IO_OFF => DirectIo::Off,
-        v => {
-            return Err(Error::invalid(format!(
-                "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
-            )))
-        }
-    };
+    cfg.direct_io = direct_io_from_c(c.direct_io)?;
     cfg.verify = c.verify;
     cfg.sync = c.sync;
     Ok(cfg)
@@ -377,13 +367,8 @@ pub extern "C" fn kvr_disk_submit_write(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let bytes = n
-            .checked_mul(std::mem::size_of::<kvr_disk_write_op>())
-            .ok_or_else(|| Error::invalid(format!("{n} ops overflow")))?;
-        // SAFETY: `ops` is NULL or points to `n` ops; checked for NULL and zero length.
-        unsafe { arg_bytes(ops.cast(), bytes, "ops", false) }?;
-        // SAFETY: non-null, `n` valid ops (checked above).
-        let ops = unsafe { std::slice::from_raw_parts(ops, n) };
+        // SAFETY: `ops` is NULL or points to `n` valid ops (caller's contract).
+        let ops = unsafe { arg_slice(ops, n, "ops", false) }?;
         let raw: Vec<RawWrite> = ops
             .iter()
             .map(|o| RawWrite {
@@ -418,11 +403,8 @@ pub extern "C" fn kvr_disk_submit_read(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let bytes = n
-            .checked_mul(std::mem::size_of::<kvr_disk_read_op>())
-            .ok_or_else(|| Error::invalid(format!("{n} ops overflow")))?;
-        // SAFETY: `ops` is NULL or points to `n` ops; checked for NULL and zero length.
-        unsafe { arg_bytes(ops.cast_const().cast(), bytes, "ops", false) }?;
+        // The ops are also outputs, so they are reached through the raw pointer below.
+        check_array(ops.cast_const(), n, "ops", false)?;
         let raw: Vec<RawRead> = (0..n)
             .map(|i| {
                 // SAFETY: `i < n` and `ops` points to `n` valid ops (checked above).

@@ -6,7 +6,7 @@ use super::job::kvr_job;
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_ref, arg_str, write_out, write_sized_out};
-use super::{close_handle, open_handle};
+use super::{arg_slice, close_handle, open_handle};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
 use crate::io::DirectIo;
 use crate::{Durability, Error};
@@ -25,6 +25,18 @@ pub const KVR_DIRECT_IO_AUTO: u32 = 0;
 pub const KVR_DIRECT_IO_ON: u32 = 1;
 /// `direct_io`: always buffered I/O.
 pub const KVR_DIRECT_IO_OFF: u32 = 2;
+
+/// A config's `direct_io` value (shared by the fs store and the slot file).
+pub(crate) fn direct_io_from_c(v: u32) -> crate::Result<DirectIo> {
+    match v {
+        KVR_DIRECT_IO_AUTO => Ok(DirectIo::Auto),
+        KVR_DIRECT_IO_ON => Ok(DirectIo::On),
+        KVR_DIRECT_IO_OFF => Ok(DirectIo::Off),
+        v => Err(Error::invalid(format!(
+            "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
+        ))),
+    }
+}
 
 /// `durability`: no flushing (the OS writes back).
 pub const KVR_FS_DURABILITY_NONE: u32 = 0;
@@ -162,16 +174,7 @@ fn to_rust_config(c: &kvr_fs_config) -> crate::Result<FsConfig> {
     }
     cfg.read_threads = c.read_threads as usize;
     cfg.write_threads = c.write_threads as usize;
-    cfg.direct_io = match c.direct_io {
-        KVR_DIRECT_IO_AUTO => DirectIo::Auto,
-        KVR_DIRECT_IO_ON => DirectIo::On,
-        KVR_DIRECT_IO_OFF => DirectIo::Off,
-        v => {
-            return Err(Error::invalid(format!(
-                "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
-            )))
-        }
-    };
+    cfg.direct_io = direct_io_from_c(c.direct_io)?;
     cfg.durability = match c.durability {
         KVR_FS_DURABILITY_NONE => Durability::None,
         KVR_FS_DURABILITY_FDATASYNC => Durability::Fdatasync,
@@ -334,7 +337,7 @@ pub extern "C" fn kvr_fs_lookup_prefix(
         if hits.is_null() {
             return Err(Error::invalid("hits is NULL"));
         }
-        let ks = key_array(keys, n, "keys")?;
+        let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
         let found = ks
             .iter()
             .take_while(|k| s.inner.contains(&Key(k.bytes)))
@@ -342,22 +345,6 @@ pub extern "C" fn kvr_fs_lookup_prefix(
         // SAFETY: non-null and writable per the contract.
         unsafe { write_out(hits, found, "hits") }
     })
-}
-
-fn key_array<'a, T>(ptr: *const T, n: usize, name: &str) -> crate::Result<&'a [T]> {
-    if n == 0 {
-        return Ok(&[]);
-    }
-    if ptr.is_null() {
-        return Err(Error::invalid(format!("{name} is NULL (n = {n})")));
-    }
-    if n.checked_mul(std::mem::size_of::<T>())
-        .map_or(true, |b| b > isize::MAX as usize)
-    {
-        return Err(Error::invalid(format!("{name}: n = {n} overflows")));
-    }
-    // SAFETY: non-null, size checked; the caller guarantees `n` valid elements.
-    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
 }
 
 /// Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none. Readers
@@ -452,7 +439,7 @@ pub extern "C" fn kvr_fs_submit_store(
         if n == 0 {
             return Err(Error::invalid("n is 0"));
         }
-        let its = key_array(items, n, "items")?;
+        let its = unsafe { arg_slice(items, n, "items", true) }?;
         let mut reqs = Vec::with_capacity(n);
         for (i, it) in its.iter().enumerate() {
             // SAFETY: validity of `src` for `len` bytes is the caller's contract.
@@ -488,7 +475,7 @@ pub extern "C" fn kvr_fs_submit_load(
         if n == 0 {
             return Err(Error::invalid("n is 0"));
         }
-        let its = key_array(items, n, "items")?;
+        let its = unsafe { arg_slice(items, n, "items", true) }?;
         let mut reqs = Vec::with_capacity(n);
         for (i, it) in its.iter().enumerate() {
             // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.

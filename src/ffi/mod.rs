@@ -105,6 +105,45 @@ pub(crate) unsafe fn arg_bytes_mut<'a>(
     Ok(unsafe { std::slice::from_raw_parts_mut(ptr, len) })
 }
 
+/// Checks a C array argument of `n` elements: non-NULL (unless empty and allowed), non-zero
+/// unless `allow_empty`, and `n * sizeof(T)` addressable.
+pub(crate) fn check_array<T>(ptr: *const T, n: usize, name: &str, allow_empty: bool) -> Result<()> {
+    if n == 0 {
+        return if allow_empty {
+            Ok(())
+        } else {
+            Err(Error::invalid(format!("{name} is empty (n = 0)")))
+        };
+    }
+    if ptr.is_null() {
+        return Err(Error::invalid(format!("{name} is NULL (n = {n})")));
+    }
+    if n.checked_mul(std::mem::size_of::<T>())
+        .map_or(true, |b| b > isize::MAX as usize)
+    {
+        return Err(Error::invalid(format!("{name}: n = {n} overflows")));
+    }
+    Ok(())
+}
+
+/// Borrows a C array of `n` elements after [`check_array`].
+///
+/// # Safety
+/// A non-null `ptr` must point to `n` valid elements that live for `'a`.
+pub(crate) unsafe fn arg_slice<'a, T>(
+    ptr: *const T,
+    n: usize,
+    name: &str,
+    allow_empty: bool,
+) -> Result<&'a [T]> {
+    check_array(ptr, n, name, allow_empty)?;
+    if n == 0 {
+        return Ok(&[]);
+    }
+    // SAFETY: non-null and size checked above; element validity is the caller's contract.
+    Ok(unsafe { std::slice::from_raw_parts(ptr, n) })
+}
+
 /// Reads a NUL-terminated UTF-8 string argument.
 ///
 /// # Safety
