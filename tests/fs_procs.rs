@@ -105,11 +105,34 @@ fn open(dir: &Path) -> FsStore {
 }
 
 #[test]
-fn sigkilled_writer_leaves_no_partial_block() {
+fn sigkilled_writer_leaves_no_partial_block_unnamed_temp_files() {
+    sigkilled_writer(
+        "sigkilled_writer_leaves_no_partial_block_unnamed_temp_files",
+        true,
+    );
+}
+
+#[test]
+fn sigkilled_writer_leaves_no_partial_block_named_temp_files() {
+    sigkilled_writer(
+        "sigkilled_writer_leaves_no_partial_block_named_temp_files",
+        false,
+    );
+}
+
+/// A writer storing blocks on 4 threads is SIGKILLed; every visible block is whole, and no
+/// temp file survives: none at all with unnamed (`O_TMPFILE`) files, none after the next
+/// open's cleanup with named ones.
+fn sigkilled_writer(test: &str, unnamed: bool) {
+    let config = |dir: &Path| {
+        let mut c = FsConfig::new(dir, "shared-ns");
+        c.unnamed_temp_files = unnamed;
+        c
+    };
     if let Some((r, dir)) = role() {
         assert_eq!(r, "crash-writer");
         // fdatasync keeps each block in its temp state longer: more likely to be killed there.
-        let mut c = FsConfig::new(&dir, "shared-ns");
+        let mut c = config(&dir);
         c.durability = kvr::Durability::Fdatasync;
         c.write_threads = 4;
         let s = FsStore::open(&c).unwrap();
@@ -134,13 +157,7 @@ fn sigkilled_writer_leaves_no_partial_block() {
         }
     }
     let d = tempfile::tempdir().unwrap();
-    let mut child = spawn_role(
-        "sigkilled_writer_leaves_no_partial_block",
-        "crash-writer",
-        d.path(),
-    )
-    .spawn()
-    .unwrap();
+    let mut child = spawn_role(test, "crash-writer", d.path()).spawn().unwrap();
     let deadline = Instant::now() + Duration::from_secs(30);
     let ns = d.path().join("shared-ns");
     while walk(&ns).iter().filter(|p| !is_temp(p)).count() < 200 {
@@ -153,9 +170,14 @@ fn sigkilled_writer_leaves_no_partial_block() {
     let temps_before = walk(&ns).iter().filter(|p| is_temp(p)).count();
     println!("temp files left by the killed writer: {temps_before}");
     // Reopening cleans the dead writer's temp files (its flocks died with it).
-    let mut c = FsConfig::new(d.path(), "shared-ns");
+    let mut c = config(d.path());
     c.direct_io = DirectIo::Auto;
     let s = FsStore::open(&c).unwrap();
+    if s.uses_unnamed_temp_files() {
+        assert_eq!(temps_before, 0, "unnamed temp files never have a name");
+    } else {
+        assert!(!unnamed, "named temp files were asked for");
+    }
     assert_eq!(walk(&ns).iter().filter(|p| is_temp(p)).count(), 0);
     // Content blocks of the crash role are block_len + 60000 long.
     let mut n = 0;

@@ -434,6 +434,85 @@ fn async_batches_store_and_load() {
     assert!(dst[1..1 + n * len] == src.as_slice()[..n * len]);
 }
 
+/// One batch with duplicate keys (published by whichever writer finishes first), a NULL
+/// item, unaligned and odd-length payloads, for both temp-file kinds and every I/O mode:
+/// every item completes with its own result and nothing but block files is left.
+#[test]
+fn async_batch_with_duplicates_and_bad_items() {
+    let d = tempfile::tempdir().unwrap();
+    for (round, mode) in modes(d.path()).into_iter().enumerate() {
+        for unnamed in [true, false] {
+            let mut c = FsConfig::new(d.path(), format!("batch-{round}-{unnamed}"));
+            c.direct_io = mode;
+            c.write_threads = 3;
+            c.unnamed_temp_files = unnamed;
+            let s = FsStore::open(&c).unwrap();
+            let distinct = 30;
+            let len = |i: usize| 4096 * (1 + i % 5) + (i % 3) * 1000;
+            let bufs: Vec<TestBuf> = (0..distinct)
+                .map(|i| {
+                    let mut b = TestBuf::new(len(i), i % 4 != 0);
+                    content(&key(i as u64), b.get_mut());
+                    b
+                })
+                .collect();
+            // 41 items: keys 0..30 once and keys 0..=10 again, but item 17 is a NULL buffer
+            // (key 500), so key 17 is never stored: 29 stores and 11 duplicates.
+            let mut items: Vec<StoreRequest> = (0..41)
+                .map(|j| {
+                    let i = j % distinct;
+                    StoreRequest {
+                        key: key(i as u64),
+                        src: bufs[i].get().as_ptr(),
+                        len: len(i),
+                    }
+                })
+                .collect();
+            items[17] = StoreRequest {
+                key: key(500),
+                src: std::ptr::null(),
+                len: 4096,
+            };
+            // SAFETY: `bufs` outlives the job, which is dropped in this iteration.
+            let job = unsafe { s.submit_store(&items) };
+            let p = job.wait(Some(Duration::from_secs(60))).unwrap();
+            assert_eq!(
+                (p.total, p.done, p.failed),
+                (41, 41, 1),
+                "{mode:?} {unnamed}"
+            );
+            assert_eq!(job.item(17).unwrap_err().kind(), ErrorKind::InvalidArgument);
+            let mut written = vec![0u64; distinct];
+            for (j, it) in items.iter().enumerate() {
+                if j != 17 {
+                    written[j % distinct] += job.item(j).unwrap();
+                    assert_eq!(it.key, key((j % distinct) as u64));
+                }
+            }
+            drop(job);
+            // Each key's bytes were written exactly once, whichever of its items did it.
+            for (i, w) in written.iter().enumerate() {
+                let want = if i == 17 { 0 } else { len(i) as u64 };
+                assert_eq!(*w, want, "key {i} ({mode:?}, unnamed {unnamed})");
+            }
+            let st = s.stats();
+            assert_eq!((st.stores, st.dedup_hits), (29, 11), "{st:?}");
+            assert!(!s.contains(&key(17)));
+            for i in (0..distinct).filter(|&i| i != 17) {
+                let mut out = vec![0u8; len(i)];
+                let mut want = vec![0u8; len(i)];
+                content(&key(i as u64), &mut want);
+                s.load(&key(i as u64), &mut out).unwrap();
+                assert!(out == want, "key {i}");
+            }
+            for f in walk(s.dir()) {
+                let name = f.file_name().unwrap().to_str().unwrap();
+                assert!(name.ends_with(".kvb"), "left behind: {}", f.display());
+            }
+        }
+    }
+}
+
 #[test]
 fn temp_files_of_dead_writers_are_cleaned_at_open() {
     let d = tempfile::tempdir().unwrap();

@@ -90,6 +90,11 @@ pub fn block_dir(store_dir: &Path, key: &Key) -> PathBuf {
     store_dir.join(&key.to_hex()[0..2])
 }
 
+/// The name of fan-out directory `index` (0..256): two lowercase hex digits.
+pub fn fanout_name(index: usize) -> String {
+    format!("{index:02x}")
+}
+
 /// The index (0..256) of `key`'s fan-out directory: its first byte.
 pub fn fanout_index(key: &Key) -> usize {
     key.0[0] as usize
@@ -210,6 +215,7 @@ mod tests {
             let name = dir.file_name().unwrap().to_str().unwrap();
             assert!(is_fanout_dir(name));
             assert_eq!(usize::from_str_radix(name, 16).unwrap(), fanout_index(&k));
+            assert_eq!(fanout_name(fanout_index(&k)), name);
         }
         let d = store_dir(Path::new("/r"), "ns", None).unwrap();
         assert_eq!(d, Path::new("/r/ns"));

@@ -45,6 +45,63 @@ pub fn preallocate(file: &File, len: u64) -> io::Result<()> {
     }
 }
 
+/// Opens an unnamed file (`O_TMPFILE`) in `dir` for writing, with `flags` added. It has no
+/// name until [`link_unnamed`] gives it one, and vanishes if the writer dies first: no temp
+/// file is ever left behind. NFS and some others reject it (EOPNOTSUPP, EISDIR).
+pub fn open_unnamed(dir: &Path, flags: libc::c_int) -> io::Result<File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new()
+        .write(true)
+        .mode(0o644)
+        .custom_flags(libc::O_TMPFILE | flags)
+        .open(dir)
+}
+
+/// Gives an [`open_unnamed`] file the name `dest`, atomically; fails with `EEXIST` (and
+/// changes nothing) when `dest` exists. Goes through `/proc/self/fd` (`AT_EMPTY_PATH` would
+/// need CAP_DAC_READ_SEARCH).
+pub fn link_unnamed(file: &File, dest: &Path) -> io::Result<()> {
+    use std::ffi::CString;
+    use std::os::unix::ffi::OsStrExt;
+    let from = CString::new(format!("/proc/self/fd/{}", file.as_raw_fd()))
+        .expect("no NUL in a formatted number");
+    let to = CString::new(dest.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path contains NUL"))?;
+    // SAFETY: both arguments are NUL-terminated strings that outlive the call.
+    let r = unsafe {
+        libc::linkat(
+            libc::AT_FDCWD,
+            from.as_ptr(),
+            libc::AT_FDCWD,
+            to.as_ptr(),
+            libc::AT_SYMLINK_FOLLOW,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Whether `dir` supports the unnamed-file protocol end to end: an [`open_unnamed`] file
+/// (with `flags`) linked under a probe name, which is then removed.
+pub fn probe_unnamed(dir: &Path, flags: libc::c_int) -> bool {
+    let Ok(f) = open_unnamed(dir, flags) else {
+        return false;
+    };
+    let name = dir.join(format!(
+        ".kvr_tmpfile_probe.{}.{:?}",
+        std::process::id(),
+        std::thread::current().id()
+    ));
+    let linked = link_unnamed(&f, &name).is_ok();
+    if linked {
+        let _ = std::fs::remove_file(&name);
+    }
+    linked
+}
+
 /// Flushes a file's data (and the metadata needed to read it) to stable storage.
 pub fn fdatasync(file: &File) -> io::Result<()> {
     file.sync_data()

@@ -29,9 +29,18 @@ impl BouncePool {
         }
     }
 
-    /// A buffer of at least `len` bytes (capacity a multiple of 4096). Its contents are
-    /// whatever the last user left there.
+    /// A buffer of at least `len` bytes (capacity a multiple of 4096), returned to the pool
+    /// when the guard drops. Its contents are whatever the last user left there.
     pub fn get(&self, len: usize) -> Result<Bounce<'_>> {
+        Ok(Bounce {
+            buf: Some(self.take(len)?),
+            pool: self,
+        })
+    }
+
+    /// Like [`BouncePool::get`], but the caller owns the buffer (for a transfer that
+    /// outlives the current call) and hands it back with [`BouncePool::put`].
+    pub fn take(&self, len: usize) -> Result<AlignedBuf> {
         let reused = {
             let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
             let best = free
@@ -42,14 +51,26 @@ impl BouncePool {
                 .map(|(i, _)| i);
             best.map(|i| free.swap_remove(i))
         };
-        let buf = match reused {
-            Some(b) => b,
-            None => AlignedBuf::new(len)?,
-        };
-        Ok(Bounce {
-            buf: Some(buf),
-            pool: self,
-        })
+        match reused {
+            Some(b) => Ok(b),
+            None => AlignedBuf::new(len),
+        }
+    }
+
+    /// Returns a buffer for reuse (kept if the pool has room, or if it is larger than the
+    /// smallest kept one, which it then replaces).
+    pub fn put(&self, buf: AlignedBuf) {
+        let mut free = self.free.lock().unwrap_or_else(|p| p.into_inner());
+        if free.len() < self.max_kept {
+            free.push(buf);
+        } else if let Some(smallest) = free
+            .iter_mut()
+            .min_by_key(|b| b.capacity())
+            .filter(|b| b.capacity() < buf.capacity())
+        {
+            // Keep the larger buffer: big transfers are the ones that pay for allocation.
+            *smallest = buf;
+        }
     }
 
     /// Number of idle buffers kept.
@@ -73,17 +94,8 @@ impl DerefMut for Bounce<'_> {
 
 impl Drop for Bounce<'_> {
     fn drop(&mut self) {
-        let Some(buf) = self.buf.take() else { return };
-        let mut free = self.pool.free.lock().unwrap_or_else(|p| p.into_inner());
-        if free.len() < self.pool.max_kept {
-            free.push(buf);
-        } else if let Some(smallest) = free
-            .iter_mut()
-            .min_by_key(|b| b.capacity())
-            .filter(|b| b.capacity() < buf.capacity())
-        {
-            // Keep the larger buffer: big transfers are the ones that pay for allocation.
-            *smallest = buf;
+        if let Some(buf) = self.buf.take() {
+            self.pool.put(buf);
         }
     }
 }

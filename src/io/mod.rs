@@ -6,6 +6,7 @@ pub mod bounce;
 pub mod direct;
 pub mod job;
 pub mod pool;
+pub mod uring;
 pub mod vectored;
 
 pub use aligned::{is_aligned, is_aligned_ptr, AlignedBuf};
