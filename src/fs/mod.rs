@@ -414,6 +414,7 @@ enum TempFile {
     Named {
         file: File,
         path: PathBuf,
+        /// Renamed into place (or the name was lost to a cleaner): drop leaves `path` alone.
         published: bool,
     },
 }
@@ -422,6 +423,13 @@ impl TempFile {
     fn file(&self) -> &File {
         match self {
             TempFile::Unnamed(f) | TempFile::Named { file: f, .. } => f,
+        }
+    }
+
+    /// Makes drop leave a named temp file's path alone.
+    fn disown_name(&mut self) {
+        if let TempFile::Named { published, .. } = self {
+            *published = true;
         }
     }
 
@@ -803,20 +811,22 @@ impl Inner {
                 }
             };
             // From here on the file is removed on any failure.
-            let temp = TempFile::Named {
+            let mut named = TempFile::Named {
                 file,
-                path: temp,
+                path: temp.clone(),
                 published: false,
             };
-            let TempFile::Named { file, path, .. } = &temp else {
-                unreachable!("constructed above")
-            };
-            sys::flock_exclusive(file, true)
-                .map_err(|e| Error::io(format!("locking {}", path.display()), e))?;
-            match file.metadata() {
-                Ok(m) if m.nlink() > 0 => return Ok(temp),
-                Ok(_) => continue, // a cleaner removed it between create and lock
-                Err(e) => return Err(Error::io(format!("stat of {}", path.display()), e)),
+            sys::flock_exclusive(named.file(), true)
+                .map_err(|e| Error::io(format!("locking {}", temp.display()), e))?;
+            match named.file().metadata() {
+                Ok(m) if m.nlink() > 0 => return Ok(named),
+                Ok(_) => {
+                    // A cleaner removed it between create and lock: the name is not ours
+                    // any more, so dropping `named` must not remove it.
+                    named.disown_name();
+                    continue;
+                }
+                Err(e) => return Err(Error::io(format!("stat of {}", temp.display()), e)),
             }
         }
         Err(err!(
