@@ -53,12 +53,12 @@
 #define KVR_FS_DURABILITY_NONE 0
 
 /**
- * `durability`: `fdatasync` each block before renaming it into place.
+ * `durability`: `fdatasync` each block before linking it into place.
  */
 #define KVR_FS_DURABILITY_FDATASYNC 1
 
 /**
- * `durability`: `fdatasync` before the rename and `fsync` the directory after it.
+ * `durability`: `fdatasync` before the link and `fsync` the directory after it.
  */
 #define KVR_FS_DURABILITY_FDATASYNC_DIR 2
 

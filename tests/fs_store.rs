@@ -173,6 +173,15 @@ fn paths_namespaces_and_ranks() {
     let mut c = FsConfig::new(d.path(), "ns");
     c.rank = Some(3);
     let s = FsStore::open(&c).unwrap();
+    // Open creates all 256 fan-out directories (00..ff), so stores never mkdir under load.
+    let fanout: Vec<String> = std::fs::read_dir(s.dir())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(fanout.len(), 256);
+    assert!(fanout
+        .iter()
+        .all(|n| n.len() == 2 && u8::from_str_radix(n, 16).is_ok()));
     let k = Key::from_hex("abcdef00112233445566778899aabbcc").unwrap();
     s.store(&k, b"r3").unwrap();
     assert!(d

@@ -40,9 +40,9 @@ pub(crate) fn direct_io_from_c(v: u32) -> crate::Result<DirectIo> {
 
 /// `durability`: no flushing (the OS writes back).
 pub const KVR_FS_DURABILITY_NONE: u32 = 0;
-/// `durability`: `fdatasync` each block before renaming it into place.
+/// `durability`: `fdatasync` each block before linking it into place.
 pub const KVR_FS_DURABILITY_FDATASYNC: u32 = 1;
-/// `durability`: `fdatasync` before the rename and `fsync` the directory after it.
+/// `durability`: `fdatasync` before the link and `fsync` the directory after it.
 pub const KVR_FS_DURABILITY_FDATASYNC_DIR: u32 = 2;
 
 /// How to open a store. Fill with `kvr_fs_config_default`, then set the fields.

@@ -5,8 +5,8 @@
 //!   ([`path`]); its file format is in [`format`].
 //! - Writes go to an unnamed `O_TMPFILE` file in the target directory, linked into place
 //!   when complete (where the file system lacks `O_TMPFILE`, as NFS does: a unique, `flock`ed
-//!   temp file, renamed into place): readers never see a partial block, and a killed writer
-//!   leaves no file behind. A block that already exists is not rewritten.
+//!   temp file, hard-linked into place): readers never see a partial block, a killed writer
+//!   leaves no file behind, and a block that already exists is never rewritten.
 //! - Async batches keep one block write per writer thread in flight on io_uring while the
 //!   thread does the next block's metadata work ([`pipeline`]).
 //! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
@@ -19,7 +19,7 @@
 //! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
 //!   supports it, so its 256 fan-out directories spread over ext4's block groups.
 //! - No lock file: several processes may share a root; correctness rests on content
-//!   addressing and atomic rename.
+//!   addressing and atomic publication (`link`, which fails rather than replace a name).
 
 pub mod format;
 pub mod index;
@@ -48,9 +48,9 @@ pub enum Durability {
     /// Rely on the OS to write back (fastest; a power loss may lose recent blocks, but never
     /// makes a torn block visible under its final name on journaling file systems).
     None,
-    /// `fdatasync` the temp file before the rename.
+    /// `fdatasync` the block's file before it is linked into place.
     Fdatasync,
-    /// `fdatasync` before the rename and `fsync` the directory after it.
+    /// `fdatasync` before the link and `fsync` the directory after it.
     FdatasyncDir,
 }
 
@@ -77,7 +77,7 @@ pub struct FsConfig {
     pub capacity: u64,
     /// Write each block into an unnamed `O_TMPFILE` file and link it into place where the
     /// file system supports it (probed at open); a killed writer then leaves nothing behind.
-    /// `false` always uses named, `flock`ed temp files renamed into place: the protocol for
+    /// `false` always uses named, `flock`ed temp files linked into place: the protocol for
     /// file systems without `O_TMPFILE` (NFS), selectable to test it anywhere. Default true.
     pub unnamed_temp_files: bool,
 }
@@ -409,12 +409,13 @@ impl FsStore {
 enum TempFile {
     /// `O_TMPFILE`: nameless until linked; a failed or crashed writer leaves nothing.
     Unnamed(File),
-    /// A named temp file, locked by its writer (cleaners skip locked temp files), renamed
-    /// into place; removed on drop unless published.
+    /// A named temp file, locked by its writer (cleaners skip locked temp files), linked
+    /// (or renamed) into place; its name is removed on drop unless renamed.
     Named {
         file: File,
         path: PathBuf,
         /// Renamed into place (or the name was lost to a cleaner): drop leaves `path` alone.
+        /// After a hard link the temp name is still ours, and drop removes it.
         published: bool,
     },
 }
@@ -441,9 +442,12 @@ impl TempFile {
         }
     }
 
-    /// Gives the written file its final name. `Ok(false)`: an unnamed file found the name
-    /// taken (another writer published the same key first); it vanishes when closed. A
-    /// named temp file replaces the name (same key, same content).
+    /// Gives the written file its final name; `Ok(false)` when the name exists (another
+    /// writer published the same key, i.e. the same content, first) and nothing changed.
+    /// An unnamed file is linked in and vanishes when closed if it lost. A named temp file
+    /// is hard-linked in, its temp name removed on drop; on file systems without hard
+    /// links it is renamed over the name instead (the loser of a race then replaces the
+    /// winner's identical file and also reports `Ok(true)`).
     fn publish(&mut self, dest: &Path) -> io::Result<bool> {
         match self {
             TempFile::Unnamed(f) => match sys::link_unnamed(f, dest) {
@@ -453,11 +457,21 @@ impl TempFile {
             },
             TempFile::Named {
                 path, published, ..
-            } => {
-                std::fs::rename(&*path, dest)?;
-                *published = true;
-                Ok(true)
-            }
+            } => match std::fs::hard_link(&*path, dest) {
+                Ok(()) => Ok(true),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(false),
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+                    ) =>
+                {
+                    std::fs::rename(&*path, dest)?;
+                    *published = true;
+                    Ok(true)
+                }
+                Err(e) => Err(e),
+            },
         }
     }
 }
@@ -840,11 +854,15 @@ impl Inner {
     /// remembers it. Errors are left to `create_temp`, which retries with `create_dir_all`
     /// on `ENOENT` and reports what failed.
     fn ensure_dir(&self, key: &Key, block_dir: &Path) {
-        let i = path::fanout_index(key);
+        self.make_fanout_dir(path::fanout_index(key), block_dir);
+    }
+
+    /// `mkdir` of fan-out directory `i` (at `dir`) unless known to exist; remembers success.
+    fn make_fanout_dir(&self, i: usize, dir: &Path) {
         if self.dirs.test(i) {
             return;
         }
-        match std::fs::create_dir(block_dir) {
+        match std::fs::create_dir(dir) {
             Ok(()) => self.dirs.set(i),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.dirs.set(i),
             Err(_) => {}
@@ -859,12 +877,7 @@ impl Inner {
     fn create_fanout_dirs(&self) {
         for i in 0..256 {
             if !self.dirs.test(i) {
-                let dir = self.dir.join(path::fanout_name(i));
-                match std::fs::create_dir(&dir) {
-                    Ok(()) => self.dirs.set(i),
-                    Err(e) if e.kind() == io::ErrorKind::AlreadyExists => self.dirs.set(i),
-                    Err(_) => {}
-                }
+                self.make_fanout_dir(i, &self.dir.join(path::fanout_name(i)));
             }
         }
     }

@@ -145,3 +145,78 @@ impl InFlight {
         completer.finish(result);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::{FsConfig, FsStore};
+    use crate::io::Job;
+
+    fn payloads(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| vec![i as u8 + 1; 5000 + i]).collect()
+    }
+
+    fn item(p: &[u8]) -> Payload {
+        Payload {
+            ptr: p.as_ptr(),
+            len: p.len(),
+        }
+    }
+
+    fn check_loads(s: &FsStore, data: &[Vec<u8>]) {
+        for (i, d) in data.iter().enumerate() {
+            let mut out = vec![0u8; d.len()];
+            s.load(&Key([i as u8 + 1; 16]), &mut out).unwrap();
+            assert!(out == *d, "block {i}");
+        }
+    }
+
+    /// On this thread: each store completes the previous item, `flush` the last one.
+    #[test]
+    fn each_store_finishes_the_previous_write_and_flush_the_last() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(&FsConfig::new(d.path(), "ns")).unwrap();
+        PIPE.with(|p| *p.borrow_mut() = None);
+        let data = payloads(3);
+        let (job, completers) = Job::new(3);
+        let uring = WriteRing::new().is_ok();
+        for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
+            // SAFETY: `data` outlives the job, which is finished below.
+            unsafe { store(&s.inner, &Key([i as u8 + 1; 16]), item(d), c) };
+            // With io_uring the newest item is still in flight; without, it is done.
+            let expected_done = if uring { i } else { i + 1 };
+            assert_eq!(job.poll().done, expected_done, "after item {i}");
+        }
+        flush();
+        let p = job.wait(Some(std::time::Duration::from_secs(10))).unwrap();
+        assert_eq!((p.done, p.failed), (3, 0));
+        for (i, d) in data.iter().enumerate() {
+            assert_eq!(job.item(i).unwrap(), d.len() as u64);
+        }
+        check_loads(&s, &data);
+        flush(); // nothing in flight: a no-op
+    }
+
+    /// Where io_uring is unavailable (no ring), items are written synchronously.
+    #[test]
+    fn without_a_ring_items_are_written_synchronously() {
+        let d = tempfile::tempdir().unwrap();
+        let s = FsStore::open(&FsConfig::new(d.path(), "ns")).unwrap();
+        PIPE.with(|p| {
+            *p.borrow_mut() = Some(Pipe {
+                ring: None,
+                pending: None,
+            })
+        });
+        let data = payloads(2);
+        let (job, completers) = Job::new(2);
+        for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
+            // SAFETY: `data` outlives the job.
+            unsafe { store(&s.inner, &Key([i as u8 + 1; 16]), item(d), c) };
+            assert_eq!(job.poll().done, i + 1);
+        }
+        assert_eq!(job.poll().failed, 0);
+        check_loads(&s, &data);
+        PIPE.with(|p| *p.borrow_mut() = None);
+    }
+}
