@@ -303,6 +303,56 @@ fn large_strided_tensor_crosses_gather_chunks() {
     }
 }
 
+/// Files over two gather buffers are written by a background thread while the next buffer
+/// is gathered: transposed, large contiguous and small tensors mixed give the same bytes
+/// as writing their contiguous copies.
+#[test]
+fn files_over_two_gather_buffers_match_their_contiguous_copies() {
+    let dir = tempfile::tempdir().unwrap();
+    let (r, c) = (1024u64, 2500u64); // 10 MiB of F32, transposed
+    let t_data: Vec<u8> = (0..r * c).flat_map(|i| (i as u32).to_le_bytes()).collect();
+    let big: Vec<u8> = (0..5u32 << 20).map(|i| (i % 253) as u8).collect();
+    let small: Vec<u8> = (0..3000u32).map(|i| (i % 7) as u8).collect();
+    let (t_shape, t_strides, big_shape) = ([c, r], [1i64, c as i64], [5u64 << 20]);
+    let tensors = [
+        TensorIn::contiguous("small0", Dtype::U8, &[3000], &small),
+        TensorIn {
+            name: "transposed",
+            dtype: Dtype::F32,
+            shape: &t_shape,
+            strides: Some(&t_strides),
+            data: &t_data,
+            offset: 0,
+        },
+        TensorIn::contiguous("big", Dtype::U8, &big_shape, &big),
+        TensorIn::contiguous("small1", Dtype::U8, &[3000], &small),
+    ];
+    let t_copy = materialize(&t_shape, &t_strides, 4, &t_data, 0);
+    let copies = [
+        tensors[0],
+        TensorIn::contiguous("transposed", Dtype::F32, &t_shape, &t_copy),
+        tensors[2],
+        tensors[3],
+    ];
+    for align in [false, true] {
+        let opts = WriteOptions {
+            align_4k: align,
+            sync: true,
+        };
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let len = kvr::tensors::write(&a, &tensors, &[("k", "v")], opts).unwrap();
+        assert!(
+            len > 8 << 20,
+            "the background writer takes files over 8 MiB"
+        );
+        kvr::tensors::write(&b, &copies, &[("k", "v")], opts).unwrap();
+        assert!(std::fs::read(&a).unwrap() == std::fs::read(&b).unwrap());
+        let f = TensorFile::open(&a).unwrap();
+        assert_eq!(f.get(Some("transposed")).unwrap().data, &t_copy[..]);
+        assert_eq!(f.get(Some("big")).unwrap().data, &big[..]);
+    }
+}
+
 #[test]
 fn bad_writes_fail_clearly_and_leave_no_file() {
     let dir = tempfile::tempdir().unwrap();
