@@ -303,6 +303,39 @@ fn file_size_limit_gives_no_space_and_leaves_nothing_partial() {
         let mut out = vec![0u8; small.len()];
         s.load(&key(1), &mut out).unwrap();
         assert!(out == small);
+        // The same through an async batch (the writer threads' pipelined path): the big
+        // item fails with NoSpace, the small ones around it are stored, nothing is left.
+        let smalls: Vec<Vec<u8>> = (3..5).map(|i| content(&key(i), 64 * 1024)).collect();
+        let reqs = [
+            StoreRequest {
+                key: key(3),
+                src: smalls[0].as_ptr(),
+                len: smalls[0].len(),
+            },
+            StoreRequest {
+                key: key(2),
+                src: big.as_ptr(),
+                len: big.len(),
+            },
+            StoreRequest {
+                key: key(4),
+                src: smalls[1].as_ptr(),
+                len: smalls[1].len(),
+            },
+        ];
+        // SAFETY: the buffers outlive the job, dropped at the end of this block.
+        let job = unsafe { s.submit_store(&reqs) };
+        job.wait(None).unwrap();
+        assert_eq!(job.item(1).unwrap_err().kind(), ErrorKind::NoSpace);
+        assert_eq!(job.item(0).unwrap(), 64 * 1024);
+        assert_eq!(job.item(2).unwrap(), 64 * 1024);
+        drop(job);
+        assert!(!s.contains(&key(2)));
+        assert_eq!(walk(s.dir()).iter().filter(|p| is_temp(p)).count(), 0);
+        for (i, want) in (3..5).zip(&smalls) {
+            s.load(&key(i), &mut out).unwrap();
+            assert!(out == *want);
+        }
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -367,4 +400,67 @@ fn small_tmpfs_fills_up_cleanly() {
     let _u = Unmount(mnt.clone());
     let n = fill_until_no_space(&mnt, 64 * 1024, 1000);
     assert!((5..=16).contains(&n), "{n} blocks of 64 KiB fit in 1 MiB");
+    // Again through async batches, on a second 1 MiB tmpfs.
+    let mnt2 = d.path().join("mnt2");
+    std::fs::create_dir(&mnt2).unwrap();
+    let o = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=1m", "tmpfs"])
+        .arg(&mnt2)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "the first mount worked, the second must too"
+    );
+    let _u2 = Unmount(mnt2.clone());
+    let n = fill_in_batches_until_no_space(&mnt2, 64 * 1024, 1000);
+    assert!((5..=16).contains(&n), "{n} blocks of 64 KiB fit in 1 MiB");
+}
+
+/// Like `fill_until_no_space`, with async batches of 4: items that fail report `NoSpace`,
+/// the others of the same batch are intact, and no temp file is left. Returns the number
+/// of blocks stored.
+fn fill_in_batches_until_no_space(dir: &Path, len: usize, max: u64) -> u64 {
+    let s = open(dir);
+    let mut stored = Vec::new();
+    for first in (0..max).step_by(4) {
+        let bufs: Vec<(Key, Vec<u8>)> = (first..first + 4)
+            .map(|i| (key(i), content(&key(i), len)))
+            .collect();
+        let reqs: Vec<StoreRequest> = bufs
+            .iter()
+            .map(|(k, b)| StoreRequest {
+                key: *k,
+                src: b.as_ptr(),
+                len: b.len(),
+            })
+            .collect();
+        // SAFETY: `bufs` outlives the job, dropped in this iteration.
+        let job = unsafe { s.submit_store(&reqs) };
+        let p = job.wait(None).unwrap();
+        for (j, (k, _)) in bufs.iter().enumerate() {
+            match job.item(j) {
+                Ok(n) => {
+                    assert_eq!(n, len as u64);
+                    stored.push(*k);
+                }
+                Err(e) => {
+                    assert_eq!(e.kind(), ErrorKind::NoSpace, "{e}");
+                    assert!(!s.contains(k), "failed block is not visible");
+                }
+            }
+        }
+        drop(job);
+        if p.failed > 0 {
+            let temps = walk(s.dir()).into_iter().filter(|p| is_temp(p)).count();
+            assert_eq!(temps, 0, "temp file left");
+            for k in &stored {
+                let mut out = vec![0u8; len];
+                s.load(k, &mut out).unwrap();
+                assert!(out == content(k, len));
+            }
+            return stored.len() as u64;
+        }
+    }
+    panic!("the file system never filled up");
 }
