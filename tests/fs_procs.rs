@@ -97,6 +97,17 @@ fn check_all_blocks(s: &FsStore) -> usize {
     n
 }
 
+/// One store request per (key, payload); the payloads must outlive the job.
+fn store_requests(bufs: &[(Key, Vec<u8>)]) -> Vec<StoreRequest> {
+    bufs.iter()
+        .map(|(k, b)| StoreRequest {
+            key: *k,
+            src: b.as_ptr(),
+            len: b.len(),
+        })
+        .collect()
+}
+
 fn open(dir: &Path) -> FsStore {
     let mut c = FsConfig::new(dir, "shared-ns");
     c.read_threads = 4;
@@ -142,14 +153,7 @@ fn sigkilled_writer(test: &str, unnamed: bool) {
             let bufs: Vec<(Key, Vec<u8>)> = (i..i + 16)
                 .map(|j| (key(j), content(&key(j), block_len(j) + 60_000)))
                 .collect();
-            let reqs: Vec<StoreRequest> = bufs
-                .iter()
-                .map(|(k, b)| StoreRequest {
-                    key: *k,
-                    src: b.as_ptr(),
-                    len: b.len(),
-                })
-                .collect();
+            let reqs = store_requests(&bufs);
             // SAFETY: `bufs` outlives the job (dropped at the end of this iteration).
             let job = unsafe { s.submit_store(&reqs) };
             job.wait(None).unwrap();
@@ -427,14 +431,7 @@ fn fill_in_batches_until_no_space(dir: &Path, len: usize, max: u64) -> u64 {
         let bufs: Vec<(Key, Vec<u8>)> = (first..first + 4)
             .map(|i| (key(i), content(&key(i), len)))
             .collect();
-        let reqs: Vec<StoreRequest> = bufs
-            .iter()
-            .map(|(k, b)| StoreRequest {
-                key: *k,
-                src: b.as_ptr(),
-                len: b.len(),
-            })
-            .collect();
+        let reqs = store_requests(&bufs);
         // SAFETY: `bufs` outlives the job, dropped in this iteration.
         let job = unsafe { s.submit_store(&reqs) };
         let p = job.wait(None).unwrap();
