@@ -39,6 +39,7 @@ use std::time::Instant;
 pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
 
+use crate::io::job::Completer;
 use crate::io::{direct, is_aligned_ptr, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
 use format::{SlotHeader, PAGE, SLOT_HEADER_LEN};
@@ -158,13 +159,6 @@ pub struct RawRead {
     /// Receives the metadata length likewise (may be NULL).
     pub meta_len_out: *mut u64,
 }
-
-/// Raw pointers moved into pool tasks.
-struct SendPtr<T>(T);
-// SAFETY: the pointers are caller buffers that the caller keeps alive and unaliased until the
-// job completes (the contract of submit_write/submit_read); a Job's Drop waits for all items,
-// so the tasks never outlive them. Each item touches only its own buffers.
-unsafe impl<T> Send for SendPtr<T> {}
 
 struct Inner {
     file: File,
@@ -386,24 +380,19 @@ impl SlotFile {
     /// Every `src` (and non-NULL `meta`) must stay valid for reads of its length until the
     /// job has completed (waited on or dropped: dropping a job waits for it).
     pub unsafe fn submit_write(&self, ops: &[RawWrite]) -> Job {
-        let (job, completers) = Job::new(ops.len());
-        for (op, c) in ops.iter().zip(completers) {
-            let inner = self.inner.clone();
-            let op = SendPtr(*op);
-            self.pool.spawn(move || {
-                let op = op;
-                let op = op.0;
-                let r = (|| {
-                    // SAFETY: the caller keeps the buffers alive until the job completes.
-                    let data = unsafe { raw_slice(op.src, op.len, "src") }?;
-                    // SAFETY: as above.
-                    let meta = unsafe { raw_slice(op.meta, op.meta_len, "meta") }?;
-                    inner.write(&op.key, data, meta).map(|_| op.len as u64)
-                })();
-                c.finish(r);
-            });
-        }
-        job
+        let inner = self.inner.clone();
+        let task = move |op: RawWrite, done: Completer| {
+            let r = (|| {
+                // SAFETY: the caller keeps the buffers alive until the job completes.
+                let data = unsafe { raw_slice(op.src, op.len, "src") }?;
+                // SAFETY: as above.
+                let meta = unsafe { raw_slice(op.meta, op.meta_len, "meta") }?;
+                inner.write(&op.key, data, meta).map(|_| op.len as u64)
+            })();
+            done.finish(r);
+        };
+        // SAFETY: the buffers stay valid until the job completes (this function's contract).
+        unsafe { self.pool.submit_batch(ops, task) }
     }
 
     /// Submits a batch of reads; item `i` finishes with the payload bytes read or the error
@@ -414,37 +403,33 @@ impl SlotFile {
     /// Every `dst`/`meta_dst` must stay valid for writes of its capacity, and every non-NULL
     /// `len_out`/`meta_len_out` for a `u64` write, unaliased, until the job has completed.
     pub unsafe fn submit_read(&self, ops: &[RawRead]) -> Job {
-        let (job, completers) = Job::new(ops.len());
-        for (op, c) in ops.iter().zip(completers) {
-            let inner = self.inner.clone();
-            let op = SendPtr(*op);
-            self.pool.spawn(move || {
-                let op = op;
-                let op = op.0;
-                let r = (|| {
-                    // SAFETY: the caller keeps the buffers alive and unaliased until the job
-                    // completes.
-                    let dst = unsafe { raw_slice_mut(op.dst, op.dst_cap, "dst") }?;
+        let inner = self.inner.clone();
+        let task = move |op: RawRead, done: Completer| {
+            let r = (|| {
+                // SAFETY: the caller keeps the buffers alive and unaliased until the job
+                // completes.
+                let dst = unsafe { raw_slice_mut(op.dst, op.dst_cap, "dst") }?;
+                // SAFETY: as above.
+                let meta = unsafe { raw_slice_mut(op.meta_dst, op.meta_cap, "meta_dst") }?;
+                let (out, res) = match inner.read(&op.key, dst, meta)? {
+                    Ok(n) => (n, Ok(n.len)),
+                    Err(need) => (need, Err(too_small(&op.key, need, op.dst_cap, op.meta_cap))),
+                };
+                if !op.len_out.is_null() {
+                    // SAFETY: non-null outputs are writable until the job completes.
+                    unsafe { op.len_out.write(out.len) };
+                }
+                if !op.meta_len_out.is_null() {
                     // SAFETY: as above.
-                    let meta = unsafe { raw_slice_mut(op.meta_dst, op.meta_cap, "meta_dst") }?;
-                    let (out, res) = match inner.read(&op.key, dst, meta)? {
-                        Ok(n) => (n, Ok(n.len)),
-                        Err(need) => (need, Err(too_small(&op.key, need, op.dst_cap, op.meta_cap))),
-                    };
-                    if !op.len_out.is_null() {
-                        // SAFETY: non-null outputs are writable until the job completes.
-                        unsafe { op.len_out.write(out.len) };
-                    }
-                    if !op.meta_len_out.is_null() {
-                        // SAFETY: as above.
-                        unsafe { op.meta_len_out.write(out.meta_len) };
-                    }
-                    res
-                })();
-                c.finish(r);
-            });
-        }
-        job
+                    unsafe { op.meta_len_out.write(out.meta_len) };
+                }
+                res
+            })();
+            done.finish(r);
+        };
+        // SAFETY: the buffers and outputs stay valid and unaliased until the job completes
+        // (this function's contract).
+        unsafe { self.pool.submit_batch(ops, task) }
     }
 }
 

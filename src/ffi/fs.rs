@@ -337,6 +337,7 @@ pub extern "C" fn kvr_fs_lookup_prefix(
         if hits.is_null() {
             return Err(Error::invalid("hits is NULL"));
         }
+        // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
         let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
         let found = ks
             .iter()
@@ -436,10 +437,8 @@ pub extern "C" fn kvr_fs_submit_store(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        if n == 0 {
-            return Err(Error::invalid("n is 0"));
-        }
-        let its = unsafe { arg_slice(items, n, "items", true) }?;
+        // SAFETY: `items` is NULL or points to `n` valid items (caller's contract).
+        let its = unsafe { arg_slice(items, n, "items", false) }?;
         let mut reqs = Vec::with_capacity(n);
         for (i, it) in its.iter().enumerate() {
             // SAFETY: validity of `src` for `len` bytes is the caller's contract.
@@ -472,10 +471,8 @@ pub extern "C" fn kvr_fs_submit_load(
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        if n == 0 {
-            return Err(Error::invalid("n is 0"));
-        }
-        let its = unsafe { arg_slice(items, n, "items", true) }?;
+        // SAFETY: `items` is NULL or points to `n` valid items (caller's contract).
+        let its = unsafe { arg_slice(items, n, "items", false) }?;
         let mut reqs = Vec::with_capacity(n);
         for (i, it) in its.iter().enumerate() {
             // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.

@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_void, CString};
 use super::close_handle;
 use super::region::kvr_region;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes_mut, arg_opt_path, arg_ref, arg_str, write_out};
+use super::{arg_bytes_mut, arg_opt_path, arg_ref, arg_slice, arg_str, write_out};
 use crate::tensors::header::nbytes;
 use crate::tensors::write::extent;
 use crate::tensors::{
@@ -472,7 +472,24 @@ fn read_into(
     let f = unsafe { arg_ref(file, "file") }?;
     // SAFETY: NULL or a C string.
     let name = unsafe { opt_name(name) }?;
-    let need = f.inner.find(name)?.len as usize;
+    // SAFETY: forwarded from the caller's contract for `dst`, `cap` and `out_len`.
+    unsafe { copy_tensor_out(&f.inner, name, dst, cap, out_len, direct) }
+}
+
+/// Copies tensor `name` of `file` into `dst` (`cap` bytes), buffered or with O_DIRECT;
+/// `*out_len` (may be NULL) gets the bytes copied, or on `TooSmall` the size needed.
+///
+/// # Safety
+/// `dst` is NULL or writable for `cap` bytes; `out_len` is NULL or writable.
+unsafe fn copy_tensor_out(
+    file: &TensorFile,
+    name: Option<&str>,
+    dst: *mut c_void,
+    cap: usize,
+    out_len: *mut usize,
+    direct: bool,
+) -> crate::Result<()> {
+    let need = file.find(name)?.len as usize;
     if cap < need {
         if !out_len.is_null() {
             // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
@@ -489,9 +506,9 @@ fn read_into(
         // SAFETY: `dst` is writable for `cap` bytes per the contract (NULL/0 rejected).
         let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
         if direct {
-            f.inner.read_into_direct(name, buf)?
+            file.read_into_direct(name, buf)?
         } else {
-            f.inner.read_into(name, buf)?
+            file.read_into(name, buf)?
         }
     };
     if !out_len.is_null() {
@@ -655,29 +672,8 @@ pub extern "C" fn kvr_tensor_lazy_materialize(
         // SAFETY: NULL or a live handle.
         let l = unsafe { arg_ref(lazy, "lazy") }?;
         let file = l.inner.load()?;
-        let need = file.find(l.inner.name())?.len as usize;
-        if cap < need {
-            if !out_len.is_null() {
-                // SAFETY: non-null and writable (documented TOO_SMALL output).
-                unsafe { out_len.write(need) };
-            }
-            return Err(err!(
-                TooSmall,
-                "tensor needs {need} bytes, the buffer holds {cap}"
-            ));
-        }
-        let n = if need == 0 {
-            0
-        } else {
-            // SAFETY: `dst` is writable for `cap` bytes per the contract.
-            let buf = unsafe { arg_bytes_mut(dst.cast(), cap, "dst") }?;
-            file.read_into(l.inner.name(), buf)?
-        };
-        if !out_len.is_null() {
-            // SAFETY: non-null and writable.
-            unsafe { out_len.write(n) };
-        }
-        Ok(())
+        // SAFETY: forwarded from the caller's contract for `dst`, `cap` and `out_len`.
+        unsafe { copy_tensor_out(&file, l.inner.name(), dst, cap, out_len, false) }
     })
 }
 
@@ -724,14 +720,8 @@ pub extern "C" fn kvr_region_export(
     guard(|| {
         // SAFETY: NULL or a live handle.
         let r = unsafe { arg_ref(region, "region") }?;
-        if n == 0 {
-            return Err(Error::invalid("n is 0"));
-        }
-        if block_ids.is_null() {
-            return Err(Error::invalid(format!("block_ids is NULL (n = {n})")));
-        }
-        // SAFETY: non-null, `n` ids per the contract.
-        let ids = unsafe { std::slice::from_raw_parts(block_ids, n) };
+        // SAFETY: `block_ids` is NULL or points to `n` ids (caller's contract).
+        let ids = unsafe { arg_slice(block_ids, n, "block_ids", false) }?;
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
         export_blocks(&r.inner, ids, path.as_ref(), write_options(flags)?).map(|_| ())

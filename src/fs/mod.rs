@@ -38,6 +38,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 pub use format::{Header, TensorSpec};
 pub use path::Key;
 
+use crate::io::job::Completer;
 use crate::io::{direct, AlignedBuf, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
 use index::Index;
@@ -215,13 +216,6 @@ pub struct FsStore {
     writers: IoPool,
 }
 
-/// Raw pointers of an async item, moved into a pool task.
-struct SendPtr<T>(T);
-// SAFETY: the pointers come from callers of the unsafe submit functions, who guarantee the
-// buffers stay valid (and, for loads, unaliased) until the job completes; `Job`'s Drop waits
-// for every item, so no task outlives the caller's buffers.
-unsafe impl<T> Send for SendPtr<T> {}
-
 impl FsStore {
     /// Opens (creating directories as needed) a store; probes O_DIRECT, scans the store's
     /// directory to rebuild the block index and LRU order, removes temp files left by dead
@@ -350,28 +344,25 @@ impl FsStore {
     /// Every `src` must be valid for reads of `len` bytes until the returned job has
     /// completed (dropping the job waits for it).
     pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
-        let (job, completers) = Job::new(items.len());
-        for (item, done) in items.iter().zip(completers) {
-            let inner = self.inner.clone();
-            let it = SendPtr(*item);
-            self.writers.spawn(move || {
-                let it = it;
-                if it.0.src.is_null() || it.0.len == 0 {
-                    return done.finish(Err(err!(
-                        InvalidArgument,
-                        "store item has a NULL or empty buffer"
-                    )));
-                }
-                let payload = pipeline::Payload {
-                    ptr: it.0.src,
-                    len: it.0.len,
-                };
-                // SAFETY: valid for `len` bytes until the job completes (the contract of this
-                // function); the job cannot complete before this item's completer finishes.
-                unsafe { pipeline::store(&inner, &it.0.key, payload, done) };
-            });
-        }
-        job
+        let inner = self.inner.clone();
+        let task = move |it: StoreRequest, done: Completer| {
+            if it.src.is_null() || it.len == 0 {
+                return done.finish(Err(err!(
+                    InvalidArgument,
+                    "store item has a NULL or empty buffer"
+                )));
+            }
+            let payload = pipeline::Payload {
+                ptr: it.src,
+                len: it.len,
+            };
+            // SAFETY: valid for `len` bytes until the job completes (the contract of this
+            // function); the job cannot complete before this item's completer finishes.
+            unsafe { pipeline::store(&inner, &it.key, payload, done) };
+        };
+        // SAFETY: the items' buffers stay valid until the job completes (this function's
+        // contract).
+        unsafe { self.writers.submit_batch(items, task) }
     }
 
     /// Loads a batch on the read pool; each item ends with `Ok(bytes loaded)` or its error.
@@ -380,28 +371,22 @@ impl FsStore {
     /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
     /// until the returned job has completed (dropping the job waits for it).
     pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
-        let (job, completers) = Job::new(items.len());
-        for (item, done) in items.iter().zip(completers) {
-            let inner = self.inner.clone();
-            let it = SendPtr(*item);
-            self.readers.spawn(move || {
-                let it = it;
-                let r = (|| {
-                    if it.0.dst.is_null() || it.0.len == 0 {
-                        return Err(err!(
-                            InvalidArgument,
-                            "load item has a NULL or empty buffer"
-                        ));
-                    }
-                    // SAFETY: valid and exclusively ours for `len` bytes until the job
-                    // completes (the contract of this function).
-                    let dst = unsafe { std::slice::from_raw_parts_mut(it.0.dst, it.0.len) };
-                    inner.load(&it.0.key, dst)
-                })();
-                done.finish(r);
-            });
-        }
-        job
+        let inner = self.inner.clone();
+        let task = move |it: LoadRequest, done: Completer| {
+            if it.dst.is_null() || it.len == 0 {
+                return done.finish(Err(err!(
+                    InvalidArgument,
+                    "load item has a NULL or empty buffer"
+                )));
+            }
+            // SAFETY: valid and exclusively ours for `len` bytes until the job completes (the
+            // contract of this function).
+            let dst = unsafe { std::slice::from_raw_parts_mut(it.dst, it.len) };
+            done.finish(inner.load(&it.key, dst));
+        };
+        // SAFETY: the items' buffers stay valid and unaliased until the job completes (this
+        // function's contract).
+        unsafe { self.readers.submit_batch(items, task) }
     }
 }
 

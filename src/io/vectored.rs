@@ -7,8 +7,8 @@ use std::io;
 use std::os::fd::AsRawFd;
 
 /// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
-pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<()> {
-    let mut iov: Vec<libc::iovec> = bufs
+pub fn pwritev_all(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
+    let iov: Vec<libc::iovec> = bufs
         .iter()
         .filter(|b| !b.is_empty())
         .map(|b| libc::iovec {
@@ -16,39 +16,20 @@ pub fn pwritev_all(file: &File, bufs: &[&[u8]], mut offset: u64) -> io::Result<(
             iov_len: b.len(),
         })
         .collect();
-    let mut start = 0;
-    while start < iov.len() {
-        let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: every iovec points into a live slice of `bufs` (advanced within bounds
-        // below); the kernel only reads from them.
-        let n = unsafe {
-            libc::pwritev(
-                file.as_raw_fd(),
-                iov[start..].as_ptr(),
-                cnt,
-                offset as libc::off_t,
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(e);
-        }
-        if n == 0 {
-            return Err(io::Error::from_raw_os_error(libc::ENOSPC));
-        }
-        offset += n as u64;
-        start = advance(&mut iov, start, n as usize);
+    let want: usize = iov.iter().map(|v| v.iov_len).sum();
+    // SAFETY: every iovec points into a live slice of `bufs`; pwritev only reads from them.
+    let n = unsafe { transfer(file, iov, offset, libc::pwritev) }?;
+    if n < want {
+        // A write that makes no progress: the file cannot grow.
+        return Err(io::Error::from_raw_os_error(libc::ENOSPC));
     }
     Ok(())
 }
 
 /// Reads into `bufs` from `offset` with `preadv` until they are full or end of file;
 /// returns the bytes read.
-pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::Result<usize> {
-    let mut iov: Vec<libc::iovec> = bufs
+pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
         .iter_mut()
         .filter(|b| !b.is_empty())
         .map(|b| libc::iovec {
@@ -56,14 +37,36 @@ pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::R
             iov_len: b.len(),
         })
         .collect();
+    // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`; preadv
+    // writes at most iov_len bytes to each.
+    unsafe { transfer(file, iov, offset, libc::preadv) }
+}
+
+/// The positional vectored syscall shape shared by `preadv` and `pwritev`.
+type VectoredOp =
+    unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int, libc::off_t) -> isize;
+
+/// Runs `op` over `iov` from `offset` until every iovec is consumed or `op` transfers
+/// nothing (end of file, or a write that cannot progress), retrying EINTR and continuing
+/// after short transfers. Returns the bytes transferred.
+///
+/// # Safety
+/// Every iovec must describe memory valid for what `op` does with it (reads for
+/// `pwritev`, exclusive writes for `preadv`) for the duration of the call.
+unsafe fn transfer(
+    file: &File,
+    mut iov: Vec<libc::iovec>,
+    mut offset: u64,
+    op: VectoredOp,
+) -> io::Result<usize> {
     let mut start = 0;
     let mut total = 0;
     while start < iov.len() {
         let cnt = (iov.len() - start).min(libc::UIO_MAXIOV as usize) as libc::c_int;
-        // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`
-        // (advanced within bounds below); the kernel writes at most iov_len bytes to each.
+        // SAFETY: the iovecs are valid per this function's contract and only advanced
+        // within their buffers (see `advance`).
         let n = unsafe {
-            libc::preadv(
+            op(
                 file.as_raw_fd(),
                 iov[start..].as_ptr(),
                 cnt,
@@ -78,7 +81,7 @@ pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], mut offset: u64) -> io::R
             return Err(e);
         }
         if n == 0 {
-            break; // end of file
+            break;
         }
         offset += n as u64;
         total += n as usize;

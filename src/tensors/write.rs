@@ -289,6 +289,8 @@ mod transpose {
                 }
                 let mut k0 = 0;
                 while k0 + lanes <= n {
+                    // SAFETY: loads of source row j0+q at elements k0..k0+lanes < n and stores
+                    // to output rows k0+q < n at elements j0..j0+lanes: see the note above.
                     let ld = |q: usize| unsafe { _mm_loadu_si128(sp.add(src(k0, j0 + q)).cast()) };
                     let st = |q: usize, v: __m128i| unsafe {
                         _mm_storeu_si128(dp.add((k0 + q) * row + j0 * E).cast(), v)
