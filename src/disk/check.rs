@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::file::read_exact_at;
+use super::file::{check_file_len, read_exact_at};
 use super::format::{self, Geometry, Key, SlotHeader, PAGE, SLOT_HEADER_LEN};
 use crate::io::AlignedBuf;
 use crate::{err, Error, Result};
@@ -133,14 +133,7 @@ fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64)> {
             path.display()
         ),
     })?;
-    if len < g.file_len() {
-        return Err(err!(
-            Corrupt,
-            "slot file {} is {len} bytes, its geometry needs {}",
-            path.display(),
-            g.file_len()
-        ));
-    }
+    check_file_len(path, len, &g)?;
     Ok((g, len))
 }
 

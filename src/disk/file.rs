@@ -193,6 +193,11 @@ fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
         .metadata()
         .map_err(|e| Error::io(format!("stat of slot file {}", path.display()), e))?
         .len();
+    check_file_len(path, len, g)
+}
+
+/// A slot file shorter than its geometry (truncated) is `Corrupt`.
+pub fn check_file_len(path: &Path, len: u64, g: &Geometry) -> Result<()> {
     if len < g.file_len() {
         return Err(err!(
             Corrupt,

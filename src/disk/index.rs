@@ -329,32 +329,15 @@ impl Index {
     /// recently used entry no read pins (evicted). `Busy` when every slot is being written or
     /// read.
     pub fn reserve(&mut self, key: &Key) -> Result<Reservation> {
-        let seq = self.next_seq;
         if let Some(s) = self.free.pop() {
-            self.next_seq += 1;
-            let slot = &mut self.slots[s as usize];
-            slot.state = State::Writing;
-            return Ok(Reservation {
-                slot: s,
-                seq,
-                invalidate: slot.on_disk,
-                evicted: None,
-            });
+            return Ok(self.claim(s, None));
         }
         // No free slot: overwrite the key's own entry in place if no read pins it (a crash
         // then leaves no entry, as its header is invalidated first), else evict.
         if let Some(&s) = self.map.get(key) {
             if self.slots[s as usize].pins == 0 {
                 self.unlink_entry(s);
-                self.next_seq += 1;
-                let slot = &mut self.slots[s as usize];
-                slot.state = State::Writing;
-                return Ok(Reservation {
-                    slot: s,
-                    seq,
-                    invalidate: slot.on_disk,
-                    evicted: None,
-                });
+                return Ok(self.claim(s, None));
             }
         }
         let mut s = self.tail;
@@ -371,15 +354,21 @@ impl Index {
         let key = self.slots[s as usize].key;
         self.unlink_entry(s);
         self.counters.evictions += 1;
+        Ok(self.claim(s, Some(key)))
+    }
+
+    /// Hands unlinked slot `s` to a writer with the next sequence number.
+    fn claim(&mut self, s: u32, evicted: Option<Key>) -> Reservation {
+        let seq = self.next_seq;
         self.next_seq += 1;
         let slot = &mut self.slots[s as usize];
         slot.state = State::Writing;
-        Ok(Reservation {
+        Reservation {
             slot: s,
             seq,
             invalidate: slot.on_disk,
-            evicted: Some(key),
-        })
+            evicted,
+        }
     }
 
     /// A reserved write finished: the entry becomes `key`'s live entry unless a write with a

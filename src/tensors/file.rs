@@ -297,15 +297,7 @@ impl TensorFile {
     /// with positioned reads of that tensor's bytes only. Returns the bytes copied.
     pub fn read_into(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
         let entry = self.find(name)?;
-        let len = entry.len as usize;
-        if dst.len() < len {
-            return Err(err!(
-                TooSmall,
-                "tensor '{}' is {len} bytes, the buffer holds {}",
-                entry.name,
-                dst.len()
-            ));
-        }
+        let len = room_for(entry, dst)?;
         self.file
             .read_exact_at(&mut dst[..len], entry.offset)
             .map_err(|e| {
@@ -343,15 +335,7 @@ impl TensorFile {
         let (Some(fd), true) = (direct, entry.offset % IO_ALIGN as u64 == 0) else {
             return self.read_into(name, dst);
         };
-        let len = entry.len as usize;
-        if dst.len() < len {
-            return Err(err!(
-                TooSmall,
-                "tensor '{}' is {len} bytes, the buffer holds {}",
-                entry.name,
-                dst.len()
-            ));
-        }
+        let len = room_for(entry, dst)?;
         let ctx = |at: u64, n: usize, e: std::io::Error| {
             Error::io(
                 format!(
@@ -431,4 +415,18 @@ impl TensorFile {
         })?;
         Ok(t.data.len())
     }
+}
+
+/// The tensor's length, or `TooSmall` (naming the size needed) when `dst` cannot hold it.
+fn room_for(entry: &TensorEntry, dst: &[u8]) -> Result<usize> {
+    let len = entry.len as usize;
+    if dst.len() < len {
+        return Err(err!(
+            TooSmall,
+            "tensor '{}' is {len} bytes, the buffer holds {}",
+            entry.name,
+            dst.len()
+        ));
+    }
+    Ok(len)
 }
