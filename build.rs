@@ -10,13 +10,15 @@ fn main() {
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=CI");
-    // A versioned soname, so engines linking libkvr.so record libkvr.so.<KVR_ABI_VERSION>.
-    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkvr.so.1");
     let crate_dir = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").unwrap());
+    // A versioned soname, so engines linking libkvr.so record libkvr.so.<KVR_ABI_VERSION>.
+    // The number is read from the constant itself (CMake reads it the same way), so it is
+    // written in one place.
+    let abi = abi_version(&crate_dir.join("src/ffi/mod.rs"));
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,libkvr.so.{abi}");
     let out_dir = PathBuf::from(std::env::var("OUT_DIR").unwrap());
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml"))
         .expect("cbindgen.toml is valid");
-    // Only src/ffi is the C surface; the rest of the crate is Rust-only.
     // Only src/ffi is the C surface (cbindgen follows its `mod` items); the rest of the
     // crate is Rust-only.
     let builder = cbindgen::Builder::new()
@@ -35,4 +37,13 @@ fn main() {
             std::fs::write(&committed, new).expect("writing include/kvr.h");
         }
     }
+}
+
+/// The value of `pub const KVR_ABI_VERSION: u32 = N;` in `src/ffi/mod.rs`.
+fn abi_version(ffi_mod: &std::path::Path) -> u32 {
+    let text = std::fs::read_to_string(ffi_mod).expect("reading src/ffi/mod.rs");
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("pub const KVR_ABI_VERSION: u32 = "))
+        .and_then(|rest| rest.trim_end_matches(';').trim().parse().ok())
+        .expect("src/ffi/mod.rs defines `pub const KVR_ABI_VERSION: u32 = <number>;`")
 }

@@ -19,7 +19,8 @@ cargo test --locked --workspace
 
 prefix=$(mktemp -d "${TMPDIR:-/tmp}/kvr-prefix.XXXXXX")
 ctest_build=$(mktemp -d "${TMPDIR:-/tmp}/kvr-cpp-tests.XXXXXX")
-trap 'rm -rf "$prefix" "$ctest_build"' EXIT
+asan_build=$(mktemp -d "${TMPDIR:-/tmp}/kvr-cpp-tests-asan.XXXXXX")
+trap 'rm -rf "$prefix" "$ctest_build" "$asan_build"' EXIT
 
 echo "== build and install into $prefix"
 cmake -S . -B build -DCMAKE_BUILD_TYPE=Release >/dev/null
@@ -30,3 +31,11 @@ echo "== C/C++ suite (ctest) against the installed package"
 cmake -S cpp_tests -B "$ctest_build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug >/dev/null
 cmake --build "$ctest_build" -j "$jobs"
 (cd "$ctest_build" && ctest --output-on-failure -j "$jobs")
+
+echo "== C/C++ suite again under AddressSanitizer + UBSan"
+cmake -S cpp_tests -B "$asan_build" -DCMAKE_PREFIX_PATH="$prefix" -DCMAKE_BUILD_TYPE=Debug \
+  -DKVR_SANITIZE=ON >/dev/null
+cmake --build "$asan_build" -j "$jobs"
+(cd "$asan_build" &&
+  ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
+    ctest --output-on-failure -j "$jobs")

@@ -28,11 +28,8 @@ fn probe() -> Result<(), String> {
     check(unsafe { sys::cuInit(0) }, "cuInit").map_err(|e| e.to_string())?;
     let mut count = 0;
     // SAFETY: `count` is a valid out-pointer.
-    check(
-        unsafe { sys::cuDeviceGetCount(&mut count) },
-        "cuDeviceGetCount",
-    )
-    .map_err(|e| e.to_string())?;
+    let rc = unsafe { sys::cuDeviceGetCount(&mut count) };
+    check(rc, "cuDeviceGetCount").map_err(|e| e.to_string())?;
     if count <= 0 {
         return Err("the CUDA driver reports no devices".into());
     }
@@ -64,16 +61,12 @@ impl PrimaryContext {
         available()?;
         let mut device = 0;
         // SAFETY: valid out-pointer; driver initialised by `available`.
-        check(
-            unsafe { sys::cuDeviceGet(&mut device, ordinal) },
-            "cuDeviceGet",
-        )?;
+        let rc = unsafe { sys::cuDeviceGet(&mut device, ordinal) };
+        check(rc, "cuDeviceGet")?;
         let mut ctx = std::ptr::null_mut();
         // SAFETY: valid out-pointer and device handle.
-        check(
-            unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, device) },
-            "cuDevicePrimaryCtxRetain",
-        )?;
+        let rc = unsafe { sys::cuDevicePrimaryCtxRetain(&mut ctx, device) };
+        check(rc, "cuDevicePrimaryCtxRetain")?;
         Ok(PrimaryContext { device, ctx })
     }
 

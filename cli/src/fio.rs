@@ -36,7 +36,6 @@ pub fn require() -> kvr::Result<()> {
 }
 
 /// Runs the job and returns aggregate bandwidth in GB/s (1e9 B/s).
-#[allow(dead_code)] // the fs and tensors tiers' benchmarks use it
 pub fn run(job: &FioJob) -> kvr::Result<f64> {
     run_with(job, &[])
 }

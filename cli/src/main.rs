@@ -4,6 +4,8 @@
 //! Exit codes: 0 success; 1 an operation failed (one line on stderr says what and why);
 //! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
 
+#![deny(clippy::undocumented_unsafe_blocks)]
+
 mod bench;
 mod disk_cmd;
 mod fio;
