@@ -4,10 +4,10 @@ use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::disk::*;
-use kvr::ffi::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 use kvr::ffi::job::{kvr_job, kvr_job_free, kvr_job_item_status, kvr_job_wait};
 use kvr::ffi::kvr_block_key;
 use kvr::ffi::kvr_status::{self, *};
+use kvr::ffi::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 
 fn last_error() -> String {
     // SAFETY: never NULL, NUL-terminated, valid until the next kvr call on this thread.
@@ -251,16 +251,16 @@ fn c_api_round_trip_and_bad_arguments() {
         kvr_disk_contains(d, &key, null_mut()),
         KVR_ERR_INVALID_ARGUMENT
     );
-    let mut st = kvr_disk_counters::default();
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_ERR_INVALID_ARGUMENT); // struct_size unset
-    st.struct_size = std::mem::size_of::<kvr_disk_counters>() as u32;
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_OK);
+    let mut st = kvr_disk_stats::default();
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_ERR_INVALID_ARGUMENT); // struct_size unset
+    st.struct_size = std::mem::size_of::<kvr_disk_stats>() as u32;
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_OK);
     assert_eq!(
         (st.entries, st.free_slots, st.hits, st.misses, st.writes),
         (1, 3, 1, 1, 1)
     );
     assert_eq!(
-        (st.slot_size, st.num_slots, st.direct, st.created),
+        (st.slot_size, st.num_slots, st.direct_io, st.created),
         (12288, 4, false, true)
     );
     assert_eq!(kvr_disk_remove(d, &key), KVR_OK);
@@ -269,8 +269,8 @@ fn c_api_round_trip_and_bad_arguments() {
     assert!(!has);
 
     // Batches.
-    let wops: Vec<kvr_disk_write_op> = (0..4u8)
-        .map(|i| kvr_disk_write_op {
+    let wops: Vec<kvr_disk_write_item> = (0..4u8)
+        .map(|i| kvr_disk_write_item {
             key: kvr_block_key { bytes: [i; 16] },
             src: data.as_ptr(),
             len: 1000 + i as u64,
@@ -299,11 +299,11 @@ fn c_api_round_trip_and_bad_arguments() {
     kvr_job_free(job);
     let mut bufs = vec![vec![0u8; 2000]; 4];
     let mut metas = [[0u8; 8]; 4];
-    let mut rops: Vec<kvr_disk_read_op> = bufs
+    let mut rops: Vec<kvr_disk_read_item> = bufs
         .iter_mut()
         .zip(metas.iter_mut())
         .enumerate()
-        .map(|(i, (b, m))| kvr_disk_read_op {
+        .map(|(i, (b, m))| kvr_disk_read_item {
             key: kvr_block_key {
                 bytes: [i as u8; 16],
             },
@@ -336,11 +336,11 @@ fn c_api_round_trip_and_bad_arguments() {
     let c2 = kvr_disk_config { num_slots: 5, ..c };
     assert_eq!(open(&c2).unwrap_err(), KVR_ERR_LAYOUT_MISMATCH);
     let d = open(&c).unwrap();
-    let mut st = kvr_disk_counters {
+    let mut st = kvr_disk_stats {
         struct_size: 16,
         ..Default::default()
     };
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_OK);
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_OK);
     assert_eq!(st.num_slots, 4); // only the declared prefix is written
     assert_eq!(st.entries, 0);
     kvr_disk_close(d);
