@@ -1,6 +1,8 @@
 //! The slot file's C ABI called from Rust: argument checks, status codes, outputs.
 
-use std::ffi::{CStr, CString};
+mod common;
+
+use std::ffi::CString;
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::disk::*;
@@ -9,12 +11,7 @@ use kvr::ffi::kvr_block_key;
 use kvr::ffi::kvr_status::{self, *};
 use kvr::ffi::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 
-fn last_error() -> String {
-    // SAFETY: never NULL, NUL-terminated, valid until the next kvr call on this thread.
-    unsafe { CStr::from_ptr(kvr::ffi::status::kvr_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use common::last_error;
 
 fn config(path: &CString, slot_size: u64, num_slots: u64) -> kvr_disk_config {
     let mut c = kvr_disk_config {
@@ -172,71 +169,23 @@ fn c_api_round_trip_and_bad_arguments() {
         ),
         KVR_ERR_TOO_SMALL
     );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            null_mut(),
-            12288,
-            &mut len,
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            0,
-            &mut len,
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            12288,
-            null_mut(),
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            12288,
-            &mut len,
-            mdst.as_mut_ptr(),
-            16,
-            null_mut()
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            null(),
-            dst.as_mut_ptr(),
-            12288,
-            &mut len,
-            mdst.as_mut_ptr(),
-            16,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
+    // Each NULL or empty argument is rejected.
+    let (dp, mp) = (dst.as_mut_ptr(), mdst.as_mut_ptr());
+    let (lp, mlp): (*mut u64, *mut u64) = (&mut len, &mut mlen);
+    let kp: *const kvr_block_key = &key;
+    for (what, kp, dp, cap, lp, mp, mcap, mlp) in [
+        ("dst NULL", kp, null_mut(), 12288, lp, null_mut(), 0, mlp),
+        ("dst_cap 0", kp, dp, 0, lp, null_mut(), 0, mlp),
+        ("len NULL", kp, dp, 12288, null_mut(), null_mut(), 0, mlp),
+        ("meta_len NULL", kp, dp, 12288, lp, mp, 16, null_mut()),
+        ("key NULL", null(), dp, 12288, lp, mp, 16, mlp),
+    ] {
+        assert_eq!(
+            kvr_disk_read(d, kp, dp, cap, lp, mp, mcap, mlp),
+            KVR_ERR_INVALID_ARGUMENT,
+            "{what}"
+        );
+    }
     let other = kvr_block_key { bytes: [4u8; 16] };
     assert_eq!(
         read(&other, &mut dst, 12288, &mut mdst, 16, &mut len, &mut mlen),
