@@ -6,7 +6,7 @@ use super::handle::BoxedHandle;
 use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_out, write_sized_out};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
 use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
 use crate::{Durability, Error};
@@ -347,10 +347,8 @@ pub extern "C" fn kvr_fs_block_path(
         let p = s.block_path(&k);
         let text = p.to_string_lossy();
         let need = text.len() + 1;
-        if !needed.is_null() {
-            // SAFETY: non-null and writable per the contract.
-            unsafe { needed.write(need) };
-        }
+        // SAFETY: `needed` is NULL or writable per the contract.
+        unsafe { write_opt(needed, need) };
         if cap < need {
             return Err(crate::err!(
                 TooSmall,

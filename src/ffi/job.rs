@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use super::handle::BoxedHandle;
 use super::status::{guard, kvr_status};
-use super::{check_array, write_out};
+use super::{check_array, write_opt, write_out};
 use crate::io::Job;
 use crate::{Error, Result};
 
@@ -103,10 +103,8 @@ pub extern "C" fn kvr_job_item_status(
 ) -> kvr_status {
     guard(|| {
         let n = kvr_job::try_ref(job)?.item(index)?;
-        if !bytes.is_null() {
-            // SAFETY: non-null and writable per the contract.
-            unsafe { bytes.write(n) };
-        }
+        // SAFETY: `bytes` is NULL or writable per the contract.
+        unsafe { write_opt(bytes, n) };
         Ok(())
     })
 }

@@ -301,6 +301,17 @@ pub(crate) unsafe fn hand_out<H: BoxedHandle>(
     unsafe { write_out(out, handle, "out") }
 }
 
+/// Writes an optional output: a NULL `ptr` means the caller did not ask for it.
+///
+/// # Safety
+/// `ptr` must be NULL or valid for a write of `T`.
+pub(crate) unsafe fn write_opt<T>(ptr: *mut T, value: T) {
+    if !ptr.is_null() {
+        // SAFETY: non-null and valid for writes per the caller's contract.
+        unsafe { ptr.write(value) };
+    }
+}
+
 /// Writes an output value; outputs are only written on success.
 ///
 /// # Safety

@@ -6,7 +6,7 @@ use std::ffi::{c_char, c_void, CString};
 use super::handle::BoxedHandle;
 use super::region::kvr_region;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes_mut, arg_opt_path, arg_slice, arg_str, hand_out, write_out};
+use super::{arg_bytes_mut, arg_opt_path, arg_slice, arg_str, hand_out, write_opt, write_out};
 use crate::tensors::header::nbytes;
 use crate::tensors::write::extent;
 use crate::tensors::{
@@ -520,10 +520,8 @@ unsafe fn copy_tensor_out(
 ) -> crate::Result<()> {
     let need = file.find(name)?.len as usize;
     if cap < need {
-        if !out_len.is_null() {
-            // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
-            unsafe { out_len.write(need) };
-        }
+        // SAFETY: `out_len` is NULL or writable per the contract.
+        unsafe { write_opt(out_len, need) };
         return Err(err!(
             TooSmall,
             "tensor needs {need} bytes, the buffer holds {cap}"
@@ -540,10 +538,8 @@ unsafe fn copy_tensor_out(
             file.read_into(name, buf)?
         }
     };
-    if !out_len.is_null() {
-        // SAFETY: non-null and writable.
-        unsafe { out_len.write(n) };
-    }
+    // SAFETY: `out_len` is NULL or writable per the contract.
+    unsafe { write_opt(out_len, n) };
     Ok(())
 }
 
@@ -568,10 +564,8 @@ pub extern "C" fn kvr_tensors_read_into_device(
         }
         // SAFETY: the caller passes a device allocation of `cap` bytes on `device`.
         let n = unsafe { f.read_into_device(name, dst, cap, device) }?;
-        if !out_len.is_null() {
-            // SAFETY: non-null and writable.
-            unsafe { out_len.write(n) };
-        }
+        // SAFETY: `out_len` is NULL or writable per the contract.
+        unsafe { write_opt(out_len, n) };
         Ok(())
     })
 }
@@ -734,7 +728,7 @@ pub extern "C" fn kvr_region_export(
         let ids = unsafe { arg_slice(block_ids, n, "block_ids", false) }?;
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
-        export_blocks(&r, ids, path.as_ref(), write_options(flags)?).map(|_| ())
+        export_blocks(r, ids, path.as_ref(), write_options(flags)?).map(|_| ())
     })
 }
 
@@ -752,13 +746,9 @@ pub extern "C" fn kvr_region_import(
         let r = kvr_region::try_ref(region)?;
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
-        let ids = import_blocks(&r, path.as_ref())?;
-        if let Some(o) = {
-            // SAFETY: NULL or writable.
-            unsafe { out_count.as_mut() }
-        } {
-            *o = ids.len();
-        }
+        let ids = import_blocks(r, path.as_ref())?;
+        // SAFETY: `out_count` is NULL or writable per the contract.
+        unsafe { write_opt(out_count, ids.len()) };
         Ok(())
     })
 }
