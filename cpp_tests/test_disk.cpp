@@ -31,8 +31,8 @@ struct TempFile {
   ~TempFile() { std::remove(path.c_str()); }
 };
 
-kvr::DiskKey key(uint32_t i) {
-  kvr::DiskKey k{};
+kvr::BlockKey key(uint32_t i) {
+  kvr::BlockKey k{};
   std::memcpy(k.bytes, &i, sizeof i);
   k.bytes[15] = 0x42;
   return k;
@@ -106,7 +106,7 @@ TEST(Disk, RoundTripsEverySizeClassDirectAndBuffered) {
           EXPECT_EQ(0, std::memcmp(out.data(), data.data(), s)) << s << " " << m;
           EXPECT_EQ(0, std::memcmp(mout.data(), meta.data(), m));
         }
-      EXPECT_EQ(d.stats().direct, mode == KVR_DIRECT_IO_AUTO && d.stats().direct);
+      EXPECT_EQ(d.stats().direct_io, mode == KVR_DIRECT_IO_AUTO && d.stats().direct_io);
     }
     kvr::Disk d(options(f.path, slot, 32, mode));
     auto st = d.stats();
@@ -308,12 +308,12 @@ TEST(Disk, BadInputsAreRejected) {
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_contains(d, nullptr, &has));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_remove(d, nullptr));
   EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_disk_remove(d, &other));
-  kvr_disk_counters st{};
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_stats(d, &st));  // struct_size not set
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_stats(d, nullptr));
+  kvr_disk_stats st{};
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_get_stats(d, &st));  // struct_size not set
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_get_stats(d, nullptr));
   kvr_job* j = nullptr;
-  kvr_disk_write_op w{};
-  kvr_disk_read_op r{};
+  kvr_disk_write_item w{};
+  kvr_disk_read_item r{};
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_submit_write(d, &w, 0, &j));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_submit_write(d, nullptr, 1, &j));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_disk_submit_write(d, &w, 1, nullptr));
@@ -332,7 +332,7 @@ TEST(Disk, BatchesThroughJobs) {
   TempFile f("batch");
   kvr::Disk d(options(f.path, 16384, 8));
   std::vector<std::vector<uint8_t>> src;
-  std::vector<kvr_disk_write_op> w(6);
+  std::vector<kvr_disk_write_item> w(6);
   for (uint32_t i = 0; i < 6; i++) {
     src.push_back(pattern(i, 1000 + i * 2000));
     auto k = key(i);
@@ -346,7 +346,7 @@ TEST(Disk, BatchesThroughJobs) {
     EXPECT_EQ(job.poll().failed, 0u);
   }
   std::vector<std::vector<uint8_t>> dst(7, std::vector<uint8_t>(16384));
-  std::vector<kvr_disk_read_op> r(7);
+  std::vector<kvr_disk_read_item> r(7);
   for (uint32_t i = 0; i < 7; i++) {  // key 6 was never written
     auto k = key(i);
     r[i].key = k;

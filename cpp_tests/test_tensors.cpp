@@ -56,7 +56,7 @@ TEST(Tensors, StridedWriteAndZeroCopyRead) {
     EXPECT_EQ(f.size(), 2u);
     EXPECT_EQ(f.name_at(0), "t");
     EXPECT_EQ(f.metadata("engine"), "test");
-    kvr_tensor_ref r = f.get("t");
+    kvr_tensor_ref r = f.tensor("t");
     EXPECT_EQ(r.dtype, KVR_DTYPE_F32);
     ASSERT_EQ(r.rank, 2u);
     EXPECT_EQ(r.shape[0], 3u);
@@ -78,7 +78,7 @@ TEST(Tensors, StridedWriteAndZeroCopyRead) {
     EXPECT_EQ(unaligned[1 + 5], static_cast<float>(1 * 3 + 1));
     // NULL name with two tensors: NOT_FOUND listing the names.
     try {
-      f.get(nullptr);
+      (void)f.tensor(nullptr);  // only the throw matters
       ADD_FAILURE() << "expected NOT_FOUND";
     } catch (const kvr::Error& e) {
       EXPECT_EQ(e.status(), KVR_ERR_NOT_FOUND);
@@ -88,16 +88,16 @@ TEST(Tensors, StridedWriteAndZeroCopyRead) {
     std::size_t need = 0;
     float small[2];
     EXPECT_KVR(KVR_ERR_TOO_SMALL,
-               kvr_tensors_read_into(f.get_handle(), "t", small, sizeof small, &need));
+               kvr_tensors_read_into(f.get(), "t", small, sizeof small, &need));
     EXPECT_EQ(need, 48u);
     need = 0;
     EXPECT_KVR(KVR_ERR_TOO_SMALL,
-               kvr_tensors_read_into_direct(f.get_handle(), "t", small, sizeof small, &need));
+               kvr_tensors_read_into_direct(f.get(), "t", small, sizeof small, &need));
     EXPECT_EQ(need, 48u);
     // The device copy reports missing CUDA instead of copying to host memory.
     if (kvr_cuda_available() != KVR_OK) {
       EXPECT_KVR(KVR_ERR_CUDA_UNAVAILABLE,
-                 kvr_tensors_read_into_device(f.get_handle(), "t", 0x1000, 48, 0, &need));
+                 kvr_tensors_read_into_device(f.get(), "t", 0x1000, 48, 0, &need));
       std::printf("skipped: device copy, no CUDA here\n");
     }
   }
@@ -164,17 +164,17 @@ TEST(Tensors, BadInputsAreRejectedAndLeaveNoFile) {
 
   kvr::write_tensors(path, &good, 1);
   kvr::TensorFile tf(path);
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_name_at(tf.get_handle(), 1, &s));
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_metadata_get(tf.get_handle(), "nope", &s));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_metadata_get(tf.get_handle(), nullptr, &s));
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_get(tf.get_handle(), "zz", &r));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_get(tf.get_handle(), "a", nullptr));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into(tf.get_handle(), "a", nullptr, 16, &n));
-  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into_direct(tf.get_handle(), "a", nullptr, 16, &n));
-  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_read_into_direct(tf.get_handle(), "zz", data, 16, &n));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_name_at(tf.get(), 1, &s));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_metadata_get(tf.get(), "nope", &s));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_metadata_get(tf.get(), nullptr, &s));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_get(tf.get(), "zz", &r));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_get(tf.get(), "a", nullptr));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into(tf.get(), "a", nullptr, 16, &n));
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_tensors_read_into_direct(tf.get(), "a", nullptr, 16, &n));
+  EXPECT_KVR(KVR_ERR_NOT_FOUND, kvr_tensors_read_into_direct(tf.get(), "zz", data, 16, &n));
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT,
-             kvr_tensors_read_into_device(tf.get_handle(), "a", 0, 16, 0, &n));
-  EXPECT_KVR(KVR_OK, kvr_tensors_get(tf.get_handle(), nullptr, &r));  // the only tensor
+             kvr_tensors_read_into_device(tf.get(), "a", 0, 16, 0, &n));
+  EXPECT_KVR(KVR_OK, kvr_tensors_get(tf.get(), nullptr, &r));  // the only tensor
   EXPECT_EQ(r.nbytes, 16u);
   std::remove(path.c_str());
 }
@@ -261,7 +261,7 @@ TEST(Tensors, RegionBlocksExportAndImport) {
   {
     kvr::TensorFile f(path);  // plain safetensors with the layout in its metadata
     EXPECT_EQ(f.metadata("kvr.kind"), "region_blocks");
-    EXPECT_EQ(f.get("blocks").nbytes, 3u * 8192u);
+    EXPECT_EQ(f.tensor("blocks").nbytes, 3u * 8192u);
   }
   o.name = unique_name("exp_dst");
   kvr::Region dst(o);

@@ -40,7 +40,7 @@ inline bool disk_spill_and_reload(const Options& o, const kvr::View& rows) {
   d.num_slots = spill;
   d.io_threads = 4;
   std::vector<uint64_t> fp(spill), meta(spill);  // meta: per-block engine metadata (block id)
-  std::vector<kvr_disk_write_op> w(spill);
+  std::vector<kvr_disk_write_item> w(spill);
   for (uint64_t b = 0; b < spill; b++) {
     fp[b] = fingerprint(rows.block(b).data(), row);
     meta[b] = b;
@@ -61,7 +61,7 @@ inline bool disk_spill_and_reload(const Options& o, const kvr::View& rows) {
       job.wait();
       spill_s = seconds_since(t0);
       ok = job.poll().failed == 0;
-      direct = disk.stats().direct;
+      direct = disk.stats().direct_io;
     }
     std::printf("[5] a new request needs rows: %llu rows (%.1f MiB) spilled to the slot file %s: %.2f GB/s (%s)\n",
                 static_cast<unsigned long long>(spill), spill * row / 1048576.0, path.c_str(),
@@ -69,8 +69,8 @@ inline bool disk_spill_and_reload(const Options& o, const kvr::View& rows) {
     for (uint64_t b = 0; b < spill; b++) std::memset(rows.block(b).data(), 0xEE, row);  // rows reused
 
     kvr::Disk disk(d);  // reopen: the index is recovered from the file
-    kvr_disk_counters st = disk.stats();
-    std::vector<kvr_disk_read_op> r(spill);
+    kvr_disk_stats st = disk.stats();
+    std::vector<kvr_disk_read_item> r(spill);
     for (uint64_t b = 0; b < spill; b++) {
       r[b].key = w[b].key;
       r[b].dst = rows.block(b).data();

@@ -20,7 +20,7 @@ inline std::string tensors_export(const Options& o, const kvr::Region& sched, ui
   kvr::export_blocks(sched, ids.data(), ids.size(), path, KVR_TENSORS_ALIGN_4K);
   const double s = seconds_since(t0);
   kvr::TensorFile f(path);
-  kvr_tensor_ref blocks = f.get("blocks");
+  kvr_tensor_ref blocks = f.tensor("blocks");
   std::printf("[6] exported %llu rows to %s (%.2f GB/s); lazily reopened: %zu tensors, \"blocks\" is U8 [%llu, %llu], "
               "layout %s blocks x %s workers\n",
               static_cast<unsigned long long>(n), path.c_str(), n * blocks.shape[1] / s / 1e9, f.size(),

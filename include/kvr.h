@@ -18,6 +18,22 @@
 #define KVR_ABI_VERSION 1
 
 /**
+ * `direct_io` of the fs store and slot file configs: use O_DIRECT if the file system
+ * accepts it, else buffered I/O (one log line).
+ */
+#define KVR_DIRECT_IO_AUTO 0
+
+/**
+ * `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+ */
+#define KVR_DIRECT_IO_ON 1
+
+/**
+ * `direct_io`: always buffered I/O.
+ */
+#define KVR_DIRECT_IO_OFF 2
+
+/**
  * Bytes of a slot file key.
  */
 #define KVR_DISK_KEY_LEN 16
@@ -31,21 +47,6 @@
  * `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).
  */
 #define KVR_FS_NO_RANK -1
-
-/**
- * `direct_io`: use O_DIRECT if the file system accepts it, else buffered I/O (one log line).
- */
-#define KVR_DIRECT_IO_AUTO 0
-
-/**
- * `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
- */
-#define KVR_DIRECT_IO_ON 1
-
-/**
- * `direct_io`: always buffered I/O.
- */
-#define KVR_DIRECT_IO_OFF 2
 
 /**
  * `durability`: no flushing (the OS writes back).
@@ -382,17 +383,17 @@ typedef struct kvr_block_key {
 } kvr_block_key;
 
 /**
- * Counters and state of an open slot file (filled by `kvr_disk_stats`).
+ * Counters and state of an open slot file (filled by `kvr_disk_get_stats`).
  */
-typedef struct kvr_disk_counters {
+typedef struct kvr_disk_stats {
   /**
-   * Set to `sizeof(kvr_disk_counters)` before the call.
+   * Set to `sizeof(kvr_disk_stats)` before the call.
    */
   uint32_t struct_size;
   /**
    * True if I/O uses O_DIRECT, false if buffered.
    */
-  bool direct;
+  bool direct_io;
   /**
    * True if this open created the file, false if it reopened (and recovered) one.
    */
@@ -453,12 +454,12 @@ typedef struct kvr_disk_counters {
    * CPU time of the process during the recovery scan, in nanoseconds.
    */
   uint64_t recovery_cpu_ns;
-} kvr_disk_counters;
+} kvr_disk_stats;
 
 /**
  * One write of a `kvr_disk_submit_write` batch.
  */
-typedef struct kvr_disk_write_op {
+typedef struct kvr_disk_write_item {
   /**
    * Key.
    */
@@ -479,13 +480,13 @@ typedef struct kvr_disk_write_op {
    * Metadata bytes (at most `KVR_DISK_MAX_META`).
    */
   uint64_t meta_len;
-} kvr_disk_write_op;
+} kvr_disk_write_item;
 
 /**
  * One read of a `kvr_disk_submit_read` batch. `len` and `meta_len` are outputs, written
  * when the item finishes (also on `KVR_ERR_TOO_SMALL`, with the needed sizes).
  */
-typedef struct kvr_disk_read_op {
+typedef struct kvr_disk_read_item {
   /**
    * Key.
    */
@@ -514,7 +515,7 @@ typedef struct kvr_disk_read_op {
    * Output: metadata bytes read (or needed).
    */
   uint64_t meta_len;
-} kvr_disk_read_op;
+} kvr_disk_read_item;
 
 /**
  * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
@@ -885,6 +886,12 @@ const char *kvr_version(void);
 uint32_t kvr_abi_version(void);
 
 /**
+ * `KVR_OK` if a CUDA driver and device are usable, else `KVR_ERR_CUDA_UNAVAILABLE` with the
+ * reason in `kvr_last_error_message()`.
+ */
+enum kvr_status kvr_cuda_available(void);
+
+/**
  * Fills `*config` with the documented defaults (fields required by `kvr_disk_open` are
  * left zero/NULL).
  */
@@ -954,10 +961,10 @@ enum kvr_status kvr_disk_contains(const struct kvr_disk *disk,
 enum kvr_status kvr_disk_remove(const struct kvr_disk *disk, const struct kvr_block_key *key);
 
 /**
- * Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_counters)`
+ * Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_stats)`
  * first.
  */
-enum kvr_status kvr_disk_stats(const struct kvr_disk *disk, struct kvr_disk_counters *out);
+enum kvr_status kvr_disk_get_stats(const struct kvr_disk *disk, struct kvr_disk_stats *out);
 
 /**
  * Submits `n` writes to the I/O threads; `*out` receives the job (see `kvr_job_*`): item
@@ -965,18 +972,18 @@ enum kvr_status kvr_disk_stats(const struct kvr_disk *disk, struct kvr_disk_coun
  * Every buffer must stay valid until the job completed (`kvr_job_free` waits for it).
  */
 enum kvr_status kvr_disk_submit_write(const struct kvr_disk *disk,
-                                      const struct kvr_disk_write_op *ops,
+                                      const struct kvr_disk_write_item *items,
                                       size_t n,
                                       struct kvr_job **out);
 
 /**
  * Submits `n` reads to the I/O threads; `*out` receives the job: item `i` ends with the
- * payload bytes read or the error `kvr_disk_read` would return, and `ops[i].len` /
- * `ops[i].meta_len` receive the lengths. `ops` and every buffer must stay valid until the
- * job completed (`kvr_job_free` waits for it).
+ * payload bytes read or the error `kvr_disk_read` would return, and `items[i].len` /
+ * `items[i].meta_len` receive the lengths. `items` and every buffer must stay valid until
+ * the job completed (`kvr_job_free` waits for it).
  */
 enum kvr_status kvr_disk_submit_read(const struct kvr_disk *disk,
-                                     struct kvr_disk_read_op *ops,
+                                     struct kvr_disk_read_item *items,
                                      size_t n,
                                      struct kvr_job **out);
 
@@ -1156,12 +1163,6 @@ enum kvr_status kvr_region_row_view(const struct kvr_region *region, struct kvr_
  * Describes an open region. Set `out->struct_size = sizeof(kvr_region_info)` first.
  */
 enum kvr_status kvr_region_get_info(const struct kvr_region *region, struct kvr_region_info *out);
-
-/**
- * `KVR_OK` if a CUDA driver and device are usable, else `KVR_ERR_CUDA_UNAVAILABLE` with the
- * reason in `kvr_last_error_message()`.
- */
-enum kvr_status kvr_cuda_available(void);
 
 /**
  * The name of a status code as a static NUL-terminated string ("KVR_ERR_NOT_FOUND").

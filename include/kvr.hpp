@@ -1,5 +1,10 @@
 // kvr.hpp: header-only C++17 layer over kvr.h. RAII owners close their handles, failures
 // throw kvr::Error carrying the status code and kvr's message. Hand-written (kvr.h is generated).
+//
+// Every owner class is move-only: copies are deleted (a handle has one owner, closed once),
+// moves and destructors are noexcept (asserted at the end of this file). What must not be
+// dropped is [[nodiscard]]: above all a Job, whose destructor waits for the batch, so a
+// discarded Job would turn an async submit into a blocking one.
 #ifndef KVR_HPP
 #define KVR_HPP
 
@@ -8,6 +13,7 @@
 #include <cstdint>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "kvr.h"
@@ -19,7 +25,7 @@ class Error : public std::runtime_error {
  public:
   Error(kvr_status status, const std::string& what)
       : std::runtime_error(std::string(kvr_status_str(status)) + ": " + what), status_(status) {}
-  kvr_status status() const noexcept { return status_; }
+  [[nodiscard]] kvr_status status() const noexcept { return status_; }
 
  private:
   kvr_status status_;
@@ -81,13 +87,14 @@ class Handle {
     if (this != &o) reset(std::exchange(o.h_, nullptr));
     return *this;
   }
-  ~Handle() { reset(); }
+  ~Handle() noexcept { reset(); }
   void reset(H* h = nullptr) noexcept {
     if (h_) Close(h_);
     h_ = h;
   }
-  H* get() const noexcept { return h_; }
-  H* release() noexcept { return std::exchange(h_, nullptr); }
+  [[nodiscard]] H* get() const noexcept { return h_; }
+  /// Gives up ownership: the caller must close the returned handle.
+  [[nodiscard]] H* release() noexcept { return std::exchange(h_, nullptr); }
   explicit operator bool() const noexcept { return h_ != nullptr; }
 
  private:
@@ -124,6 +131,11 @@ class Region {
     check(kvr_region_open(&c, &r));
     h_.reset(r);
   }
+  Region(const Region&) = delete;
+  Region& operator=(const Region&) = delete;
+  Region(Region&&) noexcept = default;
+  Region& operator=(Region&&) noexcept = default;
+  ~Region() noexcept = default;
   /// The next tensor's view of this rank's slices (`tensor_page_size` bytes per block).
   View create_view(std::uint64_t tensor_page_size) {
     kvr_view v;
@@ -131,39 +143,46 @@ class Region {
     return View(v);
   }
   /// The whole-row view (scheduler side).
-  View row_view() const {
+  [[nodiscard]] View row_view() const {
     kvr_view v;
     check(kvr_region_row_view(h_.get(), &v));
     return View(v);
   }
-  kvr_region_info info() const {
+  [[nodiscard]] kvr_region_info info() const {
     kvr_region_info i{};
     i.struct_size = sizeof(i);
     check(kvr_region_get_info(h_.get(), &i));
     return i;
   }
-  kvr_region* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_region* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_region, kvr_region_close> h_;
 };
 
-/// Owner of an async batch job; destruction waits for it (kvr_job_free).
-class Job {
+/// Owner of an async batch job; destruction waits for it (kvr_job_free), so keep it until
+/// the batch may block.
+class [[nodiscard]] Job {
  public:
   explicit Job(kvr_job* j) noexcept : h_(j) {}
+  Job(const Job&) = delete;
+  Job& operator=(const Job&) = delete;
+  Job(Job&&) noexcept = default;
+  Job& operator=(Job&&) noexcept = default;
+  ~Job() noexcept = default;
   /// Waits for every item (timeout_ms < 0: no bound); throws on timeout.
   void wait(std::int64_t timeout_ms = -1) const { check(kvr_job_wait(h_.get(), timeout_ms)); }
-  kvr_job_progress poll() const {
+  [[nodiscard]] kvr_job_progress poll() const {
     kvr_job_progress p{};
     check(kvr_job_poll(h_.get(), &p));
     return p;
   }
   /// Status of item `i` (does not throw); bytes moved in `*bytes` when KVR_OK.
-  kvr_status item_status(std::size_t i, std::uint64_t* bytes = nullptr) const noexcept {
+  [[nodiscard]] kvr_status item_status(std::size_t i,
+                                       std::uint64_t* bytes = nullptr) const noexcept {
     return kvr_job_item_status(h_.get(), i, bytes);
   }
-  kvr_job* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_job* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_job, kvr_job_free> h_;
@@ -171,10 +190,18 @@ class Job {
 
 // ---- storage tiers: each adds its owner class below, in its own section ----
 
-// ---- disk slot file: local spill of fixed-size blocks, crash-safe LRU index ----
+/// A block key: 16 bytes (the engine's block hash), the same in every tier.
+using BlockKey = kvr_block_key;
 
-/// A slot file key: 16 bytes (the engine's block hash).
-using DiskKey = kvr_block_key;  // the same 16-byte keys as the fs store
+/// A block key from its first 16 bytes at `p`.
+[[nodiscard]] inline BlockKey make_key(const void* p) noexcept {
+  BlockKey k;
+  const auto* b = static_cast<const std::uint8_t*>(p);
+  for (int i = 0; i < 16; i++) k.bytes[i] = b[i];
+  return k;
+}
+
+// ---- disk slot file: local spill of fixed-size blocks, crash-safe LRU index ----
 
 /// Options for Disk (defaults as kvr_disk_config_default).
 struct DiskOptions {
@@ -211,14 +238,19 @@ class Disk {
     check(kvr_disk_open(&c, &d));
     h_.reset(d);
   }
+  Disk(const Disk&) = delete;
+  Disk& operator=(const Disk&) = delete;
+  Disk(Disk&&) noexcept = default;
+  Disk& operator=(Disk&&) noexcept = default;
+  ~Disk() noexcept = default;
   /// Stores `len` bytes (and optional metadata) under `key`; may evict the LRU entry.
-  void write(const DiskKey& key, const void* src, std::uint64_t len, const void* meta = nullptr,
+  void write(const BlockKey& key, const void* src, std::uint64_t len, const void* meta = nullptr,
              std::uint64_t meta_len = 0) {
     check(kvr_disk_write(h_.get(), &key, static_cast<const std::uint8_t*>(src), len,
                          static_cast<const std::uint8_t*>(meta), meta_len));
   }
   /// Reads `key` into `dst`; throws KVR_ERR_NOT_FOUND, KVR_ERR_CORRUPT, KVR_ERR_TOO_SMALL...
-  DiskEntry read(const DiskKey& key, void* dst, std::uint64_t cap, void* meta = nullptr,
+  DiskEntry read(const BlockKey& key, void* dst, std::uint64_t cap, void* meta = nullptr,
                  std::uint64_t meta_cap = 0) {
     DiskEntry e;
     check(kvr_disk_read(h_.get(), &key, static_cast<std::uint8_t*>(dst), cap, &e.len,
@@ -226,7 +258,7 @@ class Disk {
     return e;
   }
   /// Like read(), but a miss (not found, or a corrupt entry that was dropped) returns false.
-  bool try_read(const DiskKey& key, void* dst, std::uint64_t cap, DiskEntry* out = nullptr,
+  [[nodiscard]] bool try_read(const BlockKey& key, void* dst, std::uint64_t cap, DiskEntry* out = nullptr,
                 void* meta = nullptr, std::uint64_t meta_cap = 0) {
     DiskEntry e;
     kvr_status s = kvr_disk_read(h_.get(), &key, static_cast<std::uint8_t*>(dst), cap,
@@ -236,37 +268,37 @@ class Disk {
     if (out) *out = e;
     return true;
   }
-  bool contains(const DiskKey& key) const {
+  [[nodiscard]] bool contains(const BlockKey& key) const {
     bool b = false;
     check(kvr_disk_contains(h_.get(), &key, &b));
     return b;
   }
   /// Removes `key`'s entry; false if there was none.
-  bool remove(const DiskKey& key) {
+  bool remove(const BlockKey& key) {
     kvr_status s = kvr_disk_remove(h_.get(), &key);
     if (s == KVR_ERR_NOT_FOUND) return false;
     check(s);
     return true;
   }
-  kvr_disk_counters stats() const {
-    kvr_disk_counters c{};
-    c.struct_size = sizeof(c);
-    check(kvr_disk_stats(h_.get(), &c));
-    return c;
+  [[nodiscard]] kvr_disk_stats stats() const {
+    kvr_disk_stats s{};
+    s.struct_size = sizeof(s);
+    check(kvr_disk_get_stats(h_.get(), &s));
+    return s;
   }
   /// Async batch of writes; buffers must outlive the returned Job.
-  Job submit_write(const kvr_disk_write_op* ops, std::size_t n) {
+  Job submit_write(const kvr_disk_write_item* items, std::size_t n) {
     kvr_job* j = nullptr;
-    check(kvr_disk_submit_write(h_.get(), ops, n, &j));
+    check(kvr_disk_submit_write(h_.get(), items, n, &j));
     return Job(j);
   }
-  /// Async batch of reads; `ops` (whose len/meta_len are filled) and buffers must outlive it.
-  Job submit_read(kvr_disk_read_op* ops, std::size_t n) {
+  /// Async batch of reads; `items` (whose len/meta_len are filled) and buffers must outlive it.
+  Job submit_read(kvr_disk_read_item* items, std::size_t n) {
     kvr_job* j = nullptr;
-    check(kvr_disk_submit_read(h_.get(), ops, n, &j));
+    check(kvr_disk_submit_read(h_.get(), items, n, &j));
     return Job(j);
   }
-  kvr_disk* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_disk* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_disk, kvr_disk_close> h_;
@@ -287,14 +319,6 @@ struct FsOptions {
   std::uint64_t capacity_bytes = 0;  // 0: unbounded
 };
 
-/// A 16-byte block key from its first 16 bytes at `p`.
-inline kvr_block_key make_key(const void* p) noexcept {
-  kvr_block_key k;
-  const auto* b = static_cast<const std::uint8_t*>(p);
-  for (int i = 0; i < 16; i++) k.bytes[i] = b[i];
-  return k;
-}
-
 /// A content-addressed block store on a directory (kvr_fs_open / kvr_fs_close).
 class FsStore {
  public:
@@ -314,44 +338,49 @@ class FsStore {
     check(kvr_fs_open(&c, &f));
     h_.reset(f);
   }
+  FsStore(const FsStore&) = delete;
+  FsStore& operator=(const FsStore&) = delete;
+  FsStore(FsStore&&) noexcept = default;
+  FsStore& operator=(FsStore&&) noexcept = default;
+  ~FsStore() noexcept = default;
   /// Stores `len` bytes (a no-op if the block exists).
-  void store(const kvr_block_key& k, const void* src, std::size_t len) {
+  void store(const BlockKey& k, const void* src, std::size_t len) {
     check(kvr_store_block(h_.get(), &k, src, len));
   }
   /// Loads the block into `dst`; false if there is none. Throws kvr::Error otherwise
   /// (KVR_ERR_CORRUPT: the bad file was removed; KVR_ERR_LAYOUT_MISMATCH: other length).
-  bool load(const kvr_block_key& k, void* dst, std::size_t len) {
+  [[nodiscard]] bool load(const BlockKey& k, void* dst, std::size_t len) {
     kvr_status s = kvr_load_block(h_.get(), &k, dst, len);
     if (s == KVR_ERR_NOT_FOUND) return false;
     check(s);
     return true;
   }
-  bool contains(const kvr_block_key& k) const {
+  [[nodiscard]] bool contains(const BlockKey& k) const {
     bool yes = false;
     check(kvr_fs_contains(h_.get(), &k, &yes));
     return yes;
   }
   /// How many leading keys exist (the reusable prompt prefix).
-  std::size_t lookup_prefix(const kvr_block_key* keys, std::size_t n) const {
+  [[nodiscard]] std::size_t lookup_prefix(const BlockKey* keys, std::size_t n) const {
     std::size_t hits = 0;
     check(kvr_fs_lookup_prefix(h_.get(), keys, n, &hits));
     return hits;
   }
   /// Removes the block; false if there was none.
-  bool remove(const kvr_block_key& k) {
+  bool remove(const BlockKey& k) {
     kvr_status s = kvr_fs_remove(h_.get(), &k);
     if (s == KVR_ERR_NOT_FOUND) return false;
     check(s);
     return true;
   }
-  kvr_fs_stats stats() const {
+  [[nodiscard]] kvr_fs_stats stats() const {
     kvr_fs_stats s{};
     s.struct_size = sizeof(s);
     check(kvr_fs_get_stats(h_.get(), &s));
     return s;
   }
   /// The path of the block's file (existing or not).
-  std::string block_path(const kvr_block_key& k) const {
+  [[nodiscard]] std::string block_path(const BlockKey& k) const {
     std::size_t need = 0;
     kvr_status s = kvr_fs_block_path(h_.get(), &k, nullptr, 0, &need);
     if (s != KVR_ERR_TOO_SMALL) check(s);
@@ -372,7 +401,7 @@ class FsStore {
     check(kvr_fs_submit_load(h_.get(), items, n, &j));
     return Job(j);
   }
-  kvr_fs* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_fs* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_fs, kvr_fs_close> h_;
@@ -389,7 +418,7 @@ inline void write_tensors(const std::string& path, const kvr_tensor* tensors, st
 }
 
 /// An open tensor file (kvr_tensors_open / kvr_tensors_close): header parsed, data mapped
-/// read-only; views returned by get() stay valid while this object lives.
+/// read-only; views returned by tensor() stay valid while this object lives.
 class TensorFile {
  public:
   explicit TensorFile(const std::string& path) {
@@ -397,28 +426,35 @@ class TensorFile {
     check(kvr_tensors_open(path.c_str(), &f));
     h_.reset(f);
   }
-  std::size_t size() const {
+  TensorFile(const TensorFile&) = delete;
+  TensorFile& operator=(const TensorFile&) = delete;
+  TensorFile(TensorFile&&) noexcept = default;
+  TensorFile& operator=(TensorFile&&) noexcept = default;
+  ~TensorFile() noexcept = default;
+  [[nodiscard]] std::size_t size() const {
     std::size_t n = 0;
     check(kvr_tensors_count(h_.get(), &n));
     return n;
   }
-  std::string name_at(std::size_t i) const {
+  [[nodiscard]] std::string name_at(std::size_t i) const {
     const char* s = nullptr;
     check(kvr_tensors_name_at(h_.get(), i, &s));
     return s;
   }
-  std::string metadata(const std::string& key) const {
+  [[nodiscard]] std::string metadata(const std::string& key) const {
     const char* s = nullptr;
     check(kvr_tensors_metadata_get(h_.get(), key.c_str(), &s));
     return s;
   }
   /// Zero-copy view; `name == nullptr` only for a file holding exactly one tensor.
-  kvr_tensor_ref get(const char* name = nullptr) const {
+  [[nodiscard]] kvr_tensor_ref tensor(const char* name = nullptr) const {
     kvr_tensor_ref r{};
     check(kvr_tensors_get(h_.get(), name, &r));
     return r;
   }
-  kvr_tensor_ref get(const std::string& name) const { return get(name.c_str()); }
+  [[nodiscard]] kvr_tensor_ref tensor(const std::string& name) const {
+    return tensor(name.c_str());
+  }
   /// Copies one tensor into `dst`; returns the bytes copied.
   std::size_t read_into(const char* name, void* dst, std::size_t cap) const {
     std::size_t n = 0;
@@ -438,7 +474,7 @@ class TensorFile {
     check(kvr_tensors_read_into_device(h_.get(), name, dst, cap, device, &n));
     return n;
   }
-  kvr_tensor_file* get_handle() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_tensor_file* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_tensor_file, kvr_tensors_close> h_;
@@ -448,6 +484,11 @@ class TensorFile {
 class LazyTensor {
  public:
   explicit LazyTensor(kvr_tensor_lazy* l) noexcept : h_(l) {}
+  LazyTensor(const LazyTensor&) = delete;
+  LazyTensor& operator=(const LazyTensor&) = delete;
+  LazyTensor(LazyTensor&&) noexcept = default;
+  LazyTensor& operator=(LazyTensor&&) noexcept = default;
+  ~LazyTensor() noexcept = default;
   /// Loads the tensor into `dst`; returns the bytes copied (KVR_ERR_CLOSED after cleanup).
   std::size_t materialize(void* dst, std::size_t cap) const {
     std::size_t n = 0;
@@ -455,12 +496,12 @@ class LazyTensor {
     return n;
   }
   /// Zero-copy mapped view, valid while this reference lives.
-  kvr_tensor_ref view() const {
+  [[nodiscard]] kvr_tensor_ref view() const {
     kvr_tensor_ref r{};
     check(kvr_tensor_lazy_view(h_.get(), &r));
     return r;
   }
-  kvr_tensor_lazy* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_tensor_lazy* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_tensor_lazy, kvr_tensor_lazy_free> h_;
@@ -476,23 +517,28 @@ class TensorDir {
     check(kvr_tensor_dir_open(parent.empty() ? nullptr : parent.c_str(), &d));
     h_.reset(d);
   }
+  TensorDir(const TensorDir&) = delete;
+  TensorDir& operator=(const TensorDir&) = delete;
+  TensorDir(TensorDir&&) noexcept = default;
+  TensorDir& operator=(TensorDir&&) noexcept = default;
+  ~TensorDir() noexcept = default;
   void put(const std::string& item_id, const kvr_tensor* tensors, std::size_t n,
            const kvr_kv* metadata = nullptr, std::size_t m = 0, std::uint32_t flags = 0) {
     check(kvr_tensor_dir_put(h_.get(), item_id.c_str(), tensors, n, metadata, m, flags));
   }
   /// `name == nullptr`: the item's only tensor.
-  LazyTensor get_ref(const std::string& item_id, const char* name = nullptr) const {
+  [[nodiscard]] LazyTensor get_ref(const std::string& item_id, const char* name = nullptr) const {
     kvr_tensor_lazy* l = nullptr;
     check(kvr_tensor_dir_get_ref(h_.get(), item_id.c_str(), name, &l));
     return LazyTensor(l);
   }
   void cleanup() { check(kvr_tensor_dir_cleanup(h_.get())); }
-  std::string path() const {
+  [[nodiscard]] std::string path() const {
     const char* p = nullptr;
     check(kvr_tensor_dir_path(h_.get(), &p));
     return p;
   }
-  kvr_tensor_dir* get() const noexcept { return h_.get(); }
+  [[nodiscard]] kvr_tensor_dir* get() const noexcept { return h_.get(); }
 
  private:
   Handle<kvr_tensor_dir, kvr_tensor_dir_close> h_;
@@ -510,6 +556,21 @@ inline std::size_t import_blocks(const Region& r, const std::string& path) {
   check(kvr_region_import(r.get(), path.c_str(), &n));
   return n;
 }
+
+// One owner per handle, and nothing an owner does on the way out may throw.
+#define KVR_ASSERT_MOVE_ONLY(T)                                                         \
+  static_assert(!std::is_copy_constructible_v<T> && !std::is_copy_assignable_v<T> &&      \
+                    std::is_nothrow_move_constructible_v<T> &&                            \
+                    std::is_nothrow_move_assignable_v<T> && std::is_nothrow_destructible_v<T>, \
+                #T " must be move-only with noexcept moves and destructor")
+KVR_ASSERT_MOVE_ONLY(Region);
+KVR_ASSERT_MOVE_ONLY(Job);
+KVR_ASSERT_MOVE_ONLY(Disk);
+KVR_ASSERT_MOVE_ONLY(FsStore);
+KVR_ASSERT_MOVE_ONLY(TensorFile);
+KVR_ASSERT_MOVE_ONLY(LazyTensor);
+KVR_ASSERT_MOVE_ONLY(TensorDir);
+#undef KVR_ASSERT_MOVE_ONLY
 
 }  // namespace kvr
 

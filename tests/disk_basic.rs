@@ -1,35 +1,28 @@
 //! Slot file behaviour through the Rust API: round trips, LRU eviction and stats, corruption,
 //! ownership, geometry, size limits, concurrency and batched submits.
 
-use std::fs::OpenOptions;
-use std::os::unix::fs::FileExt;
+mod common;
+
 use std::path::Path;
 
 use kvr::disk::{Key, RawRead, RawWrite, MAX_META};
 use kvr::io::{AlignedBuf, DirectIo};
 use kvr::{DiskConfig, ErrorKind, SlotFile};
 
+use common::files::flip_byte;
+use common::Rng;
+
 const SLOT: u64 = 256 * 1024;
 const PAGE: u64 = 4096;
 
+/// The shared test key of `i` (the tests here count in `u32`).
 fn key(i: u32) -> Key {
-    let mut k = [0u8; 16];
-    k[..4].copy_from_slice(&i.to_le_bytes());
-    k[15] = 0xa5;
-    k
+    common::key_bytes(i.into())
 }
 
 /// Deterministic bytes for (seed, n).
 fn pattern(seed: u64, n: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..n)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1).bytes(n)
 }
 
 fn cfg(path: &Path, slots: u64, direct: DirectIo) -> DiskConfig {
@@ -46,19 +39,6 @@ fn slot_offset(slot: u64) -> u64 {
 
 fn table_entry_offset(slot: u64) -> u64 {
     PAGE + slot * 128
-}
-
-fn flip_byte(path: &Path, off: u64) {
-    let f = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 0x10;
-    f.write_all_at(&b, off).unwrap();
-    f.sync_all().unwrap();
 }
 
 fn round_trips(direct: DirectIo) {

@@ -1,20 +1,17 @@
 //! The slot file's C ABI called from Rust: argument checks, status codes, outputs.
 
-use std::ffi::{CStr, CString};
+mod common;
+
+use std::ffi::CString;
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::disk::*;
-use kvr::ffi::fs::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 use kvr::ffi::job::{kvr_job, kvr_job_free, kvr_job_item_status, kvr_job_wait};
 use kvr::ffi::kvr_block_key;
 use kvr::ffi::kvr_status::{self, *};
+use kvr::ffi::{KVR_DIRECT_IO_AUTO, KVR_DIRECT_IO_OFF};
 
-fn last_error() -> String {
-    // SAFETY: never NULL, NUL-terminated, valid until the next kvr call on this thread.
-    unsafe { CStr::from_ptr(kvr::ffi::status::kvr_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use common::last_error;
 
 fn config(path: &CString, slot_size: u64, num_slots: u64) -> kvr_disk_config {
     let mut c = kvr_disk_config {
@@ -172,71 +169,23 @@ fn c_api_round_trip_and_bad_arguments() {
         ),
         KVR_ERR_TOO_SMALL
     );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            null_mut(),
-            12288,
-            &mut len,
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            0,
-            &mut len,
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            12288,
-            null_mut(),
-            null_mut(),
-            0,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            &key,
-            dst.as_mut_ptr(),
-            12288,
-            &mut len,
-            mdst.as_mut_ptr(),
-            16,
-            null_mut()
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
-    assert_eq!(
-        kvr_disk_read(
-            d,
-            null(),
-            dst.as_mut_ptr(),
-            12288,
-            &mut len,
-            mdst.as_mut_ptr(),
-            16,
-            &mut mlen
-        ),
-        KVR_ERR_INVALID_ARGUMENT
-    );
+    // Each NULL or empty argument is rejected.
+    let (dp, mp) = (dst.as_mut_ptr(), mdst.as_mut_ptr());
+    let (lp, mlp): (*mut u64, *mut u64) = (&mut len, &mut mlen);
+    let kp: *const kvr_block_key = &key;
+    for (what, kp, dp, cap, lp, mp, mcap, mlp) in [
+        ("dst NULL", kp, null_mut(), 12288, lp, null_mut(), 0, mlp),
+        ("dst_cap 0", kp, dp, 0, lp, null_mut(), 0, mlp),
+        ("len NULL", kp, dp, 12288, null_mut(), null_mut(), 0, mlp),
+        ("meta_len NULL", kp, dp, 12288, lp, mp, 16, null_mut()),
+        ("key NULL", null(), dp, 12288, lp, mp, 16, mlp),
+    ] {
+        assert_eq!(
+            kvr_disk_read(d, kp, dp, cap, lp, mp, mcap, mlp),
+            KVR_ERR_INVALID_ARGUMENT,
+            "{what}"
+        );
+    }
     let other = kvr_block_key { bytes: [4u8; 16] };
     assert_eq!(
         read(&other, &mut dst, 12288, &mut mdst, 16, &mut len, &mut mlen),
@@ -251,16 +200,16 @@ fn c_api_round_trip_and_bad_arguments() {
         kvr_disk_contains(d, &key, null_mut()),
         KVR_ERR_INVALID_ARGUMENT
     );
-    let mut st = kvr_disk_counters::default();
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_ERR_INVALID_ARGUMENT); // struct_size unset
-    st.struct_size = std::mem::size_of::<kvr_disk_counters>() as u32;
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_OK);
+    let mut st = kvr_disk_stats::default();
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_ERR_INVALID_ARGUMENT); // struct_size unset
+    st.struct_size = std::mem::size_of::<kvr_disk_stats>() as u32;
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_OK);
     assert_eq!(
         (st.entries, st.free_slots, st.hits, st.misses, st.writes),
         (1, 3, 1, 1, 1)
     );
     assert_eq!(
-        (st.slot_size, st.num_slots, st.direct, st.created),
+        (st.slot_size, st.num_slots, st.direct_io, st.created),
         (12288, 4, false, true)
     );
     assert_eq!(kvr_disk_remove(d, &key), KVR_OK);
@@ -269,8 +218,8 @@ fn c_api_round_trip_and_bad_arguments() {
     assert!(!has);
 
     // Batches.
-    let wops: Vec<kvr_disk_write_op> = (0..4u8)
-        .map(|i| kvr_disk_write_op {
+    let wops: Vec<kvr_disk_write_item> = (0..4u8)
+        .map(|i| kvr_disk_write_item {
             key: kvr_block_key { bytes: [i; 16] },
             src: data.as_ptr(),
             len: 1000 + i as u64,
@@ -299,11 +248,11 @@ fn c_api_round_trip_and_bad_arguments() {
     kvr_job_free(job);
     let mut bufs = vec![vec![0u8; 2000]; 4];
     let mut metas = [[0u8; 8]; 4];
-    let mut rops: Vec<kvr_disk_read_op> = bufs
+    let mut rops: Vec<kvr_disk_read_item> = bufs
         .iter_mut()
         .zip(metas.iter_mut())
         .enumerate()
-        .map(|(i, (b, m))| kvr_disk_read_op {
+        .map(|(i, (b, m))| kvr_disk_read_item {
             key: kvr_block_key {
                 bytes: [i as u8; 16],
             },
@@ -336,11 +285,11 @@ fn c_api_round_trip_and_bad_arguments() {
     let c2 = kvr_disk_config { num_slots: 5, ..c };
     assert_eq!(open(&c2).unwrap_err(), KVR_ERR_LAYOUT_MISMATCH);
     let d = open(&c).unwrap();
-    let mut st = kvr_disk_counters {
+    let mut st = kvr_disk_stats {
         struct_size: 16,
         ..Default::default()
     };
-    assert_eq!(kvr_disk_stats(d, &mut st), KVR_OK);
+    assert_eq!(kvr_disk_get_stats(d, &mut st), KVR_OK);
     assert_eq!(st.num_slots, 4); // only the declared prefix is written
     assert_eq!(st.entries, 0);
     kvr_disk_close(d);

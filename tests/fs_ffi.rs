@@ -1,19 +1,15 @@
 //! The fs store's C ABI called from Rust: happy path, async jobs, and bad inputs.
 
+mod common;
+
 use std::ffi::{CStr, CString};
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::fs::*;
 use kvr::ffi::job::*;
 use kvr::ffi::kvr_status::{self, *};
-use kvr::ffi::status::kvr_last_error_message;
 
-fn msg() -> String {
-    // SAFETY: kvr_last_error_message never returns NULL.
-    unsafe { CStr::from_ptr(kvr_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use common::last_error;
 
 fn k(i: u8) -> kvr_block_key {
     kvr_block_key { bytes: [i; 16] }
@@ -40,12 +36,12 @@ fn c_abi_round_trip_jobs_and_bad_inputs() {
         let (st, fs) = open(&root, bad);
         assert_eq!(st, KVR_ERR_INVALID_ARGUMENT, "{bad:?}");
         assert!(fs.is_null());
-        assert!(msg().contains("namespace"), "{}", msg());
+        assert!(last_error().contains("namespace"), "{}", last_error());
     }
     let mut fs = null_mut();
     assert_eq!(kvr_fs_open(null(), &mut fs), KVR_ERR_INVALID_ARGUMENT);
     let (st, fs) = open(&root, "ns");
-    assert_eq!(st, KVR_OK, "{}", msg());
+    assert_eq!(st, KVR_OK, "{}", last_error());
     let data = vec![7u8; 5000];
     let src = data.as_ptr().cast();
     assert_eq!(kvr_store_block(fs, &k(1), src, data.len()), KVR_OK);
@@ -76,7 +72,7 @@ fn c_abi_round_trip_jobs_and_bad_inputs() {
         KVR_ERR_INVALID_ARGUMENT
     );
     assert_eq!(kvr_load_block(fs, &k(9), dst, 5000), KVR_ERR_NOT_FOUND);
-    assert!(msg().contains("not found"), "{}", msg());
+    assert!(last_error().contains("not found"), "{}", last_error());
 
     let mut yes = false;
     assert_eq!(kvr_fs_contains(fs, &k(1), &mut yes), KVR_OK);
@@ -102,7 +98,7 @@ fn c_abi_round_trip_jobs_and_bad_inputs() {
     let shape = [2u64, 1250];
     let dtype = CString::new("F16").unwrap();
     let st = kvr_store_block_tensor(fs, &k(3), src, 5000, dtype.as_ptr(), shape.as_ptr(), 2);
-    assert_eq!(st, KVR_OK, "{}", msg());
+    assert_eq!(st, KVR_OK, "{}", last_error());
     let st = kvr_store_block_tensor(fs, &k(4), src, 5000, dtype.as_ptr(), shape.as_ptr(), 1);
     assert_eq!(st, KVR_ERR_INVALID_ARGUMENT);
 
@@ -169,7 +165,7 @@ fn c_abi_round_trip_jobs_and_bad_inputs() {
         kvr_fs_submit_load(fs, bad.as_ptr(), 8, &mut job),
         KVR_ERR_INVALID_ARGUMENT
     );
-    assert!(msg().contains("items[3]"), "{}", msg());
+    assert!(last_error().contains("items[3]"), "{}", last_error());
     assert!(job.is_null(), "no job on a rejected batch");
     assert_eq!(
         kvr_fs_submit_store(fs, items.as_ptr(), 8, null_mut()),

@@ -3,6 +3,8 @@
 //!
 //! Children are this test binary re-executed with `KVR_FS_ROLE` set, running the same test.
 
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -11,35 +13,15 @@ use std::time::{Duration, Instant};
 use kvr::io::DirectIo;
 use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest};
 
+use common::files::walk;
+use common::{content, key, key_index};
+
 const ROLE: &str = "KVR_FS_ROLE";
 const DIR: &str = "KVR_FS_DIR";
-
-fn key(i: u64) -> Key {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.to_le_bytes());
-    k[8..].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
-    Key(k)
-}
-
-fn key_index(k: &Key) -> u64 {
-    u64::from_le_bytes(k.0[..8].try_into().unwrap())
-}
 
 /// Length and content are functions of the key: any process can check any block.
 fn block_len(i: u64) -> usize {
     4096 * (1 + (i % 4) as usize) + (i % 7) as usize * 111
-}
-
-fn content(k: &Key, len: usize) -> Vec<u8> {
-    let mut x = key_index(k) ^ 0x1234_5678_9abc_def1;
-    let mut out = vec![0u8; len];
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-    out
 }
 
 fn spawn_role(test: &str, role: &str, dir: &Path) -> Command {
@@ -53,25 +35,6 @@ fn spawn_role(test: &str, role: &str, dir: &Path) -> Command {
 fn role() -> Option<(String, PathBuf)> {
     let r = std::env::var(ROLE).ok()?;
     Some((r, PathBuf::from(std::env::var(DIR).unwrap())))
-}
-
-fn walk(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
 }
 
 fn is_temp(p: &Path) -> bool {

@@ -1,30 +1,17 @@
 //! fs block store: round trips, file format, corruption, capacity, async batches, C ABI.
 
+mod common;
+
 use std::path::Path;
 use std::time::Duration;
 
 use kvr::io::{direct, AlignedBuf, DirectIo};
 use kvr::{ErrorKind, FsConfig, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec};
 
+use common::files::walk;
+use common::{fill_content, key};
+
 const LENGTHS: [usize; 6] = [1, 4095, 4096, 4097, 64 * 1024, 2 * 1024 * 1024 + 1];
-
-fn key(i: u64) -> Key {
-    let mut k = [0u8; 16];
-    k[..8].copy_from_slice(&i.to_le_bytes());
-    k[8..].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
-    Key(k)
-}
-
-/// Deterministic bytes derived from the key, so any reader can check any block.
-fn content(k: &Key, out: &mut [u8]) {
-    let mut x = u64::from_le_bytes(k.0[..8].try_into().unwrap()) ^ 0x1234_5678_9abc_def1;
-    for chunk in out.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        chunk.copy_from_slice(&x.to_le_bytes()[..chunk.len()]);
-    }
-}
 
 fn open(dir: &Path, mode: DirectIo) -> FsStore {
     let mut c = FsConfig::new(dir, "model-x_tp1");
@@ -84,7 +71,7 @@ fn round_trips_all_lengths_alignments_and_modes() {
                     i += 1;
                     let k = key(i);
                     let mut src = TestBuf::new(len, src_aligned);
-                    content(&k, src.get_mut());
+                    fill_content(&k, src.get_mut());
                     assert_eq!(s.store(&k, src.get()).unwrap(), Stored::Written);
                     let size = std::fs::metadata(s.block_path(&k)).unwrap().len();
                     assert_eq!(size, 4096 + len as u64, "file of {len} bytes, exact size");
@@ -109,7 +96,7 @@ fn round_trips_all_lengths_alignments_and_modes() {
     let k = key(i);
     let len = *LENGTHS.last().unwrap();
     let mut want = vec![0u8; len];
-    content(&k, &mut want);
+    fill_content(&k, &mut want);
     let mut got = vec![0u8; len];
     a.load(&k, &mut got).unwrap();
     assert!(got == want);
@@ -121,7 +108,7 @@ fn block_files_are_valid_safetensors() {
     let s = open(d.path(), DirectIo::Auto);
     let k = key(7);
     let mut data = vec![0u8; 4097];
-    content(&k, &mut data);
+    fill_content(&k, &mut data);
     s.store(&k, &data).unwrap();
     let bytes = std::fs::read(s.block_path(&k)).unwrap();
     let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
@@ -223,7 +210,7 @@ fn corruption_is_detected_dropped_and_counted() {
         let base = if mode == DirectIo::On { 1000 } else { 0 };
         let mut store = |i: u64| {
             let k = key(base + i);
-            content(&k, &mut data);
+            fill_content(&k, &mut data);
             s.store(&k, &data).unwrap();
             k
         };
@@ -317,22 +304,6 @@ fn dir_bytes(dir: &Path) -> (u64, usize) {
     total
 }
 
-fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p);
-            }
-        }
-    }
-    out
-}
-
 #[test]
 fn capacity_bounds_bytes_with_lru_eviction() {
     let d = tempfile::tempdir().unwrap();
@@ -346,7 +317,7 @@ fn capacity_bounds_bytes_with_lru_eviction() {
     let mut out = vec![0u8; len];
     for i in 0..60u64 {
         let k = key(i);
-        content(&k, &mut data);
+        fill_content(&k, &mut data);
         s.store(&k, &data).unwrap();
         // Keep block 0 hot: it must survive as the least recently used ones go.
         if i % 5 == 0 {
@@ -400,7 +371,7 @@ fn async_batches_store_and_load() {
     let n = 32;
     let mut src = AlignedBuf::new(n * len).unwrap();
     for (i, chunk) in src.as_mut_slice().chunks_mut(len).enumerate() {
-        content(&key(i as u64), chunk);
+        fill_content(&key(i as u64), chunk);
     }
     let items: Vec<StoreRequest> = (0..n)
         .map(|i| StoreRequest {
@@ -461,7 +432,7 @@ fn async_batch_with_duplicates_and_bad_items() {
             let bufs: Vec<TestBuf> = (0..distinct)
                 .map(|i| {
                     let mut b = TestBuf::new(len(i), i % 4 != 0);
-                    content(&key(i as u64), b.get_mut());
+                    fill_content(&key(i as u64), b.get_mut());
                     b
                 })
                 .collect();
@@ -510,7 +481,7 @@ fn async_batch_with_duplicates_and_bad_items() {
             for i in (0..distinct).filter(|&i| i != 17) {
                 let mut out = vec![0u8; len(i)];
                 let mut want = vec![0u8; len(i)];
-                content(&key(i as u64), &mut want);
+                fill_content(&key(i as u64), &mut want);
                 s.load(&key(i as u64), &mut out).unwrap();
                 assert!(out == want, "key {i}");
             }
@@ -573,7 +544,7 @@ fn big_headers_and_every_durability_mode_round_trip() {
         };
         let k = key(i as u64);
         let mut data = vec![0u8; len];
-        content(&k, &mut data);
+        fill_content(&k, &mut data);
         s.store_tensor(&k, &data, &spec).unwrap();
         let size = std::fs::metadata(s.block_path(&k)).unwrap().len();
         assert_eq!(size, 8192 + len as u64);

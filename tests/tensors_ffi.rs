@@ -1,19 +1,15 @@
 //! The tensor C ABI, called as C would: bad inputs, outputs only on success, name fallback,
 //! strided writes, the lazy directory, and the device copy reporting missing CUDA.
 
+mod common;
+
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
 
 use kvr::ffi::kvr_status::{self, *};
-use kvr::ffi::status::kvr_last_error_message;
 use kvr::ffi::tensors::*;
 
-fn msg() -> String {
-    // SAFETY: kvr_last_error_message never returns NULL.
-    unsafe { CStr::from_ptr(kvr_last_error_message()) }
-        .to_string_lossy()
-        .into_owned()
-}
+use common::last_error;
 
 fn cs(s: &str) -> CString {
     CString::new(s).unwrap()
@@ -100,7 +96,7 @@ fn write_files() -> Files {
         ),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     assert_eq!(
         kvr_tensors_write(
@@ -113,7 +109,7 @@ fn write_files() -> Files {
         ),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     Files {
         _dir: dir,
@@ -124,7 +120,12 @@ fn write_files() -> Files {
 
 fn open(path: &CString) -> *mut kvr_tensor_file {
     let mut f = null_mut();
-    assert_eq!(kvr_tensors_open(path.as_ptr(), &mut f), KVR_OK, "{}", msg());
+    assert_eq!(
+        kvr_tensors_open(path.as_ptr(), &mut f),
+        KVR_OK,
+        "{}",
+        last_error()
+    );
     f
 }
 
@@ -161,7 +162,7 @@ fn write_open_get_read_and_bad_inputs() {
         kvr_tensors_get(f, cs("t").as_ptr(), &mut r),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     assert_eq!((r.dtype, r.rank, r.nbytes), (KVR_DTYPE_F32, 2, 48));
     assert_eq!(r.data as usize % 4096, 0, "aligned file");
@@ -179,7 +180,7 @@ fn write_open_get_read_and_bad_inputs() {
     assert_eq!(data, &expect[..]);
     // NULL name with two tensors: NOT_FOUND listing them.
     assert_eq!(kvr_tensors_get(f, null(), &mut r), KVR_ERR_NOT_FOUND);
-    assert!(msg().contains("'t', 's'"), "{}", msg());
+    assert!(last_error().contains("'t', 's'"), "{}", last_error());
     assert_eq!(
         kvr_tensors_get(f, cs("zz").as_ptr(), &mut r),
         KVR_ERR_NOT_FOUND
@@ -205,8 +206,11 @@ fn write_open_get_read_and_bad_inputs() {
     // The device copy respects the destination: no CUDA here means a clear status.
     let st = kvr_tensors_read_into_device(f, cs("t").as_ptr(), 0x7000_0000, 48, 0, &mut n);
     if kvr::cuda::available().is_err() {
-        assert_eq!(st, KVR_ERR_CUDA_UNAVAILABLE, "{}", msg());
-        eprintln!("skipped: kvr_tensors_read_into_device (no CUDA): {}", msg());
+        assert_eq!(st, KVR_ERR_CUDA_UNAVAILABLE, "{}", last_error());
+        eprintln!(
+            "skipped: kvr_tensors_read_into_device (no CUDA): {}",
+            last_error()
+        );
     }
     assert_eq!(
         kvr_tensors_read_into_device(f, null(), 0, 48, 0, &mut n),
@@ -267,12 +271,16 @@ fn write_rejects_bad_inputs_and_leaves_nothing() {
         kvr_tensors_write(p.as_ptr(), t.as_ptr(), t.len(), null(), 0, flags)
     };
     assert_eq!(w(&[good, good], 0), KVR_ERR_INVALID_ARGUMENT);
-    assert!(msg().contains("duplicate tensor name 'a'"), "{}", msg());
+    assert!(
+        last_error().contains("duplicate tensor name 'a'"),
+        "{}",
+        last_error()
+    );
     assert_eq!(
         w(&[kvr_tensor { dtype: 99, ..good }], 0),
         KVR_ERR_UNSUPPORTED
     );
-    assert!(msg().contains("dtype code 99"), "{}", msg());
+    assert!(last_error().contains("dtype code 99"), "{}", last_error());
     assert_eq!(
         w(
             &[kvr_tensor {
@@ -319,7 +327,7 @@ fn write_rejects_bad_inputs_and_leaves_nothing() {
         ),
         KVR_ERR_INVALID_ARGUMENT
     );
-    assert!(msg().contains("overflow"), "{}", msg());
+    assert!(last_error().contains("overflow"), "{}", last_error());
     assert_eq!(w(&[good], 0x80), KVR_ERR_INVALID_ARGUMENT);
     assert_eq!(
         kvr_tensors_write(p.as_ptr(), null(), 1, null(), 0, 0),
@@ -355,7 +363,7 @@ fn write_rejects_bad_inputs_and_leaves_nothing() {
         data: unsafe { v.as_ptr().add(3) }.cast(),
         ..good
     };
-    assert_eq!(w(&[rev], 0), KVR_OK, "{}", msg());
+    assert_eq!(w(&[rev], 0), KVR_OK, "{}", last_error());
     let f = open(&p);
     let mut out = [0u16; 4];
     let st = kvr_tensors_read_into(f, null(), out.as_mut_ptr().cast(), 8, null_mut());
@@ -367,7 +375,12 @@ fn write_rejects_bad_inputs_and_leaves_nothing() {
 #[test]
 fn lazy_directory_through_the_c_api() {
     let mut dir = null_mut();
-    assert_eq!(kvr_tensor_dir_open(null(), &mut dir), KVR_OK, "{}", msg());
+    assert_eq!(
+        kvr_tensor_dir_open(null(), &mut dir),
+        KVR_OK,
+        "{}",
+        last_error()
+    );
     let mut p: *const c_char = null();
     assert_eq!(kvr_tensor_dir_path(dir, &mut p), KVR_OK);
     // SAFETY: valid until the handle is closed.
@@ -389,7 +402,7 @@ fn lazy_directory_through_the_c_api() {
         kvr_tensor_dir_put(dir, id.as_ptr(), &t, 1, null(), 0, 0),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     assert_eq!(
         kvr_tensor_dir_put(dir, null(), &t, 1, null(), 0, 0),
@@ -483,7 +496,7 @@ fn region_export_import_through_the_c_api() {
         cfg.cpu_page_size = page;
         cfg.rank = KVR_RANK_SCHEDULER;
         let mut r = null_mut();
-        assert_eq!(kvr_region_open(&cfg, &mut r), KVR_OK, "{}", msg());
+        assert_eq!(kvr_region_open(&cfg, &mut r), KVR_OK, "{}", last_error());
         r
     };
     let (a, b, c) = (cs("a"), cs("b"), cs("c"));
@@ -499,7 +512,7 @@ fn region_export_import_through_the_c_api() {
         kvr_region_export(ra, ids.as_ptr(), 1, file.as_ptr(), 0),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     assert_eq!(
         kvr_region_export(ra, ids.as_ptr(), 0, file.as_ptr(), 0),
@@ -523,7 +536,7 @@ fn region_export_import_through_the_c_api() {
         kvr_region_import(rb, file.as_ptr(), &mut count),
         KVR_OK,
         "{}",
-        msg()
+        last_error()
     );
     assert_eq!(count, 1);
     // SAFETY: a plain C struct of integers and pointers; all zeroes is valid.

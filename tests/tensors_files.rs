@@ -1,27 +1,15 @@
 //! Tensor files: round trips for every dtype, strided inputs equal to their contiguous
 //! copies byte for byte, interoperability with the `safetensors` crate, lazy reading.
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::Path;
 
 use kvr::tensors::{header, Dtype, TensorFile, TensorIn, WriteOptions, ALL_DTYPES};
 use kvr::ErrorKind;
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use common::Rng;
 
 fn no_sync() -> WriteOptions {
     WriteOptions {

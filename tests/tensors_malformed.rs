@@ -1,10 +1,14 @@
 //! Malformed tensor files fail to open with clear `Corrupt` errors, never a crash; plus a
 //! bounded-time randomized mutation test over the open path.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use kvr::tensors::{Dtype, TensorFile, TensorIn, WriteOptions};
 use kvr::ErrorKind;
+
+use common::Rng;
 
 fn raw(header: &str, data_len: usize) -> Vec<u8> {
     let mut v = (header.len() as u64).to_le_bytes().to_vec();
@@ -80,19 +84,6 @@ fn malformed_files_are_rejected_with_reasons() {
     assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
 }
 
-struct Rng(u64);
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 << 13;
-        self.0 ^= self.0 >> 7;
-        self.0 ^= self.0 << 17;
-        self.0
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
-
 fn seeds() -> Vec<Vec<u8>> {
     let dir = tempfile::tempdir().unwrap();
     let mut out = Vec::new();
@@ -122,17 +113,17 @@ fn seeds() -> Vec<Vec<u8>> {
 fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
     let mut v = seed.to_vec();
     let hdr_end = 8 + u64::from_le_bytes(v[..8].try_into().unwrap()) as usize;
-    for _ in 0..1 + rng.below(4) {
+    for _ in 0..1 + rng.index(4) {
         // Bias mutations towards the header, where the parser lives.
-        let at = if rng.below(4) > 0 {
-            rng.below(hdr_end.min(v.len()))
+        let at = if rng.index(4) > 0 {
+            rng.index(hdr_end.min(v.len()))
         } else {
-            rng.below(v.len())
+            rng.index(v.len())
         };
-        match rng.below(9) {
-            0 => v[at] ^= 1 << rng.below(8),
-            1 => v[at] = b"{}[]\",:0123456789-eE. "[rng.below(22)],
-            2 => v.truncate(rng.below(v.len() + 1)),
+        match rng.index(9) {
+            0 => v[at] ^= 1 << rng.index(8),
+            1 => v[at] = b"{}[]\",:0123456789-eE. "[rng.index(22)],
+            2 => v.truncate(rng.index(v.len() + 1)),
             3 => v.insert(at.min(v.len()), rng.next() as u8),
             4 => {
                 if at < v.len() {
@@ -141,10 +132,10 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
             }
             5 => {
                 // Rewrite the header length.
-                let n = match rng.below(4) {
+                let n = match rng.index(4) {
                     0 => rng.next(),
                     1 => (hdr_end as u64)
-                        .wrapping_add(rng.below(16) as u64)
+                        .wrapping_add(rng.index(16) as u64)
                         .wrapping_sub(8),
                     2 => v.len() as u64,
                     _ => 0,
@@ -159,14 +150,14 @@ fn mutate(rng: &mut Rng, seed: &[u8]) -> Vec<u8> {
                     .filter(|&i| v[i].is_ascii_digit())
                     .collect();
                 if !digits.is_empty() {
-                    let i = digits[rng.below(digits.len())];
-                    v[i] = b'0' + rng.below(10) as u8;
+                    let i = digits[rng.index(digits.len())];
+                    v[i] = b'0' + rng.index(10) as u8;
                 }
             }
-            7 => v.extend((0..rng.below(64)).map(|_| rng.next() as u8)),
+            7 => v.extend((0..rng.index(64)).map(|_| rng.next() as u8)),
             _ => {
                 // Swap two header bytes.
-                let j = rng.below(hdr_end.min(v.len()));
+                let j = rng.index(hdr_end.min(v.len()));
                 if at < v.len() && j < v.len() {
                     v.swap(at, j);
                 }
@@ -195,7 +186,7 @@ fn mutated_files_never_crash_the_open_path() {
     let start = Instant::now();
     let (mut runs, mut opened) = (0u64, 0u64);
     while start.elapsed() < Duration::from_secs_f64(budget) {
-        let seed = &seeds[rng.below(seeds.len())];
+        let seed = &seeds[rng.index(seeds.len())];
         let bytes = mutate(&mut rng, seed);
         std::fs::write(&path, &bytes).unwrap();
         runs += 1;

@@ -1,22 +1,10 @@
 //! End-to-end tests of the `kvr` binary.
 
-use std::process::{Command, Output};
+mod common;
 
 use kvr::{Layout, Region, RegionConfig, Role};
 
-fn kvr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvr"))
-        .args(args)
-        .output()
-        .expect("run kvr")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use common::{assert_rows_measured, bench_smoke, kvr, text};
 
 #[test]
 fn region_ls_and_rm() {
@@ -298,18 +286,7 @@ fn fs_gc_keeps_the_bound_and_errors_are_one_line() {
 #[test]
 fn bench_fs_smoke_json() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let o = kvr(&[
-        "bench",
-        "--tier",
-        "fs",
-        "--bytes",
-        "64M",
-        "--runs",
-        "1",
-        "--json",
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let o = bench_smoke("fs", dir.path());
     let (out, err) = text(&o);
     if err.contains("fio not found") {
         eprintln!("skipping: fio is not installed");
@@ -319,11 +296,7 @@ fn bench_fs_smoke_json() {
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 6, "3 rows per block size (64K, 2M)");
-    for r in rows {
-        assert_eq!(r["tier"], "fs");
-        assert!(r["kvr_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
-        assert!(r["limit_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
-    }
+    assert_rows_measured(rows, "fs");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,

@@ -1,39 +1,14 @@
 //! End-to-end tests of `kvr disk inspect|verify` and `kvr bench --tier disk`.
 
-use std::os::unix::fs::FileExt;
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Command;
 
 use kvr::disk::Key;
 use kvr::{DiskConfig, SlotFile};
 
-fn kvr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvr"))
-        .args(args)
-        .output()
-        .expect("run kvr")
-}
-
-fn json(o: &Output) -> serde_json::Value {
-    let out = String::from_utf8_lossy(&o.stdout);
-    serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"))
-}
-
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
-fn flip(path: &Path, off: u64) {
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(path)
-        .unwrap();
-    let mut b = [0u8; 1];
-    f.read_exact_at(&mut b, off).unwrap();
-    b[0] ^= 0x10;
-    f.write_all_at(&b, off).unwrap();
-}
+use common::files::flip_byte;
+use common::{assert_rows_measured, bench_smoke, json, kvr, stderr};
 
 /// 8 slots, 6 entries (one key overwritten once), then three kinds of damage.
 #[test]
@@ -68,10 +43,10 @@ fn inspect_counts_and_verify_finds_exactly_the_bad_entries() {
     let r = kvr::disk::inspect(&path).unwrap();
     let slot_of = |i: u8| r.live.iter().find(|(_, h)| h.key == key(i)).unwrap().0;
     let (a, b, c, m) = (slot_of(1), slot_of(2), slot_of(3), slot_of(4));
-    flip(&path, g.slot_offset(a) + 4096 + 4000); // payload bit
-    flip(&path, g.table_entry_offset(b) + 40); // header table entry
-    flip(&path, g.slot_offset(c) + 20); // the slot's own header copy
-    flip(&path, g.slot_offset(m) + 129); // metadata (covered by the data checksum)
+    flip_byte(&path, g.slot_offset(a) + 4096 + 4000); // payload bit
+    flip_byte(&path, g.table_entry_offset(b) + 40); // header table entry
+    flip_byte(&path, g.slot_offset(c) + 20); // the slot's own header copy
+    flip_byte(&path, g.slot_offset(m) + 129); // metadata (covered by the data checksum)
 
     let o = kvr(&["disk", "inspect", p, "--json"]);
     assert!(o.status.success());
@@ -155,18 +130,7 @@ fn live_owner_is_reported_and_refused_and_errors_are_one_line() {
 #[test]
 fn bench_disk_smoke_json() {
     let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
-    let o = kvr(&[
-        "bench",
-        "--tier",
-        "disk",
-        "--bytes",
-        "64M",
-        "--runs",
-        "1",
-        "--json",
-        "--dir",
-        dir.path().to_str().unwrap(),
-    ]);
+    let o = bench_smoke("disk", dir.path());
     let fio = Command::new("fio")
         .arg("--version")
         .output()
@@ -180,11 +144,7 @@ fn bench_disk_smoke_json() {
     let v = json(&o);
     let rows = v["rows"].as_array().unwrap();
     assert_eq!(rows.len(), 4); // write and read at 64K and 2M
-    for r in rows {
-        assert_eq!(r["tier"], "disk");
-        assert!(r["kvr_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
-        assert!(r["limit_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
-    }
+    assert_rows_measured(rows, "disk");
     assert!(v["notes"][0]
         .as_str()
         .unwrap()

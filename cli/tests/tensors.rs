@@ -1,23 +1,12 @@
 //! End-to-end tests of `kvr tensors ls`.
 
+mod common;
+
 use std::path::Path;
-use std::process::{Command, Output};
 
 use kvr::tensors::{Dtype, TensorIn, WriteOptions};
 
-fn kvr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_kvr"))
-        .args(args)
-        .output()
-        .expect("run kvr")
-}
-
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
+use common::{kvr, text};
 
 /// A safetensors file written by hand, as another tool would: no kvr metadata, names sorted.
 fn foreign_file(path: &Path) {

@@ -3,14 +3,12 @@
 use std::ffi::c_char;
 use std::path::PathBuf;
 
-use super::fs::{direct_io_from_c, KVR_DIRECT_IO_AUTO};
-use super::job::kvr_job;
+use super::handle::BoxedHandle;
+use super::job::{kvr_job, submit_batch};
 use super::status::{guard, kvr_status};
-use super::{
-    arg_bytes, arg_bytes_mut, arg_ref, arg_str, kvr_block_key, write_out, write_sized_out,
-};
-use super::{arg_slice, check_array, close_handle, open_handle};
-use crate::disk::{DiskConfig, Key, RawRead, RawWrite, SlotFile};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, kvr_block_key, write_out};
+use super::{direct_io_from_c, open_handle, write_sized_out, KVR_DIRECT_IO_AUTO};
+use crate::disk::{DiskConfig, RawRead, RawWrite, SlotFile};
 use crate::Error;
 
 /// Bytes of a slot file key.
@@ -21,7 +19,12 @@ const _: () = assert!(KVR_DISK_MAX_META as usize == crate::disk::MAX_META);
 
 /// Opaque handle to an open slot file (`kvr_disk_open` / `kvr_disk_close`).
 pub struct kvr_disk {
-    inner: SlotFile,
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_disk {
+    type Rust = SlotFile;
+    const ARG: &'static str = "disk";
 }
 
 /// How to open a slot file. Fill with `kvr_disk_config_default`, then set the fields.
@@ -63,14 +66,14 @@ impl Default for kvr_disk_config {
     }
 }
 
-/// Counters and state of an open slot file (filled by `kvr_disk_stats`).
+/// Counters and state of an open slot file (filled by `kvr_disk_get_stats`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default)]
-pub struct kvr_disk_counters {
-    /// Set to `sizeof(kvr_disk_counters)` before the call.
+pub struct kvr_disk_stats {
+    /// Set to `sizeof(kvr_disk_stats)` before the call.
     pub struct_size: u32,
     /// True if I/O uses O_DIRECT, false if buffered.
-    pub direct: bool,
+    pub direct_io: bool,
     /// True if this open created the file, false if it reopened (and recovered) one.
     pub created: bool,
     /// Number of slots.
@@ -106,7 +109,7 @@ pub struct kvr_disk_counters {
 /// One write of a `kvr_disk_submit_write` batch.
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct kvr_disk_write_op {
+pub struct kvr_disk_write_item {
     /// Key.
     pub key: kvr_block_key,
     /// Payload (1..=slot_size bytes), valid until the job completes.
@@ -123,7 +126,7 @@ pub struct kvr_disk_write_op {
 /// when the item finishes (also on `KVR_ERR_TOO_SMALL`, with the needed sizes).
 #[repr(C)]
 #[derive(Clone, Copy, Debug)]
-pub struct kvr_disk_read_op {
+pub struct kvr_disk_read_item {
     /// Key.
     pub key: kvr_block_key,
     /// Payload destination, valid until the job completes.
@@ -178,11 +181,7 @@ pub extern "C" fn kvr_disk_open(
 ) -> kvr_status {
     guard(|| {
         // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
-        unsafe {
-            open_handle(config, out, |c| {
-                SlotFile::open(&to_rust_config(c)?).map(|inner| kvr_disk { inner })
-            })
-        }
+        unsafe { open_handle(config, out, |c| SlotFile::open(&to_rust_config(c)?)) }
     })
 }
 
@@ -190,15 +189,7 @@ pub extern "C" fn kvr_disk_open(
 /// stay in the file for the next open. `kvr_disk_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_disk_close(disk: *mut kvr_disk) {
-    // SAFETY: `disk` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(disk) }
-}
-
-/// # Safety
-/// A non-null `key` must point to a readable `kvr_block_key`.
-unsafe fn arg_key(key: *const kvr_block_key) -> crate::Result<Key> {
-    // SAFETY: forwarded contract.
-    Ok(unsafe { arg_ref(key, "key") }?.bytes)
+    kvr_disk::free(disk)
 }
 
 /// Stores `len` bytes at `src` (1..=slot_size) and `meta_len` bytes of metadata at `meta`
@@ -218,15 +209,12 @@ pub extern "C" fn kvr_disk_write(
     meta_len: u64,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or a readable kvr_block_key.
-        let key = unsafe { arg_key(key) }?;
+        let (d, key) = (kvr_disk::try_ref(disk)?, arg_key(key)?);
         // SAFETY: `src` is NULL or readable for `len` bytes.
         let data = unsafe { arg_bytes(src, len as usize, "src", false) }?;
         // SAFETY: `meta` is NULL or readable for `meta_len` bytes.
         let meta = unsafe { arg_bytes(meta, meta_len as usize, "meta", true) }?;
-        d.inner.write(&key, data, meta)
+        d.write(&key, data, meta)
     })
 }
 
@@ -249,10 +237,7 @@ pub extern "C" fn kvr_disk_read(
     meta_len: *mut u64,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or a readable kvr_block_key.
-        let key = unsafe { arg_key(key) }?;
+        let (d, key) = (kvr_disk::try_ref(disk)?, arg_key(key)?);
         // SAFETY: `dst` is NULL or writable for `dst_cap` bytes.
         let dst = unsafe { arg_bytes_mut(dst, dst_cap as usize, "dst") }?;
         let meta: &mut [u8] = if meta_cap == 0 {
@@ -265,7 +250,7 @@ pub extern "C" fn kvr_disk_read(
             return Err(Error::invalid("len or meta_len is NULL"));
         }
         let (caps, metacap) = (dst.len(), meta.len());
-        let (n, res) = match d.inner.read_sized(&key, dst, meta)? {
+        let (n, res) = match d.read_sized(&key, dst, meta)? {
             Ok(n) => (n, Ok(())),
             Err(need) => {
                 let e = crate::err!(
@@ -294,12 +279,9 @@ pub extern "C" fn kvr_disk_contains(
     out: *mut bool,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or a readable kvr_block_key.
-        let key = unsafe { arg_key(key) }?;
+        let (d, key) = (kvr_disk::try_ref(disk)?, arg_key(key)?);
         // SAFETY: `out` is NULL (rejected) or writable.
-        unsafe { write_out(out, d.inner.contains(&key), "out") }
+        unsafe { write_out(out, d.contains(&key), "out") }
     })
 }
 
@@ -307,11 +289,8 @@ pub extern "C" fn kvr_disk_contains(
 #[no_mangle]
 pub extern "C" fn kvr_disk_remove(disk: *const kvr_disk, key: *const kvr_block_key) -> kvr_status {
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        // SAFETY: `key` is NULL or a readable kvr_block_key.
-        let key = unsafe { arg_key(key) }?;
-        if d.inner.remove(&key) {
+        let (d, key) = (kvr_disk::try_ref(disk)?, arg_key(key)?);
+        if d.remove(&key) {
             Ok(())
         } else {
             Err(crate::err!(NotFound, "no entry to remove"))
@@ -319,17 +298,19 @@ pub extern "C" fn kvr_disk_remove(disk: *const kvr_disk, key: *const kvr_block_k
     })
 }
 
-/// Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_counters)`
+/// Fills `*out` with counters and state. Set `out->struct_size = sizeof(kvr_disk_stats)`
 /// first.
 #[no_mangle]
-pub extern "C" fn kvr_disk_stats(disk: *const kvr_disk, out: *mut kvr_disk_counters) -> kvr_status {
+pub extern "C" fn kvr_disk_get_stats(
+    disk: *const kvr_disk,
+    out: *mut kvr_disk_stats,
+) -> kvr_status {
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        let s = d.inner.stats();
-        let full = kvr_disk_counters {
-            struct_size: std::mem::size_of::<kvr_disk_counters>() as u32,
-            direct: s.direct,
+        let d = kvr_disk::try_ref(disk)?;
+        let s = d.stats();
+        let full = kvr_disk_stats {
+            struct_size: std::mem::size_of::<kvr_disk_stats>() as u32,
+            direct_io: s.direct,
             created: s.created,
             num_slots: s.num_slots,
             slot_size: s.slot_size,
@@ -357,76 +338,62 @@ pub extern "C" fn kvr_disk_stats(disk: *const kvr_disk, out: *mut kvr_disk_count
 #[no_mangle]
 pub extern "C" fn kvr_disk_submit_write(
     disk: *const kvr_disk,
-    ops: *const kvr_disk_write_op,
+    items: *const kvr_disk_write_item,
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
+    let request = |_: usize, it: &kvr_disk_write_item| {
+        Ok(RawWrite {
+            key: it.key.bytes,
+            src: it.src,
+            len: it.len as usize,
+            meta: it.meta,
+            meta_len: it.meta_len as usize,
+        })
+    };
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        // SAFETY: `ops` is NULL or points to `n` valid ops (caller's contract).
-        let ops = unsafe { arg_slice(ops, n, "ops", false) }?;
-        let raw: Vec<RawWrite> = ops
-            .iter()
-            .map(|o| RawWrite {
-                key: o.key.bytes,
-                src: o.src,
-                len: o.len as usize,
-                meta: o.meta,
-                meta_len: o.meta_len as usize,
-            })
-            .collect();
-        // SAFETY: the caller keeps every buffer valid until the job completed (documented).
-        let job = unsafe { d.inner.submit_write(&raw) };
-        // SAFETY: `out` is non-null (checked above) and writable.
-        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every buffer valid until the job completed.
+        unsafe { submit_batch(disk, items, n, out, request, |d, r| d.submit_write(r)) }
     })
 }
 
 /// Submits `n` reads to the I/O threads; `*out` receives the job: item `i` ends with the
-/// payload bytes read or the error `kvr_disk_read` would return, and `ops[i].len` /
-/// `ops[i].meta_len` receive the lengths. `ops` and every buffer must stay valid until the
-/// job completed (`kvr_job_free` waits for it).
+/// payload bytes read or the error `kvr_disk_read` would return, and `items[i].len` /
+/// `items[i].meta_len` receive the lengths. `items` and every buffer must stay valid until
+/// the job completed (`kvr_job_free` waits for it).
 #[no_mangle]
 pub extern "C" fn kvr_disk_submit_read(
     disk: *const kvr_disk,
-    ops: *mut kvr_disk_read_op,
+    items: *mut kvr_disk_read_item,
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
+    // The items are also outputs: their length fields are reached through `items` itself,
+    // which is writable, not through the shared borrow `submit_batch` lends.
+    let request = |i: usize, it: &kvr_disk_read_item| {
+        // SAFETY: `submit_batch` calls this only for `i < n`, inside the `n` items.
+        let this = unsafe { items.add(i) };
+        Ok(RawRead {
+            key: it.key.bytes,
+            dst: it.dst,
+            dst_cap: it.dst_cap as usize,
+            meta_dst: it.meta_dst,
+            meta_cap: it.meta_cap as usize,
+            // SAFETY: in-bounds field projections of a valid item (no reference is made).
+            len_out: unsafe { std::ptr::addr_of_mut!((*this).len) },
+            // SAFETY: as above.
+            meta_len_out: unsafe { std::ptr::addr_of_mut!((*this).meta_len) },
+        })
+    };
     guard(|| {
-        // SAFETY: `disk` is NULL or a live handle.
-        let d = unsafe { arg_ref(disk, "disk") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        // The ops are also outputs, so they are reached through the raw pointer below.
-        check_array(ops.cast_const(), n, "ops", false)?;
-        let raw: Vec<RawRead> = (0..n)
-            .map(|i| {
-                // SAFETY: `i < n` and `ops` points to `n` valid ops (checked above).
-                let o = unsafe { ops.add(i) };
-                // SAFETY: as above; field addresses of a valid op.
-                let op = unsafe { *o };
-                RawRead {
-                    key: op.key.bytes,
-                    dst: op.dst,
-                    dst_cap: op.dst_cap as usize,
-                    meta_dst: op.meta_dst,
-                    meta_cap: op.meta_cap as usize,
-                    // SAFETY: in-bounds field projections of a valid op.
-                    len_out: unsafe { std::ptr::addr_of_mut!((*o).len) },
-                    // SAFETY: as above.
-                    meta_len_out: unsafe { std::ptr::addr_of_mut!((*o).meta_len) },
-                }
+        // SAFETY: `items` is NULL or points to `n` valid, writable items and `out` is NULL or
+        // writable (caller's contract); the caller keeps `items` and every buffer valid until
+        // the job completed.
+        unsafe {
+            submit_batch(disk, items.cast_const(), n, out, request, |d, r| {
+                d.submit_read(r)
             })
-            .collect();
-        // SAFETY: the caller keeps `ops` and every buffer valid until the job completed.
-        let job = unsafe { d.inner.submit_read(&raw) };
-        // SAFETY: `out` is non-null (checked above) and writable.
-        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+        }
     })
 }

@@ -2,41 +2,27 @@
 
 use std::ffi::{c_char, c_void};
 
-use super::job::kvr_job;
+use super::handle::BoxedHandle;
+use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_ref, arg_str, write_out, write_sized_out};
-use super::{arg_slice, close_handle, open_handle};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
+use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
 use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
-use crate::io::DirectIo;
 use crate::{Durability, Error};
 
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
 pub struct kvr_fs {
-    inner: FsStore,
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_fs {
+    type Rust = FsStore;
+    const ARG: &'static str = "fs";
 }
 
 /// `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).
 pub const KVR_FS_NO_RANK: i32 = -1;
-
-/// `direct_io`: use O_DIRECT if the file system accepts it, else buffered I/O (one log line).
-pub const KVR_DIRECT_IO_AUTO: u32 = 0;
-/// `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
-pub const KVR_DIRECT_IO_ON: u32 = 1;
-/// `direct_io`: always buffered I/O.
-pub const KVR_DIRECT_IO_OFF: u32 = 2;
-
-/// A config's `direct_io` value (shared by the fs store and the slot file).
-pub(crate) fn direct_io_from_c(v: u32) -> crate::Result<DirectIo> {
-    match v {
-        KVR_DIRECT_IO_AUTO => Ok(DirectIo::Auto),
-        KVR_DIRECT_IO_ON => Ok(DirectIo::On),
-        KVR_DIRECT_IO_OFF => Ok(DirectIo::Off),
-        v => Err(Error::invalid(format!(
-            "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
-        ))),
-    }
-}
 
 /// `durability`: no flushing (the OS writes back).
 pub const KVR_FS_DURABILITY_NONE: u32 = 0;
@@ -208,11 +194,7 @@ pub extern "C" fn kvr_fs_config_default(config: *mut kvr_fs_config) -> kvr_statu
 pub extern "C" fn kvr_fs_open(config: *const kvr_fs_config, out: *mut *mut kvr_fs) -> kvr_status {
     guard(|| {
         // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
-        unsafe {
-            open_handle(config, out, |c| {
-                FsStore::open(&to_rust_config(c)?).map(|inner| kvr_fs { inner })
-            })
-        }
+        unsafe { open_handle(config, out, |c| FsStore::open(&to_rust_config(c)?)) }
     })
 }
 
@@ -220,8 +202,7 @@ pub extern "C" fn kvr_fs_open(config: *const kvr_fs_config, out: *mut *mut kvr_f
 /// (a job outlives its store safely). `kvr_fs_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_fs_close(fs: *mut kvr_fs) {
-    // SAFETY: `fs` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(fs) }
+    kvr_fs::free(fs)
 }
 
 /// Stores `len` bytes at `src` as the block `*key` (a `U8` tensor), unless it exists
@@ -236,11 +217,10 @@ pub extern "C" fn kvr_store_block(
     len: usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
         // SAFETY: `src` is valid for `len` bytes per the contract.
         let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
-        s.inner.store(&Key(k.bytes), data).map(|_| ())
+        s.store(&k, data).map(|_| ())
     })
 }
 
@@ -257,8 +237,7 @@ pub extern "C" fn kvr_store_block_tensor(
     ndim: usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
         // SAFETY: `src` is valid for `len` bytes per the contract.
         let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
         // SAFETY: NUL-terminated string per the contract.
@@ -279,7 +258,7 @@ pub extern "C" fn kvr_store_block_tensor(
             dtype: dtype.to_string(),
             shape: dims.to_vec(),
         };
-        s.inner.store_tensor(&Key(k.bytes), data, &spec).map(|_| ())
+        s.store_tensor(&k, data, &spec).map(|_| ())
     })
 }
 
@@ -295,11 +274,10 @@ pub extern "C" fn kvr_load_block(
     len: usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
         // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
         let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
-        s.inner.load(&Key(k.bytes), out).map(|_| ())
+        s.load(&k, out).map(|_| ())
     })
 }
 
@@ -311,12 +289,11 @@ pub extern "C" fn kvr_fs_contains(
     out: *mut bool,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let v = s.inner.contains(&Key(k.bytes));
+        let v = s.contains(&k);
         // SAFETY: non-null and writable per the contract.
         unsafe { write_out(out, v, "out") }
     })
@@ -332,17 +309,13 @@ pub extern "C" fn kvr_fs_lookup_prefix(
     hits: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` is NULL or live per the caller's contract.
-        let s = unsafe { arg_ref(fs, "fs") }?;
+        let s = kvr_fs::try_ref(fs)?;
         if hits.is_null() {
             return Err(Error::invalid("hits is NULL"));
         }
         // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
         let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
-        let found = ks
-            .iter()
-            .take_while(|k| s.inner.contains(&Key(k.bytes)))
-            .count();
+        let found = ks.iter().take_while(|k| s.contains(&Key(k.bytes))).count();
         // SAFETY: non-null and writable per the contract.
         unsafe { write_out(hits, found, "hits") }
     })
@@ -353,9 +326,8 @@ pub extern "C" fn kvr_fs_lookup_prefix(
 #[no_mangle]
 pub extern "C" fn kvr_fs_remove(fs: *const kvr_fs, key: *const kvr_block_key) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
-        s.inner.remove(&Key(k.bytes))
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        s.remove(&k)
     })
 }
 
@@ -371,15 +343,12 @@ pub extern "C" fn kvr_fs_block_path(
     needed: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` and `key` are NULL or live per the caller's contract.
-        let (s, k) = unsafe { (arg_ref(fs, "fs")?, arg_ref(key, "key")?) };
-        let p = s.inner.block_path(&Key(k.bytes));
+        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let p = s.block_path(&k);
         let text = p.to_string_lossy();
         let need = text.len() + 1;
-        if !needed.is_null() {
-            // SAFETY: non-null and writable per the contract.
-            unsafe { needed.write(need) };
-        }
+        // SAFETY: `needed` is NULL or writable per the contract.
+        unsafe { write_opt(needed, need) };
         if cap < need {
             return Err(crate::err!(
                 TooSmall,
@@ -398,9 +367,8 @@ pub extern "C" fn kvr_fs_block_path(
 #[no_mangle]
 pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) -> kvr_status {
     guard(|| {
-        // SAFETY: `fs` is NULL or live per the caller's contract.
-        let s = unsafe { arg_ref(fs, "fs") }?;
-        let st = s.inner.stats();
+        let s = kvr_fs::try_ref(fs)?;
+        let st = s.stats();
         let full = kvr_fs_stats {
             struct_size: std::mem::size_of::<kvr_fs_stats>() as u32,
             blocks: st.blocks,
@@ -431,28 +399,19 @@ pub extern "C" fn kvr_fs_submit_store(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
+    let request = |i: usize, it: &kvr_fs_store_item| {
+        // SAFETY: only checks NULL/zero/overflow here; the buffer is read by the job.
+        unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
+        Ok(StoreRequest {
+            key: Key(it.key.bytes),
+            src: it.src.cast(),
+            len: it.len,
+        })
+    };
     guard(|| {
-        // SAFETY: `fs` is NULL or live per the caller's contract.
-        let s = unsafe { arg_ref(fs, "fs") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        // SAFETY: `items` is NULL or points to `n` valid items (caller's contract).
-        let its = unsafe { arg_slice(items, n, "items", false) }?;
-        let mut reqs = Vec::with_capacity(n);
-        for (i, it) in its.iter().enumerate() {
-            // SAFETY: validity of `src` for `len` bytes is the caller's contract.
-            unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
-            reqs.push(StoreRequest {
-                key: Key(it.key.bytes),
-                src: it.src.cast(),
-                len: it.len,
-            });
-        }
-        // SAFETY: the caller keeps every `src` valid until the job completes (documented).
-        let job = unsafe { s.inner.submit_store(&reqs) };
-        // SAFETY: `out` is non-null (checked above) and writable.
-        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every `src` valid until the job completes.
+        unsafe { submit_batch(fs, items, n, out, request, |s, r| s.submit_store(r)) }
     })
 }
 
@@ -465,27 +424,19 @@ pub extern "C" fn kvr_fs_submit_load(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
+    let request = |i: usize, it: &kvr_fs_load_item| {
+        // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
+        unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
+        Ok(LoadRequest {
+            key: Key(it.key.bytes),
+            dst: it.dst.cast(),
+            len: it.len,
+        })
+    };
     guard(|| {
-        // SAFETY: `fs` is NULL or live per the caller's contract.
-        let s = unsafe { arg_ref(fs, "fs") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        // SAFETY: `items` is NULL or points to `n` valid items (caller's contract).
-        let its = unsafe { arg_slice(items, n, "items", false) }?;
-        let mut reqs = Vec::with_capacity(n);
-        for (i, it) in its.iter().enumerate() {
-            // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
-            unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
-            reqs.push(LoadRequest {
-                key: Key(it.key.bytes),
-                dst: it.dst.cast(),
-                len: it.len,
-            });
-        }
-        // SAFETY: the caller keeps every `dst` valid and unaliased until the job completes.
-        let job = unsafe { s.inner.submit_load(&reqs) };
-        // SAFETY: `out` is non-null (checked above) and writable.
-        unsafe { write_out(out, kvr_job::into_raw(job), "out") }
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
+        // completes.
+        unsafe { submit_batch(fs, items, n, out, request, |s, r| s.submit_load(r)) }
     })
 }

@@ -10,8 +10,10 @@
 // documents its contract in the header, as rustls-ffi does.
 #![allow(clippy::not_unsafe_ptr_arg_deref)]
 
+pub mod cuda;
 pub mod disk;
 pub mod fs;
+mod handle;
 pub mod job;
 pub mod region;
 pub mod status;
@@ -20,7 +22,9 @@ pub mod tensors;
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;
 
+use crate::io::DirectIo;
 use crate::{Error, Result};
+use handle::BoxedHandle;
 pub use status::kvr_status;
 
 /// A 16-byte block key chosen by the engine (usually its block hash); the fs store and the
@@ -47,13 +51,33 @@ pub extern "C" fn kvr_abi_version() -> u32 {
     KVR_ABI_VERSION
 }
 
-/// Checks a pointer argument for NULL and borrows it.
-///
-/// # Safety
-/// `ptr` must be NULL or point to a valid `T` for the lifetime `'a`.
-pub(crate) unsafe fn arg_ref<'a, T>(ptr: *const T, name: &str) -> Result<&'a T> {
-    // SAFETY: the caller guarantees a non-null `ptr` points to a live T.
-    unsafe { ptr.as_ref() }.ok_or_else(|| Error::invalid(format!("{name} is NULL")))
+/// `direct_io` of the fs store and slot file configs: use O_DIRECT if the file system
+/// accepts it, else buffered I/O (one log line).
+pub const KVR_DIRECT_IO_AUTO: u32 = 0;
+/// `direct_io`: require O_DIRECT; opening fails with `KVR_ERR_UNSUPPORTED` without it.
+pub const KVR_DIRECT_IO_ON: u32 = 1;
+/// `direct_io`: always buffered I/O.
+pub const KVR_DIRECT_IO_OFF: u32 = 2;
+
+/// A config's `direct_io` value (shared by the fs store and the slot file).
+pub(crate) fn direct_io_from_c(v: u32) -> Result<DirectIo> {
+    match v {
+        KVR_DIRECT_IO_AUTO => Ok(DirectIo::Auto),
+        KVR_DIRECT_IO_ON => Ok(DirectIo::On),
+        KVR_DIRECT_IO_OFF => Ok(DirectIo::Off),
+        v => Err(Error::invalid(format!(
+            "config.direct_io {v} is not a KVR_DIRECT_IO_* value"
+        ))),
+    }
+}
+
+/// Reads a `const kvr_block_key *key` argument; NULL is an `InvalidArgument` error.
+pub(crate) fn arg_key(key: *const kvr_block_key) -> Result<[u8; 16]> {
+    // SAFETY: every entry point taking a key documents that a non-null `key` points to a
+    // readable `kvr_block_key` (plain bytes, any value valid, copied out at once).
+    unsafe { key.as_ref() }
+        .map(|k| k.bytes)
+        .ok_or_else(|| Error::invalid("key is NULL"))
 }
 
 /// Borrows `len` bytes at `ptr`; rejects NULL and zero lengths unless `allow_empty`.
@@ -240,15 +264,15 @@ pub(crate) unsafe fn write_sized_out<T: Copy>(out: *mut T, value: T, name: &str)
 
 /// Body of every `*_open` that takes a versioned config: checks `out`, reads the config
 /// (`struct_size` first, newer fields defaulted), builds the Rust object with `open` and hands
-/// C a boxed handle. Nothing is allocated on failure.
+/// C its handle. Nothing is allocated on failure.
 ///
 /// # Safety
 /// `config` must be NULL or point to `config->struct_size` readable bytes; `out` NULL or
 /// writable.
-pub(crate) unsafe fn open_handle<C: Copy + Default, H>(
+pub(crate) unsafe fn open_handle<C: Copy + Default, H: BoxedHandle>(
     config: *const C,
     out: *mut *mut H,
-    open: impl FnOnce(&C) -> Result<H>,
+    open: impl FnOnce(&C) -> Result<H::Rust>,
 ) -> Result<()> {
     if out.is_null() {
         return Err(Error::invalid("out is NULL"));
@@ -256,24 +280,36 @@ pub(crate) unsafe fn open_handle<C: Copy + Default, H>(
     let min = std::mem::size_of::<C>();
     // SAFETY: forwarded contract (read_config checks NULL and struct_size).
     let c = unsafe { read_config(config, C::default(), min, "config") }?;
-    let handle = Box::into_raw(Box::new(open(&c)?));
+    // SAFETY: forwarded contract for `out`.
+    unsafe { hand_out(out, || open(&c)) }
+}
+
+/// Body of every call that creates a handle: checks `out` before any work, builds the Rust
+/// object with `make` and writes its new handle to `*out`. Nothing is allocated on failure.
+///
+/// # Safety
+/// `out` must be NULL (rejected) or writable.
+pub(crate) unsafe fn hand_out<H: BoxedHandle>(
+    out: *mut *mut H,
+    make: impl FnOnce() -> Result<H::Rust>,
+) -> Result<()> {
+    if out.is_null() {
+        return Err(Error::invalid("out is NULL"));
+    }
+    let handle = H::into_c(make()?);
     // SAFETY: `out` is non-null (checked above) and writable per the contract.
     unsafe { write_out(out, handle, "out") }
 }
 
-/// Body of every `*_close`/`*_free`: frees a handle made by `Box::into_raw`; NULL is a no-op.
-/// Panics in the destructor are caught (they are recorded for `kvr_last_error_message`).
+/// Writes an optional output: a NULL `ptr` means the caller did not ask for it.
 ///
 /// # Safety
-/// `handle` must be NULL or a handle kvr returned that was not freed yet.
-pub(crate) unsafe fn close_handle<H>(handle: *mut H) {
-    let _ = status::guard(|| {
-        if !handle.is_null() {
-            // SAFETY: from Box::into_raw in kvr, freed once (caller's contract).
-            drop(unsafe { Box::from_raw(handle) });
-        }
-        Ok(())
-    });
+/// `ptr` must be NULL or valid for a write of `T`.
+pub(crate) unsafe fn write_opt<T>(ptr: *mut T, value: T) {
+    if !ptr.is_null() {
+        // SAFETY: non-null and valid for writes per the caller's contract.
+        unsafe { ptr.write(value) };
+    }
 }
 
 /// Writes an output value; outputs are only written on success.

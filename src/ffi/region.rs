@@ -3,15 +3,20 @@
 use std::ffi::c_char;
 use std::time::Duration;
 
+use super::handle::BoxedHandle;
 use super::status::{guard, kvr_status};
-use super::{arg_ref, arg_str, write_out, write_sized_out};
-use super::{close_handle, open_handle};
+use super::{arg_opt_path, arg_str, open_handle, write_out, write_sized_out};
 use crate::region::{Layout, Pinning, Region, RegionConfig, Role};
 use crate::Error;
 
 /// Opaque handle to an open shared region (`kvr_region_open` / `kvr_region_close`).
 pub struct kvr_region {
-    pub(crate) inner: Region,
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_region {
+    type Rust = Region;
+    const ARG: &'static str = "region";
 }
 
 /// `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
@@ -142,7 +147,7 @@ fn to_rust_config(c: &kvr_region_config) -> crate::Result<RegionConfig> {
     // SAFETY: `name` is a C string per the config contract (checked for NULL).
     let name = unsafe { arg_str(c.name, "config.name") }?;
     // SAFETY: `dir` is NULL or a C string per the config contract.
-    let dir = unsafe { super::arg_opt_path(c.dir, "config.dir") }?;
+    let dir = unsafe { arg_opt_path(c.dir, "config.dir") }?;
     if c.flags & !KNOWN_REGION_FLAGS != 0 {
         return Err(Error::invalid(format!(
             "unknown region flags {:#x}",
@@ -193,11 +198,7 @@ pub extern "C" fn kvr_region_open(
 ) -> kvr_status {
     guard(|| {
         // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
-        unsafe {
-            open_handle(config, out, |c| {
-                Region::open(&to_rust_config(c)?).map(|inner| kvr_region { inner })
-            })
-        }
+        unsafe { open_handle(config, out, |c| Region::open(&to_rust_config(c)?)) }
     })
 }
 
@@ -205,8 +206,7 @@ pub extern "C" fn kvr_region_open(
 /// `kvr_region_close(NULL)` is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_region_close(region: *mut kvr_region) {
-    // SAFETY: `region` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(region) }
+    kvr_region::free(region)
 }
 
 /// Hands out the next tensor's view for this rank: successive calls pack tensors of
@@ -220,12 +220,11 @@ pub extern "C" fn kvr_create_view(
     out: *mut kvr_view,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `region` is NULL or a live handle (caller's contract).
-        let r = unsafe { arg_ref(region, "region") }?;
+        let r = kvr_region::try_ref(region)?;
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let view = r.inner.create_view(tensor_page_size)?;
+        let view = r.create_view(tensor_page_size)?;
         // SAFETY: checked non-null above.
         unsafe { write_out(out, view.into(), "out") }
     })
@@ -236,10 +235,9 @@ pub extern "C" fn kvr_create_view(
 #[no_mangle]
 pub extern "C" fn kvr_region_row_view(region: *const kvr_region, out: *mut kvr_view) -> kvr_status {
     guard(|| {
-        // SAFETY: `region` is NULL or a live handle.
-        let r = unsafe { arg_ref(region, "region") }?;
+        let r = kvr_region::try_ref(region)?;
         // SAFETY: `out` is NULL (rejected) or writable.
-        unsafe { write_out(out, r.inner.row_view().into(), "out") }
+        unsafe { write_out(out, r.row_view().into(), "out") }
     })
 }
 
@@ -250,9 +248,8 @@ pub extern "C" fn kvr_region_get_info(
     out: *mut kvr_region_info,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: `region` is NULL or a live handle.
-        let r = unsafe { arg_ref(region, "region") }?;
-        let i = r.inner.info();
+        let r = kvr_region::try_ref(region)?;
+        let i = r.info();
         let full = kvr_region_info {
             struct_size: std::mem::size_of::<kvr_region_info>() as u32,
             num_blocks: i.layout.num_blocks,
@@ -264,7 +261,7 @@ pub extern "C" fn kvr_region_get_info(
             },
             row_stride: i.layout.row_stride(),
             data_bytes: i.layout.data_len(),
-            data: r.inner.data_ptr(),
+            data: r.data_ptr(),
             created: i.created,
             pinned: i.pinned,
             attach_ns: i.attach_time.as_nanos() as u64,
@@ -274,11 +271,4 @@ pub extern "C" fn kvr_region_get_info(
         // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
         unsafe { write_sized_out(out, full, "out") }
     })
-}
-
-/// `KVR_OK` if a CUDA driver and device are usable, else `KVR_ERR_CUDA_UNAVAILABLE` with the
-/// reason in `kvr_last_error_message()`.
-#[no_mangle]
-pub extern "C" fn kvr_cuda_available() -> kvr_status {
-    guard(crate::cuda::available)
 }

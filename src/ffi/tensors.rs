@@ -3,10 +3,10 @@
 
 use std::ffi::{c_char, c_void, CString};
 
-use super::close_handle;
+use super::handle::BoxedHandle;
 use super::region::kvr_region;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes_mut, arg_opt_path, arg_ref, arg_slice, arg_str, write_out};
+use super::{arg_bytes_mut, arg_opt_path, arg_slice, arg_str, hand_out, write_opt, write_out};
 use crate::tensors::header::nbytes;
 use crate::tensors::write::extent;
 use crate::tensors::{
@@ -137,19 +137,40 @@ impl kvr_tensor_ref {
 
 /// Opaque handle of an open tensor file (`kvr_tensors_open` / `kvr_tensors_close`).
 pub struct kvr_tensor_file {
-    inner: TensorFile,
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_tensor_file {
+    type Rust = TensorFile;
+    const ARG: &'static str = "file";
 }
 
 /// Opaque handle of a lazy tensor directory (`kvr_tensor_dir_open` / `kvr_tensor_dir_close`).
 pub struct kvr_tensor_dir {
-    inner: TensorDir,
+    _opaque: [u8; 0],
+}
+
+/// A lazy tensor directory as C holds it: with its path as a C string, which
+/// `kvr_tensor_dir_path` lends out until close.
+pub(crate) struct OpenTensorDir {
+    dir: TensorDir,
     path_c: CString,
+}
+
+impl BoxedHandle for kvr_tensor_dir {
+    type Rust = OpenTensorDir;
+    const ARG: &'static str = "dir";
 }
 
 /// Opaque lazy reference to one tensor of a directory item (`kvr_tensor_dir_get_ref` /
 /// `kvr_tensor_lazy_free`).
 pub struct kvr_tensor_lazy {
-    inner: LazyTensor,
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_tensor_lazy {
+    type Rust = LazyTensor;
+    const ARG: &'static str = "lazy";
 }
 
 /// Borrows the caller's tensor descriptions as [`TensorIn`]s.
@@ -267,6 +288,28 @@ unsafe fn metadata_in<'a>(kv: *const kvr_kv, m: usize) -> Result<Vec<(&'a str, &
         .collect()
 }
 
+/// Tensors, metadata entries and options of a write, borrowed from the caller.
+type WriteArgs<'a> = (Vec<TensorIn<'a>>, Vec<(&'a str, &'a str)>, WriteOptions);
+
+/// Reads the arguments `kvr_tensors_write` and `kvr_tensor_dir_put` share, flags first.
+///
+/// # Safety
+/// As [`tensors_in`] for `tensors`/`n` and [`metadata_in`] for `metadata`/`m`.
+unsafe fn write_args<'a>(
+    tensors: *const kvr_tensor,
+    n: usize,
+    metadata: *const kvr_kv,
+    m: usize,
+    flags: u32,
+) -> Result<WriteArgs<'a>> {
+    let opts = write_options(flags)?;
+    // SAFETY: forwarded contract.
+    let t = unsafe { tensors_in(tensors, n) }?;
+    // SAFETY: forwarded contract.
+    let md = unsafe { metadata_in(metadata, m) }?;
+    Ok((t, md, opts))
+}
+
 fn write_options(flags: u32) -> Result<WriteOptions> {
     if flags & !KNOWN_WRITE_FLAGS != 0 {
         return Err(err!(
@@ -312,11 +355,8 @@ pub extern "C" fn kvr_tensors_write(
     guard(|| {
         // SAFETY: NULL or a C string (caller's contract).
         let path = unsafe { arg_str(path, "path") }?;
-        let opts = write_options(flags)?;
-        // SAFETY: `n` descriptors per the contract.
-        let t = unsafe { tensors_in(tensors, n) }?;
-        // SAFETY: `m` entries per the contract.
-        let md = unsafe { metadata_in(metadata, m) }?;
+        // SAFETY: `n` descriptors and `m` entries per the contract.
+        let (t, md, opts) = unsafe { write_args(tensors, n, metadata, m, flags) }?;
         crate::tensors::write(path.as_ref(), &t, &md, opts).map(|_| ())
     })
 }
@@ -332,31 +372,24 @@ pub extern "C" fn kvr_tensors_open(
     guard(|| {
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let inner = TensorFile::open(path.as_ref())?;
-        let h = Box::into_raw(Box::new(kvr_tensor_file { inner }));
-        // SAFETY: checked non-null; writable per the contract.
-        unsafe { write_out(out, h, "out") }
+        // SAFETY: `out` is NULL (rejected) or writable per the contract.
+        unsafe { hand_out(out, || TensorFile::open(path.as_ref())) }
     })
 }
 
 /// Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensors_close(file: *mut kvr_tensor_file) {
-    // SAFETY: `file` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(file) }
+    kvr_tensor_file::free(file)
 }
 
 /// Number of tensors in the file (padding tensors excluded).
 #[no_mangle]
 pub extern "C" fn kvr_tensors_count(file: *const kvr_tensor_file, out: *mut usize) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
+        let f = kvr_tensor_file::try_ref(file)?;
         // SAFETY: NULL (rejected) or writable.
-        unsafe { write_out(out, f.inner.len(), "out") }
+        unsafe { write_out(out, f.len(), "out") }
     })
 }
 
@@ -369,13 +402,12 @@ pub extern "C" fn kvr_tensors_name_at(
     out: *mut *const c_char,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
-        let t = f.inner.tensors().get(index).ok_or_else(|| {
+        let f = kvr_tensor_file::try_ref(file)?;
+        let t = f.tensors().get(index).ok_or_else(|| {
             err!(
                 NotFound,
                 "tensor index {index} out of range ({} tensors)",
-                f.inner.len()
+                f.len()
             )
         })?;
         // SAFETY: NULL (rejected) or writable.
@@ -391,15 +423,14 @@ pub extern "C" fn kvr_tensors_metadata_get(
     out: *mut *const c_char,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
+        let f = kvr_tensor_file::try_ref(file)?;
         // SAFETY: NULL or a C string.
         let key = unsafe { arg_str(key, "key") }?;
-        let v = f.inner.metadata_get_c(key).ok_or_else(|| {
+        let v = f.metadata_get_c(key).ok_or_else(|| {
             err!(
                 NotFound,
                 "no metadata key '{key}' in {}",
-                f.inner.path().display()
+                f.path().display()
             )
         })?;
         // SAFETY: NULL (rejected) or writable.
@@ -417,14 +448,13 @@ pub extern "C" fn kvr_tensors_get(
     out: *mut kvr_tensor_ref,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
+        let f = kvr_tensor_file::try_ref(file)?;
         // SAFETY: NULL or a C string.
         let name = unsafe { opt_name(name) }?;
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
-        let t = f.inner.get(name)?;
+        let t = f.get(name)?;
         // SAFETY: checked non-null; writable.
         unsafe { write_out(out, kvr_tensor_ref::new(t.entry, t.data), "out") }
     })
@@ -468,12 +498,11 @@ fn read_into(
     out_len: *mut usize,
     direct: bool,
 ) -> crate::Result<()> {
-    // SAFETY: NULL or a live handle.
-    let f = unsafe { arg_ref(file, "file") }?;
+    let f = kvr_tensor_file::try_ref(file)?;
     // SAFETY: NULL or a C string.
     let name = unsafe { opt_name(name) }?;
     // SAFETY: forwarded from the caller's contract for `dst`, `cap` and `out_len`.
-    unsafe { copy_tensor_out(&f.inner, name, dst, cap, out_len, direct) }
+    unsafe { copy_tensor_out(f, name, dst, cap, out_len, direct) }
 }
 
 /// Copies tensor `name` of `file` into `dst` (`cap` bytes), buffered or with O_DIRECT;
@@ -491,10 +520,8 @@ unsafe fn copy_tensor_out(
 ) -> crate::Result<()> {
     let need = file.find(name)?.len as usize;
     if cap < need {
-        if !out_len.is_null() {
-            // SAFETY: non-null and writable per the contract (documented TOO_SMALL output).
-            unsafe { out_len.write(need) };
-        }
+        // SAFETY: `out_len` is NULL or writable per the contract.
+        unsafe { write_opt(out_len, need) };
         return Err(err!(
             TooSmall,
             "tensor needs {need} bytes, the buffer holds {cap}"
@@ -511,10 +538,8 @@ unsafe fn copy_tensor_out(
             file.read_into(name, buf)?
         }
     };
-    if !out_len.is_null() {
-        // SAFETY: non-null and writable.
-        unsafe { out_len.write(n) };
-    }
+    // SAFETY: `out_len` is NULL or writable per the contract.
+    unsafe { write_opt(out_len, n) };
     Ok(())
 }
 
@@ -531,19 +556,16 @@ pub extern "C" fn kvr_tensors_read_into_device(
     out_len: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let f = unsafe { arg_ref(file, "file") }?;
+        let f = kvr_tensor_file::try_ref(file)?;
         // SAFETY: NULL or a C string.
         let name = unsafe { opt_name(name) }?;
         if dst == 0 {
             return Err(Error::invalid("dst is a NULL device pointer"));
         }
         // SAFETY: the caller passes a device allocation of `cap` bytes on `device`.
-        let n = unsafe { f.inner.read_into_device(name, dst, cap, device) }?;
-        if !out_len.is_null() {
-            // SAFETY: non-null and writable.
-            unsafe { out_len.write(n) };
-        }
+        let n = unsafe { f.read_into_device(name, dst, cap, device) }?;
+        // SAFETY: `out_len` is NULL or writable per the contract.
+        unsafe { write_opt(out_len, n) };
         Ok(())
     })
 }
@@ -559,15 +581,14 @@ pub extern "C" fn kvr_tensor_dir_open(
     guard(|| {
         // SAFETY: NULL or a C string.
         let parent = unsafe { arg_opt_path(parent, "parent") }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let inner = TensorDir::create(parent.as_deref())?;
-        let path_c = CString::new(inner.path().as_os_str().as_encoded_bytes())
-            .map_err(|_| Error::invalid("directory path contains NUL"))?;
-        let h = Box::into_raw(Box::new(kvr_tensor_dir { inner, path_c }));
-        // SAFETY: checked non-null; writable.
-        unsafe { write_out(out, h, "out") }
+        let open = || {
+            let dir = TensorDir::create(parent.as_deref())?;
+            let path_c = CString::new(dir.path().as_os_str().as_encoded_bytes())
+                .map_err(|_| Error::invalid("directory path contains NUL"))?;
+            Ok(OpenTensorDir { dir, path_c })
+        };
+        // SAFETY: `out` is NULL (rejected) or writable per the contract.
+        unsafe { hand_out(out, open) }
     })
 }
 
@@ -575,8 +596,7 @@ pub extern "C" fn kvr_tensor_dir_open(
 /// NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensor_dir_close(dir: *mut kvr_tensor_dir) {
-    // SAFETY: `dir` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(dir) }
+    kvr_tensor_dir::free(dir)
 }
 
 /// Deletes the directory and its files now. Later puts, get_refs and materializations fail
@@ -585,9 +605,8 @@ pub extern "C" fn kvr_tensor_dir_close(dir: *mut kvr_tensor_dir) {
 #[no_mangle]
 pub extern "C" fn kvr_tensor_dir_cleanup(dir: *const kvr_tensor_dir) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let d = unsafe { arg_ref(dir, "dir") }?;
-        d.inner.cleanup()
+        let d = kvr_tensor_dir::try_ref(dir)?;
+        d.dir.cleanup()
     })
 }
 
@@ -598,8 +617,7 @@ pub extern "C" fn kvr_tensor_dir_path(
     out: *mut *const c_char,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let d = unsafe { arg_ref(dir, "dir") }?;
+        let d = kvr_tensor_dir::try_ref(dir)?;
         // SAFETY: NULL (rejected) or writable.
         unsafe { write_out(out, d.path_c.as_ptr(), "out") }
     })
@@ -618,16 +636,12 @@ pub extern "C" fn kvr_tensor_dir_put(
     flags: u32,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let d = unsafe { arg_ref(dir, "dir") }?;
+        let d = kvr_tensor_dir::try_ref(dir)?;
         // SAFETY: NULL or a C string.
         let id = unsafe { arg_str(item_id, "item_id") }?;
-        let opts = write_options(flags)?;
-        // SAFETY: `n` descriptors per the contract.
-        let t = unsafe { tensors_in(tensors, n) }?;
-        // SAFETY: `m` entries per the contract.
-        let md = unsafe { metadata_in(metadata, m) }?;
-        d.inner.put(id, &t, &md, opts)
+        // SAFETY: `n` descriptors and `m` entries per the contract.
+        let (t, md, opts) = unsafe { write_args(tensors, n, metadata, m, flags) }?;
+        d.dir.put(id, &t, &md, opts)
     })
 }
 
@@ -642,19 +656,13 @@ pub extern "C" fn kvr_tensor_dir_get_ref(
     out: *mut *mut kvr_tensor_lazy,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let d = unsafe { arg_ref(dir, "dir") }?;
+        let d = kvr_tensor_dir::try_ref(dir)?;
         // SAFETY: NULL or a C string.
         let id = unsafe { arg_str(item_id, "item_id") }?;
         // SAFETY: NULL or a C string.
         let name = unsafe { opt_name(name) }?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let inner = d.inner.get_ref(id, name)?;
-        let h = Box::into_raw(Box::new(kvr_tensor_lazy { inner }));
-        // SAFETY: checked non-null; writable.
-        unsafe { write_out(out, h, "out") }
+        // SAFETY: `out` is NULL (rejected) or writable per the contract.
+        unsafe { hand_out(out, || d.dir.get_ref(id, name)) }
     })
 }
 
@@ -669,11 +677,10 @@ pub extern "C" fn kvr_tensor_lazy_materialize(
     out_len: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let l = unsafe { arg_ref(lazy, "lazy") }?;
-        let file = l.inner.load()?;
+        let l = kvr_tensor_lazy::try_ref(lazy)?;
+        let file = l.load()?;
         // SAFETY: forwarded from the caller's contract for `dst`, `cap` and `out_len`.
-        unsafe { copy_tensor_out(&file, l.inner.name(), dst, cap, out_len, false) }
+        unsafe { copy_tensor_out(&file, l.name(), dst, cap, out_len, false) }
     })
 }
 
@@ -685,14 +692,13 @@ pub extern "C" fn kvr_tensor_lazy_view(
     out: *mut kvr_tensor_ref,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let l = unsafe { arg_ref(lazy, "lazy") }?;
+        let l = kvr_tensor_lazy::try_ref(lazy)?;
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
         // The file stays mapped while the item lives, and the reference keeps the item.
-        let file = l.inner.load()?;
-        let t = file.get(l.inner.name())?;
+        let file = l.load()?;
+        let t = file.get(l.name())?;
         // SAFETY: checked non-null; writable.
         unsafe { write_out(out, kvr_tensor_ref::new(t.entry, t.data), "out") }
     })
@@ -702,8 +708,7 @@ pub extern "C" fn kvr_tensor_lazy_view(
 /// and references deletes the directory. NULL is a no-op.
 #[no_mangle]
 pub extern "C" fn kvr_tensor_lazy_free(lazy: *mut kvr_tensor_lazy) {
-    // SAFETY: `lazy` is NULL or a live handle freed once (caller's contract).
-    unsafe { close_handle(lazy) }
+    kvr_tensor_lazy::free(lazy)
 }
 
 /// Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
@@ -718,13 +723,12 @@ pub extern "C" fn kvr_region_export(
     flags: u32,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let r = unsafe { arg_ref(region, "region") }?;
+        let r = kvr_region::try_ref(region)?;
         // SAFETY: `block_ids` is NULL or points to `n` ids (caller's contract).
         let ids = unsafe { arg_slice(block_ids, n, "block_ids", false) }?;
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
-        export_blocks(&r.inner, ids, path.as_ref(), write_options(flags)?).map(|_| ())
+        export_blocks(r, ids, path.as_ref(), write_options(flags)?).map(|_| ())
     })
 }
 
@@ -739,17 +743,12 @@ pub extern "C" fn kvr_region_import(
     out_count: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        // SAFETY: NULL or a live handle.
-        let r = unsafe { arg_ref(region, "region") }?;
+        let r = kvr_region::try_ref(region)?;
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
-        let ids = import_blocks(&r.inner, path.as_ref())?;
-        if let Some(o) = {
-            // SAFETY: NULL or writable.
-            unsafe { out_count.as_mut() }
-        } {
-            *o = ids.len();
-        }
+        let ids = import_blocks(r, path.as_ref())?;
+        // SAFETY: `out_count` is NULL or writable per the contract.
+        unsafe { write_opt(out_count, ids.len()) };
         Ok(())
     })
 }
