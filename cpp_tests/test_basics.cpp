@@ -1,15 +1,28 @@
 // Library-wide C ABI: version, status strings, thread-local error messages, config defaults.
 #include <kvr.hpp>
 
+#include <dlfcn.h>
+
 #include <cstring>
 #include <string>
 #include <thread>
 
 #include "test_util.hpp"
 
+// The version has one source (Cargo.toml): the library reports what the installed CMake
+// package says (kvr_VERSION, passed in by CMakeLists.txt).
 TEST(Basics, VersionAndAbi) {
-  EXPECT_STREQ(kvr_version(), "0.1.0");
+  EXPECT_STREQ(kvr_version(), KVR_PACKAGE_VERSION);
   EXPECT_EQ(kvr_abi_version(), static_cast<uint32_t>(KVR_ABI_VERSION));
+}
+
+// The soname the dynamic loader resolved this test against is libkvr.so.<KVR_ABI_VERSION>,
+// the number in the header (RTLD_NOLOAD only finds an already loaded object of that soname).
+TEST(Basics, SonameCarriesTheAbiVersion) {
+  const std::string soname = "libkvr.so." + std::to_string(KVR_ABI_VERSION);
+  void* h = dlopen(soname.c_str(), RTLD_NOW | RTLD_NOLOAD);
+  ASSERT_NE(h, nullptr) << soname << " is not loaded: " << dlerror();
+  dlclose(h);
 }
 
 TEST(Basics, StatusStrings) {

@@ -39,7 +39,7 @@ pub struct kvr_block_key {
 /// Version of the C ABI in this header; bumped on any incompatible change.
 pub const KVR_ABI_VERSION: u32 = 1;
 
-/// The library version as a static NUL-terminated string ("0.1.0").
+/// The library version as a static NUL-terminated string (the `kvr` CMake package's version).
 #[no_mangle]
 pub extern "C" fn kvr_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
