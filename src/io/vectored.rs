@@ -1,10 +1,20 @@
-//! Vectored positional I/O (`preadv`/`pwritev`) that retries EINTR and short transfers:
-//! one syscall for [header page | caller's buffer | tail page] in the common case. Shared by
-//! the fs block store and the disk slot file.
+//! Positional I/O that retries EINTR and short transfers: whole-buffer `pread`/`pwrite`,
+//! and vectored `preadv`/`pwritev`, one syscall for [header page | caller's buffer | tail
+//! page] in the common case. Shared by every tier.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+
+/// `pread` until `buf` is full; end of file first is `UnexpectedEof`.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// `pwrite` until all of `buf` is written.
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
 
 /// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
 pub fn pwritev_all(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
