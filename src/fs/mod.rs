@@ -326,6 +326,7 @@ impl Inner {
 mod tests {
     use super::*;
     use crate::io::DirectIo;
+    use crate::ErrorKind;
     use std::fs::File;
 
     fn open(dir: &Path, direct: DirectIo) -> FsStore {
