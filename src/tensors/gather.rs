@@ -195,6 +195,7 @@ mod transpose {
         let scalar = |k: std::ops::Range<usize>, j: std::ops::Range<usize>| {
             for k in k {
                 for j in j.clone() {
+                    // SAFETY: element (k, j) of the view, k < n and j < inner (see above).
                     unsafe {
                         std::ptr::copy_nonoverlapping(sp.add(src(k, j)), dp.add(k * row + j * E), E)
                     };
@@ -222,6 +223,7 @@ mod transpose {
                     // SAFETY: loads of source row j0+q at elements k0..k0+lanes < n and stores
                     // to output rows k0+q < n at elements j0..j0+lanes: see the note above.
                     let ld = |q: usize| unsafe { _mm_loadu_si128(sp.add(src(k0, j0 + q)).cast()) };
+                    // SAFETY: as for `ld` (the note above).
                     let st = |q: usize, v: __m128i| unsafe {
                         _mm_storeu_si128(dp.add((k0 + q) * row + j0 * E).cast(), v)
                     };
