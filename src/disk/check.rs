@@ -14,14 +14,15 @@
 
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
-use super::file::{check_file_len, read_exact_at};
+use super::file::check_file_len;
 use super::format::{self, Geometry, Key, SlotHeader, PAGE, SLOT_HEADER_LEN};
+use crate::io::file::OpenNoFollow;
+use crate::io::lock::{try_lock, LockMode};
+use crate::io::vectored::read_exact_at;
 use crate::io::AlignedBuf;
 use crate::{err, Error, Result};
 
@@ -79,25 +80,12 @@ pub struct VerifyReport {
 /// How a live owner was detected: a shared `flock` fails while the owner's exclusive one is
 /// held. On success the shared lock is held until `file` is closed.
 fn try_shared_lock(file: &File, path: &Path) -> Result<bool> {
-    // SAFETY: valid fd for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Ok(false);
-    }
-    Err(Error::io(
-        format!("locking slot file {}", path.display()),
-        e,
-    ))
+    try_lock(file, LockMode::Shared)
+        .map_err(|e| Error::io(format!("locking slot file {}", path.display()), e))
 }
 
-fn open_ro(path: &Path, flags: libc::c_int) -> io::Result<File> {
-    File::options()
-        .read(true)
-        .custom_flags(flags | libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(path)
+fn open_ro(path: &Path, direct: bool) -> io::Result<File> {
+    OpenNoFollow::read_only().direct(direct).open(path)
 }
 
 fn read_geometry(file: &File, path: &Path) -> Result<(Geometry, u64)> {
@@ -226,7 +214,7 @@ fn inspect_file(file: &File, path: &Path, owned: bool) -> Result<SlotFileReport>
 /// anything. Errors: `NotFound`, `Permission`, `LayoutMismatch` (not a slot file, or another
 /// format version), `Corrupt` (damaged file header, truncated file), `Io`.
 pub fn inspect(path: &Path) -> Result<SlotFileReport> {
-    let file = open_ro(path, 0)
+    let file = open_ro(path, false)
         .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
     let owned = !try_shared_lock(&file, path)?;
     inspect_file(&file, path, owned)
@@ -266,7 +254,7 @@ pub fn check_slot(
 /// Damaged table entries are reported as bad too. Errors: those of [`inspect`], and `Busy`
 /// while a live process owns the file.
 pub fn verify(path: &Path, threads: usize) -> Result<VerifyReport> {
-    let file = open_ro(path, 0)
+    let file = open_ro(path, false)
         .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
     if !try_shared_lock(&file, path)? {
         return Err(err!(
@@ -279,7 +267,7 @@ pub fn verify(path: &Path, threads: usize) -> Result<VerifyReport> {
     let g = report.geometry;
     // O_DIRECT reads check the device's bytes (the kernel writes back dirty cached pages
     // first); buffered reads where the file system refuses O_DIRECT.
-    let data = open_ro(path, libc::O_DIRECT)
+    let data = open_ro(path, true)
         .or_else(|_| file.try_clone())
         .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
     let next = AtomicUsize::new(0);

@@ -1,15 +1,17 @@
-//! The slot file's I/O: create-or-reopen with the owner lock, space reservation, vectored
-//! positioned reads and writes, and the parallel header scan that rebuilds the index.
+//! The slot file's open protocol: create-or-reopen with the owner lock and the space
+//! reserved, the geometry check, and the parallel header scan that rebuilds the index.
 
-use std::ffi::CString;
 use std::fs::File;
-use std::io;
-use std::os::fd::{AsRawFd, FromRawFd};
-use std::os::unix::ffi::OsStrExt;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
 
 use super::format::{self, Geometry, SlotHeader, PAGE, SLOT_HEADER_LEN};
+use crate::io::file::{parent_dir, same_inode_as, OpenNoFollow};
+use crate::io::lock::{try_lock, LockMode};
+use crate::io::publish::{sibling_path, sync_dir, TempFile};
+use crate::io::space::{self, Unsupported};
+use crate::io::vectored::{read_exact_at, write_all_at};
 use crate::io::AlignedBuf;
 use crate::{err, Error, Result};
 
@@ -32,24 +34,21 @@ fn buffered_twin(file: &File, path: &Path, direct: bool) -> Result<File> {
             .map_err(|e| Error::io(format!("duplicating {}", path.display()), e));
     }
     let proc = format!("/proc/self/fd/{}", file.as_raw_fd());
+    // The /proc link is followed on purpose (it is how the inode is reopened); the
+    // fallback reopens the path, never through a symlink.
     let twin = File::options()
         .read(true)
         .write(true)
         .custom_flags(libc::O_CLOEXEC)
         .open(&proc)
-        .or_else(|_| open_raw(path, libc::O_RDWR, 0))
+        .or_else(|_| OpenNoFollow::read_write().open(path))
         .map_err(|e| {
             Error::io(
                 format!("opening {} for the header table", path.display()),
                 e,
             )
         })?;
-    use std::os::unix::fs::MetadataExt;
-    let same = match (file.metadata(), twin.metadata()) {
-        (Ok(a), Ok(b)) => a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    };
-    if !same {
+    if !same_inode_as(file, &twin) {
         return Err(err!(
             Busy,
             "slot file {} was replaced while opening",
@@ -59,56 +58,29 @@ fn buffered_twin(file: &File, path: &Path, direct: bool) -> Result<File> {
     Ok(twin)
 }
 
-fn cpath(path: &Path) -> Result<CString> {
-    CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| Error::invalid(format!("path {} contains NUL", path.display())))
-}
-
-fn open_raw(path: &Path, flags: libc::c_int, mode: libc::mode_t) -> io::Result<File> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated path; the returned fd is owned by the File below.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            flags | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-            mode as libc::c_uint,
-        )
-    };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own exclusively.
-    Ok(unsafe { File::from_raw_fd(fd) })
-}
-
 /// Takes the owner lock: an exclusive `flock`, released by the kernel when the process dies
 /// (SIGKILL included), so a killed owner never blocks the next one.
 fn lock_owner(file: &File, path: &Path) -> Result<()> {
-    // SAFETY: valid fd for the duration of the call.
-    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
-        return Err(err!(
+    match try_lock(file, LockMode::Exclusive) {
+        Ok(true) => Ok(()),
+        Ok(false) => Err(err!(
             Busy,
             "slot file {} is owned by another open handle (a live process holds its lock)",
             path.display()
-        ));
+        )),
+        Err(e) => Err(Error::io(
+            format!("locking slot file {}", path.display()),
+            e,
+        )),
     }
-    Err(Error::io(
-        format!("locking slot file {}", path.display()),
-        e,
-    ))
 }
 
 /// Opens the slot file at `path` (creating and reserving it if absent), takes the owner
 /// lock and checks the geometry.
 pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFile> {
-    let dflag = if direct { libc::O_DIRECT } else { 0 };
+    let how = OpenNoFollow::read_write().direct(direct);
     for _ in 0..8 {
-        match open_raw(path, libc::O_RDWR | dflag, 0) {
+        match how.open(path) {
             Ok(file) => {
                 lock_owner(&file, path)?;
                 check_existing(&file, path, g)?;
@@ -120,7 +92,7 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
                 });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if let Some(file) = create(path, g, dflag)? {
+                if let Some(file) = create(path, g, how)? {
                     let table = buffered_twin(&file, path, direct)?;
                     return Ok(OwnedFile {
                         file,
@@ -212,74 +184,53 @@ pub fn check_file_len(path: &Path, len: u64, g: &Geometry) -> Result<()> {
 /// Builds the file under a temporary name (locked, reserved, header written and synced) and
 /// publishes it with `link(2)`, which fails if the name exists: a reopen never sees a
 /// half-built file, and two creators never both win. `None` if another creator won.
-fn create(path: &Path, g: &Geometry, dflag: libc::c_int) -> Result<Option<File>> {
-    let dir = match path.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p,
-        _ => Path::new("."),
-    };
-    let name = path
-        .file_name()
-        .ok_or_else(|| Error::invalid(format!("slot file path {} has no name", path.display())))?;
-    let tmp = dir.join(format!(
-        ".{}.{}.{:x}.tmp",
-        name.to_string_lossy(),
+fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> {
+    if path.file_name().is_none() {
+        return Err(Error::invalid(format!(
+            "slot file path {} has no name",
+            path.display()
+        )));
+    }
+    let dir = parent_dir(path);
+    let tag = format!(
+        "{}.{:x}.tmp",
         std::process::id(),
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_nanos())
             .unwrap_or(0)
-    ));
-    let file = open_raw(
-        &tmp,
-        libc::O_RDWR | libc::O_CREAT | libc::O_EXCL | dflag,
-        0o600,
-    )
-    .map_err(|e| Error::io(format!("creating slot file {}", tmp.display()), e))?;
-    let cleanup = TempGuard(Some(&tmp));
-    lock_owner(&file, &tmp)?;
-    reserve(&file, dir, path, g.file_len())?;
+    );
+    let tmp = sibling_path(path, tag).map_err(|e| Error::io("naming a temp file", e))?;
+    // From here on the temp file is removed on any failure (when `temp` drops).
+    let mut temp = TempFile::create_named(tmp.clone(), how, 0o600)
+        .map_err(|e| Error::io(format!("creating slot file {}", tmp.display()), e))?;
+    lock_owner(temp.file(), &tmp)?;
+    reserve(temp.file(), dir, path, g.file_len())?;
     let mut page = AlignedBuf::new(PAGE as usize)?;
     format::encode_file_header(g, page.as_mut_slice());
-    write_all_at(&file, page.as_slice(), 0)
-        .and_then(|_| file.sync_all())
+    write_all_at(temp.file(), page.as_slice(), 0)
+        .and_then(|_| temp.file().sync_all())
         .map_err(|e| Error::io(format!("writing the header of {}", tmp.display()), e))?;
-    let (a, b) = (cpath(&tmp)?, cpath(path)?);
-    // SAFETY: both are valid NUL-terminated paths.
-    if unsafe { libc::link(a.as_ptr(), b.as_ptr()) } != 0 {
-        let e = io::Error::last_os_error();
-        if e.raw_os_error() == Some(libc::EEXIST) {
-            return Ok(None);
+    match temp.link_new(path) {
+        Ok(true) => {}
+        Ok(false) => return Ok(None),
+        Err(e) => {
+            return Err(Error::io(
+                format!("publishing slot file {}", path.display()),
+                e,
+            ))
         }
-        return Err(Error::io(
-            format!("publishing slot file {}", path.display()),
-            e,
-        ));
     }
-    drop(cleanup);
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
-    }
+    let file = temp.into_file(); // the temporary name goes; the file lives on under `path`
+    let _ = sync_dir(dir);
     Ok(Some(file))
 }
 
-struct TempGuard<'a>(Option<&'a Path>);
-
-impl Drop for TempGuard<'_> {
-    fn drop(&mut self) {
-        if let Some(p) = self.0.take() {
-            let _ = std::fs::remove_file(p);
-        }
-    }
-}
-
-/// Checks free space, then reserves every byte with `fallocate`, so a full disk fails at
-/// open with `NoSpace` instead of in the middle of a spill.
+/// Checks free space, then reserves every byte, so a full disk fails at open with `NoSpace`
+/// instead of in the middle of a spill. Where the file system has no `fallocate`, the file
+/// is zero-filled.
 fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
-    // SAFETY: statvfs is plain data; zeroed is a valid initial value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is open for the duration of the call; `st` is a valid out-pointer.
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 {
-        let free = (st.f_bavail as u64).saturating_mul(st.f_frsize as u64);
+    if let Some(free) = space::free_bytes(file) {
         if free < len {
             return Err(err!(
                 NoSpace,
@@ -289,41 +240,18 @@ fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
             ));
         }
     }
-    // SAFETY: valid fd; `len` <= i64::MAX (checked by Geometry::new).
-    if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len as libc::off_t) } == 0 {
-        return Ok(());
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EOPNOTSUPP) => file
-            .set_len(len)
-            .map_err(|e| Error::io(format!("sizing slot file {}", path.display()), e)),
-        _ => Err(Error::io(
-            format!(
-                "reserving {len} bytes for slot file {} in {}",
-                path.display(),
-                dir.display()
-            ),
-            e,
-        )),
-    }
-}
-
-/// `pread` until `buf` is full.
-pub fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
-}
-
-/// `pwrite` until `buf` is written.
-pub fn write_all_at(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, off)
-}
-
-pub use crate::io::vectored::{preadv_exact, pwritev_all};
-
-/// `fdatasync`.
-pub fn datasync(file: &File) -> io::Result<()> {
-    file.sync_data()
+    space::reserve(file, len, Unsupported::ZeroFill)
+        .map(drop)
+        .map_err(|e| {
+            Error::io(
+                format!(
+                    "reserving {len} bytes for slot file {} in {}",
+                    path.display(),
+                    dir.display()
+                ),
+                e,
+            )
+        })
 }
 
 /// Bytes of the header table per scan read.

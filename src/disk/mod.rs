@@ -40,7 +40,8 @@ pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
 
 use crate::io::job::Completer;
-use crate::io::{direct, is_aligned_ptr, BouncePool, DirectIo, IoPool, Job, IO_ALIGN};
+use crate::io::vectored::{preadv_exact, pwritev_all};
+use crate::io::{direct, BouncePool, DirectIo, IoPool, Job, TransferPlan};
 use crate::{err, Error, ErrorKind, Result};
 use format::{SlotHeader, PAGE, SLOT_HEADER_LEN};
 use index::{Index, Pinned, Reservation};
@@ -475,10 +476,6 @@ fn too_small(key: &Key, need: EntryLen, cap: usize, meta_cap: usize) -> Error {
     )
 }
 
-fn round_up(n: usize) -> usize {
-    n.div_ceil(IO_ALIGN) * IO_ALIGN
-}
-
 impl Inner {
     fn lock(&self) -> MutexGuard<'_, Index> {
         // A poisoned lock only means a panic elsewhere; every index update is completed
@@ -574,7 +571,10 @@ impl Inner {
         data_sum: u64,
     ) -> Result<()> {
         let off = self.geometry.slot_offset(r.slot);
-        let mut hdr = self.bounce.get(PAGE as usize)?;
+        let plan = TransferPlan::new(self.direct, data.as_ptr(), data.len());
+        // One pooled buffer: the header page, then the payload's bounce area (if any).
+        let mut buf = self.bounce.get(PAGE as usize + plan.bounce_len)?;
+        let (page, bounce) = buf.as_mut_slice().split_at_mut(PAGE as usize);
         let h = SlotHeader {
             key: *key,
             len: data.len() as u64,
@@ -583,9 +583,9 @@ impl Inner {
             data_sum,
             slot: r.slot,
         };
-        let page = &mut hdr.as_mut_slice()[..PAGE as usize];
         page[SLOT_HEADER_LEN + meta.len()..].fill(0);
         format::encode_slot_header(&h, meta, page);
+        plan.fill_bounce(data, bounce);
 
         let io_err = |what: &str, e| {
             Error::io(
@@ -600,7 +600,7 @@ impl Inner {
         };
         let sync = |what: &str| -> Result<()> {
             if self.sync {
-                file::datasync(&self.file).map_err(|e| io_err(what, e))?;
+                self.file.sync_data().map_err(|e| io_err(what, e))?;
             }
             Ok(())
         };
@@ -612,37 +612,16 @@ impl Inner {
             sync("(sync) the table entry")?;
         }
         // 2. Header page (header + metadata) and payload in one positioned write.
-        let mut bounce = None;
-        let mut parts: Vec<&[u8]> = Vec::with_capacity(3);
-        parts.push(&hdr.as_slice()[..PAGE as usize]);
-        let aligned = is_aligned_ptr(data.as_ptr());
-        if !self.direct {
-            parts.push(data);
-        } else if aligned {
-            let whole = data.len() / IO_ALIGN * IO_ALIGN;
-            parts.push(&data[..whole]);
-            if whole < data.len() {
-                let mut b = self.bounce.get(IO_ALIGN)?;
-                let tail = &data[whole..];
-                b.as_mut_slice()[..tail.len()].copy_from_slice(tail);
-                b.as_mut_slice()[tail.len()..IO_ALIGN].fill(0);
-                bounce = Some((b, IO_ALIGN));
-            }
-        } else {
-            let n = round_up(data.len());
-            let mut b = self.bounce.get(n)?;
-            b.as_mut_slice()[..data.len()].copy_from_slice(data);
-            b.as_mut_slice()[data.len()..n].fill(0);
-            bounce = Some((b, n));
-        }
-        if let Some((b, n)) = &bounce {
-            parts.push(&b.as_slice()[..*n]);
-        }
-        file::pwritev_all(&self.file, &parts, off).map_err(|e| io_err("the payload", e))?;
+        let parts = [
+            &page[..],
+            &data[..plan.in_place],
+            &bounce[..plan.bounce_len],
+        ];
+        pwritev_all(&self.file, &parts, off).map_err(|e| io_err("the payload", e))?;
         sync("(sync) the payload")?;
         // 3. The table entry: from now on a recovery finds the entry.
         let mut entry = [0u8; SLOT_HEADER_LEN];
-        entry.copy_from_slice(&hdr.as_slice()[..SLOT_HEADER_LEN]);
+        entry.copy_from_slice(&page[..SLOT_HEADER_LEN]);
         self.write_table(r.slot, &entry)
             .map_err(|e| io_err("the table entry", e))?;
         sync("(sync) the table entry")?;
@@ -713,37 +692,15 @@ impl Inner {
     fn read_slot(&self, p: &Pinned, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<()> {
         let off = self.geometry.slot_offset(p.slot);
         let len = p.len as usize;
-        let mut hdr = self.bounce.get(PAGE as usize)?;
         let dst = &mut dst[..len];
-        let aligned = is_aligned_ptr(dst.as_ptr());
-        let whole = if self.direct && aligned {
-            len / IO_ALIGN * IO_ALIGN
-        } else if self.direct {
-            0
-        } else {
-            len
-        };
-        let bounce_len = if whole == len {
-            0
-        } else if aligned {
-            IO_ALIGN
-        } else {
-            round_up(len)
-        };
-        let mut bounce = if bounce_len > 0 {
-            Some(self.bounce.get(bounce_len)?)
-        } else {
-            None
-        };
+        let plan = TransferPlan::new(self.direct, dst.as_ptr(), len);
+        // One pooled buffer: the header page, then the payload's bounce area (if any).
+        let mut buf = self.bounce.get(PAGE as usize + plan.bounce_len)?;
+        let (page, bounce) = buf.as_mut_slice().split_at_mut(PAGE as usize);
         {
-            let (direct_part, _) = dst.split_at_mut(whole);
-            let mut parts: Vec<&mut [u8]> = Vec::with_capacity(3);
-            parts.push(&mut hdr.as_mut_slice()[..PAGE as usize]);
-            parts.push(direct_part);
-            if let Some(b) = bounce.as_mut() {
-                parts.push(&mut b.as_mut_slice()[..bounce_len]);
-            }
-            file::preadv_exact(&self.file, &mut parts, off).map_err(|e| {
+            let (in_place, _) = dst.split_at_mut(plan.in_place);
+            let mut parts = [&mut page[..], in_place, &mut bounce[..plan.bounce_len]];
+            preadv_exact(&self.file, &mut parts, off).map_err(|e| {
                 Error::io(
                     format!(
                         "reading entry {} from slot {} of {}",
@@ -755,9 +712,7 @@ impl Inner {
                 )
             })?;
         }
-        if let Some(b) = &bounce {
-            dst[whole..].copy_from_slice(&b.as_slice()[..len - whole]);
-        }
+        plan.drain_bounce(bounce, dst);
         let corrupt = |why: String| {
             err!(
                 Corrupt,
@@ -767,7 +722,7 @@ impl Inner {
                 self.path.display()
             )
         };
-        let page = &hdr.as_slice()[..PAGE as usize];
+        let page = &page[..];
         let h = format::decode_slot_header(page, p.slot, self.geometry.slot_size)
             .ok_or_else(|| corrupt("slot header is damaged (checksum or fields)".into()))?;
         if h.key != *key || h.seq != p.seq || h.len != p.len || h.meta_len != p.meta_len {

@@ -7,16 +7,17 @@
 //! path still names the inode that was checked, and removal is a plain `unlink` (readers that
 //! hold a block open keep reading it; the stores treat a vanished block as a miss).
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::{self, Read};
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
+use super::clean_temp;
 use super::format::{self, Header};
 use super::path::{self, Entry, Key};
-use super::{clean_temp, sys};
+use crate::io::file::{same_inode, OpenNoFollow};
 use crate::{err, Error, Result};
 
 /// One store directory under a root: `<root>/<namespace>[/r<rank>]`.
@@ -268,11 +269,7 @@ pub fn check_block_bytes(bytes: &[u8], name_key: &Key) -> Result<Header> {
 /// Reads and checks one block file; `Ok(None)` if it vanished meanwhile, `Ok(Some(reason))`
 /// if it is bad (removed when `repair`, keeping a file renamed over it since).
 fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<BadBlock>> {
-    let file = match OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOFOLLOW)
-        .open(&b.path)
-    {
+    let file = match OpenNoFollow::read_only().open(&b.path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::io(format!("opening {}", b.path.display()), e)),
@@ -282,7 +279,7 @@ fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<B
     let Err(e) = check_block_bytes(buf, &b.key) else {
         return Ok(None);
     };
-    let removed = repair && sys::same_file(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
+    let removed = repair && same_inode(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
     Ok(Some(BadBlock {
         path: b.path.clone(),
         reason: e.to_string(),

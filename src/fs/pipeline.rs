@@ -13,12 +13,11 @@
 use std::cell::RefCell;
 use std::io;
 use std::os::fd::AsRawFd;
-use std::sync::Arc;
 
-use super::{Inner, Key, Staged, Staging, Stored};
+use super::store::{Staged, Staging, Stored};
 use crate::io::job::Completer;
 use crate::io::uring::WriteRing;
-use crate::Error;
+use crate::{Error, Result};
 
 /// A caller's payload, read by a job item until the item completes.
 #[derive(Clone, Copy)]
@@ -55,17 +54,21 @@ thread_local! {
     static PIPE: RefCell<Option<Pipe>> = const { RefCell::new(None) };
 }
 
-/// Stores one item of an async batch on the current writer thread: stages it (while the
-/// thread's previous write is in flight), reaps the previous write, submits this one, then
-/// publishes the previous block while this write is in flight.
+/// Stores one item of an async batch on the current writer thread: stages it with `stage`
+/// (while the thread's previous write is in flight), reaps the previous write, submits this
+/// one, then publishes the previous block while this write is in flight.
 ///
 /// # Safety
 /// `payload` must stay valid and unmodified until `completer` is finished (the job's
 /// contract: the job cannot complete, nor be dropped, before).
-pub(super) unsafe fn store(inner: &Arc<Inner>, key: &Key, payload: Payload, completer: Completer) {
+pub(super) unsafe fn store(
+    stage: impl FnOnce(&[u8]) -> Result<Staging>,
+    payload: Payload,
+    completer: Completer,
+) {
     // SAFETY: valid until `completer` finishes, which happens after the last use below.
     let data = unsafe { payload.get() };
-    let staged = match inner.stage(key, data, None) {
+    let staged = match stage(data) {
         Err(e) => return completer.finish(Err(e)),
         Ok(Staging::Present) => return completer.finish(Ok(0)),
         Ok(Staging::Write(s)) => s,
@@ -149,7 +152,7 @@ impl InFlight {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::{FsConfig, FsStore};
+    use crate::fs::{FsConfig, FsStore, Key};
     use crate::io::Job;
 
     fn payloads(n: usize) -> Vec<Vec<u8>> {
@@ -182,7 +185,8 @@ mod tests {
         let uring = WriteRing::new().is_ok();
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
             // SAFETY: `data` outlives the job, which is finished below.
-            unsafe { store(&s.inner, &Key([i as u8 + 1; 16]), item(d), c) };
+            let key = Key([i as u8 + 1; 16]);
+            unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
             // With io_uring the newest item is still in flight; without, it is done.
             let expected_done = if uring { i } else { i + 1 };
             assert_eq!(job.poll().done, expected_done, "after item {i}");
@@ -212,7 +216,8 @@ mod tests {
         let (job, completers) = Job::new(2);
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
             // SAFETY: `data` outlives the job.
-            unsafe { store(&s.inner, &Key([i as u8 + 1; 16]), item(d), c) };
+            let key = Key([i as u8 + 1; 16]);
+            unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
             assert_eq!(job.poll().done, i + 1);
         }
         assert_eq!(job.poll().failed, 0);

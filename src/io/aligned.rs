@@ -1,4 +1,5 @@
-//! Heap buffers aligned to [`IO_ALIGN`](super::IO_ALIGN), as O_DIRECT requires.
+//! Alignment to [`IO_ALIGN`](super::IO_ALIGN), as O_DIRECT requires: rounding of lengths and
+//! offsets, alignment checks, and aligned heap buffers.
 
 use std::alloc::{alloc_zeroed, dealloc, Layout};
 use std::ptr::NonNull;
@@ -20,7 +21,7 @@ unsafe impl Sync for AlignedBuf {}
 impl AlignedBuf {
     /// Allocates at least `len` bytes (rounded up to 4096, minimum 4096).
     pub fn new(len: usize) -> Result<Self> {
-        let cap = len.max(1).div_ceil(IO_ALIGN).checked_mul(IO_ALIGN);
+        let cap = len.max(1).checked_next_multiple_of(IO_ALIGN);
         let layout = cap.and_then(|c| Layout::from_size_align(c, IO_ALIGN).ok());
         let Some(layout) = layout else {
             return Err(err!(
@@ -68,6 +69,16 @@ impl Drop for AlignedBuf {
     }
 }
 
+/// `n` rounded up to a multiple of 4096.
+pub const fn align_up(n: usize) -> usize {
+    n.next_multiple_of(IO_ALIGN)
+}
+
+/// `n` rounded down to a multiple of 4096.
+pub const fn align_down(n: usize) -> usize {
+    n - n % IO_ALIGN
+}
+
 /// Whether `ptr` and `len` are both 4096-aligned (usable for O_DIRECT without a bounce buffer).
 pub fn is_aligned(ptr: *const u8, len: usize) -> bool {
     (ptr as usize) % IO_ALIGN == 0 && len % IO_ALIGN == 0
@@ -90,5 +101,17 @@ mod tests {
         b.as_mut_slice()[8191] = 7;
         assert_eq!(AlignedBuf::new(0).unwrap().capacity(), 4096);
         assert!(AlignedBuf::new(usize::MAX).is_err());
+    }
+
+    #[test]
+    fn rounding() {
+        assert_eq!(
+            [0, 1, 4095, 4096, 4097].map(align_up),
+            [0, 4096, 4096, 4096, 8192]
+        );
+        assert_eq!(
+            [0, 1, 4095, 4096, 8191].map(align_down),
+            [0, 0, 0, 4096, 4096]
+        );
     }
 }

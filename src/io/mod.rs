@@ -1,17 +1,34 @@
-//! Shared I/O machinery: page-aligned buffers for O_DIRECT, direct-I/O probing, a worker pool
-//! and the async job handle that batched submits return.
+//! Shared I/O machinery, and the one home of every OS file mechanism the tiers use:
+//!
+//! - [`file`]: opening by path (never through a symlink), regular-file checks, same-inode
+//!   checks;
+//! - [`publish`]: building a file under a temporary name, then publishing it atomically;
+//! - [`space`]: reserving a file's space up front (with a fallback where `fallocate` is
+//!   missing), free space;
+//! - [`lock`]: `flock` and byte-range liveness locks;
+//! - [`vectored`]: positional whole-buffer and vectored reads and writes;
+//! - [`direct`]: O_DIRECT probing and the transfer plan (aligned part in place, the rest
+//!   through a bounce buffer), with [`aligned`] buffers, rounding and the [`bounce`] pool;
+//! - [`dir`]: directory placement hints;
+//! - [`uring`]: one asynchronous write in flight per thread;
+//! - a worker [`pool`] and the async [`job`] handle that batched submits return.
 
 pub mod aligned;
 pub mod bounce;
+pub mod dir;
 pub mod direct;
+pub mod file;
 pub mod job;
+pub mod lock;
 pub mod pool;
+pub mod publish;
+pub mod space;
 pub mod uring;
 pub mod vectored;
 
-pub use aligned::{is_aligned, is_aligned_ptr, AlignedBuf};
+pub use aligned::{align_down, align_up, is_aligned, is_aligned_ptr, AlignedBuf};
 pub use bounce::{Bounce, BouncePool};
-pub use direct::DirectIo;
+pub use direct::{DirectIo, TransferPlan};
 pub use job::{Job, JobProgress};
 pub use pool::IoPool;
 

@@ -1,10 +1,20 @@
-//! Vectored positional I/O (`preadv`/`pwritev`) that retries EINTR and short transfers:
-//! one syscall for [header page | caller's buffer | tail page] in the common case. Shared by
-//! the fs block store and the disk slot file.
+//! Positional I/O that retries EINTR and short transfers: whole-buffer `pread`/`pwrite`,
+//! and vectored `preadv`/`pwritev`, one syscall for [header page | caller's buffer | tail
+//! page] in the common case. Shared by every tier.
 
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
+
+/// `pread` until `buf` is full; end of file first is `UnexpectedEof`.
+pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
+}
+
+/// `pwrite` until all of `buf` is written.
+pub fn write_all_at(file: &File, buf: &[u8], offset: u64) -> io::Result<()> {
+    std::os::unix::fs::FileExt::write_all_at(file, buf, offset)
+}
 
 /// Writes all of `bufs` at `offset` with `pwritev`, retrying EINTR and short writes.
 pub fn pwritev_all(file: &File, bufs: &[&[u8]], offset: u64) -> io::Result<()> {
@@ -120,6 +130,41 @@ pub fn preadv_exact(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Res
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Moved from the fs tier's syscall helpers (now all in `io`), with its assertions.
+    #[test]
+    fn vectored_round_trip_and_eof() {
+        use crate::io::file::same_inode;
+        use crate::io::lock::{try_lock, LockMode};
+        use crate::io::publish::sync_dir;
+        let dir = tempfile::tempdir().unwrap();
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.path().join("f"))
+            .unwrap();
+        pwritev_all(&f, &[b"abc", b"", b"defgh"], 2).unwrap();
+        let (mut a, mut b) = ([0u8; 4], [9u8; 10]);
+        let n = preadv_all(&f, &mut [&mut a, &mut b], 0).unwrap();
+        assert_eq!(n, 10);
+        assert_eq!(&a, b"\0\0ab");
+        assert_eq!(&b[..6], b"cdefgh");
+        assert_eq!(b[6], 9);
+        assert!(try_lock(&f, LockMode::Exclusive).unwrap());
+        let g = std::fs::File::open(dir.path().join("f")).unwrap();
+        assert!(!try_lock(&g, LockMode::Exclusive).unwrap());
+        drop(f);
+        assert!(try_lock(&g, LockMode::Exclusive).unwrap());
+        assert!(same_inode(&g, &dir.path().join("f")));
+        assert!(!same_inode(&g, &dir.path().join("nope")));
+        sync_dir(dir.path()).unwrap();
+        let mut c = [0u8; 3];
+        read_exact_at(&g, &mut c, 4).unwrap();
+        assert_eq!(&c, b"cde");
+        assert!(write_all_at(&g, b"x", 0).is_err(), "read-only descriptor");
+    }
 
     #[test]
     fn round_trips_across_buffers_and_reports_eof() {

@@ -8,22 +8,23 @@
 //!
 //! - A file with no lock holder was left by processes that all died: a creator claims it with
 //!   the write lock, unlinks it and builds a fresh one.
-//! - A new file is built under a temporary name (sized with `posix_fallocate`, header written,
-//!   read lock taken) and published with `link(2)`, which fails if the name exists: an attacher
+//! - A new file is built under a temporary name (space reserved, header written, read lock
+//!   taken) and published with `link(2)`, which fails if the name exists: an attacher
 //!   never sees a half-built header and two creators never both win.
 //! - On close, a process that can convert its read lock into the write lock is the last holder
 //!   and unlinks the file.
 
-use std::ffi::CString;
 use std::fs::File;
 use std::io;
-use std::os::fd::AsRawFd;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use super::layout::{Layout, HEADER_LEN};
+use crate::io::file::{parent_dir, same_inode, OpenNoFollow};
+use crate::io::lock::{byte0_locked_by_others as held_by_others, try_lock_byte0, LockMode};
+use crate::io::publish::{sibling_path, TempFile};
+use crate::io::space::{self, Unsupported};
+use crate::io::vectored::{read_exact_at, write_all_at};
 use crate::{err, Error, Result};
 
 const MAGIC: [u8; 8] = *b"KVRREGN\0";
@@ -169,7 +170,7 @@ impl RegionFile {
 impl Drop for RegionFile {
     fn drop(&mut self) {
         // Converting our read lock to the write lock succeeds only if no one else holds it.
-        if matches!(lock(&self.file, LockKind::Write), Ok(true))
+        if matches!(try_lock_byte0(&self.file, LockMode::Exclusive), Ok(true))
             && same_inode(&self.file, &self.path)
         {
             let _ = std::fs::remove_file(&self.path);
@@ -187,7 +188,7 @@ enum Attempt {
 }
 
 fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> {
-    let file = match open_nofollow(path, libc::O_RDWR) {
+    let file = match OpenNoFollow::read_write().open(path) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
             if !create {
@@ -220,7 +221,7 @@ fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> 
         }
         return replace_stale(file, path).map_err(lock_err);
     }
-    if !lock(&file, LockKind::Read).map_err(lock_err)? {
+    if !try_lock_byte0(&file, LockMode::Shared).map_err(lock_err)? {
         // Someone holds the write lock: a creator replacing it or the last holder removing it.
         return Ok(Attempt::Retry(
             "the file is being replaced or removed".into(),
@@ -267,7 +268,7 @@ fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> 
 }
 
 fn replace_stale(file: File, path: &Path) -> io::Result<Attempt> {
-    if lock(&file, LockKind::Write)? && same_inode(&file, path) {
+    if try_lock_byte0(&file, LockMode::Exclusive)? && same_inode(&file, path) {
         std::fs::remove_file(path).or_else(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 Ok(())
@@ -280,7 +281,7 @@ fn replace_stale(file: File, path: &Path) -> io::Result<Attempt> {
 }
 
 fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
-    let dir = path.parent().unwrap_or(Path::new("."));
+    let dir = parent_dir(path);
     let file_name = path
         .file_name()
         .unwrap_or_default()
@@ -292,33 +293,30 @@ fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
         .unwrap_or(0);
-    let tmp = dir.join(format!(".{file_name}.{pid}.{now_ns}.tmp"));
-    let file = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create_new(true)
-        .mode(0o600)
-        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
-        .open(&tmp)
-        .map_err(|e| Error::io(format!("creating region file {}", tmp.display()), e))?;
-    // From here on the temp file must not outlive a failure.
-    let cleanup = scopeguard(|| {
-        let _ = std::fs::remove_file(&tmp);
-    });
+    let created = sibling_path(path, format_args!("{pid}.{now_ns}.tmp"))
+        .and_then(|tmp| TempFile::create_named(tmp, OpenNoFollow::read_write(), 0o600));
+    // From here on the temp file is removed on any failure (when `temp` drops).
+    let mut temp = created.map_err(|e| {
+        Error::io(
+            format!("creating a temp file for region file {}", path.display()),
+            e,
+        )
+    })?;
+    let tmp = temp.name().expect("named").to_owned();
     let lock_err = |e| Error::io(format!("locking region file {}", tmp.display()), e);
-    if !lock(&file, LockKind::Read).map_err(lock_err)? {
+    if !try_lock_byte0(temp.file(), LockMode::Shared).map_err(lock_err)? {
         return Ok(Attempt::RetryNow);
     }
-    reserve(&file, dir, path, layout.file_len())?;
+    reserve(temp.file(), dir, path, layout.file_len())?;
     let header = encode_header(layout, pid, now_ns);
-    write_all_at(&file, &header, 0)
+    write_all_at(temp.file(), &header, 0)
         .map_err(|e| Error::io(format!("writing region header {}", tmp.display()), e))?;
-    match std::fs::hard_link(&tmp, path) {
-        Ok(()) => {}
-        // Another creator won the race, or an orphan cleaner removed our temp: attach instead.
-        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOENT)) => {
-            return Ok(Attempt::RetryNow)
-        }
+    match temp.link_new(path) {
+        Ok(true) => {}
+        // Another creator won the race: attach instead.
+        Ok(false) => return Ok(Attempt::RetryNow),
+        // An orphan cleaner removed our temp: start over.
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => return Ok(Attempt::RetryNow),
         Err(e) => {
             return Err(Error::io(
                 format!("publishing region file {}", path.display()),
@@ -326,22 +324,18 @@ fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
             ))
         }
     }
-    drop(cleanup); // removes the temporary name; the file lives on under `path`
     Ok(Attempt::Done(RegionFile {
-        file,
+        // Removes the temporary name; the file lives on under `path`.
+        file: temp.into_file(),
         path: path.to_owned(),
         created: true,
     }))
 }
 
 /// Checks free space, then reserves every byte so a full `/dev/shm` fails here, not as a
-/// SIGBUS on first touch.
+/// SIGBUS on first touch. Where the file system has no `fallocate`, the file is zero-filled.
 fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
-    // SAFETY: statvfs is plain data; zeroed is a valid initial value.
-    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
-    // SAFETY: fd is open for the duration of the call; `st` is a valid out-pointer.
-    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } == 0 {
-        let free = st.f_bavail as u64 * st.f_frsize as u64;
+    if let Some(free) = space::free_bytes(file) {
         if free < len {
             return Err(err!(
                 NoSpace,
@@ -351,27 +345,18 @@ fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
             ));
         }
     }
-    // SAFETY: valid fd; offsets are in range (len <= i64::MAX checked by Layout::new).
-    let rc = unsafe { libc::posix_fallocate(file.as_raw_fd(), 0, len as libc::off_t) };
-    match rc {
-        0 => Ok(()),
-        libc::EOPNOTSUPP | libc::EINVAL => {
-            // File system without fallocate: size it sparsely instead (free space was checked).
-            file.set_len(len)
-                .map_err(|e| Error::io(format!("sizing region file {}", path.display()), e))
-        }
-        code => {
-            let e = Error::io(
+    space::reserve(file, len, Unsupported::ZeroFill)
+        .map(drop)
+        .map_err(|e| {
+            Error::io(
                 format!(
                     "reserving {len} bytes for region {} in {}",
                     path.display(),
                     dir.display()
                 ),
-                io::Error::from_raw_os_error(code),
-            );
-            Err(e)
-        }
-    }
+                e,
+            )
+        })
 }
 
 /// A region file found in a directory by [`list`].
@@ -403,7 +388,7 @@ pub fn list(dir: &Path) -> Result<Vec<RegionEntry>> {
             continue;
         };
         let path = entry.path();
-        let Ok(file) = open_nofollow(&path, libc::O_RDONLY) else {
+        let Ok(file) = OpenNoFollow::read_only().open(&path) else {
             continue;
         };
         let size = file.metadata().map(|m| m.len()).unwrap_or(0);
@@ -427,10 +412,11 @@ pub fn list(dir: &Path) -> Result<Vec<RegionEntry>> {
 /// Removes region `name` in `dir`, refusing with `Busy` while a live process holds it.
 pub fn remove(dir: &Path, name: &str) -> Result<()> {
     let path = region_path(dir, name)?;
-    let file = open_nofollow(&path, libc::O_RDWR)
+    let file = OpenNoFollow::read_write()
+        .open(&path)
         .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
     // Taking the write lock both proves no one holds it and keeps attachers out while we unlink.
-    if !lock(&file, LockKind::Write)
+    if !try_lock_byte0(&file, LockMode::Exclusive)
         .map_err(|e| Error::io(format!("locking {}", path.display()), e))?
     {
         return Err(err!(
@@ -459,97 +445,12 @@ fn remove_orphan_temps(dir: &Path, file_name: &str) {
             continue;
         }
         let p = entry.path();
-        if let Ok(f) = open_nofollow(&p, libc::O_RDWR) {
+        if let Ok(f) = OpenNoFollow::read_write().open(&p) {
             if matches!(held_by_others(&f), Ok(false)) {
                 let _ = std::fs::remove_file(&p);
             }
         }
     }
-}
-
-/// Whether `file` still is the file at `path` (not unlinked or replaced).
-fn same_inode(file: &File, path: &Path) -> bool {
-    match (file.metadata(), std::fs::symlink_metadata(path)) {
-        (Ok(a), Ok(b)) => a.nlink() > 0 && a.ino() == b.ino() && a.dev() == b.dev(),
-        _ => false,
-    }
-}
-
-fn open_nofollow(path: &Path, mode: libc::c_int) -> io::Result<File> {
-    let c = CString::new(path.as_os_str().as_bytes())
-        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
-    // SAFETY: `c` is a valid NUL-terminated path; the returned fd is owned by the File below.
-    let fd = unsafe { libc::open(c.as_ptr(), mode | libc::O_NOFOLLOW | libc::O_CLOEXEC) };
-    if fd < 0 {
-        return Err(io::Error::last_os_error());
-    }
-    // SAFETY: `fd` is a fresh descriptor we own exclusively.
-    Ok(unsafe { <File as std::os::fd::FromRawFd>::from_raw_fd(fd) })
-}
-
-#[derive(Clone, Copy)]
-enum LockKind {
-    Read,
-    Write,
-}
-
-fn flock_struct(kind: libc::c_short) -> libc::flock {
-    // SAFETY: flock is plain data; zeroed is valid (l_pid must be 0 for OFD locks).
-    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
-    fl.l_type = kind;
-    fl.l_whence = libc::SEEK_SET as libc::c_short;
-    fl.l_start = 0;
-    fl.l_len = 1;
-    fl
-}
-
-/// Takes (or converts to) an OFD lock on byte 0 without waiting; `Ok(false)` if it conflicts.
-fn lock(file: &File, kind: LockKind) -> io::Result<bool> {
-    let t = match kind {
-        LockKind::Read => libc::F_RDLCK,
-        LockKind::Write => libc::F_WRLCK,
-    };
-    let fl = flock_struct(t as libc::c_short);
-    // SAFETY: valid fd and a valid flock struct for the duration of the call.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
-        return Ok(true);
-    }
-    let e = io::Error::last_os_error();
-    match e.raw_os_error() {
-        Some(libc::EAGAIN) | Some(libc::EACCES) => Ok(false),
-        _ => Err(e),
-    }
-}
-
-/// Whether any other open file description holds a lock on byte 0 (asks; takes nothing).
-fn held_by_others(file: &File) -> io::Result<bool> {
-    let mut fl = flock_struct(libc::F_WRLCK as libc::c_short);
-    // SAFETY: valid fd and a valid, writable flock struct.
-    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_GETLK, &mut fl) } != 0 {
-        return Err(io::Error::last_os_error());
-    }
-    Ok(fl.l_type != libc::F_UNLCK as libc::c_short)
-}
-
-fn read_exact_at(file: &File, buf: &mut [u8], off: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::read_exact_at(file, buf, off)
-}
-
-fn write_all_at(file: &File, buf: &[u8], off: u64) -> io::Result<()> {
-    std::os::unix::fs::FileExt::write_all_at(file, buf, off)
-}
-
-/// Runs `f` when dropped unless forgotten; `drop(guard)` runs it early.
-fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
-    struct Guard<F: FnOnce()>(Option<F>);
-    impl<F: FnOnce()> Drop for Guard<F> {
-        fn drop(&mut self) {
-            if let Some(f) = self.0.take() {
-                f()
-            }
-        }
-    }
-    Guard(Some(f))
 }
 
 #[cfg(test)]

@@ -9,7 +9,9 @@ pub mod dir;
 pub mod dtype;
 pub mod export;
 pub mod file;
+mod gather;
 pub mod header;
+mod sink;
 pub mod write;
 
 pub use dir::{LazyTensor, TensorDir};

@@ -1,0 +1,115 @@
+//! What opening a store takes and what it reports: the config, the durability modes, the
+//! counters, and the batch request types.
+
+use std::path::PathBuf;
+
+use super::Key;
+use crate::io::DirectIo;
+
+/// When a stored block is flushed to stable storage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Rely on the OS to write back (fastest; a power loss may lose recent blocks, but never
+    /// makes a torn block visible under its final name on journaling file systems).
+    None,
+    /// `fdatasync` the block's file before it is linked into place.
+    Fdatasync,
+    /// `fdatasync` before the link and `fsync` the directory after it.
+    FdatasyncDir,
+}
+
+/// How to open a store. [`FsConfig::new`] fills the defaults.
+#[derive(Clone, Debug)]
+pub struct FsConfig {
+    /// Root directory (created if missing), shared by every store on it.
+    pub root: PathBuf,
+    /// Namespace (model + layout digest chosen by the engine); no `/`, `..`, NUL, leading `.`.
+    pub namespace: String,
+    /// Tensor-parallel rank, giving each rank its own subdirectory; `None` for a shared store.
+    pub rank: Option<u32>,
+    /// Threads loading blocks for async batches. Default 8.
+    pub read_threads: usize,
+    /// Threads storing blocks for async batches. Default 8.
+    pub write_threads: usize,
+    /// O_DIRECT mode. Default `Auto`.
+    pub direct_io: DirectIo,
+    /// Flushing. Default `None`.
+    pub durability: Durability,
+    /// Verify the checksum on every load. Default true.
+    pub verify: bool,
+    /// Bound on the bytes of block files this store keeps (0 = unbounded). Default 0.
+    pub capacity: u64,
+    /// Write each block into an unnamed `O_TMPFILE` file and link it into place where the
+    /// file system supports it (probed at open); a killed writer then leaves nothing behind.
+    /// `false` always uses named, `flock`ed temp files linked into place: the protocol for
+    /// file systems without `O_TMPFILE` (NFS), selectable to test it anywhere. Default true.
+    pub unnamed_temp_files: bool,
+}
+
+impl FsConfig {
+    /// A config with the defaults: no rank, 8 + 8 threads, direct I/O auto, no flushing,
+    /// verification on, unbounded.
+    pub fn new(root: impl Into<PathBuf>, namespace: impl Into<String>) -> Self {
+        FsConfig {
+            root: root.into(),
+            namespace: namespace.into(),
+            rank: None,
+            read_threads: 8,
+            write_threads: 8,
+            direct_io: DirectIo::Auto,
+            durability: Durability::None,
+            verify: true,
+            capacity: 0,
+            unnamed_temp_files: true,
+        }
+    }
+}
+
+/// Counters of one open store (this process's view).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FsStats {
+    /// Blocks this process knows of (scanned at open, plus its own stores, minus removals).
+    pub blocks: u64,
+    /// File bytes of those blocks (headers included).
+    pub bytes: u64,
+    /// Loads that returned a block.
+    pub hits: u64,
+    /// Loads that found no block.
+    pub misses: u64,
+    /// Corrupt block files found and removed.
+    pub corrupt_dropped: u64,
+    /// Payload bytes loaded.
+    pub bytes_read: u64,
+    /// Payload bytes stored (deduplicated stores write nothing).
+    pub bytes_written: u64,
+    /// Blocks written.
+    pub stores: u64,
+    /// Stores skipped because the block already existed.
+    pub dedup_hits: u64,
+    /// Blocks removed to stay under the capacity.
+    pub evictions: u64,
+    /// True when O_DIRECT is in use, false for buffered I/O.
+    pub direct_io: bool,
+}
+
+/// One block to store in an async batch: `len` bytes at `src`.
+#[derive(Clone, Copy, Debug)]
+pub struct StoreRequest {
+    /// The block's key.
+    pub key: Key,
+    /// Start of the payload; must stay valid until the job completes.
+    pub src: *const u8,
+    /// Payload bytes (non-zero).
+    pub len: usize,
+}
+
+/// One block to load in an async batch into `len` bytes at `dst`.
+#[derive(Clone, Copy, Debug)]
+pub struct LoadRequest {
+    /// The block's key.
+    pub key: Key,
+    /// Destination; must stay valid and unaliased until the job completes.
+    pub dst: *mut u8,
+    /// Expected payload bytes (non-zero).
+    pub len: usize,
+}

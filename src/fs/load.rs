@@ -1,0 +1,143 @@
+//! Loading a block: open, read (in place where O_DIRECT allows), validate length, key and
+//! checksum; a bad file is removed (if it is still the one read) and reported `Corrupt`.
+
+use std::fs::File;
+use std::io;
+use std::sync::atomic::Ordering::Relaxed;
+
+use super::format::{self, Header};
+use super::{path, Inner, Key};
+use crate::io::file::{same_inode, OpenNoFollow};
+use crate::io::vectored::preadv_all;
+use crate::io::{align_up, is_aligned_ptr, TransferPlan, IO_ALIGN};
+use crate::{err, Error, ErrorKind, Result};
+
+impl Inner {
+    pub(super) fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
+        let p = path::block_path(&self.dir, key);
+        if dst.is_empty() {
+            return Err(err!(
+                InvalidArgument,
+                "loading block {}: buffer length is 0",
+                p.display()
+            ));
+        }
+        let file = match OpenNoFollow::read_only().direct(self.direct).open(&p) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                self.lock_index().remove(key);
+                return Err(err!(NotFound, "block {key} not found ({})", p.display()));
+            }
+            Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
+        };
+        match self.read_verified(&file, key, dst) {
+            Ok(()) => {
+                self.counters.hits.fetch_add(1, Relaxed);
+                self.counters
+                    .bytes_read
+                    .fetch_add(dst.len() as u64, Relaxed);
+                self.lock_index().touch(key);
+                Ok(dst.len() as u64)
+            }
+            Err(e) if e.kind() == ErrorKind::Corrupt => {
+                // Only remove the file we read, not one a writer has renamed over it since.
+                if same_inode(&file, &p) {
+                    let _ = std::fs::remove_file(&p);
+                }
+                self.lock_index().remove(key);
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                Err(e.context(format!("block {} is corrupt and was removed", p.display())))
+            }
+            Err(e) => {
+                self.counters.misses.fetch_add(1, Relaxed);
+                Err(e.context(format!("loading block {}", p.display())))
+            }
+        }
+    }
+
+    /// Reads and validates a block into `dst`. `Corrupt` for a damaged file, `LayoutMismatch`
+    /// for an intact block whose payload length is not `dst.len()`.
+    fn read_verified(&self, file: &File, key: &Key, dst: &mut [u8]) -> Result<()> {
+        let io_err = |what: &str, e: io::Error| Error::io(what.to_string(), e);
+        let size = file.metadata().map_err(|e| io_err("stat", e))?.len();
+        let len = dst.len();
+        // An unaligned buffer under O_DIRECT would be bounced whole: the general path
+        // below does that in one read whatever the header's size.
+        let aligned_dst = !self.direct || is_aligned_ptr(dst.as_ptr());
+        if aligned_dst && size == (IO_ALIGN + len) as u64 {
+            // Fast path: one preadv of [header page | payload in place | tail page].
+            let plan = TransferPlan::new(self.direct, dst.as_ptr(), len);
+            // One bounce buffer holds the header page and the tail page (one pool visit).
+            let mut b = self.bounce.get(IO_ALIGN + plan.bounce_len)?;
+            let (hb, tb) = b.as_mut_slice().split_at_mut(IO_ALIGN);
+            let tail = &mut tb[..plan.bounce_len];
+            let (in_place, _) = dst.split_at_mut(plan.in_place);
+            let got = preadv_all(file, &mut [&mut hb[..], in_place, &mut tail[..]], 0)
+                .map_err(|e| io_err("reading", e))?;
+            let prefix: [u8; 8] = hb[..8].try_into().expect("8 bytes");
+            if format::header_len(&prefix).ok() == Some(IO_ALIGN) {
+                let header = format::decode_header(hb)?;
+                self.check(&header, key, size, len)?;
+                if got as u64 != size {
+                    return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
+                }
+                plan.drain_bounce(tail, dst);
+                return self.verify_sum(&header, dst);
+            }
+            // A bigger header (or garbage): take the general path below.
+        }
+        // General path: read the whole file (bounded) into a bounce buffer.
+        let want = (size as usize).min(len + format::MAX_HEADER);
+        let cap = align_up(want.max(8));
+        let mut b = self.bounce.get(cap)?;
+        let got = preadv_all(file, &mut [&mut b.as_mut_slice()[..cap]], 0)
+            .map_err(|e| io_err("reading", e))?;
+        let bytes = &b.as_slice()[..got.min(want)];
+        let header = format::decode_header(bytes)?;
+        self.check(&header, key, size, len)?;
+        if got as u64 != size {
+            return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
+        }
+        dst.copy_from_slice(&bytes[header.data_offset..header.data_offset + len]);
+        self.verify_sum(&header, dst)
+    }
+
+    fn check(&self, h: &Header, key: &Key, size: u64, len: usize) -> Result<()> {
+        if h.key != *key {
+            return Err(err!(Corrupt, "header holds key {} instead of {key}", h.key));
+        }
+        let expect = h.data_offset as u64 + h.payload_len;
+        if size != expect {
+            return Err(err!(
+                Corrupt,
+                "file is {size} bytes, header says {expect} ({} + {} payload)",
+                h.data_offset,
+                h.payload_len
+            ));
+        }
+        if h.payload_len != len as u64 {
+            return Err(err!(
+                LayoutMismatch,
+                "block holds {} payload bytes, the caller's buffer is {len} bytes",
+                h.payload_len
+            ));
+        }
+        Ok(())
+    }
+
+    fn verify_sum(&self, h: &Header, payload: &[u8]) -> Result<()> {
+        if self.verify {
+            let sum = format::checksum(payload);
+            if sum != h.checksum {
+                return Err(err!(
+                    Corrupt,
+                    "checksum mismatch: xxh3-64 of the payload is {sum:016x}, header says {:016x}",
+                    h.checksum
+                ));
+            }
+        }
+        Ok(())
+    }
+}

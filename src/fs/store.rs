@@ -1,0 +1,270 @@
+//! Storing a block, split where the async pipeline needs the seam: [`Inner::stage`] does
+//! everything before the data moves (dedup check, capacity reservation, allocated temp
+//! file, staged header), the caller writes [`Staged::segments`], then [`Staged::finish`]
+//! publishes the block.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering::Relaxed;
+use std::sync::Arc;
+
+use super::format::{self, TensorSpec};
+use super::temp::BlockTemp;
+use super::{path, Durability, Inner, Key};
+use crate::io::publish::sync_dir;
+use crate::io::space::{self, Unsupported};
+use crate::io::vectored::pwritev_all;
+use crate::io::{align_up, AlignedBuf, TransferPlan, IO_ALIGN};
+use crate::{err, Error, Result};
+
+/// What a store call did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stored {
+    /// The block was written.
+    Written,
+    /// The block already existed; nothing was written.
+    AlreadyPresent,
+}
+
+/// What staging a block found.
+pub(super) enum Staging {
+    /// The block exists already (deduplicated): nothing to write.
+    Present,
+    /// The temp file is allocated and the header staged: write, then [`Staged::finish`].
+    Write(Staged),
+}
+
+/// A block between its temp file's creation and its publication. Dropping it unpublished
+/// removes a named temp file (an unnamed one just vanishes) and releases the capacity
+/// reservation and the staging buffer.
+pub(super) struct Staged {
+    inner: Arc<Inner>,
+    key: Key,
+    final_path: PathBuf,
+    /// `Some` once created (always, outside `Inner::stage`).
+    temp: Option<BlockTemp>,
+    /// The header, then the bounce area of the payload's [`TransferPlan`] (with direct I/O:
+    /// the zero-padded tail page, or for an unaligned payload all of it, padded). `Some`
+    /// until dropped.
+    staging: Option<AlignedBuf>,
+    /// Staged bytes written before the payload.
+    head: usize,
+    /// Payload bytes written in place from the caller's buffer, after `head`.
+    main: usize,
+    /// Staged bytes (from offset `head` of the staging buffer) written after them.
+    tail: usize,
+    file_len: u64,
+    payload_len: u64,
+    /// Capacity reserved for this block, released on drop.
+    reserved: u64,
+}
+
+impl Staged {
+    pub(super) fn temp(&self) -> &BlockTemp {
+        self.temp.as_ref().expect("created in Inner::stage")
+    }
+
+    /// The file image at offset 0, as up to three segments (empty ones included).
+    pub(super) fn segments<'a>(&'a self, data: &'a [u8]) -> [&'a [u8]; 3] {
+        let s = self.staging.as_ref().expect("staged").as_slice();
+        [
+            &s[..self.head],
+            &data[..self.main],
+            &s[self.head..self.head + self.tail],
+        ]
+    }
+
+    /// Bytes one write of [`Staged::segments`] moves.
+    pub(super) fn write_len(&self) -> usize {
+        self.head + self.main + self.tail
+    }
+
+    pub(super) fn describe(&self) -> String {
+        self.temp().describe(&self.final_path)
+    }
+
+    /// Writes the file image with `pwritev` (`data` is the payload given to `stage`).
+    pub(super) fn write_sync(&self, data: &[u8]) -> Result<()> {
+        pwritev_all(self.temp().file(), &self.segments(data), 0)
+            .map_err(|e| Error::io(format!("writing {}", self.describe()), e))
+    }
+
+    /// After the write: cuts the file to its exact length, syncs as configured, publishes
+    /// it under the block's name and records it.
+    pub(super) fn finish(mut self) -> Result<Stored> {
+        let file = self.temp().file();
+        if self.file_len % IO_ALIGN as u64 != 0 {
+            file.set_len(self.file_len)
+                .map_err(|e| Error::io(format!("truncating {}", self.describe()), e))?;
+        }
+        if self.inner.durability != Durability::None {
+            file.sync_data()
+                .map_err(|e| Error::io(format!("fdatasync of {}", self.describe()), e))?;
+        }
+        let temp = self.temp.as_mut().expect("created in Inner::stage");
+        let published = match temp.publish(&self.final_path) {
+            Ok(p) => p,
+            Err(e) => {
+                let what = format!(
+                    "publishing {} as {}",
+                    self.describe(),
+                    self.final_path.display()
+                );
+                return Err(Error::io(what, e));
+            }
+        };
+        let inner = &self.inner;
+        let block_dir = self.final_path.parent().expect("block paths have a parent");
+        if inner.durability == Durability::FdatasyncDir {
+            sync_dir(block_dir)
+                .map_err(|e| Error::io(format!("fsync of directory {}", block_dir.display()), e))?;
+        }
+        if !published {
+            // Another writer published the same key (same content) first.
+            inner.note_present(&self.key, self.file_len);
+            return Ok(Stored::AlreadyPresent);
+        }
+        inner.lock_index().insert(self.key, self.file_len);
+        inner.counters.stores.fetch_add(1, Relaxed);
+        inner
+            .counters
+            .bytes_written
+            .fetch_add(self.payload_len, Relaxed);
+        Ok(Stored::Written)
+    }
+}
+
+impl Drop for Staged {
+    fn drop(&mut self) {
+        // The temp file first: a named one is removed unless published.
+        self.temp.take();
+        if let Some(b) = self.staging.take() {
+            self.inner.bounce.put(b);
+        }
+        if self.reserved > 0 {
+            self.inner.lock_index().unreserve(self.reserved);
+        }
+    }
+}
+
+impl Inner {
+    /// Stores a block synchronously on the calling thread.
+    pub(super) fn store(
+        self: &Arc<Self>,
+        key: &Key,
+        data: &[u8],
+        tensor: Option<&TensorSpec>,
+    ) -> Result<Stored> {
+        match self.stage(key, data, tensor)? {
+            Staging::Present => Ok(Stored::AlreadyPresent),
+            Staging::Write(staged) => {
+                staged.write_sync(data)?;
+                staged.finish()
+            }
+        }
+    }
+
+    /// Everything before a block's data moves: validation, the dedup check, the capacity
+    /// reservation, the allocated temp file and the staged header. A full disk fails here.
+    pub(super) fn stage(
+        self: &Arc<Self>,
+        key: &Key,
+        data: &[u8],
+        tensor: Option<&TensorSpec>,
+    ) -> Result<Staging> {
+        let final_path = path::block_path(&self.dir, key);
+        let ctx = || format!("storing block {}", final_path.display());
+        if data.is_empty() {
+            return Err(err!(InvalidArgument, "{}: payload is empty", ctx()));
+        }
+        let default_spec;
+        let spec = match tensor {
+            Some(t) => t,
+            None => {
+                default_spec = TensorSpec::bytes(data.len() as u64);
+                &default_spec
+            }
+        };
+        spec.check(data.len() as u64)
+            .map_err(|e| e.context(ctx()))?;
+        if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
+            self.note_present(key, meta.len());
+            return Ok(Staging::Present);
+        }
+        let sum = format::checksum(data);
+        let header = format::encode_header(key, data.len() as u64, sum, spec);
+        let file_len = (header.len() + data.len()) as u64;
+        let reserved = if self.capacity > 0 {
+            if file_len > self.capacity {
+                return Err(err!(
+                    TooLarge,
+                    "{}: block file of {file_len} bytes exceeds the store capacity of {} bytes",
+                    ctx(),
+                    self.capacity
+                ));
+            }
+            let mut ix = self.lock_index();
+            self.evict_until(&mut ix, file_len);
+            ix.reserve(file_len);
+            file_len
+        } else {
+            0
+        };
+        // From here on, dropping `staged` undoes everything (reservation, temp file, buffer).
+        let mut staged = Staged {
+            inner: self.clone(),
+            key: *key,
+            temp: None,
+            staging: None,
+            head: 0,
+            main: 0,
+            tail: 0,
+            file_len,
+            payload_len: data.len() as u64,
+            reserved,
+            final_path,
+        };
+        let block_dir = staged
+            .final_path
+            .parent()
+            .expect("block paths have a parent");
+        let temp = self.create_temp(key, block_dir)?;
+        // Allocate the whole (page-rounded) file first: a full disk fails here before any
+        // data moves, and the O_DIRECT write is then not a file-extending write (which ext4
+        // journals separately, an orphan-list update per file).
+        // Where the file system has no fallocate, the write allocates as it goes.
+        let padded_len = align_up(file_len as usize) as u64;
+        space::reserve(temp.file(), padded_len, Unsupported::Skip).map_err(|e| {
+            Error::io(
+                format!("allocating {}", temp.describe(&staged.final_path)),
+                e,
+            )
+        })?;
+        staged.temp = Some(temp);
+        self.stage_buffers(&mut staged, &header, data)?;
+        Ok(Staging::Write(staged))
+    }
+
+    /// Fills the staging buffer: the header, then the bounce area the payload's transfer
+    /// plan asks for. Direct I/O: an aligned caller's payload goes to the kernel in place,
+    /// with only the header and the zero-padded tail page staged; an unaligned payload is
+    /// copied after the header, padded to a page.
+    fn stage_buffers(&self, st: &mut Staged, header: &[u8], data: &[u8]) -> Result<()> {
+        let plan = TransferPlan::new(self.direct, data.as_ptr(), data.len());
+        let mut b = self.bounce.take(header.len() + plan.bounce_len)?;
+        let (head, bounce) = b.as_mut_slice().split_at_mut(header.len());
+        head.copy_from_slice(header);
+        plan.fill_bounce(data, bounce);
+        st.staging = Some(b);
+        (st.head, st.main, st.tail) = (header.len(), plan.in_place, plan.bounce_len);
+        Ok(())
+    }
+
+    /// Records a block found on disk (deduplicated store).
+    pub(super) fn note_present(&self, key: &Key, file_len: u64) {
+        let mut ix = self.lock_index();
+        if !ix.touch(key) {
+            ix.insert(*key, file_len);
+        }
+        self.counters.dedup.fetch_add(1, Relaxed);
+    }
+}

@@ -1,0 +1,214 @@
+//! Reserving file space up front, so a full file system fails before data moves (at open
+//! for a region or a slot file, before the write for a block or tensor file), not in the
+//! middle of a spill or as a SIGBUS on a mapped page.
+
+use std::fs::File;
+use std::io;
+use std::os::fd::AsRawFd;
+use std::os::unix::fs::FileExt;
+
+use super::{align_up, AlignedBuf};
+
+/// What [`reserve`] does where the file system has no `fallocate(2)` (it returns
+/// `EOPNOTSUPP` or `ENOSYS`: Lustre, some FUSE file systems, old NFS).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unsupported {
+    /// Nothing: the data write that follows allocates the space itself (and reports a full
+    /// file system then). For files written whole right after, where zero-filling first
+    /// would write every byte twice.
+    Skip,
+    /// Write zeros from the file's end up to the length: slow, but the space is really
+    /// taken, and a full file system fails here with `ENOSPC`. For files that are sized
+    /// once and filled piecemeal later (a slot file, a mapped region).
+    ZeroFill,
+}
+
+/// How [`reserve`] got the space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reserved {
+    /// `fallocate(2)` allocated it.
+    Allocated,
+    /// The file system has no `fallocate`; the space was zero-filled.
+    ZeroFilled,
+    /// The file system has no `fallocate`; nothing was done ([`Unsupported::Skip`]).
+    Skipped,
+}
+
+/// Allocates bytes `[0, len)` of `file` (its size grows to at least `len`; data already in
+/// it stays), so later writes there cannot fail for lack of space. Where `fallocate(2)` is
+/// unsupported, does what `unsupported` says. A full file system is an error whose errno is
+/// `ENOSPC` (or `EDQUOT`, `EFBIG`; see [`is_out_of_space`]), which [`crate::Error::io`] maps
+/// to `NoSpace`; callers add what was being reserved.
+///
+/// With `O_DIRECT`, a zero-fill needs the file's current size and `len` to be multiples of
+/// 4096 (kvr's files opened that way are).
+pub fn reserve(file: &File, len: u64, unsupported: Unsupported) -> io::Result<Reserved> {
+    reserve_with(file, len, unsupported, fallocate)
+}
+
+/// [`reserve`] with the allocation call given, so tests can stand in a file system without
+/// `fallocate`.
+fn reserve_with(
+    file: &File,
+    len: u64,
+    unsupported: Unsupported,
+    allocate: fn(&File, u64) -> io::Result<()>,
+) -> io::Result<Reserved> {
+    if len == 0 {
+        return Ok(Reserved::Allocated); // fallocate(2) rejects a zero length (EINVAL)
+    }
+    match allocate(file, len) {
+        Ok(()) => Ok(Reserved::Allocated),
+        Err(e)
+            if matches!(
+                e.raw_os_error(),
+                Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
+            ) =>
+        {
+            match unsupported {
+                Unsupported::Skip => Ok(Reserved::Skipped),
+                Unsupported::ZeroFill => zero_fill(file, len).map(|()| Reserved::ZeroFilled),
+            }
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// `fallocate(fd, 0, 0, len)`, retrying EINTR.
+fn fallocate(file: &File, len: u64) -> io::Result<()> {
+    let len = libc::off_t::try_from(len).map_err(|_| io::Error::from_raw_os_error(libc::EFBIG))?;
+    loop {
+        // SAFETY: plain syscall on a descriptor `file` keeps open for the call.
+        if unsafe { libc::fallocate(file.as_raw_fd(), 0, 0, len) } == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Bytes per zero-fill write.
+const ZERO_CHUNK: usize = 1 << 20;
+
+/// Writes zeros over `[size, len)`, where `size` is the file's current length.
+fn zero_fill(file: &File, len: u64) -> io::Result<()> {
+    let start = file.metadata()?.len();
+    if start >= len {
+        return Ok(());
+    }
+    // Aligned, so that a file opened with O_DIRECT takes the writes too.
+    let zeros = AlignedBuf::new(ZERO_CHUNK.min(align_up((len - start) as usize)))
+        .map_err(|e| io::Error::new(io::ErrorKind::OutOfMemory, e.to_string()))?;
+    let mut at = start;
+    while at < len {
+        let n = (zeros.capacity() as u64).min(len - at) as usize;
+        // The errno is kept as it is: it makes the error kind (ENOSPC: `NoSpace`).
+        file.write_all_at(&zeros.as_slice()[..n], at)?;
+        at += n as u64;
+    }
+    Ok(())
+}
+
+/// Whether `e` means "no room": `ENOSPC`, `EDQUOT` or `EFBIG`.
+pub fn is_out_of_space(e: &io::Error) -> bool {
+    matches!(
+        e.raw_os_error(),
+        Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+    )
+}
+
+/// Bytes an unprivileged writer may still allocate on `file`'s file system, or `None` when
+/// the file system does not say.
+pub fn free_bytes(file: &File) -> Option<u64> {
+    // SAFETY: statvfs is plain data; all-zero is a valid initial value.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: the descriptor is open for the call; `st` is a valid out-pointer.
+    if unsafe { libc::fstatvfs(file.as_raw_fd(), &mut st) } != 0 {
+        return None;
+    }
+    Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn unsupported(_: &File, _: u64) -> io::Result<()> {
+        Err(io::Error::from_raw_os_error(libc::EOPNOTSUPP))
+    }
+
+    fn scratch(dir: &std::path::Path) -> File {
+        File::options()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(dir.join("f"))
+            .unwrap()
+    }
+
+    #[test]
+    fn allocates_where_fallocate_works() {
+        let d = tempfile::tempdir().unwrap();
+        let f = scratch(d.path());
+        match reserve(&f, 3 * 4096, Unsupported::ZeroFill).unwrap() {
+            Reserved::Allocated => assert_eq!(f.metadata().unwrap().len(), 3 * 4096),
+            other => eprintln!("this file system has no fallocate: {other:?}"),
+        }
+        assert_eq!(
+            reserve(&f, 0, Unsupported::Skip).unwrap(),
+            Reserved::Allocated
+        );
+        assert!(free_bytes(&f).is_some());
+    }
+
+    #[test]
+    fn without_fallocate_zero_fills_or_skips() {
+        let d = tempfile::tempdir().unwrap();
+        let f = scratch(d.path());
+        let r = reserve_with(&f, 10_000, Unsupported::Skip, unsupported).unwrap();
+        assert_eq!(r, Reserved::Skipped);
+        assert_eq!(f.metadata().unwrap().len(), 0, "skip leaves the file alone");
+        f.write_all_at(b"keep", 0).unwrap();
+        let r = reserve_with(
+            &f,
+            3 * ZERO_CHUNK as u64 + 5,
+            Unsupported::ZeroFill,
+            unsupported,
+        );
+        assert_eq!(r.unwrap(), Reserved::ZeroFilled);
+        let bytes = std::fs::read(d.path().join("f")).unwrap();
+        assert_eq!(bytes.len(), 3 * ZERO_CHUNK + 5);
+        assert_eq!(&bytes[..4], b"keep", "data before the end stays");
+        assert!(bytes[4..].iter().all(|&b| b == 0));
+        // Already long enough: nothing to write.
+        let r = reserve_with(&f, 100, Unsupported::ZeroFill, unsupported).unwrap();
+        assert_eq!(r, Reserved::ZeroFilled);
+        assert_eq!(f.metadata().unwrap().len(), 3 * ZERO_CHUNK as u64 + 5);
+    }
+
+    #[test]
+    fn zero_fill_on_a_full_file_system_is_a_clear_enospc() {
+        // /dev/full takes positioned writes and fails each with ENOSPC.
+        let Ok(full) = File::options().write(true).open("/dev/full") else {
+            eprintln!("skipped: no /dev/full");
+            return;
+        };
+        let e = reserve_with(&full, 1 << 20, Unsupported::ZeroFill, unsupported).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOSPC));
+        assert!(is_out_of_space(&e));
+        let kind = crate::Error::io("reserving", e).kind();
+        assert_eq!(kind, crate::ErrorKind::NoSpace);
+    }
+
+    #[test]
+    fn other_errors_are_reported() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("ro"), b"").unwrap();
+        let ro = File::open(d.path().join("ro")).unwrap();
+        let e = reserve(&ro, 4096, Unsupported::Skip).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
+    }
+}
