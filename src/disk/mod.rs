@@ -8,11 +8,12 @@
 //!   entry stays live until the new one is complete), else to the key's own slot or the
 //!   least recently used one, whose table entry is invalidated first. Then one positioned
 //!   write puts the slot's header page (header + metadata) and the payload; only after it
-//!   completes is the table entry written, with a sequence number. Superseded and removed
-//!   entries have their table entry invalidated before their slot is reused. A crash so
-//!   leaves the old entry or no entry, never a mix; at recovery, the highest sequence number
-//!   wins for a key. With [`DiskConfig::sync`], `fdatasync` between the steps extends this
-//!   to power loss.
+//!   completes is the table entry written, with a sequence number. A superseded, removed or
+//!   evicted entry has its table entry invalidated before the write or remove that ended it
+//!   returns, even while a read still uses the slot (only the slot's reuse waits for the
+//!   read). A crash so leaves the old entry or no entry, never a mix, and never brings back
+//!   an entry that was gone; at recovery, the highest sequence number wins for a key. With
+//!   [`DiskConfig::sync`], `fdatasync` between the steps extends this to power loss.
 //! - **Fast recovery**: the index is rebuilt from the header table alone (128 bytes per slot,
 //!   read sequentially in parallel), not from one random read per slot.
 //! - **Never serves bad bytes**: headers carry their own xxh3-64, the payload and metadata
@@ -333,11 +334,10 @@ impl SlotFile {
     /// Removes `key`'s entry (its header is invalidated on disk, so it stays gone after a
     /// crash). Returns whether it was present.
     pub fn remove(&self, key: &Key) -> bool {
-        let r = self.inner.lock().remove(key);
-        match r {
+        let retire = self.inner.lock().remove(key);
+        match retire {
             None => false,
-            Some(None) => true,
-            Some(Some(s)) => {
+            Some(s) => {
                 self.inner.retire(s);
                 true
             }
@@ -510,7 +510,8 @@ impl Inner {
         Ok(())
     }
 
-    /// Invalidates a retiring slot's table entry, then frees the slot.
+    /// Invalidates a retiring slot's table entry, then frees the slot (or leaves it to the
+    /// last read that still pins it).
     fn retire(&self, s: u32) {
         let ok = self.write_table(s, &[0; SLOT_HEADER_LEN]).is_ok();
         self.lock().finish_retire(s, ok);
@@ -649,11 +650,7 @@ impl Inner {
                 meta_len: p.meta_len as u64,
             };
             if (dst.len() as u64) < p.len || (meta_dst.len() as u64) < p.meta_len as u64 {
-                let retire = ix.unpin(p.slot);
-                drop(ix);
-                if let Some(s) = retire {
-                    self.retire(s);
-                }
+                ix.unpin(p.slot);
                 return Ok(Err(need));
             }
             p
@@ -664,11 +661,7 @@ impl Inner {
             Ok(()) => {
                 ix.counters.hits += 1;
                 ix.counters.bytes_read += p.len;
-                let retire = ix.unpin(p.slot);
-                drop(ix);
-                if let Some(s) = retire {
-                    self.retire(s);
-                }
+                ix.unpin(p.slot);
                 Ok(Ok(EntryLen {
                     len: p.len,
                     meta_len: p.meta_len as u64,
@@ -678,7 +671,8 @@ impl Inner {
                 let retire = if e.kind() == ErrorKind::Corrupt {
                     ix.drop_corrupt(&p)
                 } else {
-                    ix.unpin(p.slot)
+                    ix.unpin(p.slot);
+                    None
                 };
                 drop(ix);
                 if let Some(s) = retire {
