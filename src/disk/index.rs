@@ -323,8 +323,8 @@ impl Index {
     pub fn drop_corrupt(&mut self, p: &Pinned) -> Option<u32> {
         self.counters.corrupt_dropped += 1;
         let slot = self.slots[p.slot as usize];
-        let retire = (slot.state == State::Live && slot.seq == p.seq)
-            .then(|| self.retire_entry(p.slot));
+        let retire =
+            (slot.state == State::Live && slot.seq == p.seq).then(|| self.retire_entry(p.slot));
         self.unpin(p.slot);
         retire
     }
@@ -556,7 +556,10 @@ mod tests {
         // Keys 2 and 3 pinned too: the draining slot is not handed out, so every slot is busy.
         let p2 = ix.pin(&k(2)).unwrap();
         let p3 = ix.pin(&k(3)).unwrap();
-        assert_eq!(ix.reserve(&k(9)).unwrap_err().kind(), crate::ErrorKind::Busy);
+        assert_eq!(
+            ix.reserve(&k(9)).unwrap_err().kind(),
+            crate::ErrorKind::Busy
+        );
         // A corrupt read of an entry already retired drops nothing more.
         assert_eq!(ix.drop_corrupt(&a), None);
         assert_eq!(ix.free_slots(), 0);
