@@ -90,6 +90,9 @@ pub(crate) enum Source<'a> {
         len: usize,
         /// Receives the xxh3-64 of each row as it is written.
         hashes: Option<&'a RefCell<Vec<u64>>>,
+        /// Seed of each row's hash (region export binds a block's checksum to its id with
+        /// it); rows past its end hash with seed 0.
+        hash_seeds: &'a [u64],
     },
     /// Plain bytes.
     Bytes(&'a [u8]),
