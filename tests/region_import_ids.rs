@@ -54,16 +54,23 @@ impl TestRegion {
         TestRegion { handle, rows }
     }
 
-    fn row(&self, b: u64) -> &mut [u8] {
+    fn row_ptr(&self, b: u64) -> *mut u8 {
         assert!(b < self.rows.num_blocks);
-        // SAFETY: row `b` lies inside the region's mapping, which lives as long as `self`;
-        // the tests touch one row at a time.
-        unsafe {
-            std::slice::from_raw_parts_mut(
-                self.rows.base.add((b * self.rows.row_stride) as usize),
-                self.rows.bytes_per_block as usize,
-            )
-        }
+        // SAFETY: row `b` starts inside the region's mapping (b < num_blocks).
+        unsafe { self.rows.base.add((b * self.rows.row_stride) as usize) }
+    }
+
+    fn row(&self, b: u64) -> &[u8] {
+        // SAFETY: the row lies inside the region's mapping, which lives as long as `self`;
+        // nothing writes it while the slice is in use (the tests are single-threaded).
+        unsafe { std::slice::from_raw_parts(self.row_ptr(b), self.rows.bytes_per_block as usize) }
+    }
+
+    fn set_row(&self, b: u64, bytes: &[u8]) {
+        assert_eq!(bytes.len() as u64, self.rows.bytes_per_block);
+        // SAFETY: the row lies inside the mapping and holds `bytes.len()` bytes; `bytes` is
+        // a separate allocation.
+        unsafe { std::ptr::copy_nonoverlapping(bytes.as_ptr(), self.row_ptr(b), bytes.len()) };
     }
 
     fn import(&self, file: &Path) -> (kvr_status, usize) {
@@ -98,7 +105,7 @@ fn pattern(b: u64) -> Vec<u8> {
 fn source(dir: &Path) -> TestRegion {
     let r = TestRegion::open(dir, "src", BLOCKS);
     for b in 0..BLOCKS {
-        r.row(b).copy_from_slice(&pattern(b));
+        r.set_row(b, &pattern(b));
     }
     r
 }
