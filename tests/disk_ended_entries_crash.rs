@@ -14,9 +14,9 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use kvr::ffi::disk::*;
-use kvr::ffi::fs::KVR_DIRECT_IO_OFF;
 use kvr::ffi::kvr_block_key;
 use kvr::ffi::kvr_status::{self, *};
+use kvr::ffi::KVR_DIRECT_IO_OFF;
 
 /// v1 fills a slot, so a read of it lasts far longer than the small write of v2 and the
 /// remove or eviction that follow it: the reads are still in flight when the child dies.
