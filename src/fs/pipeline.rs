@@ -184,8 +184,8 @@ mod tests {
         let (job, completers) = Job::new(3);
         let uring = WriteRing::new().is_ok();
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
-            // SAFETY: `data` outlives the job, which is finished below.
             let key = Key([i as u8 + 1; 16]);
+            // SAFETY: `data` outlives the job, which is finished below.
             unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
             // With io_uring the newest item is still in flight; without, it is done.
             let expected_done = if uring { i } else { i + 1 };
@@ -215,8 +215,8 @@ mod tests {
         let data = payloads(2);
         let (job, completers) = Job::new(2);
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
-            // SAFETY: `data` outlives the job.
             let key = Key([i as u8 + 1; 16]);
+            // SAFETY: `data` outlives the job.
             unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
             assert_eq!(job.poll().done, i + 1);
         }
