@@ -1343,7 +1343,8 @@ void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
 /**
  * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
  * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
- * in the metadata and an xxh3-64 checksum per block. `flags` as for `kvr_tensors_write`.
+ * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
+ * layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
  */
 enum kvr_status kvr_region_export(const struct kvr_region *region,
                                   const uint64_t *block_ids,

@@ -713,7 +713,8 @@ pub extern "C" fn kvr_tensor_lazy_free(lazy: *mut kvr_tensor_lazy) {
 
 /// Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
 /// scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
-/// in the metadata and an xxh3-64 checksum per block. `flags` as for `kvr_tensors_write`.
+/// in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
+/// layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
 #[no_mangle]
 pub extern "C" fn kvr_region_export(
     region: *const kvr_region,
