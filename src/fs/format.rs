@@ -339,6 +339,83 @@ mod tests {
         }
     }
 
+    /// The exact bytes of block headers as the first version of the format wrote them (keys
+    /// sorted, no whitespace, space padding to 4096): existing files stay readable and new
+    /// ones stay byte-identical.
+    #[test]
+    fn headers_are_byte_identical_to_the_pinned_format() {
+        let cases = [
+            (
+                Key(*b"\x00\x01\x02\x03\x04\x05\x06\x07\x08\x09\x0a\x0b\x0c\x0d\x0e\x0f"),
+                65536u64,
+                0x0123_4567_89ab_cdefu64,
+                TensorSpec::bytes(65536),
+                concat!(
+                    r#"{"__metadata__":{"format":"kvr.block","key":"000102030405060708090a0b0c0d0e0f","#,
+                    r#""payload_len":"65536","version":"1","xxh3_64":"0123456789abcdef"},"#,
+                    r#""block":{"data_offsets":[0,65536],"dtype":"U8","shape":[65536]}}"#
+                ),
+            ),
+            (
+                Key([0xab; 16]),
+                4096,
+                0xff,
+                TensorSpec {
+                    dtype: "BF16".into(),
+                    shape: vec![2, 8, 128],
+                },
+                concat!(
+                    r#"{"__metadata__":{"format":"kvr.block","key":"abababababababababababababababab","#,
+                    r#""payload_len":"4096","version":"1","xxh3_64":"00000000000000ff"},"#,
+                    r#""block":{"data_offsets":[0,4096],"dtype":"BF16","shape":[2,8,128]}}"#
+                ),
+            ),
+            (
+                Key([0; 16]),
+                0,
+                0x2d06_8005_38d3_94c2,
+                TensorSpec {
+                    dtype: "F8_E4M3".into(),
+                    shape: vec![0, 3],
+                },
+                concat!(
+                    r#"{"__metadata__":{"format":"kvr.block","key":"00000000000000000000000000000000","#,
+                    r#""payload_len":"0","version":"1","xxh3_64":"2d06800538d394c2"},"#,
+                    r#""block":{"data_offsets":[0,0],"dtype":"F8_E4M3","shape":[0,3]}}"#
+                ),
+            ),
+        ];
+        for (key, len, sum, tensor, json) in cases {
+            let mut want = 4088u64.to_le_bytes().to_vec();
+            want.extend_from_slice(json.as_bytes());
+            want.resize(4096, b' ');
+            let got = encode_header(&key, len, sum, &tensor);
+            assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
+            let back = decode_header(&want).unwrap();
+            assert_eq!((back.key, back.payload_len, back.checksum), (key, len, sum));
+            assert_eq!(back.tensor, tensor);
+        }
+        // A header longer than a page: the prefix counts the JSON and its padding to 8192.
+        let many = TensorSpec {
+            dtype: "U8".into(),
+            shape: vec![1; 2100],
+        };
+        let got = encode_header(&Key([7; 16]), 1, 1, &many);
+        let dims = vec!["1"; 2100].join(",");
+        let json = format!(
+            concat!(
+                r#"{{"__metadata__":{{"format":"kvr.block","key":"07070707070707070707070707070707","#,
+                r#""payload_len":"1","version":"1","xxh3_64":"0000000000000001"}},"#,
+                r#""block":{{"data_offsets":[0,1],"dtype":"U8","shape":[{}]}}}}"#
+            ),
+            dims
+        );
+        let mut want = 8184u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(8192, b' ');
+        assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
+    }
+
     #[test]
     fn checksum_is_xxh3_64() {
         assert_eq!(checksum(b""), 0x2d06800538d394c2);
