@@ -342,7 +342,7 @@ mod tests {
 
     fn hdr(key: u8, seq: u64, slot: u32) -> SlotHeader {
         SlotHeader {
-            key: [key; 16],
+            key: Key([key; 16]),
             len: 100,
             meta_len: 3,
             seq,

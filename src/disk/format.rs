@@ -24,8 +24,8 @@ use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 use crate::io::IO_ALIGN;
 use crate::{err, Result};
 
-/// Keys are 16 bytes (the engine's block hash), like the fs store's.
-pub type Key = [u8; 16];
+/// Keys are the engine's block hashes, the same type as the fs store's.
+pub use crate::key::Key;
 
 /// Magic of the file header page.
 pub const FILE_MAGIC: [u8; 8] = *b"KVRDISK\0";
@@ -260,7 +260,7 @@ pub fn encode_slot_header(h: &SlotHeader, meta: &[u8], page: &mut [u8]) {
     page[0..8].copy_from_slice(&SLOT_MAGIC);
     put_u32(page, 8, FORMAT_VERSION);
     put_u32(page, 12, h.meta_len);
-    page[16..32].copy_from_slice(&h.key);
+    page[16..32].copy_from_slice(&h.key.0);
     put_u64(page, 32, h.len);
     put_u64(page, 40, h.seq);
     put_u64(page, 48, h.data_sum);
@@ -280,7 +280,7 @@ pub fn decode_slot_header(page: &[u8], slot: u32, slot_size: u64) -> Option<Slot
         return None;
     }
     let h = SlotHeader {
-        key: page[16..32].try_into().unwrap(),
+        key: Key(page[16..32].try_into().unwrap()),
         len: get_u64(page, 32),
         meta_len: get_u32(page, 12),
         seq: get_u64(page, 40),
@@ -353,7 +353,7 @@ mod tests {
 
     fn sample(slot: u32) -> SlotHeader {
         SlotHeader {
-            key: *b"0123456789abcdef",
+            key: Key(*b"0123456789abcdef"),
             len: 5000,
             meta_len: 3,
             seq: 42,

@@ -196,7 +196,7 @@ impl std::fmt::Debug for SlotFile {
 }
 
 fn hex(key: &Key) -> String {
-    key.iter().map(|b| format!("{b:02x}")).collect()
+    key.to_hex()
 }
 
 fn cpu_time_ns() -> u64 {
@@ -353,24 +353,18 @@ impl SlotFile {
     pub fn stats(&self) -> DiskStats {
         let i = &self.inner;
         let ix = i.lock();
-        let c = ix.counters;
         DiskStats {
             num_slots: i.geometry.num_slots,
             slot_size: i.geometry.slot_size,
             entries: ix.entries(),
             free_slots: ix.free_slots(),
-            evictions: c.evictions,
-            hits: c.hits,
-            misses: c.misses,
-            corrupt_dropped: c.corrupt_dropped,
-            writes: c.writes,
-            bytes_written: c.bytes_written,
-            bytes_read: c.bytes_read,
             direct: i.direct,
             created: i.created,
             recovered_entries: i.recovered,
             recovery_ns: i.recovery_ns,
             recovery_cpu_ns: i.recovery_cpu_ns,
+            // The activity counters, as the index counted them.
+            ..ix.counters
         }
     }
 

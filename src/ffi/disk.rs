@@ -9,7 +9,7 @@ use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, kvr_block_key, write_out};
 use super::{direct_io_from_c, open_handle, write_sized_out, KVR_DIRECT_IO_AUTO};
 use crate::disk::{DiskConfig, RawRead, RawWrite, SlotFile};
-use crate::Error;
+use crate::{Error, Key};
 
 /// Bytes of a slot file key.
 pub const KVR_DISK_KEY_LEN: u32 = 16;
@@ -344,7 +344,7 @@ pub extern "C" fn kvr_disk_submit_write(
 ) -> kvr_status {
     let request = |_: usize, it: &kvr_disk_write_item| {
         Ok(RawWrite {
-            key: it.key.bytes,
+            key: Key::from(it.key),
             src: it.src,
             len: it.len as usize,
             meta: it.meta,
@@ -375,7 +375,7 @@ pub extern "C" fn kvr_disk_submit_read(
         // SAFETY: `submit_batch` calls this only for `i < n`, inside the `n` items.
         let this = unsafe { items.add(i) };
         Ok(RawRead {
-            key: it.key.bytes,
+            key: Key::from(it.key),
             dst: it.dst,
             dst_cap: it.dst_cap as usize,
             meta_dst: it.meta_dst,

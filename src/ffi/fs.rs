@@ -8,8 +8,8 @@ pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
 use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
-use crate::fs::{FsConfig, FsStore, Key, LoadRequest, StoreRequest, TensorSpec};
-use crate::{Durability, Error};
+use crate::fs::{FsConfig, FsStore, LoadRequest, StoreRequest};
+use crate::{Dtype, Durability, Error, Key, TensorSpec};
 
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
 pub struct kvr_fs {
@@ -217,7 +217,7 @@ pub extern "C" fn kvr_store_block(
     len: usize,
 ) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         // SAFETY: `src` is valid for `len` bytes per the contract.
         let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
         s.store(&k, data).map(|_| ())
@@ -237,7 +237,7 @@ pub extern "C" fn kvr_store_block_tensor(
     ndim: usize,
 ) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         // SAFETY: `src` is valid for `len` bytes per the contract.
         let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
         // SAFETY: NUL-terminated string per the contract.
@@ -255,7 +255,7 @@ pub extern "C" fn kvr_store_block_tensor(
             unsafe { std::slice::from_raw_parts(shape, ndim) }
         };
         let spec = TensorSpec {
-            dtype: dtype.to_string(),
+            dtype: Dtype::from_name(dtype)?,
             shape: dims.to_vec(),
         };
         s.store_tensor(&k, data, &spec).map(|_| ())
@@ -274,7 +274,7 @@ pub extern "C" fn kvr_load_block(
     len: usize,
 ) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
         let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
         s.load(&k, out).map(|_| ())
@@ -289,7 +289,7 @@ pub extern "C" fn kvr_fs_contains(
     out: *mut bool,
 ) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         if out.is_null() {
             return Err(Error::invalid("out is NULL"));
         }
@@ -315,7 +315,7 @@ pub extern "C" fn kvr_fs_lookup_prefix(
         }
         // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
         let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
-        let found = ks.iter().take_while(|k| s.contains(&Key(k.bytes))).count();
+        let found = ks.iter().take_while(|k| s.contains(&Key::from(**k))).count();
         // SAFETY: non-null and writable per the contract.
         unsafe { write_out(hits, found, "hits") }
     })
@@ -326,7 +326,7 @@ pub extern "C" fn kvr_fs_lookup_prefix(
 #[no_mangle]
 pub extern "C" fn kvr_fs_remove(fs: *const kvr_fs, key: *const kvr_block_key) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         s.remove(&k)
     })
 }
@@ -343,7 +343,7 @@ pub extern "C" fn kvr_fs_block_path(
     needed: *mut usize,
 ) -> kvr_status {
     guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, Key(arg_key(key)?));
+        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
         let p = s.block_path(&k);
         let text = p.to_string_lossy();
         let need = text.len() + 1;
@@ -403,7 +403,7 @@ pub extern "C" fn kvr_fs_submit_store(
         // SAFETY: only checks NULL/zero/overflow here; the buffer is read by the job.
         unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
         Ok(StoreRequest {
-            key: Key(it.key.bytes),
+            key: Key::from(it.key),
             src: it.src.cast(),
             len: it.len,
         })
@@ -428,7 +428,7 @@ pub extern "C" fn kvr_fs_submit_load(
         // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
         unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
         Ok(LoadRequest {
-            key: Key(it.key.bytes),
+            key: Key::from(it.key),
             dst: it.dst.cast(),
             len: it.len,
         })

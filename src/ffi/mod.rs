@@ -36,6 +36,13 @@ pub struct kvr_block_key {
     pub bytes: [u8; 16],
 }
 
+// The one conversion of a C key into the crate's key.
+impl From<kvr_block_key> for crate::Key {
+    fn from(key: kvr_block_key) -> Self {
+        crate::Key(key.bytes)
+    }
+}
+
 /// Version of the C ABI in this header; bumped on any incompatible change.
 pub const KVR_ABI_VERSION: u32 = 1;
 
@@ -72,11 +79,11 @@ pub(crate) fn direct_io_from_c(v: u32) -> Result<DirectIo> {
 }
 
 /// Reads a `const kvr_block_key *key` argument; NULL is an `InvalidArgument` error.
-pub(crate) fn arg_key(key: *const kvr_block_key) -> Result<[u8; 16]> {
+pub(crate) fn arg_key(key: *const kvr_block_key) -> Result<crate::Key> {
     // SAFETY: every entry point taking a key documents that a non-null `key` points to a
     // readable `kvr_block_key` (plain bytes, any value valid, copied out at once).
     unsafe { key.as_ref() }
-        .map(|k| k.bytes)
+        .map(|&k| crate::Key::from(k))
         .ok_or_else(|| Error::invalid("key is NULL"))
 }
 

@@ -1,4 +1,5 @@
-//! The block file format (pure encoding and decoding, no I/O).
+//! The block file format (pure encoding and decoding, no I/O), built on the safetensors
+//! header codec ([`crate::tensors::header`]).
 //!
 //! A block file is a valid safetensors file holding one tensor named `block`:
 //!
@@ -7,21 +8,24 @@
 //! ```
 //!
 //! `8 + N` is a multiple of 4096, so the payload starts page-aligned (O_DIRECT reads it
-//! straight into an aligned buffer). The JSON is
+//! straight into an aligned buffer). The JSON, without whitespace and with its keys in this
+//! (sorted) order, is
 //!
 //! ```json
-//! {"__metadata__":{"format":"kvr.block","version":"1","key":"<32 hex>",
-//!   "payload_len":"<bytes>","xxh3_64":"<16 hex>"},
-//!  "block":{"dtype":"U8","shape":[<bytes>],"data_offsets":[0,<bytes>]}}
+//! {"__metadata__":{"format":"kvr.block","key":"<32 hex>","payload_len":"<bytes>",
+//!   "version":"1","xxh3_64":"<16 hex>"},
+//!  "block":{"data_offsets":[0,<bytes>],"dtype":"U8","shape":[<bytes>]}}
 //! ```
 //!
 //! (safetensors metadata values are strings). The file is exactly `8 + N + payload_len`
 //! bytes long: anything else is a torn or truncated file.
 
-use serde_json::{json, Value};
-
 use super::path::Key;
 use crate::io::IO_ALIGN;
+use crate::key::hex_into;
+pub use crate::tensors::header::TensorSpec;
+use crate::tensors::header::{Decimal, FieldOrder, HeaderWriter, RawHeader};
+use crate::tensors::Dtype;
 use crate::{err, Result};
 
 /// `__metadata__.format` of every block file.
@@ -32,60 +36,6 @@ pub const FORMAT_VERSION: &str = "1";
 pub const TENSOR_NAME: &str = "block";
 /// Largest header (8-byte length + JSON) accepted when decoding.
 pub const MAX_HEADER: usize = 1 << 20;
-
-/// The payload's element type and shape, as safetensors records them.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorSpec {
-    /// A safetensors dtype name ("U8", "F16", "BF16", ...).
-    pub dtype: String,
-    /// Dimensions; their product times the dtype size must equal the payload length.
-    pub shape: Vec<u64>,
-}
-
-/// Byte size of one element of a safetensors dtype, or `None` for unknown or sub-byte types
-/// (the dtype table is [`crate::tensors::Dtype`]'s).
-pub fn dtype_size(dtype: &str) -> Option<usize> {
-    crate::tensors::dtype::ALL_DTYPES
-        .iter()
-        .find(|d| d.name() == dtype)
-        .and_then(|d| d.byte_size())
-}
-
-impl TensorSpec {
-    /// A one-dimensional `U8` tensor of `len` bytes (the default).
-    pub fn bytes(len: u64) -> Self {
-        TensorSpec {
-            dtype: "U8".into(),
-            shape: vec![len],
-        }
-    }
-
-    /// Checks the dtype is known and `shape` describes exactly `len` bytes.
-    pub fn check(&self, len: u64) -> Result<()> {
-        let size = dtype_size(&self.dtype).ok_or_else(|| {
-            err!(
-                InvalidArgument,
-                "unknown or unsupported safetensors dtype {:?}",
-                self.dtype
-            )
-        })?;
-        let elems = self
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
-        let bytes = elems.and_then(|e| e.checked_mul(size as u64));
-        if bytes != Some(len) {
-            return Err(err!(
-                InvalidArgument,
-                "tensor {} {:?} is {} bytes, but the payload is {len} bytes",
-                self.dtype,
-                self.shape,
-                bytes.map_or("an overflowing number of".into(), |b| b.to_string())
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// What a block header says.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -110,28 +60,32 @@ pub fn checksum(payload: &[u8]) -> u64 {
 /// Encodes the header (length prefix, JSON, space padding) for a payload; the result's
 /// length is the payload offset, a multiple of 4096.
 pub fn encode_header(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
-    let value = json!({
-        "__metadata__": {
-            "format": FORMAT_NAME,
-            "version": FORMAT_VERSION,
-            "key": key.to_hex(),
-            "payload_len": payload_len.to_string(),
-            "xxh3_64": format!("{sum:016x}"),
-        },
-        TENSOR_NAME: {
-            "dtype": tensor.dtype,
-            "shape": tensor.shape,
-            "data_offsets": [0, payload_len],
-        }
-    });
-    let text = serde_json::to_vec(&value).expect("a JSON value always serialises");
-    let total = (8 + text.len()).div_ceil(IO_ALIGN) * IO_ALIGN;
-    let n = (total - 8) as u64;
-    let mut out = Vec::with_capacity(total);
-    out.extend_from_slice(&n.to_le_bytes());
-    out.extend_from_slice(&text);
-    out.resize(total, b' ');
-    out
+    let key_hex = key.hex();
+    let mut sum_hex = [0u8; 16];
+    hex_into(&sum.to_be_bytes(), &mut sum_hex);
+    fn ascii(digits: &[u8]) -> &str {
+        std::str::from_utf8(digits).expect("hex digits are ASCII")
+    }
+    let len = Decimal::new(payload_len);
+    // One page holds the header of any payload with a shape of up to a few hundred dimensions.
+    let mut w = HeaderWriter::with_capacity(IO_ALIGN);
+    // Keys in sorted order, as block files have always been written.
+    w.metadata([
+        ("format", FORMAT_NAME),
+        ("key", ascii(&key_hex)),
+        ("payload_len", len.as_str()),
+        ("version", FORMAT_VERSION),
+        ("xxh3_64", ascii(&sum_hex)),
+    ]);
+    let (dtype, shape) = (tensor.dtype, &tensor.shape);
+    w.tensor(
+        TENSOR_NAME,
+        dtype,
+        shape,
+        [0, payload_len],
+        FieldOrder::Sorted,
+    );
+    w.finish(IO_ALIGN as u64)
 }
 
 /// The header length (`8 + N`) a file announces in its first 8 bytes; validates the bounds.
@@ -164,28 +118,24 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
             bytes.len()
         )
     })?;
-    let v: Value =
-        serde_json::from_slice(json).map_err(|e| err!(Corrupt, "header is not valid JSON: {e}"))?;
-    let meta = v
-        .get("__metadata__")
-        .ok_or_else(|| err!(Corrupt, "header has no __metadata__"))?;
-    let field = |name: &str| -> Result<&str> {
-        meta.get(name)
-            .and_then(Value::as_str)
-            .ok_or_else(|| err!(Corrupt, "__metadata__.{name} is missing or not a string"))
-    };
-    if field("format")? != FORMAT_NAME {
-        return Err(err!(
-            Corrupt,
-            "not a kvr block (format {:?})",
-            field("format")?
-        ));
+    let mut raw = RawHeader::parse(json)
+        .map_err(|e| err!(Corrupt, "header is not valid safetensors JSON: {e}"))?;
+    if raw.metadata.is_none() {
+        return Err(err!(Corrupt, "header has no __metadata__"));
     }
-    if field("version")? != FORMAT_VERSION {
+    let field = |name: &str| -> Result<&str> {
+        raw.metadata_value(name)
+            .ok_or_else(|| err!(Corrupt, "__metadata__.{name} is missing"))
+    };
+    let format = field("format")?;
+    if format != FORMAT_NAME {
+        return Err(err!(Corrupt, "not a kvr block (format {format:?})"));
+    }
+    let version = field("version")?;
+    if version != FORMAT_VERSION {
         return Err(err!(
             Corrupt,
-            "unsupported block format version {:?} (this library reads {FORMAT_VERSION})",
-            field("version")?
+            "unsupported block format version {version:?} (this library reads {FORMAT_VERSION})"
         ));
     }
     let key = Key::from_hex(field("key")?)
@@ -198,30 +148,21 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
         .then(|| u64::from_str_radix(sum_text, 16).ok())
         .flatten()
         .ok_or_else(|| err!(Corrupt, "__metadata__.xxh3_64 is not 16 hex digits"))?;
-    let t = v
-        .get(TENSOR_NAME)
+    let info = raw
+        .take_tensor(TENSOR_NAME)
         .ok_or_else(|| err!(Corrupt, "header has no tensor {TENSOR_NAME:?}"))?;
-    let dtype = t
-        .get("dtype")
-        .and_then(Value::as_str)
-        .ok_or_else(|| err!(Corrupt, "tensor dtype is missing"))?
-        .to_string();
-    let shape = t
-        .get("shape")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>())
-        .ok_or_else(|| err!(Corrupt, "tensor shape is missing or not a list of integers"))?;
-    let offsets = t
-        .get("data_offsets")
-        .and_then(Value::as_array)
-        .and_then(|a| a.iter().map(Value::as_u64).collect::<Option<Vec<u64>>>());
-    if offsets != Some(vec![0, payload_len]) {
+    let (start, end) = info.data_offsets;
+    if (start as u64, end as u64) != (0, payload_len) {
         return Err(err!(
             Corrupt,
-            "tensor data_offsets {offsets:?} disagree with payload_len {payload_len}"
+            "tensor data_offsets [{start}, {end}] disagree with payload_len {payload_len}"
         ));
     }
-    let tensor = TensorSpec { dtype, shape };
+    let tensor = TensorSpec {
+        dtype: Dtype::from_st(info.dtype).map_err(|e| err!(Corrupt, "tensor dtype: {e}"))?,
+        // On 64-bit targets this reuses the shape's buffer.
+        shape: info.shape.into_iter().map(|d| d as u64).collect(),
+    };
     tensor
         .check(payload_len)
         .map_err(|e| err!(Corrupt, "tensor does not match the payload: {e}"))?;
@@ -272,7 +213,7 @@ mod tests {
     fn big_headers_span_pages() {
         let shape = vec![1u64; 2000];
         let t = TensorSpec {
-            dtype: "U8".into(),
+            dtype: Dtype::U8,
             shape,
         };
         let h = encode_header(&key(), 1, 0, &t);
@@ -283,21 +224,28 @@ mod tests {
     #[test]
     fn tensor_specs() {
         let t = TensorSpec {
-            dtype: "BF16".into(),
+            dtype: Dtype::BF16,
             shape: vec![2, 8, 128],
         };
         t.check(4096).unwrap();
         assert!(t.check(4095).is_err());
-        let bad = TensorSpec {
-            dtype: "Q4".into(),
-            shape: vec![1],
+        // An unknown dtype name (the C API's string) and a packed sub-byte one are refused.
+        let bad = Dtype::from_name("Q4");
+        assert_eq!(bad.unwrap_err().kind(), ErrorKind::InvalidArgument);
+        let packed = TensorSpec {
+            dtype: Dtype::F4,
+            shape: vec![2],
         };
-        assert_eq!(bad.check(1).unwrap_err().kind(), ErrorKind::InvalidArgument);
+        assert_eq!(
+            packed.check(1).unwrap_err().kind(),
+            ErrorKind::InvalidArgument
+        );
         let huge = TensorSpec {
-            dtype: "F64".into(),
+            dtype: Dtype::F64,
             shape: vec![u64::MAX, 2],
         };
         assert!(huge.check(0).is_err());
+        let dtype_size = |name: &str| Dtype::from_name(name).ok().and_then(Dtype::byte_size);
         assert_eq!(dtype_size("F8_E4M3"), Some(1));
         assert_eq!(dtype_size("I64"), Some(8));
         assert_eq!(dtype_size("BF16"), Some(2));
@@ -361,7 +309,7 @@ mod tests {
                 4096,
                 0xff,
                 TensorSpec {
-                    dtype: "BF16".into(),
+                    dtype: Dtype::BF16,
                     shape: vec![2, 8, 128],
                 },
                 concat!(
@@ -375,7 +323,7 @@ mod tests {
                 0,
                 0x2d06_8005_38d3_94c2,
                 TensorSpec {
-                    dtype: "F8_E4M3".into(),
+                    dtype: Dtype::F8E4M3,
                     shape: vec![0, 3],
                 },
                 concat!(
@@ -397,7 +345,7 @@ mod tests {
         }
         // A header longer than a page: the prefix counts the JSON and its padding to 8192.
         let many = TensorSpec {
-            dtype: "U8".into(),
+            dtype: Dtype::U8,
             shape: vec![1; 2100],
         };
         let got = encode_header(&Key([7; 16]), 1, 1, &many);
@@ -414,6 +362,66 @@ mod tests {
         want.extend_from_slice(json.as_bytes());
         want.resize(8192, b' ');
         assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
+    }
+
+    /// The first encoder of the format (a serde_json value, whose maps sort their keys),
+    /// kept as the reference the codec must match byte for byte.
+    fn reference_header(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
+        let value = serde_json::json!({
+            "__metadata__": {
+                "format": FORMAT_NAME,
+                "version": FORMAT_VERSION,
+                "key": key.to_hex(),
+                "payload_len": payload_len.to_string(),
+                "xxh3_64": format!("{sum:016x}"),
+            },
+            TENSOR_NAME: {
+                "dtype": tensor.dtype.name(),
+                "shape": tensor.shape,
+                "data_offsets": [0, payload_len],
+            }
+        });
+        let text = serde_json::to_vec(&value).unwrap();
+        let total = (8 + text.len()).div_ceil(IO_ALIGN) * IO_ALIGN;
+        let mut out = ((total - 8) as u64).to_le_bytes().to_vec();
+        out.extend_from_slice(&text);
+        out.resize(total, b' ');
+        out
+    }
+
+    #[test]
+    fn headers_match_the_reference_encoder() {
+        let dtypes = crate::tensors::ALL_DTYPES
+            .iter()
+            .filter(|d| d.byte_size().is_some());
+        let mut cases = 0;
+        for (i, &dtype) in dtypes.enumerate() {
+            let size = dtype.byte_size().unwrap() as u64;
+            for (j, shape) in [
+                vec![],
+                vec![0],
+                vec![16384],
+                vec![2, 8, 128],
+                vec![u32::MAX as u64, 3],
+                vec![1; 700],
+            ]
+            .into_iter()
+            .enumerate()
+            {
+                let len = shape.iter().product::<u64>() * size;
+                let tensor = TensorSpec { dtype, shape };
+                let key = Key([(i * 16 + j) as u8; 16]);
+                let sum = checksum(&len.to_le_bytes()) >> (i + j);
+                let got = encode_header(&key, len, sum, &tensor);
+                assert!(
+                    got == reference_header(&key, len, sum, &tensor),
+                    "{dtype} {j}"
+                );
+                assert_eq!(decode_header(&got).unwrap().tensor, tensor);
+                cases += 1;
+            }
+        }
+        assert_eq!(cases, 19 * 6);
     }
 
     #[test]

@@ -1,5 +1,8 @@
-//! The safetensors header, as pure functions: planning a file (offsets, padding, header JSON)
-//! before any byte is written, and parsing/validating one with the `safetensors` crate.
+//! The safetensors header codec, the one place kvr writes and reads safetensors headers:
+//! [`HeaderWriter`] builds one, [`RawHeader`] reads one. Tensor files use it to plan a file
+//! (offsets, padding, header) before any byte is written ([`plan`]) and to parse and validate
+//! one with the `safetensors` crate's rules ([`parse`]); fs block files (`fs::format`, one
+//! tensor named `block`) are encoded and decoded with it too.
 //!
 //! File layout (the safetensors format):
 //! ```text
@@ -12,7 +15,10 @@
 //! unaccounted gaps), so padding has to be expressed as tensors. kvr hides them when reading;
 //! other readers list them. KV blocks are usually multiples of 4096 and then need no padding.
 
+use std::borrow::Cow;
 use std::collections::HashSet;
+
+use safetensors::tensor::TensorInfo;
 
 use super::Dtype;
 use crate::{err, Error, Result};
@@ -26,15 +32,60 @@ pub const ALIGN_KEY: &str = "kvr.align";
 /// Largest header the `safetensors` crate accepts.
 pub const MAX_HEADER: u64 = 100_000_000;
 
-/// Name, dtype and shape of one tensor to write.
+/// A tensor's element type and shape: what a safetensors header records about it besides its
+/// name and offsets.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TensorSpec {
-    /// Unique, non-empty name.
-    pub name: String,
     /// Element type.
     pub dtype: Dtype,
     /// Dimensions (empty for a scalar).
     pub shape: Vec<u64>,
+}
+
+impl TensorSpec {
+    /// A one-dimensional `U8` tensor of `len` bytes (an fs block's default).
+    pub fn bytes(len: u64) -> Self {
+        TensorSpec {
+            dtype: Dtype::U8,
+            shape: vec![len],
+        }
+    }
+
+    /// Checks the tensor is exactly `len` bytes of whole-byte elements, as an fs block's
+    /// payload must be (packed sub-byte dtypes are refused; sizes may use all 64 bits).
+    pub fn check(&self, len: u64) -> Result<()> {
+        let size = self.dtype.byte_size().ok_or_else(|| {
+            err!(
+                InvalidArgument,
+                "unknown or unsupported safetensors dtype {:?}",
+                self.dtype.name()
+            )
+        })?;
+        let elems = self
+            .shape
+            .iter()
+            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
+        let bytes = elems.and_then(|e| e.checked_mul(size as u64));
+        if bytes != Some(len) {
+            return Err(err!(
+                InvalidArgument,
+                "tensor {} {:?} is {} bytes, but the payload is {len} bytes",
+                self.dtype,
+                self.shape,
+                bytes.map_or("an overflowing number of".into(), |b| b.to_string())
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// One tensor of a file to write: its name and spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedTensor {
+    /// Unique, non-empty name.
+    pub name: String,
+    /// Element type and shape.
+    pub spec: TensorSpec,
 }
 
 /// Bytes of a tensor of `dtype` and `shape`; rejects overflow and packed types that do not
@@ -60,6 +111,158 @@ pub fn nbytes(dtype: Dtype, shape: &[u64]) -> Result<u64> {
         ));
     }
     Ok(bits / 8)
+}
+
+/// A `u64` in decimal, on the stack.
+pub(crate) struct Decimal {
+    digits: [u8; 20],
+    start: usize,
+}
+
+impl Decimal {
+    /// The digits of `n`.
+    pub(crate) fn new(mut n: u64) -> Decimal {
+        let mut digits = [0u8; 20];
+        let mut start = digits.len();
+        loop {
+            start -= 1;
+            digits[start] = b'0' + (n % 10) as u8;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        Decimal { digits, start }
+    }
+
+    /// The digits as text.
+    pub(crate) fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.digits[self.start..]).expect("decimal digits are ASCII")
+    }
+}
+
+/// The order of the fields of a tensor entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum FieldOrder {
+    /// `dtype`, `shape`, `data_offsets`: the order the `safetensors` crate writes (tensor files).
+    Declared,
+    /// `data_offsets`, `dtype`, `shape`: sorted, the order fs block files have always had
+    /// (their first encoder went through serde_json's sorted maps; files stay byte-identical).
+    Sorted,
+}
+
+/// Builds a header in one buffer: the 8-byte length, the JSON object (no whitespace), then
+/// space padding. Entries are written in the order of the calls.
+pub(crate) struct HeaderWriter {
+    buf: Vec<u8>,
+    entries: usize,
+}
+
+impl HeaderWriter {
+    /// An empty header; `capacity` (bytes, length prefix and padding included) is a guess of
+    /// its final size: one allocation when it is right.
+    pub(crate) fn with_capacity(capacity: usize) -> HeaderWriter {
+        let mut buf = Vec::with_capacity(capacity.max(16));
+        buf.extend_from_slice(&[0; 8]);
+        buf.push(b'{');
+        HeaderWriter { buf, entries: 0 }
+    }
+
+    fn next_entry(&mut self) {
+        if self.entries > 0 {
+            self.buf.push(b',');
+        }
+        self.entries += 1;
+    }
+
+    fn string(&mut self, s: &str) {
+        serde_json::to_writer(&mut self.buf, s).expect("a string always serialises into a Vec");
+    }
+
+    fn number(&mut self, n: u64) {
+        self.buf
+            .extend_from_slice(Decimal::new(n).as_str().as_bytes());
+    }
+
+    /// Writes the `__metadata__` object of string entries; nothing when there are none (the
+    /// format makes it optional).
+    pub(crate) fn metadata<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) {
+        let mut entries = entries.into_iter().peekable();
+        if entries.peek().is_none() {
+            return;
+        }
+        self.next_entry();
+        self.buf.extend_from_slice(b"\"__metadata__\":{");
+        for (i, (key, value)) in entries.enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.string(key);
+            self.buf.push(b':');
+            self.string(value);
+        }
+        self.buf.push(b'}');
+    }
+
+    /// Writes one tensor entry: data bytes `offsets[0]..offsets[1]` of the data area.
+    pub(crate) fn tensor(
+        &mut self,
+        name: &str,
+        dtype: Dtype,
+        shape: &[u64],
+        offsets: [u64; 2],
+        order: FieldOrder,
+    ) {
+        self.next_entry();
+        self.string(name);
+        self.buf.extend_from_slice(b":{");
+        match order {
+            FieldOrder::Declared => {
+                self.dtype_field(dtype);
+                self.buf.push(b',');
+                self.list_field("shape", shape);
+                self.buf.push(b',');
+                self.list_field("data_offsets", &offsets);
+            }
+            FieldOrder::Sorted => {
+                self.list_field("data_offsets", &offsets);
+                self.buf.push(b',');
+                self.dtype_field(dtype);
+                self.buf.push(b',');
+                self.list_field("shape", shape);
+            }
+        }
+        self.buf.push(b'}');
+    }
+
+    fn dtype_field(&mut self, dtype: Dtype) {
+        // Dtype names are plain ASCII: nothing to escape.
+        self.buf.extend_from_slice(b"\"dtype\":\"");
+        self.buf.extend_from_slice(dtype.name().as_bytes());
+        self.buf.push(b'"');
+    }
+
+    fn list_field(&mut self, name: &str, values: &[u64]) {
+        self.string(name);
+        self.buf.extend_from_slice(b":[");
+        for (i, &v) in values.iter().enumerate() {
+            if i > 0 {
+                self.buf.push(b',');
+            }
+            self.number(v);
+        }
+        self.buf.push(b']');
+    }
+
+    /// Closes the object and pads it with spaces so the data starts at a multiple of
+    /// `unit`; returns the whole header, length prefix included.
+    pub(crate) fn finish(mut self, unit: u64) -> Vec<u8> {
+        self.buf.push(b'}');
+        let total = (self.buf.len() as u64).div_ceil(unit) * unit;
+        self.buf[..8].copy_from_slice(&(total - 8).to_le_bytes());
+        self.buf.resize(total as usize, b' ');
+        self.buf
+    }
 }
 
 /// One piece of the data area, in file order.
@@ -94,28 +297,28 @@ pub struct Plan {
 
 /// Plans a file: validates names, metadata and sizes, lays out offsets (with 4 KiB padding
 /// when `align`), and builds the header.
-pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Result<Plan> {
+pub fn plan(tensors: &[NamedTensor], metadata: &[(&str, &str)], align: bool) -> Result<Plan> {
     let mut names = HashSet::new();
-    for s in specs {
-        if s.name.is_empty() {
+    for t in tensors {
+        if t.name.is_empty() {
             return Err(Error::invalid("tensor name is empty"));
         }
-        if s.name == "__metadata__" || s.name.starts_with(PAD_PREFIX) {
+        if t.name == "__metadata__" || t.name.starts_with(PAD_PREFIX) {
             return Err(err!(
                 InvalidArgument,
                 "tensor name '{}' is reserved (\"__metadata__\", \"{PAD_PREFIX}*\")",
-                s.name
+                t.name
             ));
         }
-        if s.name.contains('\0') {
+        if t.name.contains('\0') {
             return Err(err!(
                 InvalidArgument,
                 "tensor name {:?} contains NUL",
-                s.name
+                t.name
             ));
         }
-        if !names.insert(s.name.as_str()) {
-            return Err(err!(InvalidArgument, "duplicate tensor name '{}'", s.name));
+        if !names.insert(t.name.as_str()) {
+            return Err(err!(InvalidArgument, "duplicate tensor name '{}'", t.name));
         }
     }
     let mut keys = HashSet::new();
@@ -131,74 +334,60 @@ pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Res
         }
     }
 
-    let mut pieces = Vec::with_capacity(specs.len());
-    let mut offsets = Vec::with_capacity(specs.len());
-    let mut entries: Vec<(String, Dtype, Vec<u64>, u64, u64)> = Vec::new();
+    let mut pieces = Vec::with_capacity(tensors.len());
+    let mut offsets = Vec::with_capacity(tensors.len());
     let mut at = 0u64;
     let overflow = || Error::invalid("total data size overflows 64 bits");
-    for (i, s) in specs.iter().enumerate() {
-        let len =
-            nbytes(s.dtype, &s.shape).map_err(|e| e.context(format!("tensor '{}'", s.name)))?;
+    for (i, t) in tensors.iter().enumerate() {
+        let len = nbytes(t.spec.dtype, &t.spec.shape)
+            .map_err(|e| e.context(format!("tensor '{}'", t.name)))?;
         let end = at.checked_add(len).ok_or_else(overflow)?;
-        entries.push((s.name.clone(), s.dtype, s.shape.clone(), at, end));
         pieces.push(Piece::Tensor { index: i, len });
         offsets.push(at);
         at = end;
-        if align && at % ALIGN != 0 && i + 1 < specs.len() {
+        if align && at % ALIGN != 0 && i + 1 < tensors.len() {
             let pad = ALIGN - at % ALIGN;
-            let name = format!("{PAD_PREFIX}{i}__");
-            entries.push((name, Dtype::U8, vec![pad], at, at + pad));
             pieces.push(Piece::Pad { len: pad });
             at += pad;
         }
     }
 
-    let mut json = String::from("{");
-    let mut first = true;
-    let mut meta: Vec<(&str, &str)> = metadata.to_vec();
-    if align {
-        meta.push((ALIGN_KEY, "4096"));
-    }
-    if !meta.is_empty() {
-        json.push_str("\"__metadata__\":{");
-        for (j, (k, v)) in meta.iter().enumerate() {
-            if j > 0 {
-                json.push(',');
+    let mut w = HeaderWriter::with_capacity(if align { ALIGN as usize } else { 256 });
+    let align_entry = align.then_some((ALIGN_KEY, "4096"));
+    w.metadata(metadata.iter().copied().chain(align_entry));
+    let mut at = 0u64;
+    let mut last_tensor = 0;
+    for piece in &pieces {
+        match *piece {
+            Piece::Tensor { index, len } => {
+                let t = &tensors[index];
+                let (dtype, shape) = (t.spec.dtype, &t.spec.shape);
+                w.tensor(&t.name, dtype, shape, [at, at + len], FieldOrder::Declared);
+                last_tensor = index;
+                at += len;
             }
-            json.push_str(&json_str(k));
-            json.push(':');
-            json.push_str(&json_str(v));
+            Piece::Pad { len } => {
+                // Named after the tensor it follows.
+                let name = format!("{PAD_PREFIX}{last_tensor}__");
+                w.tensor(
+                    &name,
+                    Dtype::U8,
+                    &[len],
+                    [at, at + len],
+                    FieldOrder::Declared,
+                );
+                at += len;
+            }
         }
-        json.push('}');
-        first = false;
     }
-    for (name, dtype, shape, s, e) in &entries {
-        if !first {
-            json.push(',');
-        }
-        first = false;
-        let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-        json.push_str(&format!(
-            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{s},{e}]}}",
-            json_str(name),
-            dtype.name(),
-            dims.join(",")
-        ));
-    }
-    json.push('}');
-
-    let unit = if align { ALIGN } else { 8 };
-    let n = (8 + json.len() as u64).div_ceil(unit) * unit - 8;
+    let header = w.finish(if align { ALIGN } else { 8 });
+    let n = header.len() as u64 - 8;
     if n > MAX_HEADER {
         return Err(err!(
             TooLarge,
             "safetensors header of {n} bytes exceeds the format's limit of {MAX_HEADER}"
         ));
     }
-    let mut header = Vec::with_capacity(8 + n as usize);
-    header.extend_from_slice(&n.to_le_bytes());
-    header.extend_from_slice(json.as_bytes());
-    header.resize(8 + n as usize, b' ');
     let data_start = 8 + n;
     let file_len = data_start.checked_add(at).ok_or_else(overflow)?;
     for o in &mut offsets {
@@ -210,10 +399,6 @@ pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Res
         offsets,
         file_len,
     })
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
 }
 
 /// One tensor found in a file's header.
@@ -244,33 +429,123 @@ pub struct Parsed {
     pub data_start: u64,
 }
 
-/// The header JSON as the `safetensors` crate reads it (an object of `TensorInfo`s plus an
-/// optional `__metadata__` string map; a repeated key keeps its last value), deserialized
-/// straight from the text with the crate's own `TensorInfo` and `Dtype` impls. The crate's
-/// `read_metadata` goes through a serde `flatten`, which buffers the whole document in
-/// generic `Content` values first and costs about 3/4 of the time to open a file.
-struct RawHeader {
-    metadata: Option<std::collections::HashMap<String, String>>,
-    tensors: Vec<(String, safetensors::tensor::TensorInfo)>,
-}
+/// A JSON string of a header, borrowed from the header's text unless it holds escapes.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct JsonStr<'a>(pub(crate) Cow<'a, str>);
 
-impl<'de> serde::Deserialize<'de> for RawHeader {
+impl<'de> serde::Deserialize<'de> for JsonStr<'de> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
         struct V;
         impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawHeader;
+            type Value = JsonStr<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Borrowed(s)))
+            }
+            fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(s.to_owned())))
+            }
+            fn visit_string<E>(self, s: String) -> std::result::Result<Self::Value, E> {
+                Ok(JsonStr(Cow::Owned(s)))
+            }
+        }
+        d.deserialize_str(V)
+    }
+}
+
+/// The `__metadata__` object: string entries in file order.
+struct MetadataEntries<'a>(Vec<(JsonStr<'a>, JsonStr<'a>)>);
+
+impl<'de> serde::Deserialize<'de> for MetadataEntries<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = MetadataEntries<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of strings")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut map: A,
+            ) -> std::result::Result<Self::Value, A::Error> {
+                // An fs block has five entries: one allocation.
+                let mut entries = Vec::with_capacity(8);
+                while let Some(entry) = map.next_entry()? {
+                    entries.push(entry);
+                }
+                Ok(MetadataEntries(entries))
+            }
+        }
+        d.deserialize_map(V)
+    }
+}
+
+/// A header's JSON as the `safetensors` crate reads it (an object of `TensorInfo`s plus an
+/// optional `__metadata__` string map), deserialized straight from the text with the
+/// crate's own `TensorInfo` and `Dtype` impls, names and values borrowed from the text. The
+/// crate's `read_metadata` goes through a serde `flatten`, which buffers the whole document
+/// in generic `Content` values first and costs about 3/4 of the time to open a file.
+/// Repeated names are all kept here; where one counts, the last one does (as in the crate's
+/// `HashMap`s).
+pub(crate) struct RawHeader<'a> {
+    /// The entries of the last `__metadata__` object, in file order; `None` without one.
+    pub(crate) metadata: Option<Vec<(JsonStr<'a>, JsonStr<'a>)>>,
+    /// Tensor entries in file order.
+    pub(crate) tensors: Vec<(JsonStr<'a>, TensorInfo)>,
+}
+
+impl<'a> RawHeader<'a> {
+    /// Parses the JSON text of a header (trailing space padding allowed).
+    pub(crate) fn parse(json: &'a [u8]) -> serde_json::Result<RawHeader<'a>> {
+        serde_json::from_slice(trim_padding(json))
+    }
+
+    /// The value of metadata entry `key` (the last one if repeated).
+    pub(crate) fn metadata_value(&self, key: &str) -> Option<&str> {
+        let entries = self.metadata.as_ref()?;
+        let (_, value) = entries.iter().rev().find(|(k, _)| k.0 == key)?;
+        Some(&value.0)
+    }
+
+    /// Takes tensor `name`'s entry (the last one if repeated) out of the header.
+    pub(crate) fn take_tensor(&mut self, name: &str) -> Option<TensorInfo> {
+        let i = self.tensors.iter().rposition(|(n, _)| n.0 == name)?;
+        Some(self.tensors.swap_remove(i).1)
+    }
+}
+
+/// `json` without its trailing spaces. The JSON parser would skip them too, one byte at a
+/// time: most of the time of a block header's 4 KiB page went there.
+fn trim_padding(json: &[u8]) -> &[u8] {
+    const SPACES: [u8; 8] = [b' '; 8];
+    let whole_words = json
+        .rchunks_exact(8)
+        .take_while(|word| *word == SPACES)
+        .count();
+    let rest = &json[..json.len() - 8 * whole_words];
+    let end = rest.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
+    &rest[..end]
+}
+
+impl<'de> serde::Deserialize<'de> for RawHeader<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawHeader<'de>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a safetensors header object")
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(
                 self,
                 mut map: A,
-            ) -> std::result::Result<RawHeader, A::Error> {
+            ) -> std::result::Result<RawHeader<'de>, A::Error> {
                 let mut metadata = None;
                 let mut tensors = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "__metadata__" {
-                        metadata = Some(map.next_value()?);
+                while let Some(key) = map.next_key::<JsonStr<'de>>()? {
+                    if key.0 == "__metadata__" {
+                        metadata = Some(map.next_value::<MetadataEntries<'de>>()?.0);
                     } else {
                         tensors.push((key, map.next_value()?));
                     }
@@ -338,10 +613,13 @@ pub fn parse_head(buf: &[u8], len: u64) -> Result<Parsed> {
     }
     let text =
         std::str::from_utf8(&buf[8..8 + n as usize]).map_err(|e| bad(E::InvalidHeader(e)))?;
-    let RawHeader {
-        metadata,
-        mut tensors,
-    } = serde_json::from_str(text).map_err(|e| bad(E::InvalidHeaderDeserialization(e)))?;
+    let raw =
+        RawHeader::parse(text.as_bytes()).map_err(|e| bad(E::InvalidHeaderDeserialization(e)))?;
+    let mut tensors: Vec<(String, TensorInfo)> = raw
+        .tensors
+        .into_iter()
+        .map(|(name, info)| (name.0.into_owned(), info))
+        .collect();
     // A repeated name keeps its last entry (as the crate's HashMap does); then file order.
     if tensors.len() > 1 {
         let mut seen = std::collections::HashMap::with_capacity(tensors.len());
@@ -359,8 +637,15 @@ pub fn parse_head(buf: &[u8], len: u64) -> Result<Parsed> {
     }
     tensors.sort_by(|(a, x), (b, y)| x.data_offsets.cmp(&y.data_offsets).then(a.cmp(b)));
     let data_start = 8 + n;
-    let mut metadata: Vec<(String, String)> = metadata.unwrap_or_default().into_iter().collect();
-    metadata.sort();
+    // Sorted by key; a repeated key keeps its last value (as the crate's HashMap does).
+    let mut entries = raw.metadata.unwrap_or_default();
+    entries.reverse();
+    entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+    entries.dedup_by(|(later, _), (kept, _)| later == kept);
+    let metadata: Vec<(String, String)> = entries
+        .into_iter()
+        .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+        .collect();
     let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
     let mut out = Vec::with_capacity(tensors.len());
     let mut padding = Vec::new();
@@ -418,11 +703,13 @@ fn describe(e: &safetensors::SafeTensorError) -> String {
 mod tests {
     use super::*;
 
-    fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> TensorSpec {
-        TensorSpec {
+    fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> NamedTensor {
+        NamedTensor {
             name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
+            spec: TensorSpec {
+                dtype,
+                shape: shape.to_vec(),
+            },
         }
     }
 
@@ -648,6 +935,25 @@ mod tests {
         }
         // The good file and the repeated metadata value pass; the broken ones do not.
         assert_eq!(accepted, 2, "{} cases", cases.len());
+    }
+
+    #[test]
+    fn padding_is_trimmed_and_nothing_else() {
+        for (text, want) in [
+            ("", ""),
+            ("{}", "{}"),
+            ("{} ", "{}"),
+            ("{}\n  ", "{}\n"),
+            ("        ", ""),
+            ("{\"a\": 1}  \t     ", "{\"a\": 1}  \t"),
+        ] {
+            assert_eq!(trim_padding(text.as_bytes()), want.as_bytes(), "{text:?}");
+        }
+        for pad in 0..40 {
+            let mut v = b"{\"k\":\"v \"}".to_vec();
+            v.resize(v.len() + pad, b' ');
+            assert_eq!(trim_padding(&v), b"{\"k\":\"v \"}");
+        }
     }
 
     #[test]
