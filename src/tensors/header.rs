@@ -1,5 +1,5 @@
 //! The safetensors header codec, the one place kvr writes and reads safetensors headers:
-//! [`HeaderWriter`] builds one, [`RawHeader`] reads one. Tensor files use it to plan a file
+//! `HeaderWriter` builds one, `RawHeader` reads one. Tensor files use it to plan a file
 //! (offsets, padding, header) before any byte is written ([`plan`]) and to parse and validate
 //! one with the `safetensors` crate's rules ([`parse`]); fs block files (`fs::format`, one
 //! tensor named `block`) are encoded and decoded with it too.
@@ -575,7 +575,7 @@ pub fn head_len(first8: [u8; 8], file_len: u64) -> u64 {
 /// UTF-8 JSON, known dtypes (the crate's `Dtype`/`TensorInfo` deserializers), offsets
 /// contiguous in order so none overlap and sizes equal to dtype x shape (the crate's
 /// `Metadata::new`), data ending exactly at the file's end. Only the walk over the JSON
-/// object is kvr's ([`RawHeader`]), about 4x faster than the crate's; a test checks both
+/// object is kvr's (`RawHeader`), about 4x faster than the crate's; a test checks both
 /// agree on good and malformed headers.
 pub fn parse(buf: &[u8]) -> Result<Parsed> {
     parse_head(buf, buf.len() as u64)
