@@ -61,8 +61,7 @@ fn child_main(spec: &str) {
         x ^= x >> 7;
         x ^= x << 17;
         let k = x % KEYS;
-        d.write(&key(k), &value(k, v), &v.to_le_bytes())
-            .unwrap();
+        d.write(&key(k), &value(k, v), &v.to_le_bytes()).unwrap();
         if x % 11 == 0 {
             d.remove(&key((x >> 16) % KEYS));
         }
@@ -188,8 +187,7 @@ fn kill9_mid_writes_leaves_old_or_no_entry_never_a_mix() {
         );
         most_writes = most_writes.max(newest.saturating_sub(base));
         // The recovered file keeps working.
-        d.write(&key(0), &value(0, 1), &1u64.to_le_bytes())
-            .unwrap();
+        d.write(&key(0), &value(0, 1), &1u64.to_le_bytes()).unwrap();
         check_all(&d);
     }
     // The last round was killed after at least 2500 writes; some recent version survives.

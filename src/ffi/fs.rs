@@ -315,7 +315,10 @@ pub extern "C" fn kvr_fs_lookup_prefix(
         }
         // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
         let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
-        let found = ks.iter().take_while(|k| s.contains(&Key::from(**k))).count();
+        let found = ks
+            .iter()
+            .take_while(|k| s.contains(&Key::from(**k)))
+            .count();
         // SAFETY: non-null and writable per the contract.
         unsafe { write_out(hits, found, "hits") }
     })
