@@ -34,5 +34,6 @@ pub use error::{Error, ErrorKind, Result};
 pub use fs::{Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored};
 pub use key::Key;
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
-pub use tensors::header::TensorSpec;
-pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};
+pub use tensors::{
+    Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, TensorSpec, WriteOptions,
+};

@@ -23,9 +23,9 @@
 use super::path::Key;
 use crate::io::IO_ALIGN;
 use crate::key::hex_into;
-pub use crate::tensors::header::TensorSpec;
-use crate::tensors::header::{Decimal, FieldOrder, HeaderWriter, RawHeader};
+use crate::tensors::codec::{Decimal, FieldOrder, HeaderWriter, RawHeader};
 use crate::tensors::Dtype;
+pub use crate::tensors::TensorSpec;
 use crate::{err, Result};
 
 /// `__metadata__.format` of every block file.

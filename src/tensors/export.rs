@@ -23,9 +23,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::file::TensorFile;
-use super::header::{NamedTensor, TensorSpec};
+use super::header::NamedTensor;
 use super::write::{write_sources, Source, WriteOptions};
 use super::Dtype;
+use super::TensorSpec;
 use crate::region::{Layout, Region, Role};
 use crate::{err, Error, Result};
 

@@ -1,8 +1,6 @@
-//! The safetensors header codec, the one place kvr writes and reads safetensors headers:
-//! `HeaderWriter` builds one, `RawHeader` reads one. Tensor files use it to plan a file
-//! (offsets, padding, header) before any byte is written ([`plan`]) and to parse and validate
-//! one with the `safetensors` crate's rules ([`parse`]); fs block files (`fs::format`, one
-//! tensor named `block`) are encoded and decoded with it too.
+//! The tensor file header, as pure functions on the safetensors header codec
+//! (`tensors::codec`): planning a file (offsets, padding, header JSON) before any byte is
+//! written, and parsing/validating one with the `safetensors` crate's rules.
 //!
 //! File layout (the safetensors format):
 //! ```text
@@ -15,12 +13,12 @@
 //! unaccounted gaps), so padding has to be expressed as tensors. kvr hides them when reading;
 //! other readers list them. KV blocks are usually multiples of 4096 and then need no padding.
 
-use std::borrow::Cow;
 use std::collections::HashSet;
 
 use safetensors::tensor::TensorInfo;
 
-use super::Dtype;
+use super::codec::{FieldOrder, HeaderWriter, RawHeader};
+use super::{Dtype, TensorSpec};
 use crate::{err, Error, Result};
 
 /// Alignment of tensor data with [`KVR_TENSORS_ALIGN_4K`](crate::ffi::tensors::KVR_TENSORS_ALIGN_4K).
@@ -31,53 +29,6 @@ pub const PAD_PREFIX: &str = "__kvr_pad_";
 pub const ALIGN_KEY: &str = "kvr.align";
 /// Largest header the `safetensors` crate accepts.
 pub const MAX_HEADER: u64 = 100_000_000;
-
-/// A tensor's element type and shape: what a safetensors header records about it besides its
-/// name and offsets.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorSpec {
-    /// Element type.
-    pub dtype: Dtype,
-    /// Dimensions (empty for a scalar).
-    pub shape: Vec<u64>,
-}
-
-impl TensorSpec {
-    /// A one-dimensional `U8` tensor of `len` bytes (an fs block's default).
-    pub fn bytes(len: u64) -> Self {
-        TensorSpec {
-            dtype: Dtype::U8,
-            shape: vec![len],
-        }
-    }
-
-    /// Checks the tensor is exactly `len` bytes of whole-byte elements, as an fs block's
-    /// payload must be (packed sub-byte dtypes are refused; sizes may use all 64 bits).
-    pub fn check(&self, len: u64) -> Result<()> {
-        let size = self.dtype.byte_size().ok_or_else(|| {
-            err!(
-                InvalidArgument,
-                "unknown or unsupported safetensors dtype {:?}",
-                self.dtype.name()
-            )
-        })?;
-        let elems = self
-            .shape
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d));
-        let bytes = elems.and_then(|e| e.checked_mul(size as u64));
-        if bytes != Some(len) {
-            return Err(err!(
-                InvalidArgument,
-                "tensor {} {:?} is {} bytes, but the payload is {len} bytes",
-                self.dtype,
-                self.shape,
-                bytes.map_or("an overflowing number of".into(), |b| b.to_string())
-            ));
-        }
-        Ok(())
-    }
-}
 
 /// One tensor of a file to write: its name and spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,158 +62,6 @@ pub fn nbytes(dtype: Dtype, shape: &[u64]) -> Result<u64> {
         ));
     }
     Ok(bits / 8)
-}
-
-/// A `u64` in decimal, on the stack.
-pub(crate) struct Decimal {
-    digits: [u8; 20],
-    start: usize,
-}
-
-impl Decimal {
-    /// The digits of `n`.
-    pub(crate) fn new(mut n: u64) -> Decimal {
-        let mut digits = [0u8; 20];
-        let mut start = digits.len();
-        loop {
-            start -= 1;
-            digits[start] = b'0' + (n % 10) as u8;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        Decimal { digits, start }
-    }
-
-    /// The digits as text.
-    pub(crate) fn as_str(&self) -> &str {
-        std::str::from_utf8(&self.digits[self.start..]).expect("decimal digits are ASCII")
-    }
-}
-
-/// The order of the fields of a tensor entry.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum FieldOrder {
-    /// `dtype`, `shape`, `data_offsets`: the order the `safetensors` crate writes (tensor files).
-    Declared,
-    /// `data_offsets`, `dtype`, `shape`: sorted, the order fs block files have always had
-    /// (their first encoder went through serde_json's sorted maps; files stay byte-identical).
-    Sorted,
-}
-
-/// Builds a header in one buffer: the 8-byte length, the JSON object (no whitespace), then
-/// space padding. Entries are written in the order of the calls.
-pub(crate) struct HeaderWriter {
-    buf: Vec<u8>,
-    entries: usize,
-}
-
-impl HeaderWriter {
-    /// An empty header; `capacity` (bytes, length prefix and padding included) is a guess of
-    /// its final size: one allocation when it is right.
-    pub(crate) fn with_capacity(capacity: usize) -> HeaderWriter {
-        let mut buf = Vec::with_capacity(capacity.max(16));
-        buf.extend_from_slice(&[0; 8]);
-        buf.push(b'{');
-        HeaderWriter { buf, entries: 0 }
-    }
-
-    fn next_entry(&mut self) {
-        if self.entries > 0 {
-            self.buf.push(b',');
-        }
-        self.entries += 1;
-    }
-
-    fn string(&mut self, s: &str) {
-        serde_json::to_writer(&mut self.buf, s).expect("a string always serialises into a Vec");
-    }
-
-    fn number(&mut self, n: u64) {
-        self.buf
-            .extend_from_slice(Decimal::new(n).as_str().as_bytes());
-    }
-
-    /// Writes the `__metadata__` object of string entries; nothing when there are none (the
-    /// format makes it optional).
-    pub(crate) fn metadata<'a>(&mut self, entries: impl IntoIterator<Item = (&'a str, &'a str)>) {
-        let mut entries = entries.into_iter().peekable();
-        if entries.peek().is_none() {
-            return;
-        }
-        self.next_entry();
-        self.buf.extend_from_slice(b"\"__metadata__\":{");
-        for (i, (key, value)) in entries.enumerate() {
-            if i > 0 {
-                self.buf.push(b',');
-            }
-            self.string(key);
-            self.buf.push(b':');
-            self.string(value);
-        }
-        self.buf.push(b'}');
-    }
-
-    /// Writes one tensor entry: data bytes `offsets[0]..offsets[1]` of the data area.
-    pub(crate) fn tensor(
-        &mut self,
-        name: &str,
-        dtype: Dtype,
-        shape: &[u64],
-        offsets: [u64; 2],
-        order: FieldOrder,
-    ) {
-        self.next_entry();
-        self.string(name);
-        self.buf.extend_from_slice(b":{");
-        match order {
-            FieldOrder::Declared => {
-                self.dtype_field(dtype);
-                self.buf.push(b',');
-                self.list_field("shape", shape);
-                self.buf.push(b',');
-                self.list_field("data_offsets", &offsets);
-            }
-            FieldOrder::Sorted => {
-                self.list_field("data_offsets", &offsets);
-                self.buf.push(b',');
-                self.dtype_field(dtype);
-                self.buf.push(b',');
-                self.list_field("shape", shape);
-            }
-        }
-        self.buf.push(b'}');
-    }
-
-    fn dtype_field(&mut self, dtype: Dtype) {
-        // Dtype names are plain ASCII: nothing to escape.
-        self.buf.extend_from_slice(b"\"dtype\":\"");
-        self.buf.extend_from_slice(dtype.name().as_bytes());
-        self.buf.push(b'"');
-    }
-
-    fn list_field(&mut self, name: &str, values: &[u64]) {
-        self.string(name);
-        self.buf.extend_from_slice(b":[");
-        for (i, &v) in values.iter().enumerate() {
-            if i > 0 {
-                self.buf.push(b',');
-            }
-            self.number(v);
-        }
-        self.buf.push(b']');
-    }
-
-    /// Closes the object and pads it with spaces so the data starts at a multiple of
-    /// `unit`; returns the whole header, length prefix included.
-    pub(crate) fn finish(mut self, unit: u64) -> Vec<u8> {
-        self.buf.push(b'}');
-        let total = (self.buf.len() as u64).div_ceil(unit) * unit;
-        self.buf[..8].copy_from_slice(&(total - 8).to_le_bytes());
-        self.buf.resize(total as usize, b' ');
-        self.buf
-    }
 }
 
 /// One piece of the data area, in file order.
@@ -427,134 +226,6 @@ pub struct Parsed {
     pub metadata: Vec<(String, String)>,
     /// File offset of the data area.
     pub data_start: u64,
-}
-
-/// A JSON string of a header, borrowed from the header's text unless it holds escapes.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
-pub(crate) struct JsonStr<'a>(pub(crate) Cow<'a, str>);
-
-impl<'de> serde::Deserialize<'de> for JsonStr<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = JsonStr<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> std::result::Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> std::result::Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> std::result::Result<Self::Value, E> {
-                Ok(JsonStr(Cow::Owned(s)))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
-
-/// The `__metadata__` object: string entries in file order.
-struct MetadataEntries<'a>(Vec<(JsonStr<'a>, JsonStr<'a>)>);
-
-impl<'de> serde::Deserialize<'de> for MetadataEntries<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = MetadataEntries<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of strings")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<Self::Value, A::Error> {
-                // An fs block has five entries: one allocation.
-                let mut entries = Vec::with_capacity(8);
-                while let Some(entry) = map.next_entry()? {
-                    entries.push(entry);
-                }
-                Ok(MetadataEntries(entries))
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
-/// A header's JSON as the `safetensors` crate reads it (an object of `TensorInfo`s plus an
-/// optional `__metadata__` string map), deserialized straight from the text with the
-/// crate's own `TensorInfo` and `Dtype` impls, names and values borrowed from the text. The
-/// crate's `read_metadata` goes through a serde `flatten`, which buffers the whole document
-/// in generic `Content` values first and costs about 3/4 of the time to open a file.
-/// Repeated names are all kept here; where one counts, the last one does (as in the crate's
-/// `HashMap`s).
-pub(crate) struct RawHeader<'a> {
-    /// The entries of the last `__metadata__` object, in file order; `None` without one.
-    pub(crate) metadata: Option<Vec<(JsonStr<'a>, JsonStr<'a>)>>,
-    /// Tensor entries in file order.
-    pub(crate) tensors: Vec<(JsonStr<'a>, TensorInfo)>,
-}
-
-impl<'a> RawHeader<'a> {
-    /// Parses the JSON text of a header (trailing space padding allowed).
-    pub(crate) fn parse(json: &'a [u8]) -> serde_json::Result<RawHeader<'a>> {
-        serde_json::from_slice(trim_padding(json))
-    }
-
-    /// The value of metadata entry `key` (the last one if repeated).
-    pub(crate) fn metadata_value(&self, key: &str) -> Option<&str> {
-        let entries = self.metadata.as_ref()?;
-        let (_, value) = entries.iter().rev().find(|(k, _)| k.0 == key)?;
-        Some(&value.0)
-    }
-
-    /// Takes tensor `name`'s entry (the last one if repeated) out of the header.
-    pub(crate) fn take_tensor(&mut self, name: &str) -> Option<TensorInfo> {
-        let i = self.tensors.iter().rposition(|(n, _)| n.0 == name)?;
-        Some(self.tensors.swap_remove(i).1)
-    }
-}
-
-/// `json` without its trailing spaces. The JSON parser would skip them too, one byte at a
-/// time: most of the time of a block header's 4 KiB page went there.
-fn trim_padding(json: &[u8]) -> &[u8] {
-    const SPACES: [u8; 8] = [b' '; 8];
-    let whole_words = json
-        .rchunks_exact(8)
-        .take_while(|word| *word == SPACES)
-        .count();
-    let rest = &json[..json.len() - 8 * whole_words];
-    let end = rest.iter().rposition(|&c| c != b' ').map_or(0, |i| i + 1);
-    &rest[..end]
-}
-
-impl<'de> serde::Deserialize<'de> for RawHeader<'de> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawHeader<'de>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a safetensors header object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<RawHeader<'de>, A::Error> {
-                let mut metadata = None;
-                let mut tensors = Vec::new();
-                while let Some(key) = map.next_key::<JsonStr<'de>>()? {
-                    if key.0 == "__metadata__" {
-                        metadata = Some(map.next_value::<MetadataEntries<'de>>()?.0);
-                    } else {
-                        tensors.push((key, map.next_value()?));
-                    }
-                }
-                Ok(RawHeader { metadata, tensors })
-            }
-        }
-        d.deserialize_map(V)
-    }
 }
 
 /// Bytes at the start of a file of `file_len` bytes that [`parse_head`] needs, given its
@@ -935,25 +606,6 @@ mod tests {
         }
         // The good file and the repeated metadata value pass; the broken ones do not.
         assert_eq!(accepted, 2, "{} cases", cases.len());
-    }
-
-    #[test]
-    fn padding_is_trimmed_and_nothing_else() {
-        for (text, want) in [
-            ("", ""),
-            ("{}", "{}"),
-            ("{} ", "{}"),
-            ("{}\n  ", "{}\n"),
-            ("        ", ""),
-            ("{\"a\": 1}  \t     ", "{\"a\": 1}  \t"),
-        ] {
-            assert_eq!(trim_padding(text.as_bytes()), want.as_bytes(), "{text:?}");
-        }
-        for pad in 0..40 {
-            let mut v = b"{\"k\":\"v \"}".to_vec();
-            v.resize(v.len() + pad, b' ');
-            assert_eq!(trim_padding(&v), b"{\"k\":\"v \"}");
-        }
     }
 
     #[test]

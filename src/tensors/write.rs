@@ -15,9 +15,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::gather::Gather;
-use super::header::{self, NamedTensor, Piece, Plan, TensorSpec};
+use super::header::{self, NamedTensor, Piece, Plan};
 use super::sink::{Background, Sink};
 use super::Dtype;
+use super::TensorSpec;
 use crate::io::file::OpenNoFollow;
 use crate::io::publish::{sibling_path, sync_dir, TempFile};
 use crate::io::space::{self, Unsupported};
