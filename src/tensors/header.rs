@@ -608,6 +608,39 @@ mod tests {
         assert_eq!(accepted, 2, "{} cases", cases.len());
     }
 
+    /// The exact header bytes of an aligned file with metadata and one padding tensor, as kvr
+    /// has always written them (entries in order, fields dtype, shape, data_offsets).
+    #[test]
+    fn headers_are_byte_identical_to_the_pinned_format() {
+        let specs = [spec("x", Dtype::F16, &[3]), spec("y\"", Dtype::U8, &[1])];
+        let p = plan(&specs, &[("k", "v\n")], true).unwrap();
+        let json = concat!(
+            r#"{"__metadata__":{"k":"v\n","kvr.align":"4096"},"#,
+            r#""x":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"#,
+            r#""__kvr_pad_0__":{"dtype":"U8","shape":[4090],"data_offsets":[6,4096]},"#,
+            r#""y\"":{"dtype":"U8","shape":[1],"data_offsets":[4096,4097]}}"#
+        );
+        let mut want = 4088u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(4096, b' ');
+        assert!(
+            p.header == want,
+            "{}",
+            String::from_utf8_lossy(&p.header[8..])
+        );
+        assert_eq!(p.file_len, 4096 + 4097);
+        let unaligned = plan(&specs[..1], &[], false).unwrap();
+        let json = r#"{"x":{"dtype":"F16","shape":[3],"data_offsets":[0,6]}}"#;
+        let mut want = 56u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(64, b' ');
+        assert!(
+            unaligned.header == want,
+            "{:?}",
+            String::from_utf8_lossy(&unaligned.header)
+        );
+    }
+
     #[test]
     fn an_empty_file_is_valid() {
         let p = plan(&[], &[], false).unwrap();
