@@ -15,6 +15,7 @@ pub mod disk;
 pub mod fs;
 mod handle;
 pub mod job;
+pub mod obj;
 pub mod region;
 pub mod status;
 pub mod tensors;

@@ -149,6 +149,17 @@ impl Client {
             text.truncate(cut);
             text.push_str(" ...");
         }
+        // The HTTP client's message leaves out its causes ("connection refused (os error
+        // 111)", "operation timed out"): append them.
+        let mut src = std::error::Error::source(&e);
+        while let Some(s) = src {
+            let cause = s.to_string();
+            if !text.contains(&cause) {
+                text.push_str(": ");
+                text.push_str(&cause);
+            }
+            src = s.source();
+        }
         Error::new(
             kind,
             format!("{what} {path} at object store {}: {text}", self.endpoint),
