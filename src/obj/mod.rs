@@ -426,15 +426,10 @@ impl Inner {
             let Some(buf) = fetched else {
                 return Err(miss());
             };
-            // Fewer bytes than asked for: that was the whole object.
-            complete |= (buf.len() as u64) < want;
             let checked = object::check_into(&buf, complete, key, dst);
             match checked {
                 Ok(Checked::Loaded(h)) => return Ok(h.payload_len),
-                Ok(Checked::FetchWhole(n)) if !complete && n >= want => {
-                    // The header's size, plus the byte that tells a longer object.
-                    want = n + 1;
-                }
+                Ok(Checked::FetchWhole(n)) if !complete && n > want => want = n,
                 Ok(Checked::FetchWhole(_)) => {
                     return Err(self.bad(&path, key, "the object ends before its header does"))
                 }

@@ -31,10 +31,12 @@ pub fn encode(key: &Key, data: &[u8], tensor: &TensorSpec) -> Buffer {
 }
 
 /// How many bytes a load of a `payload_len` block fetches in one request: the header of any
-/// ordinary shape fits in one page (a longer header costs a second request), and one byte
-/// more than the block should have shows whether the object is longer than that.
+/// ordinary shape fits in one page (a longer header costs a second request). Exactly the
+/// block's size: a ranged read of more than the object holds is an error to OpenDAL, so
+/// bytes after the block's end are not seen by loads (they check everything the header
+/// covers; `verify` also checks the object's size).
 pub fn first_fetch(payload_len: usize) -> u64 {
-    crate::io::IO_ALIGN as u64 + payload_len as u64 + 1
+    crate::io::IO_ALIGN as u64 + payload_len as u64
 }
 
 /// What checking a fetched object found.

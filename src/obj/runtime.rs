@@ -46,12 +46,17 @@ impl RuntimeHandle {
         Ok(RuntimeHandle(rt))
     }
 
-    /// Runs `fut` on the runtime and waits for it from this (non-runtime) thread. Works from
-    /// any thread, also one inside another async runtime (it never enters this one).
+    /// Runs `fut` and waits for it. On an engine's thread the future is polled right here
+    /// (one thread hop less per request; the sockets are still driven by the runtime); on a
+    /// thread inside some async runtime, where blocking on another is not allowed, it runs
+    /// on a runtime thread while this one waits.
     pub(crate) fn run<T: Send + 'static>(
         &self,
         fut: impl Future<Output = Result<T>> + Send + 'static,
     ) -> Result<T> {
+        if tokio::runtime::Handle::try_current().is_err() {
+            return self.0.block_on(fut);
+        }
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
         self.0.spawn(async move {
             let _ = tx.send(fut.await);

@@ -2,6 +2,7 @@
 
 pub mod disk;
 pub mod fs;
+pub mod obj;
 pub mod region;
 pub mod tensors;
 
@@ -19,6 +20,9 @@ pub enum Tier {
     Fs,
     Disk,
     Tensors,
+    /// The S3 object tier (needs a server: --endpoint; not part of `all`).
+    Obj,
+    /// Every local tier (region, fs, disk, tensors).
     All,
 }
 
@@ -48,6 +52,18 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// For --tier obj: the S3 endpoint, `http://host:port` (default: KVR_S3_TEST_ENDPOINT,
+    /// else AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// For --tier obj: where the benchmark's objects go (under `kvr-bench-<pid>/`, removed
+    /// at the end).
+    #[arg(long, default_value = "s3://kvr-test")]
+    pub obj_url: String,
+    /// For --tier obj: requests in flight, comma-separated (kvr's concurrency and the raw
+    /// HTTP client's threads).
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub in_flight: Vec<usize>,
 }
 
 /// Parses "64K", "2M", "4G", "4096".
@@ -102,6 +118,9 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
         let (r, t) = tensors::bench(args)?;
         rows.extend(r);
         timings.extend(t);
+    }
+    if args.tier == Tier::Obj {
+        rows.extend(obj::bench(args)?);
     }
     if args.json {
         let out = serde_json::json!({
