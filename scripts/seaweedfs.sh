@@ -14,6 +14,8 @@
 #
 # KVR_SEAWEEDFS_STATE names the directory holding the server's state (pid, ports, data);
 # default: ${TMPDIR:-/tmp}/kvr-seaweedfs-$UID. Tests that stop their own server use their own.
+# With KVR_SEAWEEDFS_WATCH_PID set, `start` also leaves a watcher that stops the server when
+# that process exits (the test driver's way to tear down after a failed test too).
 # Without identities SeaweedFS accepts unsigned (and any signed) requests, as the tests and
 # `kvr bench --tier obj` need. The bucket `kvr-test` is created at start.
 set -euo pipefail
@@ -88,7 +90,8 @@ launch() {
     echo "$s" > "$STATE/s3.port"
     # setsid: the server has its own process group, so stop/down end every process of it
     # (and only those).
-    setsid "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$STATE/data" \
+    # TMPDIR: weed puts its gRPC sockets and logs there; they go with the state.
+    TMPDIR="$STATE" setsid "$WEED" server -ip=127.0.0.1 -ip.bind=127.0.0.1 -dir="$STATE/data" \
         -master.port="$m" -master.port.grpc=$((m + 10000)) \
         -volume.port="$v" -volume.port.grpc=$((v + 10000)) -volume.max=100 \
         -master.volumeSizeLimitMB=1024 \
@@ -108,6 +111,12 @@ kill_server() {
     for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
     kill -KILL -- "-$pid" 2>/dev/null || true
     rm -f "$STATE/pid"
+    # weed names its gRPC sockets /tmp/seaweedfs-<role>-grpc-<port>.sock whatever TMPDIR
+    # says, and leaves them: remove this server's (its gRPC ports are its ports + 10000).
+    local port
+    for port in $(cat "$STATE/ports"); do
+        rm -f /tmp/seaweedfs-*-grpc-$((port + 10000)).sock
+    done
 }
 
 case "${1:-}" in
@@ -118,6 +127,11 @@ start)
     mkdir -p "$STATE/data"
     free_ports 4 > "$STATE/ports"
     launch
+    if [ -n "${KVR_SEAWEEDFS_WATCH_PID:-}" ]; then
+        # Stop the server once that process (a test driver) is gone, however it ended.
+        setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop' \
+            watch "$KVR_SEAWEEDFS_WATCH_PID" "$0" > /dev/null 2>&1 < /dev/null &
+    fi
     wait_ready
     echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
     ;;
