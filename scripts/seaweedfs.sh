@@ -14,6 +14,8 @@
 #
 # KVR_SEAWEEDFS_STATE names the directory holding the server's state (pid, ports, data);
 # default: ${TMPDIR:-/tmp}/kvr-seaweedfs-$UID. Tests that stop their own server use their own.
+# KVR_SEAWEEDFS_S3_CONFIG names an S3 identities file (`weed -s3.config`): the server then
+# refuses unsigned and wrongly signed requests (the outage test's refusing server).
 # With KVR_SEAWEEDFS_WATCH_PID set, `start` also leaves a watcher that stops the server when
 # that process exits (the test driver's way to tear down after a failed test too).
 # Without identities SeaweedFS accepts unsigned (and any signed) requests, as the tests and
@@ -56,10 +58,23 @@ endpoint() { echo "http://127.0.0.1:$(cat "$STATE/s3.port")"; }
 running() { [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null; }
 
 # Waits until S3 answers a bucket PUT (which also creates the test bucket); 60 s at most.
+# With identities configured, unsigned requests are refused: any HTTP answer will do.
 wait_ready() {
     local url; url=$(endpoint)
     for _ in $(seq 1 120); do
         running || { echo "seaweedfs.sh: weed exited; log:" >&2; tail -20 "$STATE/weed.log" >&2; exit 1; }
+        if [ -n "${KVR_SEAWEEDFS_S3_CONFIG:-}" ]; then
+            if python3 - "$url/$BUCKET" <<'EOF' 2>/dev/null
+import sys, urllib.request, urllib.error
+try:
+    urllib.request.urlopen(sys.argv[1], timeout=2)
+except urllib.error.HTTPError:
+    pass
+EOF
+            then return; fi
+            sleep 0.5
+            continue
+        fi
         if python3 - "$url/$BUCKET" <<'EOF' 2>/dev/null
 import sys, urllib.request, urllib.error
 req = urllib.request.Request(sys.argv[1], method="PUT")
@@ -98,7 +113,7 @@ launch() {
         -filer -filer.port="$f" -filer.port.grpc=$((f + 10000)) \
         -filer.localSocket="$STATE/filer.sock" \
         -s3 -s3.port="$s" -s3.port.grpc=$((s + 10000)) -s3.localSocket="$STATE/s3.sock" \
-        -s3.port.iceberg=0 -s3.port.lance=0 \
+        -s3.port.iceberg=0 -s3.port.lance=0 ${KVR_SEAWEEDFS_S3_CONFIG:+-s3.config="$KVR_SEAWEEDFS_S3_CONFIG"} \
         >> "$STATE/weed.log" 2>&1 < /dev/null &
     echo $! > "$STATE/pid"
 }

@@ -1,7 +1,8 @@
-//! The object tier when its server is down, frozen or refusing, on a private SeaweedFS
-//! started (and stopped, restarted, frozen) by this test through `scripts/seaweedfs.sh`:
+//! The object tier when its server is down, frozen or refusing, on private SeaweedFS servers
+//! started (and stopped, restarted, frozen) by these tests through `scripts/seaweedfs.sh`:
 //! every call ends within its timeout with `Unavailable` naming the endpoint and the error,
-//! and the same handle works again once the server is back.
+//! and the same handle works again once the server is back; a server that refuses the
+//! credentials answers `Permission` at open.
 
 mod obj_common;
 
@@ -10,6 +11,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvr::fs::LoadRequest;
+use kvr::obj::Credentials;
 use kvr::{ErrorKind, Key, ObjStore};
 
 /// A SeaweedFS of this test's own (its state in a temp dir), stopped on drop, also when the
@@ -151,5 +153,52 @@ fn down_slow_and_back_again() {
     s.load(&k1, &mut out).unwrap();
     s.store(&k3, &data).unwrap();
     s.load(&k3, &mut out).unwrap();
+    assert_eq!(out, data);
+}
+
+#[test]
+fn a_server_refusing_the_credentials_is_a_permission_error_at_open() {
+    let _ = endpoint_or_skip!();
+    let config = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        config.path(),
+        r#"{"identities":[{"name":"kvr","credentials":[{"accessKey":"kvrtestkey",
+            "secretKey":"kvrtestsecret"}],"actions":["Admin","Read","Write","List"]}]}"#,
+    )
+    .unwrap();
+    let path = config.path().to_str().unwrap();
+    let server = Server::start(&[("KVR_SEAWEEDFS_S3_CONFIG", path)]);
+    let ep = server.endpoint.clone();
+    let with = |id: Option<(&str, &str)>| {
+        let mut c = obj_common::config(&ep, "refusing");
+        c.credentials = id.map(|(id, secret)| Credentials {
+            access_key_id: id.into(),
+            secret_access_key: secret.into(),
+            session_token: None,
+        });
+        c
+    };
+    for (what, id) in [
+        ("unsigned", None),
+        ("wrong secret", Some(("kvrtestkey", "wrong"))),
+        ("unknown key", Some(("nobody", "kvrtestsecret"))),
+    ] {
+        let t = Instant::now();
+        let e = ObjStore::open(&with(id)).err().expect(what);
+        assert_eq!(e.kind(), ErrorKind::Permission, "{what}: {e}");
+        assert!(e.to_string().contains(&ep), "{what}: {e}");
+        assert!(t.elapsed() < Duration::from_secs(5), "{what}");
+    }
+    // Signed with the right key (AWS SigV4): works. The server's volumes may need a moment
+    // after it first answers.
+    let s = ObjStore::open(&with(Some(("kvrtestkey", "kvrtestsecret")))).unwrap();
+    let data = vec![3u8; 10_000];
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = s.store(&Key([1; 16]), &data) {
+        assert!(Instant::now() < deadline, "signed store: {e}");
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let mut out = vec![0u8; data.len()];
+    s.load(&Key([1; 16]), &mut out).unwrap();
     assert_eq!(out, data);
 }
