@@ -107,7 +107,8 @@ fn a_bad_object_is_a_counted_miss_and_is_kept() {
     let s = ObjStore::open(&obj_common::config(&ep, &prefix)).unwrap();
     let data = payload(10_000, 5);
     let mut out = vec![0u8; data.len()];
-    let damages: Vec<(Key, Box<dyn Fn(&mut Vec<u8>)>)> = vec![
+    type Damage = Box<dyn Fn(&mut Vec<u8>)>;
+    let damages: Vec<(Key, Damage)> = vec![
         (Key([1; 16]), Box::new(|b| *b.last_mut().unwrap() ^= 0x10)),
         (Key([2; 16]), Box::new(|b| b.truncate(b.len() - 1))),
         (Key([3; 16]), Box::new(|b| b.truncate(100))),
