@@ -876,7 +876,7 @@ extern "C" {
 #endif // __cplusplus
 
 /**
- * The library version as a static NUL-terminated string ("0.1.0").
+ * The library version as a static NUL-terminated string (the `kvr` CMake package's version).
  */
 const char *kvr_version(void);
 

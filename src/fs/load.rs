@@ -7,7 +7,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
-use crate::io::file::{same_inode, OpenNoFollow};
+use crate::io::file::{
+    describe_type, is_not_regular, non_regular_entry, remove_non_regular, same_inode, OpenNoFollow,
+};
 use crate::io::vectored::preadv_all;
 use crate::io::{align_up, is_aligned_ptr, TransferPlan, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
@@ -28,6 +30,22 @@ impl Inner {
                 self.counters.misses.fetch_add(1, Relaxed);
                 self.lock_index().remove(key);
                 return Err(err!(NotFound, "block {key} not found ({})", p.display()));
+            }
+            Err(e) if is_not_regular(&e) => {
+                // Planted or left by someone else (a FIFO, a symlink, a directory): never
+                // read or waited on; removed unless it is a directory.
+                let what =
+                    non_regular_entry(&p).map_or_else(|| e.to_string(), |m| describe_type(&m));
+                let removed = remove_non_regular(&p);
+                self.lock_index().remove(key);
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                let fate = if removed { "removed" } else { "left in place" };
+                return Err(err!(
+                    Corrupt,
+                    "block path {} holds {what}, not a block file ({fate})",
+                    p.display()
+                ));
             }
             Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
         };

@@ -170,9 +170,10 @@ impl FsStore {
         self.inner.load(key, dst)
     }
 
-    /// Whether a block of `key` exists (in this or any other process's writes).
+    /// Whether a block of `key` exists (in this or any other process's writes): a regular
+    /// file at its path (a FIFO or a symlink planted there is no block).
     pub fn contains(&self, key: &Key) -> bool {
-        std::fs::symlink_metadata(self.block_path(key)).is_ok()
+        std::fs::symlink_metadata(self.block_path(key)).is_ok_and(|m| m.is_file())
     }
 
     /// How many leading `keys` exist: the reusable prefix of a prompt.
@@ -286,7 +287,13 @@ impl Inner {
         let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
             match std::fs::read_dir(d) {
                 Ok(it) => Ok(it.filter_map(|e| e.ok()).collect()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                // Gone, or replaced by a file, since it was listed.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    Ok(Vec::new())
+                }
                 Err(e) => Err(Error::io(format!("scanning {}", d.display()), e)),
             }
         };
@@ -295,6 +302,11 @@ impl Inner {
             let Some(hi) = an.to_str().filter(|n| path::is_fanout_dir(n)) else {
                 continue;
             };
+            // A stray file or symlink named like a fan-out directory is skipped (`kvr fs
+            // inspect` and `verify` report it): one bad entry must not fail every open.
+            if !a.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             self.dirs
                 .set(usize::from_str_radix(hi, 16).expect("two hex digits"));
             for f in read(&a.path())? {

@@ -10,6 +10,7 @@ use std::sync::Arc;
 use super::format::{self, TensorSpec};
 use super::temp::BlockTemp;
 use super::{path, Durability, Inner, Key};
+use crate::io::file::{describe_type, non_regular_entry, remove_non_regular};
 use crate::io::publish::sync_dir;
 use crate::io::space::{self, Unsupported};
 use crate::io::vectored::pwritev_all;
@@ -119,7 +120,11 @@ impl Staged {
                 .map_err(|e| Error::io(format!("fsync of directory {}", block_dir.display()), e))?;
         }
         if !published {
-            // Another writer published the same key (same content) first.
+            // Another writer published the same key (same content) first, unless what took
+            // the name is no block at all.
+            if let Some(meta) = non_regular_entry(&self.final_path) {
+                return Err(not_a_block(&self.final_path, &meta));
+            }
             inner.note_present(&self.key, self.file_len);
             return Ok(Stored::AlreadyPresent);
         }
@@ -144,6 +149,17 @@ impl Drop for Staged {
             self.inner.lock_index().unreserve(self.reserved);
         }
     }
+}
+
+/// The error for a block path held by something that is no block file and cannot be
+/// removed (a directory), or that came back while storing.
+fn not_a_block(path: &std::path::Path, meta: &std::fs::Metadata) -> Error {
+    err!(
+        Corrupt,
+        "storing block {}: the path holds {}, not a block file; remove it",
+        path.display(),
+        describe_type(meta)
+    )
 }
 
 impl Inner {
@@ -186,9 +202,18 @@ impl Inner {
         };
         spec.check(data.len() as u64)
             .map_err(|e| e.context(ctx()))?;
-        if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
-            self.note_present(key, meta.len());
-            return Ok(Staging::Present);
+        match std::fs::symlink_metadata(&final_path) {
+            Ok(meta) if meta.is_file() => {
+                self.note_present(key, meta.len());
+                return Ok(Staging::Present);
+            }
+            Ok(meta) if meta.is_dir() => return Err(not_a_block(&final_path, &meta)),
+            // A FIFO, a symlink, a socket planted at the block's name: no block, and in the
+            // way of publishing one (`link` never replaces a name): removed.
+            Ok(_) => {
+                remove_non_regular(&final_path);
+            }
+            Err(_) => {}
         }
         let sum = format::checksum(data);
         let header = format::encode_header(key, data.len() as u64, sum, spec);

@@ -1,6 +1,7 @@
 //! The shared host region: one `MAP_SHARED` file holding every TP worker's slice of every
 //! KV block, created once per engine instance, attached by each worker, optionally pinned.
 
+mod fork;
 pub mod layout;
 pub mod shm;
 
@@ -101,7 +102,9 @@ pub struct RegionInfo {
 /// An open region. Views handed out borrow it; dropping it unpins, unmaps, releases the
 /// lock and removes the file if this was the last holder.
 pub struct Region {
-    // Field order is drop order: unregister from CUDA, then unmap, then release the file.
+    // Field order is drop order: leave the fork handler's list, unregister from CUDA, then
+    // unmap, then release the file.
+    _fork: fork::Registration,
     _pin: Option<HostRegistration>,
     map: MmapRaw,
     file: RegionFile,
@@ -188,7 +191,14 @@ impl Region {
             pin_time,
             path,
         };
+        // From here on a forked child gives this region its own description (see `fork`).
+        let fork = fork::register(
+            std::os::fd::AsRawFd::as_raw_fd(file.file()),
+            map.as_mut_ptr(),
+            map.len(),
+        );
         Ok(Region {
+            _fork: fork,
             _pin: pin,
             map,
             file,

@@ -6,7 +6,6 @@ use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::OnceLock;
@@ -16,6 +15,7 @@ use memmap2::{Mmap, MmapOptions};
 use super::header::{self, Parsed, ParsedTensor};
 use super::Dtype;
 use crate::io::aligned::is_aligned;
+use crate::io::file::OpenNoFollow;
 use crate::io::{AlignedBuf, IO_ALIGN};
 use crate::{err, Error, Result};
 
@@ -115,7 +115,12 @@ impl TensorFile {
     /// Opens and maps `path`, parsing and validating the header only (no tensor data is read).
     pub fn open(path: &Path) -> Result<TensorFile> {
         let ctx = |e: Error| e.context(format!("opening tensor file {}", path.display()));
-        let file = File::open(path).map_err(|e| ctx(Error::io("open", e)))?;
+        // Symlinks are followed (a model directory, as the Hugging Face cache lays it out,
+        // is made of them); a FIFO or a device fails at once instead of blocking.
+        let file = OpenNoFollow::read_only()
+            .follow_symlinks()
+            .open(path)
+            .map_err(|e| ctx(Error::io("open", e)))?;
         let len = file
             .metadata()
             .map_err(|e| ctx(Error::io("fstat", e)))?
@@ -326,9 +331,9 @@ impl TensorFile {
     pub fn read_into_direct(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
         let entry = self.find(name)?;
         let direct = self.direct.get_or_init(|| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
+            OpenNoFollow::read_only()
+                .follow_symlinks()
+                .direct(true)
                 .open(&self.path)
                 .ok()
         });
