@@ -24,10 +24,12 @@ pub struct Target {
 
 #[derive(Subcommand, Debug)]
 pub enum FsCommand {
-    /// Blocks, bytes and temp files per namespace and rank.
+    /// Blocks, bytes, temp files and strays (entries in the way of blocks or fan-out
+    /// directories, which `verify` lists) per namespace and rank.
     Inspect(Target),
-    /// Check every block file's header, key, length and checksum in parallel; exit 3 if bad
-    /// blocks remain.
+    /// Check every block file's header, key, length and checksum in parallel (streaming, a
+    /// bounded buffer per thread), and list what is in the way of blocks (FIFOs, symlinks,
+    /// directories at block paths, files at fan-out paths); exit 3 if any remain.
     Verify {
         #[command(flatten)]
         target: Target,
@@ -79,6 +81,7 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                             "blocks": s.blocks,
                             "bytes": s.bytes,
                             "temp_files": s.temp_files,
+                            "strays": s.strays,
                             "last_used": s.last_used.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
                         })
                     })
@@ -94,17 +97,18 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                 return Ok(0);
             }
             println!(
-                "{:<40} {:>10} {:>10} {:>6}",
-                "store", "blocks", "bytes", "temp"
+                "{:<40} {:>10} {:>10} {:>6} {:>6}",
+                "store", "blocks", "bytes", "temp", "stray"
             );
             let (mut nb, mut by) = (0, 0);
             for s in &stores {
                 println!(
-                    "{:<40} {:>10} {:>10} {:>6}",
+                    "{:<40} {:>10} {:>10} {:>6} {:>6}",
                     store_name(&s.location),
                     s.blocks,
                     human_bytes(s.bytes),
-                    s.temp_files
+                    s.temp_files,
+                    s.strays
                 );
                 nb += s.blocks;
                 by += s.bytes;

@@ -117,10 +117,17 @@ impl OpenNoFollow {
     pub fn open(&self, path: &Path) -> io::Result<File> {
         let file = match self.options(0).open(path) {
             Ok(f) => f,
-            // A FIFO without a reader (opened for writing) or a socket.
-            Err(e) if e.raw_os_error() == Some(libc::ENXIO) => {
+            // The open itself can fail on a non-regular file: a FIFO without a reader
+            // (for writing) or a socket (ENXIO), O_DIRECT on a FIFO (EINVAL), a directory
+            // opened for writing (EISDIR). Report what is there, not the errno.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENXIO) | Some(libc::EINVAL) | Some(libc::EISDIR)
+                ) =>
+            {
                 return Err(match std::fs::symlink_metadata(path) {
-                    Ok(m) if !m.is_file() => not_regular(&m),
+                    Ok(m) if !m.is_file() && !m.file_type().is_symlink() => not_regular(&m),
                     _ => e,
                 })
             }
@@ -284,6 +291,7 @@ mod tests {
             OpenNoFollow::write_only(),
             OpenNoFollow::read_write(),
             OpenNoFollow::read_only().follow_symlinks(),
+            OpenNoFollow::read_only().direct(true),
         ] {
             let e = how.open(&fifo).unwrap_err();
             assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{how:?}");
