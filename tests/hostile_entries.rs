@@ -76,7 +76,10 @@ fn a_fifo_at_a_block_path_is_never_waited_on_and_the_key_can_be_stored_again() {
     assert!(!contains, "a FIFO is no block");
     assert_eq!(load, KVR_ERR_CORRUPT, "{message}");
     assert!(message.contains("FIFO"), "{message}");
-    assert!(std::fs::symlink_metadata(&path).is_err(), "the FIFO was removed");
+    assert!(
+        std::fs::symlink_metadata(&path).is_err(),
+        "the FIFO was removed"
+    );
 
     // Planted again: a store replaces it (never dedups against it), then serves the bytes.
     mkfifo(&path);
@@ -110,7 +113,11 @@ fn symlinks_and_directories_at_block_paths_are_no_blocks() {
     let mut buf = [0u8; 11];
     let e = s.load(&linked, &mut buf).unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Corrupt, "{e}");
-    assert_eq!(std::fs::read(&target).unwrap(), b"not a block", "never followed");
+    assert_eq!(
+        std::fs::read(&target).unwrap(),
+        b"not a block",
+        "never followed"
+    );
     s.store(&linked, b"now a block").unwrap();
     assert_eq!(s.load(&linked, &mut buf).unwrap(), 11);
     assert_eq!(&buf, b"now a block");
@@ -269,9 +276,15 @@ fn verify_bounds_its_memory_on_a_huge_sparse_file() {
     f.set_len(8 << 30).unwrap();
     drop(f);
     let root = d.path().to_path_buf();
-    let r = within(Duration::from_secs(20), "verify of an 8 GiB sparse block", move || {
-        maintenance::verify(&root, None, 1, false).unwrap()
-    });
+    let r = within(
+        Duration::from_secs(20),
+        "verify of an 8 GiB sparse block",
+        move || maintenance::verify(&root, None, 1, false).unwrap(),
+    );
     assert_eq!(r.bad.len(), 1);
-    assert!(r.bad[0].reason.contains("header says"), "{}", r.bad[0].reason);
+    assert!(
+        r.bad[0].reason.contains("header says"),
+        "{}",
+        r.bad[0].reason
+    );
 }

@@ -46,7 +46,10 @@ fn verify_bounds_its_memory_and_reports_non_regular_entries() {
     let out = child.wait_with_output().unwrap();
     let (stdout, stderr) = text(&out);
     assert_eq!(status.code(), Some(EXIT_FOUND_BAD), "{stdout}\n{stderr}");
-    assert!(stdout.contains("FIFO") && stdout.contains("symlink"), "{stdout}");
+    assert!(
+        stdout.contains("FIFO") && stdout.contains("symlink"),
+        "{stdout}"
+    );
     assert!(stdout.contains("3 bad"), "{stdout}");
 }
 
@@ -63,7 +66,10 @@ fn gc_does_not_hang_on_a_fifo_temp_file() {
         .unwrap();
     let status = wait_within(&mut child, Duration::from_secs(30), "kvr fs gc");
     assert!(status.success());
-    assert!(std::fs::symlink_metadata(&temp).is_err(), "junk at a temp name removed");
+    assert!(
+        std::fs::symlink_metadata(&temp).is_err(),
+        "junk at a temp name removed"
+    );
     let o = kvr(&["fs", "verify", d.path().to_str().unwrap()]);
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
 }

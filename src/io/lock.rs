@@ -96,12 +96,6 @@ pub fn unlock_byte0(file: &File) -> io::Result<()> {
     }
 }
 
-/// The `struct flock` of a shared OFD lock on byte 0, for callers that must take it without
-/// allocating (a fork handler).
-pub fn shared_byte0() -> libc::flock {
-    byte0(libc::F_RDLCK)
-}
-
 /// Whether any other open file description holds an OFD lock on byte 0 (asks; takes
 /// nothing).
 pub fn byte0_locked_by_others(file: &File) -> io::Result<bool> {

@@ -112,6 +112,16 @@ pub struct Region {
     info: RegionInfo,
 }
 
+impl Drop for Region {
+    fn drop(&mut self) {
+        // The fields drop next, in order; the file's close protocol must not release the
+        // lock of a description this handle shares with the process it came from.
+        if self._fork.shares_parent_lock() {
+            self.file.leave_lock_alone();
+        }
+    }
+}
+
 impl std::fmt::Debug for Region {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Region").field("info", &self.info).finish()

@@ -133,6 +133,8 @@ pub struct RegionFile {
     file: File,
     path: PathBuf,
     created: bool,
+    /// Close without touching the lock (it belongs to another process too).
+    shared_lock: bool,
 }
 
 impl RegionFile {
@@ -147,6 +149,13 @@ impl RegionFile {
     /// Whether this handle built the file (as opposed to attaching to an existing one).
     pub fn created(&self) -> bool {
         self.created
+    }
+
+    /// Makes dropping this handle only close its descriptor: no lock released, no file
+    /// removed. For a handle whose open file description another process shares (see
+    /// `region::fork`), whose lock is that process's too.
+    pub fn leave_lock_alone(&mut self) {
+        self.shared_lock = true;
     }
 
     /// Opens the region at `path`: attaches to a live one, replaces a stale one (if `create`),
@@ -180,7 +189,8 @@ impl Drop for RegionFile {
         // Our read lock first, then the write lock, which only a last holder gets (see the
         // module docs). An attacher that finds the file unlocked in between takes it for
         // stale, as it is: every holder has gone.
-        if unlock_byte0(&self.file).is_ok()
+        if !self.shared_lock
+            && unlock_byte0(&self.file).is_ok()
             && matches!(try_lock_byte0(&self.file, LockMode::Exclusive), Ok(true))
             && same_inode(&self.file, &self.path)
         {
@@ -275,6 +285,7 @@ fn try_open_once(path: &Path, layout: &Layout, create: bool, deadline: Instant) 
         file,
         path: path.to_owned(),
         created: false,
+        shared_lock: false,
     }))
 }
 
@@ -347,6 +358,7 @@ fn create_and_publish(path: &Path, layout: &Layout, deadline: Instant) -> Result
         file: temp.into_file(),
         path: path.to_owned(),
         created: true,
+        shared_lock: false,
     }))
 }
 

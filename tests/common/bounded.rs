@@ -8,7 +8,11 @@ use std::time::{Duration, Instant};
 /// Runs `f` on its own thread and returns its result, or panics if it takes longer than
 /// `limit`: a hang fails the test instead of stalling it (the stuck thread ends with the
 /// test process).
-pub fn within<T: Send + 'static>(limit: Duration, what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+pub fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(f());
@@ -37,7 +41,10 @@ pub fn wait_within(child: &mut Child, limit: Duration, what: &str) -> ExitStatus
 
 /// Makes a FIFO at `path` (with the `mkfifo` program: std has no call for it).
 pub fn mkfifo(path: &Path) {
-    let st = Command::new("mkfifo").arg(path).status().expect("run mkfifo");
+    let st = Command::new("mkfifo")
+        .arg(path)
+        .status()
+        .expect("run mkfifo");
     assert!(st.success(), "mkfifo {}", path.display());
 }
 
