@@ -39,9 +39,10 @@
 #define KVR_DISK_KEY_LEN 16
 
 /**
- * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+ * Largest user metadata per entry, in bytes: a slot's 4 KiB header page less its 128-byte
+ * fixed header and room for a 256-byte key (3968 before format version 2).
  */
-#define KVR_DISK_MAX_META 3968
+#define KVR_DISK_MAX_META 3712
 
 /**
  * `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).

@@ -18,10 +18,19 @@
 //! read per slot. The copy in the slot's own header page travels in the same write as the
 //! payload; a read checks it against the table (key, sequence number, lengths), so a slot
 //! whose contents do not belong to the entry the table names is never served.
+//!
+//! Versions: version 2 (written) keys an entry by its block name (16 bytes, see
+//! [`crate::key::block_name`]) in the fixed header and stores the engine's whole key
+//! (1..=256 bytes) in the slot's header page, right after the fixed header, with the metadata
+//! after it; a read compares the whole key. Version 1 (still read; a reopen relabels the file
+//! as version 2) had 16-byte keys, the name itself, and the metadata right after the fixed
+//! header. A version-2 page leaves room for the longest key, so metadata is at most
+//! [`MAX_META`] = 3712 bytes (version 1: 3968).
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::io::IO_ALIGN;
+use crate::key::MAX_KEY_LEN;
 use crate::{err, Result};
 
 /// Keys are the engine's block hashes, the same type as the fs store's.
@@ -31,14 +40,22 @@ pub use crate::key::Key;
 pub const FILE_MAGIC: [u8; 8] = *b"KVRDISK\0";
 /// Magic of a slot header.
 pub const SLOT_MAGIC: [u8; 8] = *b"KVRSLOT\0";
-/// Version of both header formats; a reopen refuses other versions.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of both header formats written; a reopen refuses versions other than this one
+/// and [`FORMAT_VERSION_V1`].
+pub const FORMAT_VERSION: u32 = 2;
+/// The first version (16-byte keys), still read.
+pub const FORMAT_VERSION_V1: u32 = 1;
 /// Bytes of the file header page, and of every slot's header page.
 pub const PAGE: u64 = IO_ALIGN as u64;
 /// Bytes of the fixed part of a slot header (the metadata follows it in the header page).
 pub const SLOT_HEADER_LEN: usize = 128;
-/// Largest user metadata per entry: the rest of the slot's header page.
-pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN;
+/// Largest user metadata per entry: the rest of the slot's header page after the fixed
+/// header and room for the longest key.
+pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN - MAX_KEY_LEN;
+/// Largest metadata of a version-1 entry (no key in the page).
+pub const MAX_META_V1: usize = PAGE as usize - SLOT_HEADER_LEN;
+/// Offset of the whole key's length in a version-2 slot header.
+const KEY_LEN_AT: usize = 60;
 /// Offset of the header checksum in both headers (it covers bytes `0..CHECKSUM_AT`).
 const CHECKSUM_AT: usize = 120;
 
@@ -194,7 +211,7 @@ pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHead
         return Err(FileHeaderError::Checksum);
     }
     let v = get_u32(page, 8);
-    if v != FORMAT_VERSION {
+    if v != FORMAT_VERSION && v != FORMAT_VERSION_V1 {
         return Err(FileHeaderError::Version(v));
     }
     let g = Geometry {
@@ -210,10 +227,15 @@ pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHead
     Ok(g)
 }
 
+/// The format version a (decodable) file header page records.
+pub fn file_header_version(page: &[u8]) -> u32 {
+    get_u32(page, 8)
+}
+
 /// The fixed header of one slot's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotHeader {
-    /// The entry's key.
+    /// The entry's block name (version 1: its 16-byte key).
     pub key: Key,
     /// Bytes of payload.
     pub len: u64,
@@ -238,7 +260,61 @@ pub fn data_checksum(payload: &[u8], meta: &[u8]) -> u64 {
     h.digest()
 }
 
-/// Encodes a slot's header page: the fixed header then `meta`. `page` must hold at least
+/// [`data_checksum`] of the concatenation of `segments`, then the metadata.
+pub fn data_checksum_segments(segments: &[&[u8]], meta: &[u8]) -> u64 {
+    if let [one] = segments {
+        return data_checksum(one, meta);
+    }
+    let mut h = Xxh3::new();
+    for s in segments {
+        h.update(s);
+    }
+    h.update(meta);
+    h.digest()
+}
+
+/// Encodes a version-2 slot header page: the fixed header (as [`encode_slot_header`], with
+/// version 2 and the whole key's length at offset 60), the whole `key`, then `meta`. `page`
+/// must hold at least `SLOT_HEADER_LEN + key.len() + meta.len()` bytes; the rest of it is
+/// left alone.
+pub fn encode_slot_header_v2(h: &SlotHeader, key: &[u8], meta: &[u8], page: &mut [u8]) {
+    debug_assert_eq!(meta.len(), h.meta_len as usize);
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN && meta.len() <= MAX_META);
+    fixed_header(h, FORMAT_VERSION, key.len() as u32, page);
+    let (k, m) = (SLOT_HEADER_LEN, SLOT_HEADER_LEN + key.len());
+    page[k..m].copy_from_slice(key);
+    page[m..m + meta.len()].copy_from_slice(meta);
+}
+
+fn fixed_header(h: &SlotHeader, version: u32, key_len: u32, page: &mut [u8]) {
+    page[..SLOT_HEADER_LEN].fill(0);
+    page[0..8].copy_from_slice(&SLOT_MAGIC);
+    put_u32(page, 8, version);
+    put_u32(page, 12, h.meta_len);
+    page[16..32].copy_from_slice(&h.key.0);
+    put_u64(page, 32, h.len);
+    put_u64(page, 40, h.seq);
+    put_u64(page, 48, h.data_sum);
+    put_u32(page, 56, h.slot);
+    put_u32(page, KEY_LEN_AT, key_len);
+    let sum = xxh3_64(&page[..CHECKSUM_AT]);
+    put_u64(page, CHECKSUM_AT, sum);
+}
+
+/// The whole key and the metadata in a slot's header page whose fixed header decoded as
+/// `h` (version 1: the key is the 16-byte name in the fixed header).
+pub fn slot_key_and_meta<'a>(page: &'a [u8], h: &SlotHeader) -> (&'a [u8], &'a [u8]) {
+    let m = h.meta_len as usize;
+    if get_u32(page, 8) == FORMAT_VERSION_V1 {
+        return (&page[16..32], &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + m]);
+    }
+    let k = get_u32(page, KEY_LEN_AT) as usize;
+    let key = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + k];
+    (key, &page[SLOT_HEADER_LEN + k..SLOT_HEADER_LEN + k + m])
+}
+
+/// Encodes a version-1 slot header page: the fixed header then `meta` (the layout kvr wrote
+/// before version 2; for compatibility tests). `page` must hold at least
 /// `SLOT_HEADER_LEN + meta.len()` bytes; the rest of it is left alone.
 ///
 /// | off | size | field |
@@ -256,17 +332,7 @@ pub fn data_checksum(payload: &[u8], meta: &[u8]) -> u64 {
 /// | 128 | meta length | metadata |
 pub fn encode_slot_header(h: &SlotHeader, meta: &[u8], page: &mut [u8]) {
     debug_assert_eq!(meta.len(), h.meta_len as usize);
-    page[..SLOT_HEADER_LEN].fill(0);
-    page[0..8].copy_from_slice(&SLOT_MAGIC);
-    put_u32(page, 8, FORMAT_VERSION);
-    put_u32(page, 12, h.meta_len);
-    page[16..32].copy_from_slice(&h.key.0);
-    put_u64(page, 32, h.len);
-    put_u64(page, 40, h.seq);
-    put_u64(page, 48, h.data_sum);
-    put_u32(page, 56, h.slot);
-    let sum = xxh3_64(&page[..CHECKSUM_AT]);
-    put_u64(page, CHECKSUM_AT, sum);
+    fixed_header(h, FORMAT_VERSION_V1, 0, page);
     page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + meta.len()].copy_from_slice(meta);
 }
 
@@ -287,11 +353,15 @@ pub fn decode_slot_header(page: &[u8], slot: u32, slot_size: u64) -> Option<Slot
         data_sum: get_u64(page, 48),
         slot: get_u32(page, 56),
     };
-    let ok = get_u32(page, 8) == FORMAT_VERSION
-        && h.slot == slot
-        && h.len > 0
-        && h.len <= slot_size
-        && h.meta_len as usize <= MAX_META;
+    let key_len = get_u32(page, KEY_LEN_AT) as usize;
+    let layout_ok = match get_u32(page, 8) {
+        FORMAT_VERSION_V1 => key_len == 0 && h.meta_len as usize <= MAX_META_V1,
+        FORMAT_VERSION => {
+            (1..=MAX_KEY_LEN).contains(&key_len) && key_len + h.meta_len as usize <= MAX_META_V1
+        }
+        _ => false,
+    };
+    let ok = layout_ok && h.slot == slot && h.len > 0 && h.len <= slot_size;
     ok.then_some(h)
 }
 
@@ -344,11 +414,16 @@ mod tests {
             decode_file_header(&[0u8; 4096]),
             Err(FileHeaderError::NotSlotFile)
         );
+        // An unknown version (2 is now this library's own, 1 is still read).
         let mut p = page.clone();
-        put_u32(&mut p, 8, 2);
+        put_u32(&mut p, 8, 9);
         let sum = xxh3_64(&p[..CHECKSUM_AT]);
         put_u64(&mut p, CHECKSUM_AT, sum);
-        assert_eq!(decode_file_header(&p), Err(FileHeaderError::Version(2)));
+        assert_eq!(decode_file_header(&p), Err(FileHeaderError::Version(9)));
+        put_u32(&mut p, 8, FORMAT_VERSION_V1);
+        let sum = xxh3_64(&p[..CHECKSUM_AT]);
+        put_u64(&mut p, CHECKSUM_AT, sum);
+        assert_eq!(decode_file_header(&p), Ok(g));
     }
 
     fn sample(slot: u32) -> SlotHeader {
@@ -386,5 +461,32 @@ mod tests {
         assert_eq!(a, xxh3_64(b"hello"));
         assert_eq!(data_checksum(b"hello", b"m"), xxh3_64(b"hellom"));
         assert_ne!(data_checksum(b"hello", b"m"), a);
+    }
+
+    #[test]
+    fn v2_slot_pages_hold_the_whole_key() {
+        let h = sample(3);
+        for key_len in [1usize, 16, 36, 256] {
+            let key: Vec<u8> = (0..key_len).map(|i| i as u8 ^ 0x5a).collect();
+            let mut page = vec![0u8; 4096];
+            encode_slot_header_v2(&h, &key, b"abc", &mut page);
+            assert_eq!(decode_slot_header(&page, 3, 8192), Some(h));
+            assert_eq!(slot_key_and_meta(&page, &h), (&key[..], &b"abc"[..]));
+            for bit in 0..SLOT_HEADER_LEN * 8 {
+                let mut p = page.clone();
+                p[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(decode_slot_header(&p, 3, 8192), None, "bit {bit}");
+            }
+        }
+        // The longest key leaves MAX_META bytes of metadata.
+        let mut big = sample(0);
+        big.meta_len = MAX_META as u32;
+        let mut page = vec![0u8; 4096];
+        encode_slot_header_v2(&big, &[1; MAX_KEY_LEN], &vec![2; MAX_META], &mut page);
+        assert_eq!(decode_slot_header(&page, 0, 8192), Some(big));
+        assert_eq!(MAX_META, 3712);
+        let mut v1 = vec![0u8; 4096];
+        encode_slot_header(&h, b"abc", &mut v1);
+        assert_eq!(slot_key_and_meta(&v1, &h), (&h.key.0[..], &b"abc"[..]));
     }
 }

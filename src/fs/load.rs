@@ -21,7 +21,7 @@ impl Inner {
         crate::key::check_key(key)?;
         let name = self.name(key);
         let p = path::block_path(&self.dir, &name);
-        let len = super::payload_len_mut(dst)
+        let len = crate::io::vectored::payload_len_mut(dst)
             .map_err(|e| e.context(format!("loading block {}", p.display())))?;
         let file = match OpenNoFollow::read_only().direct(self.direct).open(&p) {
             Ok(f) => f,

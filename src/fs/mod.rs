@@ -449,35 +449,6 @@ fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// The payload length of a store's segments: their sum; `InvalidArgument` for no segments,
-/// an empty one, or a sum that overflows.
-pub(crate) fn payload_len(segments: &[&[u8]]) -> Result<usize> {
-    sum_lengths(segments.iter().map(|s| s.len()))
-}
-
-/// [`payload_len`] of a load's segments.
-pub(crate) fn payload_len_mut(segments: &[&mut [u8]]) -> Result<usize> {
-    sum_lengths(segments.iter().map(|s| s.len()))
-}
-
-fn sum_lengths(lens: impl Iterator<Item = usize>) -> Result<usize> {
-    let mut total: usize = 0;
-    let mut n = 0;
-    for (i, len) in lens.enumerate() {
-        if len == 0 {
-            return Err(err!(InvalidArgument, "segment {i} is empty (length 0)"));
-        }
-        total = total
-            .checked_add(len)
-            .filter(|&t| t <= isize::MAX as usize)
-            .ok_or_else(|| err!(InvalidArgument, "segment lengths overflow"))?;
-        n += 1;
-    }
-    if n == 0 {
-        return Err(err!(InvalidArgument, "payload is empty (no segments)"));
-    }
-    Ok(total)
-}
 
 impl Inner {
     /// The block name of a whole engine key in this store's namespace.

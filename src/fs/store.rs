@@ -178,7 +178,7 @@ impl Inner {
         let name = self.name(key);
         let final_path = path::block_path(&self.dir, &name);
         let ctx = || format!("storing block {}", final_path.display());
-        let payload_len = super::payload_len(data).map_err(|e| e.context(ctx()))?;
+        let payload_len = crate::io::vectored::payload_len(data).map_err(|e| e.context(ctx()))?;
         let default_spec;
         let spec = match tensor {
             Some(t) => t,

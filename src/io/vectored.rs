@@ -63,6 +63,36 @@ impl SegmentBatch {
     }
 }
 
+/// The payload length of a store's segments: their sum; `InvalidArgument` for no segments,
+/// an empty one, or a sum that overflows.
+pub fn payload_len(segments: &[&[u8]]) -> crate::Result<usize> {
+    sum_lengths(segments.iter().map(|s| s.len()))
+}
+
+/// [`payload_len`] of a load's segments.
+pub fn payload_len_mut(segments: &[&mut [u8]]) -> crate::Result<usize> {
+    sum_lengths(segments.iter().map(|s| s.len()))
+}
+
+fn sum_lengths(lens: impl Iterator<Item = usize>) -> crate::Result<usize> {
+    let mut total: usize = 0;
+    let mut n = 0;
+    for (i, len) in lens.enumerate() {
+        if len == 0 {
+            return Err(crate::err!(InvalidArgument, "segment {i} is empty (length 0)"));
+        }
+        total = total
+            .checked_add(len)
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or_else(|| crate::err!(InvalidArgument, "segment lengths overflow"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(crate::err!(InvalidArgument, "payload is empty (no segments)"));
+    }
+    Ok(total)
+}
+
 /// `pread` until `buf` is full; end of file first is `UnexpectedEof`.
 pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
