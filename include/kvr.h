@@ -39,10 +39,11 @@
 #define KVR_DISK_KEY_LEN 16
 
 /**
- * Largest user metadata per entry, in bytes: a slot's 4 KiB header page less its 128-byte
- * fixed header and room for a 256-byte key (3968 before format version 2).
+ * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page) under
+ * a 16-byte key; under a key of any other length `n`, `KVR_DISK_MAX_META - n` (the whole key
+ * shares the page).
  */
-#define KVR_DISK_MAX_META 3712
+#define KVR_DISK_MAX_META 3968
 
 /**
  * `rank` value of a store shared by all ranks (no `r<rank>` subdirectory).

@@ -165,21 +165,7 @@ fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
         .metadata()
         .map_err(|e| Error::io(format!("stat of slot file {}", path.display()), e))?
         .len();
-    check_file_len(path, len, g)?;
-    if format::file_header_version(page.as_slice()) == format::FORMAT_VERSION_V1 {
-        // A version-1 file: its entries stay readable, new ones are version 2. Relabel it
-        // so a kvr that reads only version 1 refuses it rather than ignoring those entries.
-        format::encode_file_header(g, page.as_mut_slice());
-        write_all_at(file, page.as_slice(), 0)
-            .and_then(|_| file.sync_data())
-            .map_err(|e| {
-                Error::io(
-                    format!("relabelling slot file {} as version 2", path.display()),
-                    e,
-                )
-            })?;
-    }
-    Ok(())
+    check_file_len(path, len, g)
 }
 
 /// A slot file shorter than its geometry (truncated) is `Corrupt`.

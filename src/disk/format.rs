@@ -19,13 +19,14 @@
 //! payload; a read checks it against the table (key, sequence number, lengths), so a slot
 //! whose contents do not belong to the entry the table names is never served.
 //!
-//! Versions: version 2 (written) keys an entry by its block name (16 bytes, see
-//! [`crate::key::block_name`]) in the fixed header and stores the engine's whole key
-//! (1..=256 bytes) in the slot's header page, right after the fixed header, with the metadata
-//! after it; a read compares the whole key. Version 1 (still read; a reopen relabels the file
-//! as version 2) had 16-byte keys, the name itself, and the metadata right after the fixed
-//! header. A version-2 page leaves room for the longest key, so metadata is at most
-//! [`MAX_META`] = 3712 bytes (version 1: 3968).
+//! Entry versions (the file header's version stays 1: the file's layout is unchanged):
+//! version 2 keys an entry by its block name (16 bytes, see [`crate::key::block_name`]) in
+//! the fixed header and stores the engine's whole key (1..=256 bytes) in the slot's header
+//! page right after the fixed header, the metadata after it, so its metadata is at most
+//! [`MAX_META`] less the key's length; it is written for every key that is not 16 bytes.
+//! Version 1 entries (a 16-byte key, which is its own name, and the metadata right after
+//! the fixed header, up to [`MAX_META`]) are still written for 16-byte keys, byte for byte as
+//! before. A read compares the whole key in both versions.
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -40,20 +41,27 @@ pub use crate::key::Key;
 pub const FILE_MAGIC: [u8; 8] = *b"KVRDISK\0";
 /// Magic of a slot header.
 pub const SLOT_MAGIC: [u8; 8] = *b"KVRSLOT\0";
-/// Version of both header formats written; a reopen refuses versions other than this one
-/// and [`FORMAT_VERSION_V1`].
-pub const FORMAT_VERSION: u32 = 2;
-/// The first version (16-byte keys), still read.
-pub const FORMAT_VERSION_V1: u32 = 1;
+/// Version of the file header (a reopen refuses others) and of 16-byte keys' slot headers.
+pub const FORMAT_VERSION: u32 = 1;
+/// Version of the slot headers of keys that are not 16 bytes (whole key in the page).
+pub const FORMAT_VERSION_V2: u32 = 2;
 /// Bytes of the file header page, and of every slot's header page.
 pub const PAGE: u64 = IO_ALIGN as u64;
 /// Bytes of the fixed part of a slot header (the metadata follows it in the header page).
 pub const SLOT_HEADER_LEN: usize = 128;
-/// Largest user metadata per entry: the rest of the slot's header page after the fixed
-/// header and room for the longest key.
-pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN - MAX_KEY_LEN;
-/// Largest metadata of a version-1 entry (no key in the page).
-pub const MAX_META_V1: usize = PAGE as usize - SLOT_HEADER_LEN;
+/// Largest user metadata per entry: the rest of the slot's header page (less the key's
+/// length for a key that is not 16 bytes, see [`max_meta`]).
+pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN;
+
+/// Largest metadata of an entry under a key of `key_len` bytes: [`MAX_META`] for a 16-byte
+/// key (version 1, the key lives in the fixed header), else [`MAX_META`] less the key.
+pub fn max_meta(key_len: usize) -> usize {
+    if key_len == 16 {
+        MAX_META
+    } else {
+        MAX_META.saturating_sub(key_len)
+    }
+}
 /// Offset of the whole key's length in a version-2 slot header.
 const KEY_LEN_AT: usize = 60;
 /// Offset of the header checksum in both headers (it covers bytes `0..CHECKSUM_AT`).
@@ -211,7 +219,7 @@ pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHead
         return Err(FileHeaderError::Checksum);
     }
     let v = get_u32(page, 8);
-    if v != FORMAT_VERSION && v != FORMAT_VERSION_V1 {
+    if v != FORMAT_VERSION {
         return Err(FileHeaderError::Version(v));
     }
     let g = Geometry {
@@ -225,11 +233,6 @@ pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHead
         return Err(FileHeaderError::Checksum);
     }
     Ok(g)
-}
-
-/// The format version a (decodable) file header page records.
-pub fn file_header_version(page: &[u8]) -> u32 {
-    get_u32(page, 8)
 }
 
 /// The fixed header of one slot's entry.
@@ -279,8 +282,9 @@ pub fn data_checksum_segments(segments: &[&[u8]], meta: &[u8]) -> u64 {
 /// left alone.
 pub fn encode_slot_header_v2(h: &SlotHeader, key: &[u8], meta: &[u8], page: &mut [u8]) {
     debug_assert_eq!(meta.len(), h.meta_len as usize);
-    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN && meta.len() <= MAX_META);
-    fixed_header(h, FORMAT_VERSION, key.len() as u32, page);
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    debug_assert!(meta.len() <= max_meta(key.len()));
+    fixed_header(h, FORMAT_VERSION_V2, key.len() as u32, page);
     let (k, m) = (SLOT_HEADER_LEN, SLOT_HEADER_LEN + key.len());
     page[k..m].copy_from_slice(key);
     page[m..m + meta.len()].copy_from_slice(meta);
@@ -305,7 +309,7 @@ fn fixed_header(h: &SlotHeader, version: u32, key_len: u32, page: &mut [u8]) {
 /// `h` (version 1: the key is the 16-byte name in the fixed header).
 pub fn slot_key_and_meta<'a>(page: &'a [u8], h: &SlotHeader) -> (&'a [u8], &'a [u8]) {
     let m = h.meta_len as usize;
-    if get_u32(page, 8) == FORMAT_VERSION_V1 {
+    if get_u32(page, 8) == FORMAT_VERSION {
         return (&page[16..32], &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + m]);
     }
     let k = get_u32(page, KEY_LEN_AT) as usize;
@@ -313,8 +317,8 @@ pub fn slot_key_and_meta<'a>(page: &'a [u8], h: &SlotHeader) -> (&'a [u8], &'a [
     (key, &page[SLOT_HEADER_LEN + k..SLOT_HEADER_LEN + k + m])
 }
 
-/// Encodes a version-1 slot header page: the fixed header then `meta` (the layout kvr wrote
-/// before version 2; for compatibility tests). `page` must hold at least
+/// Encodes a version-1 slot header page (a 16-byte key, its own name): the fixed header then
+/// `meta`. `page` must hold at least
 /// `SLOT_HEADER_LEN + meta.len()` bytes; the rest of it is left alone.
 ///
 /// | off | size | field |
@@ -332,7 +336,7 @@ pub fn slot_key_and_meta<'a>(page: &'a [u8], h: &SlotHeader) -> (&'a [u8], &'a [
 /// | 128 | meta length | metadata |
 pub fn encode_slot_header(h: &SlotHeader, meta: &[u8], page: &mut [u8]) {
     debug_assert_eq!(meta.len(), h.meta_len as usize);
-    fixed_header(h, FORMAT_VERSION_V1, 0, page);
+    fixed_header(h, FORMAT_VERSION, 0, page);
     page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + meta.len()].copy_from_slice(meta);
 }
 
@@ -355,9 +359,11 @@ pub fn decode_slot_header(page: &[u8], slot: u32, slot_size: u64) -> Option<Slot
     };
     let key_len = get_u32(page, KEY_LEN_AT) as usize;
     let layout_ok = match get_u32(page, 8) {
-        FORMAT_VERSION_V1 => key_len == 0 && h.meta_len as usize <= MAX_META_V1,
-        FORMAT_VERSION => {
-            (1..=MAX_KEY_LEN).contains(&key_len) && key_len + h.meta_len as usize <= MAX_META_V1
+        FORMAT_VERSION => key_len == 0 && h.meta_len as usize <= MAX_META,
+        FORMAT_VERSION_V2 => {
+            (1..=MAX_KEY_LEN).contains(&key_len)
+                && key_len != 16
+                && h.meta_len as usize <= max_meta(key_len)
         }
         _ => false,
     };
@@ -414,16 +420,11 @@ mod tests {
             decode_file_header(&[0u8; 4096]),
             Err(FileHeaderError::NotSlotFile)
         );
-        // An unknown version (2 is now this library's own, 1 is still read).
         let mut p = page.clone();
-        put_u32(&mut p, 8, 9);
+        put_u32(&mut p, 8, 2);
         let sum = xxh3_64(&p[..CHECKSUM_AT]);
         put_u64(&mut p, CHECKSUM_AT, sum);
-        assert_eq!(decode_file_header(&p), Err(FileHeaderError::Version(9)));
-        put_u32(&mut p, 8, FORMAT_VERSION_V1);
-        let sum = xxh3_64(&p[..CHECKSUM_AT]);
-        put_u64(&mut p, CHECKSUM_AT, sum);
-        assert_eq!(decode_file_header(&p), Ok(g));
+        assert_eq!(decode_file_header(&p), Err(FileHeaderError::Version(2)));
     }
 
     fn sample(slot: u32) -> SlotHeader {
@@ -466,7 +467,7 @@ mod tests {
     #[test]
     fn v2_slot_pages_hold_the_whole_key() {
         let h = sample(3);
-        for key_len in [1usize, 16, 36, 256] {
+        for key_len in [1usize, 15, 36, 256] {
             let key: Vec<u8> = (0..key_len).map(|i| i as u8 ^ 0x5a).collect();
             let mut page = vec![0u8; 4096];
             encode_slot_header_v2(&h, &key, b"abc", &mut page);
@@ -478,13 +479,13 @@ mod tests {
                 assert_eq!(decode_slot_header(&p, 3, 8192), None, "bit {bit}");
             }
         }
-        // The longest key leaves MAX_META bytes of metadata.
+        // The longest key leaves MAX_META - 256 bytes of metadata.
         let mut big = sample(0);
-        big.meta_len = MAX_META as u32;
+        big.meta_len = max_meta(MAX_KEY_LEN) as u32;
         let mut page = vec![0u8; 4096];
-        encode_slot_header_v2(&big, &[1; MAX_KEY_LEN], &vec![2; MAX_META], &mut page);
+        encode_slot_header_v2(&big, &[1; MAX_KEY_LEN], &vec![2; 3712], &mut page);
         assert_eq!(decode_slot_header(&page, 0, 8192), Some(big));
-        assert_eq!(MAX_META, 3712);
+        assert_eq!((max_meta(MAX_KEY_LEN), max_meta(16), max_meta(1)), (3712, 3968, 3967));
         let mut v1 = vec![0u8; 4096];
         encode_slot_header(&h, b"abc", &mut v1);
         assert_eq!(slot_key_and_meta(&v1, &h), (&h.key.0[..], &b"abc"[..]));

@@ -719,12 +719,15 @@ impl Inner {
                 g.slot_size
             ));
         }
-        if meta.len() > MAX_META {
+        let max_meta = format::max_meta(key.len());
+        if meta.len() > max_meta {
             return Err(err!(
                 TooLarge,
-                "entry {}: metadata of {} bytes exceeds the {MAX_META} bytes a slot holds",
+                "entry {}: metadata of {} bytes exceeds the {max_meta} bytes a slot holds \
+                 with a {}-byte key",
                 hex(key),
-                meta.len()
+                meta.len(),
+                key.len()
             ));
         }
         let name = name_of(key);
@@ -772,8 +775,14 @@ impl Inner {
             data_sum,
             slot: r.slot,
         };
-        page[SLOT_HEADER_LEN + key.len() + meta.len()..].fill(0);
-        format::encode_slot_header_v2(&h, key, meta, page);
+        if key.len() == 16 {
+            // A 16-byte key is its own name: the version-1 entry, as before version 2.
+            page[SLOT_HEADER_LEN + meta.len()..].fill(0);
+            format::encode_slot_header(&h, meta, page);
+        } else {
+            page[SLOT_HEADER_LEN + key.len() + meta.len()..].fill(0);
+            format::encode_slot_header_v2(&h, key, meta, page);
+        }
         plan.fill_bounce(data, bounce);
 
         let io_err = |what: &str, e| {

@@ -13,9 +13,10 @@ use crate::{Error, Key};
 
 /// Bytes of a slot file key.
 pub const KVR_DISK_KEY_LEN: u32 = 16;
-/// Largest user metadata per entry, in bytes: a slot's 4 KiB header page less its 128-byte
-/// fixed header and room for a 256-byte key (3968 before format version 2).
-pub const KVR_DISK_MAX_META: u32 = 3712;
+/// Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page) under
+/// a 16-byte key; under a key of any other length `n`, `KVR_DISK_MAX_META - n` (the whole key
+/// shares the page).
+pub const KVR_DISK_MAX_META: u32 = 3968;
 const _: () = assert!(KVR_DISK_MAX_META as usize == crate::disk::MAX_META);
 
 /// Opaque handle to an open slot file (`kvr_disk_open` / `kvr_disk_close`).

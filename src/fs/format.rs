@@ -20,9 +20,11 @@
 //! (safetensors metadata values are strings). The file is exactly `8 + N + payload_len`
 //! bytes long: anything else is a torn or truncated file.
 //!
-//! Versions: `"2"` (written) holds the engine's whole key, 1..=256 bytes as 2..=512 hex
-//! digits; `"1"` (still read) held a 16-byte key as 32 hex digits. The layout is otherwise the
-//! same. The checksum is the xxh3-64 of the payload, which a vectored store or load streams
+//! Versions: `"2"` holds the engine's whole key, 1..=256 bytes as 2..=512 hex digits, and is
+//! written for every key that is not 16 bytes long; `"1"` holds a 16-byte key as 32 hex
+//! digits, and is still written for 16-byte keys, byte for byte as before version 2 (so
+//! existing files stay valid and a kvr that reads only version 1 still reads every block of
+//! a 16-byte key). The layout is otherwise the same. The checksum is the xxh3-64 of the payload, which a vectored store or load streams
 //! over its segments ([`checksum_segments`]).
 //!
 //! This module is the block codec every tier that keeps block files uses (the fs store, an
@@ -38,9 +40,9 @@ use crate::{err, Result};
 
 /// `__metadata__.format` of every block file.
 pub const FORMAT_NAME: &str = "kvr.block";
-/// `__metadata__.version` written by this library (whole engine keys).
+/// `__metadata__.version` of blocks whose key is not 16 bytes (whole engine keys).
 pub const FORMAT_VERSION: &str = "2";
-/// `__metadata__.version` of the first format (16-byte keys), still read.
+/// `__metadata__.version` of the first format (16-byte keys), still written for them.
 pub const FORMAT_VERSION_V1: &str = "1";
 /// Name of the single tensor in a block file.
 pub const TENSOR_NAME: &str = "block";
@@ -83,19 +85,21 @@ pub fn checksum_segments(segments: &[&[u8]]) -> u64 {
     }
 }
 
-/// Encodes the header (length prefix, JSON, space padding) of the current version for a
-/// payload under the whole engine `key` (1..=256 bytes, checked by the caller); the result's
-/// length is the payload offset, a multiple of 4096.
+/// Encodes the header (length prefix, JSON, space padding) for a payload under the whole
+/// engine `key` (1..=256 bytes, checked by the caller): version 1 for a 16-byte key, else
+/// version 2. The result's length is the payload offset, a multiple of 4096.
 pub fn encode_header(key: &[u8], payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    if let Ok(k) = <[u8; 16]>::try_from(key) {
+        return encode_header_v1(&Key(k), payload_len, sum, tensor);
+    }
     let mut key_hex = [0u8; 2 * MAX_KEY_LEN];
     let key_hex = &mut key_hex[..2 * key.len()];
     hex_into(key, key_hex);
     encode_any(key_hex, FORMAT_VERSION, payload_len, sum, tensor)
 }
 
-/// Encodes a header of the first version (16-byte key): the files kvr wrote before version 2,
-/// for compatibility tests and fixtures.
+/// Encodes a header of the first version (16-byte key).
 pub fn encode_header_v1(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
     encode_any(&key.hex(), FORMAT_VERSION_V1, payload_len, sum, tensor)
 }
@@ -266,7 +270,11 @@ mod v2_tests {
             let h = encode_header(&key, 4096, 9, &TensorSpec::bytes(4096));
             assert_eq!(h.len(), 4096, "a 256-byte key still fits one page");
             let d = decode_header(&h).unwrap();
-            assert_eq!((d.key, d.version, d.payload_len, d.checksum), (key, 2, 4096, 9));
+            let version = if len == 16 { 1 } else { 2 };
+            assert_eq!(
+                (d.key, d.version, d.payload_len, d.checksum),
+                (key, version, 4096, 9)
+            );
         }
         let v1 = encode_header_v1(&Key([3; 16]), 10, 1, &TensorSpec::bytes(10));
         let d = decode_header(&v1).unwrap();
