@@ -42,6 +42,11 @@ pub fn block_name(namespace: &[u8], key: &[u8]) -> Key {
             return f(namespace, key);
         }
     }
+    natural_name(namespace, key)
+}
+
+/// [`block_name`] without the test hook.
+pub fn natural_name(namespace: &[u8], key: &[u8]) -> Key {
     if let Ok(k) = <[u8; 16]>::try_from(key) {
         return Key(k);
     }
