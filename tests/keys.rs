@@ -25,7 +25,9 @@ fn disk_open(path: &Path, direct: DirectIo) -> SlotFile {
 }
 
 fn pattern(seed: u8, n: usize) -> Vec<u8> {
-    (0..n).map(|i| ((i * 7 + seed as usize * 13) % 251) as u8).collect()
+    (0..n)
+        .map(|i| ((i * 7 + seed as usize * 13) % 251) as u8)
+        .collect()
 }
 
 /// Engine keys of several shapes: vLLM (32-byte hash + group), SGLang (64 hex chars), short.
@@ -134,7 +136,9 @@ fn fs_async_items_with_segments() {
     let d = tempfile::tempdir().unwrap();
     let s = fs_open(d.path(), DirectIo::Auto);
     let keys = engine_keys();
-    let data: Vec<Vec<u8>> = (0..keys.len()).map(|i| pattern(i as u8, 9000 + i)).collect();
+    let data: Vec<Vec<u8>> = (0..keys.len())
+        .map(|i| pattern(i as u8, 9000 + i))
+        .collect();
     let segs: Vec<Vec<RawSegment>> = data
         .iter()
         .map(|d| {
@@ -151,7 +155,10 @@ fn fs_async_items_with_segments() {
     let items: Vec<StoreItem> = keys
         .iter()
         .zip(&segs)
-        .map(|(k, s)| StoreItem { key: k, segments: s })
+        .map(|(k, s)| StoreItem {
+            key: k,
+            segments: s,
+        })
         .collect();
     // SAFETY: `data` outlives the job, waited on below.
     let job = unsafe { s.submit_store_items(&items) };
@@ -163,15 +170,24 @@ fn fs_async_items_with_segments() {
         .map(|o| {
             let (a, b) = o.split_at_mut(4096);
             vec![
-                RawSegment { ptr: a.as_mut_ptr(), len: a.len() },
-                RawSegment { ptr: b.as_mut_ptr(), len: b.len() },
+                RawSegment {
+                    ptr: a.as_mut_ptr(),
+                    len: a.len(),
+                },
+                RawSegment {
+                    ptr: b.as_mut_ptr(),
+                    len: b.len(),
+                },
             ]
         })
         .collect();
     let loads: Vec<LoadItem> = keys
         .iter()
         .zip(&out_segs)
-        .map(|(k, s)| LoadItem { key: k, segments: s })
+        .map(|(k, s)| LoadItem {
+            key: k,
+            segments: s,
+        })
         .collect();
     // SAFETY: `outs` outlives the job and is untouched until it completes.
     let job = unsafe { s.submit_load_items(&loads) };
@@ -180,13 +196,31 @@ fn fs_async_items_with_segments() {
     drop(job);
     assert_eq!(outs, data);
     // A NULL or empty segment fails its item only.
-    let bad = [RawSegment { ptr: std::ptr::null_mut(), len: 4 }];
-    let empty = [RawSegment { ptr: outs[0].as_mut_ptr(), len: 0 }];
+    let bad = [RawSegment {
+        ptr: std::ptr::null_mut(),
+        len: 4,
+    }];
+    let empty = [RawSegment {
+        ptr: outs[0].as_mut_ptr(),
+        len: 0,
+    }];
     let items = [
-        StoreItem { key: b"a", segments: &bad },
-        StoreItem { key: b"b", segments: &empty },
-        StoreItem { key: b"c", segments: &[] },
-        StoreItem { key: &[], segments: &segs[0] },
+        StoreItem {
+            key: b"a",
+            segments: &bad,
+        },
+        StoreItem {
+            key: b"b",
+            segments: &empty,
+        },
+        StoreItem {
+            key: b"c",
+            segments: &[],
+        },
+        StoreItem {
+            key: &[],
+            segments: &segs[0],
+        },
     ];
     // SAFETY: nothing valid is read.
     let job = unsafe { s.submit_store_items(&items) };
@@ -210,7 +244,10 @@ fn colliding_names_never_serve_another_keys_bytes() {
         }
     }
     let d = tempfile::tempdir().unwrap();
-    let (a, b) = (b"collide-aaaaaaaaaaaaaaaaaaaaaaaaaaaa", b"collide-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb");
+    let (a, b) = (
+        b"collide-aaaaaaaaaaaaaaaaaaaaaaaaaaaa",
+        b"collide-bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb",
+    );
     let fs = fs_open(&d.path().join("fs"), DirectIo::Off);
     let disk = disk_open(&d.path().join("slots"), DirectIo::Off);
     kvr::key::testing::set_name_hook(Some(same_name));
@@ -228,14 +265,21 @@ fn colliding_names_never_serve_another_keys_bytes() {
 
         disk.write_segments(a, &[b"bytes of a"], b"ma").unwrap();
         let mut meta = [0u8; 8];
-        let e = disk.read_segments(b, &mut [&mut out], &mut meta).unwrap_err();
+        let e = disk
+            .read_segments(b, &mut [&mut out], &mut meta)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         // Writing b takes the slot of the name: a is gone, b reads b.
         disk.write_segments(b, &[b"bytes of b"], b"mb").unwrap();
-        let e = disk.read_segments(a, &mut [&mut out], &mut meta).unwrap_err();
+        let e = disk
+            .read_segments(a, &mut [&mut out], &mut meta)
+            .unwrap_err();
         assert_eq!(e.kind(), ErrorKind::NotFound, "{e}");
         let n = disk.read_segments(b, &mut [&mut out], &mut meta).unwrap();
-        assert_eq!((&out, n.meta_len, &meta[..2]), (b"bytes of b", 2, &b"mb"[..]));
+        assert_eq!(
+            (&out, n.meta_len, &meta[..2]),
+            (b"bytes of b", 2, &b"mb"[..])
+        );
         assert_eq!(disk.stats().corrupt_dropped, 0);
     }));
     kvr::key::testing::set_name_hook(None);
@@ -271,13 +315,19 @@ fn disk_whole_keys_and_segments_round_trip() {
             let dst = &mut dst.as_mut_slice()[..total];
             let mut meta = vec![0u8; 4096];
             let n = disk
-                .read_segments(key, &mut split_mut(dst, &[total / 2, total - total / 2]), &mut meta)
+                .read_segments(
+                    key,
+                    &mut split_mut(dst, &[total / 2, total - total / 2]),
+                    &mut meta,
+                )
                 .unwrap_or_else(|e| panic!("key {i}: {e}"));
             assert_eq!(n.len, total as u64);
             assert!(dst == &pattern(i as u8, total)[..], "key {i}");
             assert!(meta[..n.meta_len as usize].iter().all(|&b| b == i as u8));
             let mut wrong = vec![0u8; total + 1];
-            let e = disk.read_segments(key, &mut [&mut wrong], &mut meta).unwrap_err();
+            let e = disk
+                .read_segments(key, &mut [&mut wrong], &mut meta)
+                .unwrap_err();
             assert_eq!(e.kind(), ErrorKind::LayoutMismatch);
         }
         let report = kvr::disk::verify(&path, 2);
@@ -312,12 +362,21 @@ fn lookups_answer_per_key_and_find_other_processes_blocks() {
     let mut p2 = vec![0u8; evens.len()];
     let t = Instant::now();
     assert_eq!(fs.lookup(&evens, &mut p2).unwrap(), 500);
-    eprintln!("fs lookup of 1000 keys (500 stat misses): {first:?}; 500 index hits: {:?}", t.elapsed());
+    eprintln!(
+        "fs lookup of 1000 keys (500 stat misses): {first:?}; 500 index hits: {:?}",
+        t.elapsed()
+    );
     // Another process's store is found by stat, then known.
     let other = fs_open(d.path(), DirectIo::Off);
-    other.store_segments(b"from another process", &[b"x"], None).unwrap();
+    other
+        .store_segments(b"from another process", &[b"x"], None)
+        .unwrap();
     let mut p = [0u8; 2];
-    assert_eq!(fs.lookup(&[b"from another process", b"absent"], &mut p).unwrap(), 1);
+    assert_eq!(
+        fs.lookup(&[b"from another process", b"absent"], &mut p)
+            .unwrap(),
+        1
+    );
     assert_eq!(p, [1, 0]);
     // Bad keys are absent; mismatched lengths are refused.
     assert_eq!(fs.lookup(&[b"", &[0u8; 257]], &mut p).unwrap(), 0);
@@ -365,7 +424,8 @@ fn version_1_files_stay_readable() {
     fs.load_segments(&[0xab; 16], &mut [&mut out]).unwrap();
     assert_eq!(out, pattern(2, 8192));
     let mut present = [0u8; 3];
-    fs.lookup(&[&k1.0, &[0xab; 16], b"new"], &mut present).unwrap();
+    fs.lookup(&[&k1.0, &[0xab; 16], b"new"], &mut present)
+        .unwrap();
     assert_eq!(present, [1, 1, 0]);
     fs.store_segments(b"new", &[b"v2 block"], None).unwrap();
     let report = kvr::fs::maintenance::verify(&d.path().join("fs"), None, 2, false).unwrap();
@@ -379,18 +439,27 @@ fn version_1_files_stay_readable() {
     let mut out = vec![0u8; 3000];
     let mut meta = [0u8; 16];
     let n = disk.read(&k1, &mut out, &mut meta).unwrap();
-    assert_eq!((n.len, &meta[..n.meta_len as usize]), (3000, &b"meta-1"[..]));
+    assert_eq!(
+        (n.len, &meta[..n.meta_len as usize]),
+        (3000, &b"meta-1"[..])
+    );
     assert_eq!(out, pattern(3, 3000));
     let mut out = vec![0u8; 4096];
-    disk.read_segments(&[0xcd; 16], &mut [&mut out], &mut []).unwrap();
+    disk.read_segments(&[0xcd; 16], &mut [&mut out], &mut [])
+        .unwrap();
     assert_eq!(out, pattern(4, 4096));
-    assert!(!disk.contains(&Key([0xee; 16])), "the removed entry stays removed");
+    assert!(
+        !disk.contains(&Key([0xee; 16])),
+        "the removed entry stays removed"
+    );
     // A version-2 entry next to them, and a reopen that keeps all three.
-    disk.write_segments(b"a long engine key, not 16 bytes", &[b"v2"], b"m").unwrap();
+    disk.write_segments(b"a long engine key, not 16 bytes", &[b"v2"], b"m")
+        .unwrap();
     drop(disk);
     let disk = SlotFile::open(&c).unwrap();
     assert_eq!(disk.stats().entries, 3);
     let mut v = [0u8; 2];
-    disk.read_segments(b"a long engine key, not 16 bytes", &mut [&mut v], &mut meta).unwrap();
+    disk.read_segments(b"a long engine key, not 16 bytes", &mut [&mut v], &mut meta)
+        .unwrap();
     assert_eq!(&v, b"v2");
 }

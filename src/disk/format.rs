@@ -485,7 +485,10 @@ mod tests {
         let mut page = vec![0u8; 4096];
         encode_slot_header_v2(&big, &[1; MAX_KEY_LEN], &vec![2; 3712], &mut page);
         assert_eq!(decode_slot_header(&page, 0, 8192), Some(big));
-        assert_eq!((max_meta(MAX_KEY_LEN), max_meta(16), max_meta(1)), (3712, 3968, 3967));
+        assert_eq!(
+            (max_meta(MAX_KEY_LEN), max_meta(16), max_meta(1)),
+            (3712, 3968, 3967)
+        );
         let mut v1 = vec![0u8; 4096];
         encode_slot_header(&h, b"abc", &mut v1);
         assert_eq!(slot_key_and_meta(&v1, &h), (&h.key.0[..], &b"abc"[..]));

@@ -37,9 +37,9 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use crate::io::vectored::RawSegment;
 pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
-pub use crate::io::vectored::RawSegment;
 
 use crate::io::job::Completer;
 use crate::io::vectored::{
@@ -404,6 +404,13 @@ impl SlotFile {
         Ok(hits)
     }
 
+    /// Lengths of the entry of the whole engine `key`, if its name has one (does not change
+    /// recency).
+    pub fn entry_len_of(&self, key: &[u8]) -> Option<EntryLen> {
+        crate::key::check_key(key).ok()?;
+        self.entry_len(&name_of(key))
+    }
+
     /// Removes the entry of the whole engine `key` (see [`SlotFile::remove`]).
     pub fn remove_key(&self, key: &[u8]) -> Result<bool> {
         crate::key::check_key(key)?;
@@ -566,7 +573,13 @@ impl SlotFile {
         let mut batch = SegmentBatch::default();
         let ops: Vec<(BatchEntry, RawSegment, *mut u64)> = items
             .iter()
-            .map(|it| (batch.push(it.key, it.segments), it.meta_dst, it.meta_len_out))
+            .map(|it| {
+                (
+                    batch.push(it.key, it.segments),
+                    it.meta_dst,
+                    it.meta_len_out,
+                )
+            })
             .collect();
         let batch = Arc::new(batch);
         let inner = self.inner.clone();
@@ -709,8 +722,7 @@ impl Inner {
     fn write(&self, key: &[u8], data: &[&[u8]], meta: &[u8]) -> Result<()> {
         let g = &self.geometry;
         crate::key::check_key(key)?;
-        let len = payload_len(data)
-            .map_err(|e| e.context(format!("entry {}", hex(key))))?;
+        let len = payload_len(data).map_err(|e| e.context(format!("entry {}", hex(key))))?;
         if len as u64 > g.slot_size {
             return Err(err!(
                 TooLarge,
@@ -735,9 +747,7 @@ impl Inner {
         let r = self.lock().reserve(&name)?;
         match self.write_slot(&r, &name, key, data, len, meta, data_sum) {
             Ok(()) => {
-                let retire = self
-                    .lock()
-                    .commit(&r, &name, len as u64, meta.len() as u32);
+                let retire = self.lock().commit(&r, &name, len as u64, meta.len() as u32);
                 if let Some(s) = retire {
                     self.retire(s);
                 }

@@ -294,11 +294,19 @@ mod v2_tests {
         want.resize(4096, b' ');
         assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
         let text = String::from_utf8(got[8..].to_vec()).unwrap();
-        for bad in ["\"key\":\"\"", "\"key\":\"766\"", "\"key\":\"766C6c6d3a30\""] {
+        for bad in [
+            "\"key\":\"\"",
+            "\"key\":\"766\"",
+            "\"key\":\"766C6c6d3a30\"",
+        ] {
             let mut b = got[..8].to_vec();
             b.extend_from_slice(text.replacen("\"key\":\"766c6c6d3a30\"", bad, 1).as_bytes());
             b.resize(4096, b' ');
-            assert_eq!(decode_header(&b).unwrap_err().kind(), ErrorKind::Corrupt, "{bad}");
+            assert_eq!(
+                decode_header(&b).unwrap_err().kind(),
+                ErrorKind::Corrupt,
+                "{bad}"
+            );
         }
         let long = "ab".repeat(257);
         let mut b = got[..8].to_vec();

@@ -9,9 +9,9 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
+use crate::io::direct::scatter;
 use crate::io::file::{same_inode, OpenNoFollow};
 use crate::io::vectored::preadv_all;
-use crate::io::direct::scatter;
 use crate::io::{align_up, is_aligned_ptr, SegmentPlan, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
 

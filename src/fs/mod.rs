@@ -449,7 +449,6 @@ fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
     Ok(())
 }
 
-
 impl Inner {
     /// The block name of a whole engine key in this store's namespace.
     fn name(&self, key: &[u8]) -> Key {

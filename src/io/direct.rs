@@ -329,12 +329,18 @@ mod tests {
         ] {
             let t = TransferPlan::new(direct, p, len);
             let s = SegmentPlan::new(direct, [(p, len)]);
-            assert_eq!((s.in_place, s.bounce_len, s.bounced()), (t.in_place, t.bounce_len, t.bounced()));
+            assert_eq!(
+                (s.in_place, s.bounce_len, s.bounced()),
+                (t.in_place, t.bounce_len, t.bounced())
+            );
         }
         // Aligned segments move in place; the first unaligned one ends the in-place run.
         let a2 = aligned.wrapping_add(2 * IO_ALIGN);
         let s = SegmentPlan::new(true, [(aligned, IO_ALIGN), (a2, 5000), (aligned, 4096)]);
-        assert_eq!((s.whole, s.partial, s.in_place, s.bounce_len), (1, 4096, 8192, 8192));
+        assert_eq!(
+            (s.whole, s.partial, s.in_place, s.bounce_len),
+            (1, 4096, 8192, 8192)
+        );
         let s = SegmentPlan::new(true, [(aligned, IO_ALIGN), (aligned, IO_ALIGN)]);
         assert!(s.zero_copy());
         let s = SegmentPlan::new(false, [(unaligned, 3), (unaligned, 5)]);

@@ -79,7 +79,10 @@ fn sum_lengths(lens: impl Iterator<Item = usize>) -> crate::Result<usize> {
     let mut n = 0;
     for (i, len) in lens.enumerate() {
         if len == 0 {
-            return Err(crate::err!(InvalidArgument, "segment {i} is empty (length 0)"));
+            return Err(crate::err!(
+                InvalidArgument,
+                "segment {i} is empty (length 0)"
+            ));
         }
         total = total
             .checked_add(len)
@@ -88,7 +91,10 @@ fn sum_lengths(lens: impl Iterator<Item = usize>) -> crate::Result<usize> {
         n += 1;
     }
     if n == 0 {
-        return Err(crate::err!(InvalidArgument, "payload is empty (no segments)"));
+        return Err(crate::err!(
+            InvalidArgument,
+            "payload is empty (no segments)"
+        ));
     }
     Ok(total)
 }
