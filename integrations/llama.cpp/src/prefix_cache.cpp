@@ -261,9 +261,9 @@ std::size_t PrefixCache::Impl::load_blocks(const std::vector<BlockId>& ids, std:
   from_slot.assign(n, 0);
   std::vector<char> loaded(n, 0);
   if (disk != nullptr && n > 0) {
-    std::vector<kvr_disk_read_op> ops(n);
+    std::vector<kvr_disk_read_item> ops(n);
     for (std::size_t i = 0; i < n; ++i) {
-      ops[i] = kvr_disk_read_op{};
+      ops[i] = kvr_disk_read_item{};
       ops[i].key = ids[i].key;
       ops[i].dst = staging.data() + i * payload_bytes;
       ops[i].dst_cap = payload_bytes;
