@@ -7,7 +7,8 @@
 # The same venv gets the `gguf` package used by integrations/llama.cpp/make_model.py.
 #
 # Prints shell assignments (eval-able) naming where everything is:
-#   LLAMA_VENV, LLAMA_PYTHON, LLAMA_LIB_DIR (libllama, libggml*), LLAMA_INCLUDE_DIR (llama.h, ggml*.h),
+#   LLAMA_VENV, LLAMA_PYTHON, LLAMA_LIB_DIR (libllama, libggml*: llama_cpp/lib),
+#   LLAMA_INCLUDE_DIR (llama.h, ggml*.h: site-packages/include),
 #   LLAMA_CPP_COMMIT (the llama.cpp commit the pinned package carries)
 # Usage: eval "$(scripts/llama-env.sh)"     (progress goes to stderr)
 set -euo pipefail
@@ -47,9 +48,12 @@ print(os.path.dirname(spec.origin))
 PY
 )
 lib_dir="$pkg_dir/lib"
+# llama.cpp's own install rules put the C headers (llama.h, ggml*.h) beside the package, in
+# site-packages/include; older wheels had them in llama_cpp/include.
 include_dir="$pkg_dir/include"
+[ -e "$include_dir/llama.h" ] || include_dir="$(dirname "$pkg_dir")/include"
 if [ ! -e "$lib_dir/libllama.so" ] || [ ! -e "$include_dir/llama.h" ]; then
-  echo "llama-env: $pkg_dir lacks lib/libllama.so or include/llama.h" >&2
+  echo "llama-env: $pkg_dir lacks lib/libllama.so, or llama.h is not installed beside it" >&2
   exit 1
 fi
 
