@@ -5,6 +5,7 @@
 //   corrupt DIR MODEL               a corrupted block (fs file, slot file) is a miss, never loaded
 //   mismatch DIR MODEL OTHER_MODEL  another model file or another KV type never hits
 //   kill-saver DIR MODEL            savers SIGKILLed mid-save: later hits are exact, the rest miss
+#include <poll.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
@@ -280,6 +281,8 @@ int run_saver(const std::string& dir_arg, const std::string& model, int first_pr
     s.clear();
     s.decode_from(p, 0);
     cache.save(s.ctx(), kMainSeq, p);
+    std::printf("saved %d\n", r);  // the parent kills only after a first save
+    std::fflush(stdout);
   }
   return 0;
 }
@@ -289,16 +292,26 @@ int test_kill_saver(const std::string& dir_arg, const std::string& model, const 
   constexpr int kKills = 12;
   std::mt19937 rng(12345);
   for (int round = 0; round < kKills; ++round) {
+    int report[2];
+    EXPECT(pipe(report) == 0);
     const pid_t pid = fork();
     if (pid == 0) {
+      dup2(report[1], STDOUT_FILENO);
+      close(report[0]);
       const std::string first = std::to_string((round % 4) * 5);
       execl(self.c_str(), self.c_str(), "saver", dir.c_str(), model.c_str(), first.c_str(),
             static_cast<char*>(nullptr));
       _exit(127);
     }
-    // Model load takes a few milliseconds; each prompt a few more: kill somewhere inside.
-    std::this_thread::sleep_for(std::chrono::milliseconds(20 + rng() % 300));
+    close(report[1]);
+    // Wait for the saver's first stored prompt (however slow the machine is), then kill it
+    // a random moment later: inside a later prompt's prefill or save.
+    pollfd pfd{report[0], POLLIN, 0};
+    char line[64];
+    if (poll(&pfd, 1, 120000) == 1) EXPECT(read(report[0], line, sizeof line) > 0);
+    std::this_thread::sleep_for(std::chrono::microseconds(rng() % 20000));
     kill(pid, SIGKILL);
+    close(report[0]);
     int status = 0;
     waitpid(pid, &status, 0);
     EXPECT(WIFSIGNALED(status) || (WIFEXITED(status) && WEXITSTATUS(status) == 0));
