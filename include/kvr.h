@@ -1121,6 +1121,28 @@ enum kvr_status kvr_disk_lookup(const struct kvr_disk *disk,
 enum kvr_status kvr_disk_remove_key(const struct kvr_disk *disk, struct kvr_key key);
 
 /**
+ * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
+ * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
+ * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
+ * layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
+ */
+enum kvr_status kvr_region_export(const struct kvr_region *region,
+                                  const uint64_t *block_ids,
+                                  size_t n,
+                                  const char *path,
+                                  uint32_t flags);
+
+/**
+ * Loads a file written by `kvr_region_export` into the region, which must have the same
+ * layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
+ * is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
+ * receives the number of blocks loaded.
+ */
+enum kvr_status kvr_region_import(const struct kvr_region *region,
+                                  const char *path,
+                                  size_t *out_count);
+
+/**
  * Fills `*config` with the documented defaults (`root` and `namespace_name` left NULL).
  */
 enum kvr_status kvr_fs_config_default(struct kvr_fs_config *config);
@@ -1374,6 +1396,76 @@ const char *kvr_status_str(int32_t status);
 const char *kvr_last_error_message(void);
 
 /**
+ * Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
+ * the system temp directory). It is deleted when the handle and every lazy reference have
+ * been released, or at once by `kvr_tensor_dir_cleanup`.
+ */
+enum kvr_status kvr_tensor_dir_open(const char *parent, struct kvr_tensor_dir **out);
+
+/**
+ * Releases the directory handle; the directory lives on while lazy references exist.
+ * NULL is a no-op.
+ */
+void kvr_tensor_dir_close(struct kvr_tensor_dir *dir);
+
+/**
+ * Deletes the directory and its files now. Later puts, get_refs and materializations fail
+ * with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
+ * freed. The handle must still be closed.
+ */
+enum kvr_status kvr_tensor_dir_cleanup(const struct kvr_tensor_dir *dir);
+
+/**
+ * The directory's path (valid until the handle is closed).
+ */
+enum kvr_status kvr_tensor_dir_path(const struct kvr_tensor_dir *dir, const char **out);
+
+/**
+ * Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
+ * that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
+ */
+enum kvr_status kvr_tensor_dir_put(const struct kvr_tensor_dir *dir,
+                                   const char *item_id,
+                                   const struct kvr_tensor *tensors,
+                                   size_t n,
+                                   const struct kvr_kv *metadata,
+                                   size_t m,
+                                   uint32_t flags);
+
+/**
+ * A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
+ * Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
+ * directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_get_ref(const struct kvr_tensor_dir *dir,
+                                       const char *item_id,
+                                       const char *name,
+                                       struct kvr_tensor_lazy **out);
+
+/**
+ * Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
+ * materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
+ * `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_materialize(const struct kvr_tensor_lazy *lazy,
+                                            void *dst,
+                                            size_t cap,
+                                            size_t *out_len);
+
+/**
+ * Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
+ * is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
+                                     struct kvr_tensor_ref *out);
+
+/**
+ * Releases a lazy reference (from any thread); the last release of the directory's handle
+ * and references deletes the directory. NULL is a no-op.
+ */
+void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
+
+/**
  * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
  * (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
  * error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
@@ -1464,98 +1556,6 @@ enum kvr_status kvr_tensors_read_into_device(const struct kvr_tensor_file *file,
                                              size_t cap,
                                              int32_t device,
                                              size_t *out_len);
-
-/**
- * Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
- * the system temp directory). It is deleted when the handle and every lazy reference have
- * been released, or at once by `kvr_tensor_dir_cleanup`.
- */
-enum kvr_status kvr_tensor_dir_open(const char *parent, struct kvr_tensor_dir **out);
-
-/**
- * Releases the directory handle; the directory lives on while lazy references exist.
- * NULL is a no-op.
- */
-void kvr_tensor_dir_close(struct kvr_tensor_dir *dir);
-
-/**
- * Deletes the directory and its files now. Later puts, get_refs and materializations fail
- * with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
- * freed. The handle must still be closed.
- */
-enum kvr_status kvr_tensor_dir_cleanup(const struct kvr_tensor_dir *dir);
-
-/**
- * The directory's path (valid until the handle is closed).
- */
-enum kvr_status kvr_tensor_dir_path(const struct kvr_tensor_dir *dir, const char **out);
-
-/**
- * Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
- * that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
- */
-enum kvr_status kvr_tensor_dir_put(const struct kvr_tensor_dir *dir,
-                                   const char *item_id,
-                                   const struct kvr_tensor *tensors,
-                                   size_t n,
-                                   const struct kvr_kv *metadata,
-                                   size_t m,
-                                   uint32_t flags);
-
-/**
- * A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
- * Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
- * directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_dir_get_ref(const struct kvr_tensor_dir *dir,
-                                       const char *item_id,
-                                       const char *name,
-                                       struct kvr_tensor_lazy **out);
-
-/**
- * Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
- * materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
- * `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_lazy_materialize(const struct kvr_tensor_lazy *lazy,
-                                            void *dst,
-                                            size_t cap,
-                                            size_t *out_len);
-
-/**
- * Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
- * is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
-                                     struct kvr_tensor_ref *out);
-
-/**
- * Releases a lazy reference (from any thread); the last release of the directory's handle
- * and references deletes the directory. NULL is a no-op.
- */
-void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
-
-/**
- * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
- * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
- * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
- * layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
- */
-enum kvr_status kvr_region_export(const struct kvr_region *region,
-                                  const uint64_t *block_ids,
-                                  size_t n,
-                                  const char *path,
-                                  uint32_t flags);
-
-/**
- * Loads a file written by `kvr_region_export` into the region, which must have the same
- * layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
- * is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
- * receives the number of blocks loaded.
- */
-enum kvr_status kvr_region_import(const struct kvr_region *region,
-                                  const char *path,
-                                  size_t *out_count);
 
 #ifdef __cplusplus
 }  // extern "C"

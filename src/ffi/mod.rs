@@ -12,11 +12,13 @@
 
 pub mod cuda;
 pub mod disk;
+pub mod export;
 pub mod fs;
 mod handle;
 pub mod job;
 pub mod region;
 pub mod status;
+pub mod tensor_dir;
 pub mod tensors;
 
 use std::ffi::{c_char, CStr};
