@@ -123,7 +123,7 @@ TEST(Disk, RoundTripsEverySizeClassDirectAndBuffered) {
 TEST(Disk, EvictsLeastRecentlyUsedAndCounts) {
   TempFile f("lru");
   kvr::Disk d(options(f.path, 4096, 3));
-  uint8_t buf[4096];
+  uint8_t buf[4096] = {};  // initialised: the writes below send it to the file
   for (uint32_t i = 0; i < 3; i++) d.write(key(i), buf, 100);
   d.read(key(0), buf, sizeof buf);  // order now 1, 2, 0
   d.write(key(3), buf, 100);        // evicts 1

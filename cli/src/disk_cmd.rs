@@ -7,6 +7,7 @@ use clap::Subcommand;
 use kvr::disk::{self, SlotFileReport};
 
 use crate::report::human_bytes;
+use crate::stdout::out;
 use crate::EXIT_VERIFY_FOUND_BAD;
 
 #[derive(Subcommand)]
@@ -34,10 +35,6 @@ pub enum DiskCommand {
     },
 }
 
-fn hex(k: &[u8]) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn summary_json(r: &SlotFileReport) -> serde_json::Value {
     serde_json::json!({
         "path": r.path.display().to_string(),
@@ -54,38 +51,39 @@ fn summary_json(r: &SlotFileReport) -> serde_json::Value {
     })
 }
 
-fn print_summary(r: &SlotFileReport) {
+fn print_summary(r: &SlotFileReport) -> kvr::Result<()> {
     let g = r.geometry;
-    println!("slot file   {}", r.path.display());
-    println!(
+    out!("slot file   {}", r.path.display())?;
+    out!(
         "geometry    {} slots x {} payload (+4K header page), file {}",
         g.num_slots,
         human_bytes(g.slot_size),
         human_bytes(r.file_len)
-    );
-    println!(
+    )?;
+    out!(
         "owner       {}",
         if r.owned {
             "a live process holds it (figures are a snapshot and may be changing)"
         } else {
             "none"
         }
-    );
-    println!(
+    )?;
+    out!(
         "entries     {} ({} payload, {} metadata)",
         r.entries,
         human_bytes(r.payload_bytes),
         human_bytes(r.meta_bytes)
-    );
-    println!("free        {}", r.free_slots);
-    println!(
+    )?;
+    out!("free        {}", r.free_slots)?;
+    out!(
         "superseded  {} (older copies left by a crash; dropped at next open)",
         r.superseded
-    );
-    println!(
+    )?;
+    out!(
         "damaged     {} (header table entry fails its checksum; never served)",
         r.damaged.len()
-    );
+    )?;
+    Ok(())
 }
 
 pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
@@ -93,12 +91,12 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
         DiskCommand::Inspect { path, json } => {
             let r = disk::inspect(path)?;
             if *json {
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&summary_json(&r)).unwrap()
-                );
+                )?;
             } else {
-                print_summary(&r);
+                print_summary(&r)?;
             }
             Ok(0)
         }
@@ -118,7 +116,7 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
                     .map(|b| {
                         serde_json::json!({
                             "slot": b.slot,
-                            "key": b.key.as_ref().map(|k| hex(k)),
+                            "key": b.key.as_ref().map(kvr::Key::to_hex),
                             "reason": b.reason,
                         })
                     })
@@ -129,19 +127,23 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
                     "bytes_checked": v.bytes_checked,
                     "bad": bad,
                 });
-                println!("{}", serde_json::to_string_pretty(&out).unwrap());
+                out!("{}", serde_json::to_string_pretty(&out).unwrap())?;
             } else {
-                print_summary(&v.inspect);
+                print_summary(&v.inspect)?;
                 for b in &v.bad {
-                    let key = b.key.as_ref().map(|k| hex(k)).unwrap_or_else(|| "?".into());
-                    println!("BAD slot {} key {key}: {}", b.slot, b.reason);
+                    let key = b
+                        .key
+                        .as_ref()
+                        .map(kvr::Key::to_hex)
+                        .unwrap_or_else(|| "?".into());
+                    out!("BAD slot {} key {key}: {}", b.slot, b.reason)?;
                 }
-                println!(
+                out!(
                     "verified {} entries ({}): {} bad",
                     v.checked,
                     human_bytes(v.bytes_checked),
                     v.bad.len()
-                );
+                )?;
             }
             Ok(if v.bad.is_empty() {
                 0

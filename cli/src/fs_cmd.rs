@@ -8,6 +8,7 @@ use serde_json::json;
 
 use crate::bench::parse_size;
 use crate::report::human_bytes;
+use crate::stdout::out;
 use crate::EXIT_VERIFY_FOUND_BAD;
 
 #[derive(Args, Debug)]
@@ -86,34 +87,38 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                         })
                     })
                     .collect();
-                println!(
+                out!(
                     "{}",
                     serde_json::to_string_pretty(&json!({ "stores": v })).unwrap()
-                );
+                )?;
                 return Ok(0);
             }
             if stores.is_empty() {
-                println!("no fs stores under {}", t.root.display());
+                out!("no fs stores under {}", t.root.display())?;
                 return Ok(0);
             }
-            println!(
+            out!(
                 "{:<40} {:>10} {:>10} {:>6} {:>6}",
-                "store", "blocks", "bytes", "temp", "stray"
-            );
+                "store",
+                "blocks",
+                "bytes",
+                "temp",
+                "stray"
+            )?;
             let (mut nb, mut by) = (0, 0);
             for s in &stores {
-                println!(
+                out!(
                     "{:<40} {:>10} {:>10} {:>6} {:>6}",
                     store_name(&s.location),
                     s.blocks,
                     human_bytes(s.bytes),
                     s.temp_files,
                     s.strays
-                );
+                )?;
                 nb += s.blocks;
                 by += s.bytes;
             }
-            println!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by));
+            out!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by))?;
             Ok(0)
         }
         FsCommand::Verify {
@@ -133,19 +138,19 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                     .map(|b| json!({"path": b.path, "reason": b.reason, "removed": b.removed}))
                     .collect();
                 let v = json!({"checked": r.checked, "bytes": r.bytes, "bad": bad});
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
             } else {
                 for b in &r.bad {
                     let what = if b.removed { "REMOVED" } else { "BAD" };
-                    println!("{what} {}: {}", b.path.display(), b.reason);
+                    out!("{what} {}: {}", b.path.display(), b.reason)?;
                 }
-                println!(
+                out!(
                     "checked {} blocks ({}): {} bad, {} removed",
                     r.checked,
                     human_bytes(r.bytes),
                     r.bad.len(),
                     r.bad.len() - remaining
-                );
+                )?;
             }
             Ok(if remaining > 0 {
                 EXIT_VERIFY_FOUND_BAD
@@ -167,9 +172,9 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                     "bytes_after": r.bytes_after,
                     "removed_temp_files": r.removed_temp_files,
                 });
-                println!("{}", serde_json::to_string_pretty(&v).unwrap());
+                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
             } else {
-                println!(
+                out!(
                     "removed {} of {} blocks ({} of {}), {} left; {} stale temp files removed",
                     r.removed_blocks,
                     r.blocks_before,
@@ -177,7 +182,7 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                     human_bytes(r.bytes_before),
                     human_bytes(r.bytes_after),
                     r.removed_temp_files
-                );
+                )?;
             }
             Ok(0)
         }

@@ -2,7 +2,9 @@
 //! inspection/repair of what the tiers hold.
 //!
 //! Exit codes: 0 success; 1 an operation failed (one line on stderr says what and why);
-//! 2 usage error; 3 `verify` found bad entries (and did not repair them all).
+//! 2 usage error; 3 `verify` found bad entries (and did not repair them all). A standard
+//! output closed by its reader (`kvr ... | head -1`) ends any command early with 0 and no
+//! message, as the reader asked for no more.
 
 #![deny(clippy::undocumented_unsafe_blocks)]
 
@@ -12,6 +14,7 @@ mod fio;
 mod fs_cmd;
 mod region_cmd;
 mod report;
+mod stdout;
 mod tensors_cmd;
 
 use std::path::PathBuf;
@@ -91,6 +94,7 @@ fn main() -> ExitCode {
     };
     match result {
         Ok(code) => ExitCode::from(code),
+        Err(_) if stdout::closed() => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("kvr: {e}");
             ExitCode::from(EXIT_FAILURE)

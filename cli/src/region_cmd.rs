@@ -6,6 +6,7 @@ use clap::Subcommand;
 use kvr::region::shm;
 
 use crate::report::human_bytes;
+use crate::stdout::out;
 
 #[derive(Subcommand)]
 pub enum RegionCommand {
@@ -30,28 +31,28 @@ pub fn run(cmd: &RegionCommand) -> kvr::Result<u8> {
         RegionCommand::Ls { dir } => {
             let entries = shm::list(dir)?;
             if entries.is_empty() {
-                println!("no kvr regions in {}", dir.display());
+                out!("no kvr regions in {}", dir.display())?;
                 return Ok(0);
             }
-            println!("{:<32} {:>10} {:<8} layout", "name", "size", "state");
+            out!("{:<32} {:>10} {:<8} layout", "name", "size", "state")?;
             for e in entries {
                 let layout = match &e.layout {
                     Ok(l) => l.to_string(),
                     Err(err) => format!("unreadable: {err}"),
                 };
                 let state = if e.live { "live" } else { "stale" };
-                println!(
+                out!(
                     "{:<32} {:>10} {:<8} {layout}",
                     e.name,
                     human_bytes(e.size),
                     state
-                );
+                )?;
             }
             Ok(0)
         }
         RegionCommand::Rm { name, dir } => {
             shm::remove(dir, name)?;
-            println!("removed region {name} from {}", dir.display());
+            out!("removed region {name} from {}", dir.display())?;
             Ok(0)
         }
     }

@@ -2,6 +2,8 @@
 
 use serde::Serialize;
 
+use crate::stdout::out;
+
 /// Median, minimum and maximum of repeated measurements.
 #[derive(Clone, Copy, Debug, Serialize)]
 pub struct Summary {
@@ -88,13 +90,18 @@ impl Timing {
     }
 }
 
-pub fn print_timings(timings: &[Timing]) {
+pub fn print_timings(timings: &[Timing]) -> kvr::Result<()> {
     for t in timings {
-        println!(
+        out!(
             "{:<8} {}: median {:.0} us ({:.0}-{:.0})",
-            t.tier, t.what, t.micros.median, t.micros.min, t.micros.max
-        );
+            t.tier,
+            t.what,
+            t.micros.median,
+            t.micros.min,
+            t.micros.max
+        )?;
     }
+    Ok(())
 }
 
 pub fn human_bytes(n: u64) -> String {
@@ -115,13 +122,19 @@ pub fn human_bytes(n: u64) -> String {
     format!("{n}B")
 }
 
-pub fn print_table(rows: &[Row], runs: usize) {
-    println!(
+pub fn print_table(rows: &[Row], runs: usize) -> kvr::Result<()> {
+    out!(
         "{:<8} {:<14} {:>6} {:>3}  {:>22}  {:>22}  {:>6}",
-        "tier", "op", "block", "thr", "kvr GB/s (min-max)", "limit GB/s (min-max)", "ratio"
-    );
+        "tier",
+        "op",
+        "block",
+        "thr",
+        "kvr GB/s (min-max)",
+        "limit GB/s (min-max)",
+        "ratio"
+    )?;
     for r in rows {
-        println!(
+        out!(
             "{:<8} {:<14} {:>6} {:>3}  {:>7.2} ({:>6.2}-{:>6.2})  {:>7.2} ({:>6.2}-{:>6.2})  {:>5.2}x  [{}]",
             r.tier,
             r.op,
@@ -135,9 +148,9 @@ pub fn print_table(rows: &[Row], runs: usize) {
             r.limit_gbps.max,
             r.ratio,
             r.limit
-        );
+        )?;
     }
-    println!("medians of {runs} runs; ratio = kvr median / limit median");
+    out!("medians of {runs} runs; ratio = kvr median / limit median")
 }
 
 #[cfg(test)]

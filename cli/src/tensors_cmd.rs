@@ -6,6 +6,7 @@ use clap::Subcommand;
 use kvr::tensors::TensorFile;
 
 use crate::report::human_bytes;
+use crate::stdout::out;
 
 #[derive(Subcommand)]
 pub enum TensorsCommand {
@@ -80,11 +81,11 @@ pub fn run(cmd: &TensorsCommand) -> kvr::Result<u8> {
             "metadata": meta,
             "tensors": items,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap())?;
         return Ok(0);
     }
     let data: u64 = f.tensors().iter().map(|t| t.len).sum();
-    println!(
+    out!(
         "{}: {} tensors, {} of tensor data, file {} bytes, data starts at byte {}{}",
         path.display(),
         f.len(),
@@ -96,21 +97,25 @@ pub fn run(cmd: &TensorsCommand) -> kvr::Result<u8> {
         } else {
             String::new()
         }
-    );
+    )?;
     if !f.metadata().is_empty() {
-        println!("metadata:");
+        out!("metadata:")?;
         for (k, v) in f.metadata() {
-            println!("  {k} = {}", v.escape_debug());
+            out!("  {k} = {}", v.escape_debug())?;
         }
     }
     if items.is_empty() {
         return Ok(0);
     }
     let w = items.iter().map(|i| i.name.len()).max().unwrap_or(4).max(4);
-    println!(
+    out!(
         "{:<w$}  {:<10} {:<20} {:>14} {:>14}",
-        "name", "dtype", "shape", "offset", "bytes"
-    );
+        "name",
+        "dtype",
+        "shape",
+        "offset",
+        "bytes"
+    )?;
     for i in &items {
         let shape = format!(
             "[{}]",
@@ -120,10 +125,14 @@ pub fn run(cmd: &TensorsCommand) -> kvr::Result<u8> {
                 .collect::<Vec<_>>()
                 .join(", ")
         );
-        println!(
+        out!(
             "{:<w$}  {:<10} {:<20} {:>14} {:>14}",
-            i.name, i.dtype, shape, i.offset, i.bytes
-        );
+            i.name,
+            i.dtype,
+            shape,
+            i.offset,
+            i.bytes
+        )?;
     }
     Ok(0)
 }

@@ -5,17 +5,25 @@
 //! Slot life cycle:
 //!
 //! ```text
-//! Free --reserve--> Writing --commit--> Live --(overwritten, removed, evicted, corrupt)-->
-//!   unlinked; once no read pins it --> Retiring (header invalidated on disk) --> Free
-//! Live --evict (unpinned LRU tail, by a writer)--> Writing (the writer invalidates it)
+//! Free --reserve--> Writing --commit--> Live --(superseded, removed, corrupt)--> Retiring
+//! Retiring --table entry invalidated, no pins--> Free
+//! Retiring --table entry invalidated, still pinned--> Draining --last unpin--> Free
+//! Live --evict or overwrite in place (unpinned, by a writer)--> Writing (the writer
+//!   invalidates the table entry before its payload lands)
 //! ```
 //!
-//! A slot that a read has pinned is never handed to a writer, so a read can never see its
-//! slot reused under it.
+//! An entry leaves the file's durable state when the operation that ends it returns: the
+//! thread that moves a slot to `Retiring` invalidates its table entry at once, even while
+//! reads pin it (reads use the slot's own header page and payload, never the table), so a
+//! crash can no longer bring back a removed or superseded value. Only the slot's reuse waits
+//! for the reads: a slot that a read has pinned is never handed to a writer, so a read can
+//! never see its slot reused under it, and a read that pinned before the removal still
+//! returns the bytes it started reading.
 
 use std::collections::HashMap;
 
 use super::format::{Key, SlotHeader};
+use super::DiskStats;
 use crate::{err, Result};
 
 const NIL: u32 = u32::MAX;
@@ -24,15 +32,17 @@ const NIL: u32 = u32::MAX;
 enum State {
     Free,
     Writing,
+    /// In the map and the LRU list.
     Live,
+    /// Out of the map; the thread that unlinked it is invalidating its table entry.
     Retiring,
+    /// Table entry invalidated; waits for the reads that still pin it before reuse.
+    Draining,
 }
 
 #[derive(Clone, Copy, Debug)]
 struct Slot {
     state: State,
-    /// In the map and the LRU list (a `Live` slot that is not linked waits for its pins).
-    linked: bool,
     /// The file may hold a valid header in this slot: invalidate it before reuse.
     on_disk: bool,
     pins: u32,
@@ -46,35 +56,15 @@ struct Slot {
 
 const FREE_SLOT: Slot = Slot {
     state: State::Free,
-    linked: false,
     on_disk: false,
     pins: 0,
     prev: NIL,
     next: NIL,
-    key: [0; 16],
+    key: Key([0; 16]),
     len: 0,
     meta_len: 0,
     seq: 0,
 };
-
-/// Counters kept with the index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Entries evicted to make room for writes.
-    pub evictions: u64,
-    /// Reads that found their key.
-    pub hits: u64,
-    /// Reads that did not.
-    pub misses: u64,
-    /// Entries dropped because a checksum or header failed on read.
-    pub corrupt_dropped: u64,
-    /// Completed writes.
-    pub writes: u64,
-    /// Payload bytes written.
-    pub bytes_written: u64,
-    /// Payload bytes read.
-    pub bytes_read: u64,
-}
 
 /// A slot handed to a writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,8 +103,10 @@ pub struct Index {
     /// Least recently used: the next eviction victim.
     tail: u32,
     next_seq: u64,
-    /// Counters.
-    pub counters: Counters,
+    /// The activity counters of [`DiskStats`] (evictions, hits, ... bytes read), counted
+    /// here under the index lock; its geometry and state fields stay zero here and are
+    /// filled by `SlotFile::stats`.
+    pub counters: DiskStats,
 }
 
 impl Index {
@@ -127,7 +119,7 @@ impl Index {
             head: NIL,
             tail: NIL,
             next_seq: 1,
-            counters: Counters::default(),
+            counters: DiskStats::default(),
         }
     }
 
@@ -197,7 +189,6 @@ impl Index {
         let old = self.head;
         {
             let slot = &mut self.slots[s as usize];
-            slot.linked = true;
             slot.prev = NIL;
             slot.next = old;
         }
@@ -226,20 +217,20 @@ impl Index {
         slot.next = NIL;
     }
 
-    /// Takes a live slot out of the map and the LRU list. Returns it if nothing pins it (the
-    /// caller retires it), else it is retired by the last [`Index::unpin`].
-    fn unlink_entry(&mut self, s: u32) -> Option<u32> {
+    /// Takes a live slot out of the map and the LRU list (its state is the caller's to set).
+    fn unlink_entry(&mut self, s: u32) {
+        debug_assert_eq!(self.slots[s as usize].state, State::Live);
         let key = self.slots[s as usize].key;
         self.map.remove(&key);
         self.list_unlink(s);
-        let slot = &mut self.slots[s as usize];
-        slot.linked = false;
-        if slot.pins == 0 {
-            slot.state = State::Retiring;
-            Some(s)
-        } else {
-            None
-        }
+    }
+
+    /// Ends live entry `s`: it leaves the map and becomes `Retiring`, pinned or not. Returns
+    /// `s`: the caller invalidates its table entry now, then calls [`Index::finish_retire`].
+    fn retire_entry(&mut self, s: u32) -> u32 {
+        self.unlink_entry(s);
+        self.slots[s as usize].state = State::Retiring;
+        s
     }
 
     /// Number of live entries.
@@ -297,31 +288,29 @@ impl Index {
         })
     }
 
-    /// Drops a read's pin. Returns the slot if it was unlinked meanwhile and this was the
-    /// last pin: the caller retires it.
-    pub fn unpin(&mut self, s: u32) -> Option<u32> {
+    /// Drops a read's pin. The last pin of a `Draining` slot frees it (its table entry is
+    /// already invalid: no I/O is left to do).
+    pub fn unpin(&mut self, s: u32) {
         let slot = &mut self.slots[s as usize];
-        debug_assert!(slot.pins > 0 && slot.state == State::Live);
+        debug_assert!(
+            slot.pins > 0 && matches!(slot.state, State::Live | State::Retiring | State::Draining)
+        );
         slot.pins -= 1;
-        if slot.pins == 0 && !slot.linked {
-            slot.state = State::Retiring;
-            Some(s)
-        } else {
-            None
+        if slot.pins == 0 && slot.state == State::Draining {
+            self.free_slot(s);
         }
     }
 
     /// The read of pinned entry `p` found a bad header or checksum: drops the entry (if it is
-    /// still the live one) and unpins. Returns a slot to retire, if any.
+    /// still the live one) and unpins. Returns a slot to retire (see [`Index::remove`]), if
+    /// any.
     pub fn drop_corrupt(&mut self, p: &Pinned) -> Option<u32> {
         self.counters.corrupt_dropped += 1;
         let slot = self.slots[p.slot as usize];
-        if slot.linked && slot.seq == p.seq {
-            self.map.remove(&slot.key);
-            self.list_unlink(p.slot);
-            self.slots[p.slot as usize].linked = false;
-        }
-        self.unpin(p.slot)
+        let retire =
+            (slot.state == State::Live && slot.seq == p.seq).then(|| self.retire_entry(p.slot));
+        self.unpin(p.slot);
+        retire
     }
 
     /// Hands a slot to a writer of `key`: a free slot (an existing entry of the key stays
@@ -372,8 +361,8 @@ impl Index {
     }
 
     /// A reserved write finished: the entry becomes `key`'s live entry unless a write with a
-    /// higher sequence number already committed. Returns a slot to retire (the superseded
-    /// entry, or this one if it lost), if any.
+    /// higher sequence number already committed. Returns a slot to retire at once (the
+    /// superseded entry, even while reads pin it, or this one if it lost), if any.
     pub fn commit(&mut self, r: &Reservation, key: &Key, len: u64, meta_len: u32) -> Option<u32> {
         let s = r.slot;
         {
@@ -396,7 +385,7 @@ impl Index {
                 self.slots[s as usize].state = State::Retiring;
                 return Some(s);
             }
-            retire = self.unlink_entry(old);
+            retire = Some(self.retire_entry(old));
         }
         self.map.insert(*key, s);
         self.linked_push_front(s);
@@ -411,20 +400,33 @@ impl Index {
         r.slot
     }
 
-    /// Removes `key`'s entry. `None` if absent; `Some(slot to retire)` otherwise (`Some(None)`
-    /// when a read still pins it: the last unpin retires it).
-    pub fn remove(&mut self, key: &Key) -> Option<Option<u32>> {
+    /// Removes `key`'s entry. `None` if absent, else the slot to retire: the caller
+    /// invalidates its table entry before returning (even while reads pin the slot), then
+    /// calls [`Index::finish_retire`].
+    pub fn remove(&mut self, key: &Key) -> Option<u32> {
         let &s = self.map.get(key)?;
-        Some(self.unlink_entry(s))
+        Some(self.retire_entry(s))
     }
 
-    /// A retiring slot's header was invalidated on disk (`invalidated`), or could not be
-    /// (then the next writer invalidates it first): the slot becomes free.
+    /// A retiring slot's table entry was invalidated (`invalidated`), or could not be (then
+    /// the next writer invalidates it first): the slot becomes free, or `Draining` until the
+    /// last read pinning it unpins.
     pub fn finish_retire(&mut self, s: u32, invalidated: bool) {
         let slot = &mut self.slots[s as usize];
         debug_assert_eq!(slot.state, State::Retiring);
+        slot.on_disk = !invalidated;
+        if slot.pins == 0 {
+            self.free_slot(s);
+        } else {
+            slot.state = State::Draining;
+        }
+    }
+
+    fn free_slot(&mut self, s: u32) {
+        let slot = &mut self.slots[s as usize];
+        debug_assert_eq!(slot.pins, 0);
         *slot = Slot {
-            on_disk: !invalidated,
+            on_disk: slot.on_disk,
             ..FREE_SLOT
         };
         self.free.push(s);
@@ -436,7 +438,7 @@ mod tests {
     use super::*;
 
     fn k(i: u8) -> Key {
-        [i; 16]
+        Key([i; 16])
     }
 
     fn put(ix: &mut Index, key: u8, len: u64) -> Reservation {
@@ -458,7 +460,8 @@ mod tests {
         assert_eq!(ix.free_slots(), 0);
         assert_eq!(ix.lru_order(), vec![k(0), k(1), k(2)]);
         ix.pin(&k(0)).unwrap();
-        assert!(ix.unpin(0).is_none());
+        ix.unpin(0);
+        assert_eq!(ix.free_slots(), 0, "unpinning a live entry frees nothing");
         assert_eq!(ix.lru_order(), vec![k(1), k(2), k(0)]);
         let r = put(&mut ix, 9, 10);
         assert_eq!(r.evicted, Some(k(1)));
@@ -480,14 +483,17 @@ mod tests {
             ix.reserve(&k(0xee)).unwrap_err().kind(),
             crate::ErrorKind::Busy
         );
-        // Overwrite of a pinned key: the old slot waits for the pin.
-        assert!(ix.unpin(p2.slot).is_none());
+        // Overwrite of a pinned key: the old slot is retired at once (its table entry is
+        // invalidated when the write returns), its reuse waits for the pin.
+        ix.unpin(p2.slot);
+        assert_eq!(ix.free_slots(), 0);
         let r = ix.reserve(&k(1)).unwrap();
         assert_eq!(r.slot, p2.slot); // 2 was the unpinned LRU entry
-        assert!(ix.commit(&r, &k(1), 5, 0).is_none()); // old slot of 1 still pinned
-        assert_eq!(ix.lengths(&k(1)), Some((5, 0)));
-        assert_eq!(ix.unpin(p1.slot), Some(p1.slot));
+        assert_eq!(ix.commit(&r, &k(1), 5, 0), Some(p1.slot));
         ix.finish_retire(p1.slot, true);
+        assert_eq!(ix.free_slots(), 0, "old slot of 1 still pinned");
+        assert_eq!(ix.lengths(&k(1)), Some((5, 0)));
+        ix.unpin(p1.slot);
         assert_eq!(ix.free_slots(), 1);
         assert_eq!(ix.entries(), 1);
     }
@@ -497,13 +503,16 @@ mod tests {
         let mut ix = Index::new(4);
         put(&mut ix, 1, 1);
         put(&mut ix, 2, 1);
-        assert_eq!(ix.remove(&k(1)), Some(Some(0)));
+        assert_eq!(ix.remove(&k(1)), Some(0));
         ix.finish_retire(0, true);
         assert_eq!(ix.remove(&k(1)), None);
         let p = ix.pin(&k(2)).unwrap();
-        assert_eq!(ix.remove(&k(2)), Some(None));
-        assert_eq!(ix.unpin(p.slot), Some(p.slot));
+        // Retired at once although a read pins it; freed by the last unpin.
+        assert_eq!(ix.remove(&k(2)), Some(p.slot));
         ix.finish_retire(p.slot, false);
+        assert_eq!(ix.free_slots(), 3);
+        ix.unpin(p.slot);
+        assert_eq!(ix.free_slots(), 4);
         // A slot whose invalidation failed is invalidated by its next writer.
         let r = ix.reserve(&k(3)).unwrap();
         assert_eq!(r.slot, p.slot);
@@ -514,6 +523,45 @@ mod tests {
         ix.finish_retire(p.slot, true);
         assert_eq!(ix.counters.corrupt_dropped, 1);
         assert_eq!((ix.entries(), ix.free_slots()), (0, 4));
+    }
+
+    #[test]
+    fn ended_entries_retire_at_once_but_pinned_slots_wait_for_their_reads() {
+        let mut ix = Index::new(3);
+        put(&mut ix, 1, 1);
+        put(&mut ix, 2, 1);
+        put(&mut ix, 3, 1);
+        // Two reads pin key 1; the key is removed, its slot retired at once.
+        let a = ix.pin(&k(1)).unwrap();
+        let b = ix.pin(&k(1)).unwrap();
+        assert_eq!(ix.remove(&k(1)), Some(a.slot));
+        ix.finish_retire(a.slot, true);
+        assert!(!ix.contains(&k(1)) && ix.pin(&k(1)).is_none());
+        // Keys 2 and 3 pinned too: the draining slot is not handed out, so every slot is busy.
+        let p2 = ix.pin(&k(2)).unwrap();
+        let p3 = ix.pin(&k(3)).unwrap();
+        assert_eq!(
+            ix.reserve(&k(9)).unwrap_err().kind(),
+            crate::ErrorKind::Busy
+        );
+        // A corrupt read of an entry already retired drops nothing more.
+        assert_eq!(ix.drop_corrupt(&a), None);
+        assert_eq!(ix.free_slots(), 0);
+        ix.unpin(b.slot);
+        assert_eq!(ix.free_slots(), 1);
+        // Its table entry is already invalid: the next writer need not invalidate it.
+        let r = ix.reserve(&k(9)).unwrap();
+        assert_eq!((r.slot, r.invalidate, r.evicted), (a.slot, false, None));
+        // A corrupt read of a live entry retires it at once, even while another read pins it.
+        assert!(ix.commit(&r, &k(9), 1, 0).is_none());
+        let c = ix.pin(&k(2)).unwrap();
+        assert_eq!(ix.drop_corrupt(&p2), Some(p2.slot));
+        ix.finish_retire(p2.slot, true);
+        assert_eq!((ix.entries(), ix.free_slots()), (2, 0));
+        ix.unpin(c.slot);
+        ix.unpin(p3.slot);
+        assert_eq!((ix.entries(), ix.free_slots()), (2, 1));
+        assert_eq!(ix.counters.corrupt_dropped, 2);
     }
 
     #[test]
@@ -582,7 +630,7 @@ mod tests {
                 }
                 _ => match ix.pin(&key) {
                     Some(p) => {
-                        assert!(ix.unpin(p.slot).is_none());
+                        ix.unpin(p.slot);
                         model.retain(|m| *m != key);
                         model.push(key);
                     }

@@ -12,7 +12,7 @@ use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::clean_temp;
 use super::format::{self, Header};
@@ -290,22 +290,24 @@ pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>
         .collect()
 }
 
-/// Validates a whole block file's bytes against the key its name says: header, key, length
-/// and xxh3-64 checksum. Pure; `Corrupt` with the reason on any mismatch.
-pub fn check_block_bytes(bytes: &[u8], name_key: &Key) -> Result<Header> {
+/// Validates a whole block file's bytes against its name in `namespace`: header, whole key
+/// (its block name must be the file's), length and xxh3-64 checksum. Pure; `Corrupt` with
+/// the reason on any mismatch.
+pub fn check_block_bytes(bytes: &[u8], namespace: &str, name_key: &Key) -> Result<Header> {
     let h = format::decode_header(bytes)?;
-    check_header(&h, bytes.len() as u64, name_key)?;
+    check_header(&h, bytes.len() as u64, namespace, name_key)?;
     check_sum(&h, format::checksum(&bytes[h.data_offset..]))?;
     Ok(h)
 }
 
-/// The header's key against the file's name, its lengths against the file's size.
-fn check_header(h: &Header, size: u64, name_key: &Key) -> Result<()> {
-    if h.key != *name_key {
+/// The header's whole key against the file's name in `namespace`, its lengths against the
+/// file's size.
+fn check_header(h: &Header, size: u64, namespace: &str, name_key: &Key) -> Result<()> {
+    if crate::key::block_name(namespace.as_bytes(), &h.key) != *name_key {
         return Err(err!(
             Corrupt,
             "header holds key {} but the file is named for {name_key}",
-            h.key
+            Key::display_bytes(&h.key)
         ));
     }
     let expect = h.data_offset as u64 + h.payload_len;
@@ -337,7 +339,13 @@ const VERIFY_CHUNK: usize = 1 << 20;
 /// Checks an open block file of `size` bytes, streaming it through `buf`: the header first
 /// (at most [`format::MAX_HEADER`] bytes), then, only if the header's lengths match the
 /// file's size, the payload through the checksum.
-fn check_block_file(file: &File, size: u64, key: &Key, buf: &mut Vec<u8>) -> Result<()> {
+fn check_block_file(
+    file: &File,
+    size: u64,
+    namespace: &str,
+    key: &Key,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
     let io_err = |e| Error::io("reading", e);
     let mut prefix = [0u8; 8];
     let got = read_full_at(file, &mut prefix, 0).map_err(io_err)?;
@@ -351,7 +359,7 @@ fn check_block_file(file: &File, size: u64, key: &Key, buf: &mut Vec<u8>) -> Res
     buf.resize(header_len.max(VERIFY_CHUNK), 0);
     let got = read_full_at(file, &mut buf[..header_len], 0).map_err(io_err)?;
     let h = format::decode_header(&buf[..got])?;
-    check_header(&h, size, key)?;
+    check_header(&h, size, namespace, key)?;
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
     let mut at = h.data_offset as u64;
     while at < size {
@@ -387,7 +395,12 @@ fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
 
 /// Checks one block file; `Ok(None)` if it is good or vanished meanwhile, `Ok(Some(bad))`
 /// if it is bad (removed when `repair`, keeping a file renamed over it since).
-fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<BadBlock>> {
+fn verify_one(
+    b: &BlockFile,
+    namespace: &str,
+    buf: &mut Vec<u8>,
+    repair: bool,
+) -> Result<Option<BadBlock>> {
     let file = match OpenNoFollow::read_only().open(&b.path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -405,7 +418,7 @@ fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<B
         .metadata()
         .map_err(|e| Error::io(format!("stat of {}", b.path.display()), e))?
         .len();
-    let e = match check_block_file(&file, size, &b.key, buf) {
+    let e = match check_block_file(&file, size, namespace, &b.key, buf) {
         Ok(()) => return Ok(None),
         Err(e) if e.kind() == crate::ErrorKind::Corrupt => e,
         Err(e) => return Err(e.context(format!("checking {}", b.path.display()))),
@@ -440,10 +453,11 @@ pub fn verify(
     threads: usize,
     repair: bool,
 ) -> Result<VerifyReport> {
-    let (mut files, mut strays) = (Vec::new(), Vec::new());
+    let (mut files, mut strays): (Vec<(BlockFile, Arc<String>)>, _) = (Vec::new(), Vec::new());
     for s in find_stores(root, namespace)? {
+        let ns = Arc::new(s.namespace.clone());
         let scan = scan_store(&s.dir)?;
-        files.extend(scan.blocks);
+        files.extend(scan.blocks.into_iter().map(|b| (b, ns.clone())));
         strays.extend(scan.strays);
     }
     let next = AtomicUsize::new(0);
@@ -455,8 +469,8 @@ pub fn verify(
                 let mut buf = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(b) = files.get(i) else { break };
-                    match verify_one(b, &mut buf, repair) {
+                    let Some((b, ns)) = files.get(i) else { break };
+                    match verify_one(b, ns, &mut buf, repair) {
                         Ok(Some(bb)) => bad.lock().unwrap_or_else(|p| p.into_inner()).push(bb),
                         Ok(None) => {}
                         Err(e) => {
@@ -480,7 +494,7 @@ pub fn verify(
     bad.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(VerifyReport {
         checked: files.len() as u64,
-        bytes: files.iter().map(|b| b.size).sum(),
+        bytes: files.iter().map(|(b, _)| b.size).sum(),
         bad,
     })
 }
@@ -576,21 +590,21 @@ mod tests {
         let k = Key([5; 16]);
         let data = b"payload bytes";
         let h = format::encode_header(
-            &k,
+            &k.0,
             data.len() as u64,
             format::checksum(data),
             &TensorSpec::bytes(data.len() as u64),
         );
         let mut good = h.clone();
         good.extend_from_slice(data);
-        assert_eq!(check_block_bytes(&good, &k).unwrap().payload_len, 13);
-        assert!(check_block_bytes(&good, &Key([6; 16])).is_err());
+        assert_eq!(check_block_bytes(&good, "ns", &k).unwrap().payload_len, 13);
+        assert!(check_block_bytes(&good, "ns", &Key([6; 16])).is_err());
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(check_block_bytes(&flipped, &k).is_err());
-        assert!(check_block_bytes(&good[..good.len() - 1], &k).is_err());
-        assert!(check_block_bytes(&good[..100], &k).is_err());
-        assert!(check_block_bytes(b"", &k).is_err());
+        assert!(check_block_bytes(&flipped, "ns", &k).is_err());
+        assert!(check_block_bytes(&good[..good.len() - 1], "ns", &k).is_err());
+        assert!(check_block_bytes(&good[..100], "ns", &k).is_err());
+        assert!(check_block_bytes(b"", "ns", &k).is_err());
     }
 
     #[test]

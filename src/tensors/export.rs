@@ -2,26 +2,63 @@
 //!
 //! A scheduler handle exports whole rows (every worker's slice of each chosen block); a rank
 //! handle exports only its own slices. The file holds three tensors, in this order:
-//! `block_ids` (U64 `[n]`), `blocks` (U8 `[n, bytes_per_block]`) and `checksums` (U64 `[n]`,
-//! xxh3-64 of each block's bytes), and records the layout in `__metadata__`:
-//! `kvr.kind = "region_blocks"`, `kvr.format = "1"`, `kvr.num_blocks`, `kvr.cpu_page_size`,
-//! `kvr.num_workers`, `kvr.rank` (a number or `"scheduler"`). Import accepts only a file whose
-//! layout and role equal the region's, verifies every checksum before copying anything, then
-//! copies the blocks into their rows.
+//! `block_ids` (U64 `[n]`), `blocks` (U8 `[n, bytes_per_block]`) and `checksums` (U64 `[n]`),
+//! and records the layout in `__metadata__`: `kvr.kind = "region_blocks"`, `kvr.format = "2"`,
+//! `kvr.num_blocks`, `kvr.cpu_page_size`, `kvr.num_workers`, `kvr.rank` (a number or
+//! `"scheduler"`).
+//!
+//! Checksums of format 2 are bound to the block's id and to the layout: `checksums[i]` is the
+//! xxh3-64 of block `i`'s bytes seeded with the xxh3-64 of the layout, the role and
+//! `block_ids[i]` (see `checksum_seed`), so a changed id, which would put correct bytes into the wrong
+//! row, fails its checksum like changed bytes do. Format 1 files (written before format 2)
+//! stay importable: their checksums are the unseeded xxh3-64 of the bytes alone, so a changed
+//! id is caught only when it is out of range or repeated.
+//!
+//! Import accepts only a file whose layout and role equal the region's, rejects out-of-range
+//! and repeated ids and verifies every checksum before copying anything, then copies the
+//! blocks into their rows.
 
 use std::cell::RefCell;
 use std::collections::HashSet;
 use std::path::Path;
 
 use super::file::TensorFile;
-use super::header::TensorSpec;
+use super::header::NamedTensor;
 use super::write::{write_sources, Source, WriteOptions};
 use super::Dtype;
+use super::TensorSpec;
 use crate::region::{Layout, Region, Role};
 use crate::{err, Error, Result};
 
 /// Value of `kvr.kind` in exported files.
 pub const KIND: &str = "region_blocks";
+
+/// Value of `kvr.format` in files written now: checksums bound to ids and layout.
+const FORMAT: &str = "2";
+/// Format of files written before ids were bound: checksums of the bytes alone.
+const FORMAT_BYTES_ONLY: &str = "1";
+
+/// Seed of the checksum of block `id` in format 2: the xxh3-64 of a tag, the layout
+/// (`num_blocks`, `cpu_page_size`, `num_workers`), the role (rank, or `u64::MAX` for the
+/// scheduler) and the id, each a little-endian u64.
+fn checksum_seed(layout: &Layout, role: Role, id: u64) -> u64 {
+    let rank = match role {
+        Role::Rank(r) => r as u64,
+        Role::Scheduler => u64::MAX,
+    };
+    let mut bound = Vec::with_capacity(64);
+    bound.extend_from_slice(b"kvr.region_blocks.2\0");
+    for v in [
+        layout.num_blocks,
+        layout.cpu_page_size,
+        layout.num_workers as u64,
+        rank,
+        id,
+    ] {
+        bound.extend_from_slice(&v.to_le_bytes());
+    }
+    xxhash_rust::xxh3::xxh3_64(&bound)
+}
 
 fn role_str(role: Role) -> String {
     match role {
@@ -74,23 +111,33 @@ pub fn export_blocks(
         .map(|&b| unsafe { base.add((b * layout.row_stride() + in_row) as usize) } as *const u8)
         .collect();
     let ids: Vec<u8> = block_ids.iter().flat_map(|b| b.to_le_bytes()).collect();
+    let seeds: Vec<u64> = block_ids
+        .iter()
+        .map(|&b| checksum_seed(&layout, role, b))
+        .collect();
     let hashes = RefCell::new(Vec::with_capacity(block_ids.len()));
     let n = block_ids.len() as u64;
     let specs = [
-        TensorSpec {
+        NamedTensor {
             name: "block_ids".into(),
-            dtype: Dtype::U64,
-            shape: vec![n],
+            spec: TensorSpec {
+                dtype: Dtype::U64,
+                shape: vec![n],
+            },
         },
-        TensorSpec {
+        NamedTensor {
             name: "blocks".into(),
-            dtype: Dtype::U8,
-            shape: vec![n, bytes],
+            spec: TensorSpec {
+                dtype: Dtype::U8,
+                shape: vec![n, bytes],
+            },
         },
-        TensorSpec {
+        NamedTensor {
             name: "checksums".into(),
-            dtype: Dtype::U64,
-            shape: vec![n],
+            spec: TensorSpec {
+                dtype: Dtype::U64,
+                shape: vec![n],
+            },
         },
     ];
     // The checksums are computed while the blocks stream out and written after them.
@@ -100,12 +147,13 @@ pub fn export_blocks(
             ptrs,
             len: bytes as usize,
             hashes: Some(&hashes),
+            hash_seeds: &seeds,
         },
         Source::Hashes(&hashes),
     ];
     let meta = [
         ("kvr.kind", KIND.to_string()),
-        ("kvr.format", "1".to_string()),
+        ("kvr.format", FORMAT.to_string()),
         ("kvr.num_blocks", layout.num_blocks.to_string()),
         ("kvr.cpu_page_size", layout.cpu_page_size.to_string()),
         ("kvr.num_workers", layout.num_workers.to_string()),
@@ -135,13 +183,16 @@ pub fn import_blocks(region: &Region, path: &Path) -> Result<Vec<u64>> {
             f.metadata_get("kvr.kind")
         )));
     }
-    if f.metadata_get("kvr.format") != Some("1") {
-        return Err(ctx(err!(
-            Unsupported,
-            "region export format {:?} is not supported (expected 1)",
-            f.metadata_get("kvr.format")
-        )));
-    }
+    let ids_bound = match f.metadata_get("kvr.format") {
+        Some(FORMAT) => true,
+        Some(FORMAT_BYTES_ONLY) => false,
+        other => {
+            return Err(ctx(err!(
+                Unsupported,
+                "region export format {other:?} is not supported (expected {FORMAT_BYTES_ONLY} or {FORMAT})"
+            )))
+        }
+    };
     let file_layout = Layout {
         num_blocks: meta_u64(&f, "kvr.num_blocks").map_err(ctx)?,
         cpu_page_size: meta_u64(&f, "kvr.cpu_page_size").map_err(ctx)?,
@@ -188,19 +239,27 @@ pub fn import_blocks(region: &Region, path: &Path) -> Result<Vec<u64>> {
     let block_ids = u64s(ids.data);
     let checksums = u64s(sums.data);
     let mut seen = HashSet::new();
-    for (i, (&b, &sum)) in block_ids.iter().zip(&checksums).enumerate() {
+    for (i, &b) in block_ids.iter().enumerate() {
         if b >= layout.num_blocks || !seen.insert(b) {
             return Err(ctx(err!(
                 Corrupt,
-                "block id {b} at index {i} is out of range or repeated"
+                "block id {b} at index {i} is out of range or repeated; nothing was imported"
             )));
         }
+    }
+    for (i, (&b, &sum)) in block_ids.iter().zip(&checksums).enumerate() {
         let data = &blocks.data[i * bytes as usize..(i + 1) * bytes as usize];
-        let got = xxhash_rust::xxh3::xxh3_64(data);
+        let seed = if ids_bound {
+            checksum_seed(&layout, role, b)
+        } else {
+            0
+        };
+        let got = xxhash_rust::xxh3::xxh3_64_with_seed(data, seed);
         if got != sum {
             return Err(ctx(err!(
                 Corrupt,
-                "block {b} fails its checksum (stored {sum:#018x}, computed {got:#018x}); nothing was imported"
+                "block {b} fails its checksum (stored {sum:#018x}, computed {got:#018x}: {} changed); nothing was imported",
+                if ids_bound { "its bytes, its id or the layout" } else { "its bytes" }
             )));
         }
     }

@@ -194,9 +194,17 @@ impl Sink<'_> {
     pub(super) fn source(&mut self, src: &Source<'_>, gather: Option<&Gather>) -> Result<()> {
         match (src, gather) {
             (Source::Strided(t), Some(g)) => self.gather(t, g),
-            (Source::Rows { ptrs, len, hashes }, _) => {
-                for &p in ptrs {
-                    let mut hasher = Xxh3::new();
+            (
+                Source::Rows {
+                    ptrs,
+                    len,
+                    hashes,
+                    hash_seeds,
+                },
+                _,
+            ) => {
+                for (i, &p) in ptrs.iter().enumerate() {
+                    let mut hasher = Xxh3::with_seed(hash_seeds.get(i).copied().unwrap_or(0));
                     let mut done = 0;
                     while done < *len {
                         if self.buf.len() == CHUNK {

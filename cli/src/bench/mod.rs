@@ -11,6 +11,7 @@ use clap::{Args, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::report::{print_table, print_timings, Row, Timing};
+use crate::stdout::out;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
 pub enum Tier {
@@ -110,12 +111,12 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
             "timings": timings,
             "notes": notes,
         });
-        println!("{}", serde_json::to_string_pretty(&out).unwrap());
+        out!("{}", serde_json::to_string_pretty(&out).unwrap())?;
     } else {
-        print_table(&rows, args.runs);
-        print_timings(&timings);
+        print_table(&rows, args.runs)?;
+        print_timings(&timings)?;
         for n in &notes {
-            println!("{n}");
+            out!("{n}")?;
         }
     }
     Ok(0)
