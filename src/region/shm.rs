@@ -17,7 +17,7 @@
 //!   holding the write lock, which unlinks): the last one out always removes the file.
 //!   (Converting the read lock in place, instead, fails for every closer while another
 //!   closer still holds its own.)
-//! - A forked child gives its inherited handles their own descriptions ([`super::fork`]),
+//! - A forked child gives its inherited handles their own descriptions (`region::fork`),
 //!   so a parent's lock never outlives the parent's close through the child.
 
 use std::fs::File;
