@@ -30,7 +30,9 @@
 pub mod check;
 mod file;
 pub mod format;
+pub mod identity;
 pub mod index;
+mod metrics;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -65,6 +67,10 @@ pub struct DiskConfig {
     /// `fdatasync` after each write's payload and header (power-loss safety). Default false:
     /// writes then survive the death of the process (kill -9), not of the machine.
     pub sync: bool,
+    /// The namespace the entries belong to ([`crate::Namespace::name`]): recorded in the
+    /// file at creation; a reopen must ask for the same one (or, for a file created
+    /// without, for none), else `LayoutMismatch`. Default `None`.
+    pub namespace: Option<String>,
 }
 
 impl DiskConfig {
@@ -78,6 +84,7 @@ impl DiskConfig {
             direct_io: DirectIo::Auto,
             verify: true,
             sync: false,
+            namespace: None,
         }
     }
 }
@@ -176,6 +183,10 @@ struct Inner {
     recovered: u64,
     recovery_ns: u64,
     recovery_cpu_ns: u64,
+    /// The namespace recorded in the file, if any.
+    identity: Option<String>,
+    /// Latencies of writes, reads and lookups (atomics only).
+    latency: crate::metrics::OpLatencies,
 }
 
 /// An open slot file. Cheap to share between threads (`&SlotFile` is `Sync`).
@@ -183,6 +194,8 @@ pub struct SlotFile {
     // Drop order: the pool first (it finishes queued batch items, which use `inner`).
     pool: IoPool,
     inner: Arc<Inner>,
+    /// Listed in `kvr_metrics_text` while open.
+    _metrics: crate::metrics::Registration,
 }
 
 impl std::fmt::Debug for SlotFile {
@@ -232,8 +245,11 @@ impl SlotFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if let Some(ns) = &cfg.namespace {
+            identity::validate(ns)?;
+        }
         let direct = direct::resolve(cfg.direct_io, &dir)?;
-        let owned = file::open_or_create(&cfg.path, &g, direct)?;
+        let owned = file::open_or_create(&cfg.path, &g, direct, cfg.namespace.as_deref())?;
         let (t0, c0) = (Instant::now(), cpu_time_ns());
         let (index, losers, recovered) = if owned.created {
             (Index::new(g.num_slots as u32), Vec::new(), 0)
@@ -271,13 +287,20 @@ impl SlotFile {
             recovered,
             recovery_ns,
             recovery_cpu_ns,
+            identity: cfg.namespace.clone(),
+            latency: Default::default(),
         });
         // Older copies of a key left by a crash: invalidate them so they never resurface.
         for s in losers {
             inner.retire(s);
         }
         let pool = IoPool::new("kvr-disk", threads)?;
-        Ok(SlotFile { pool, inner })
+        let _metrics = crate::metrics::register(&inner);
+        Ok(SlotFile {
+            pool,
+            inner,
+            _metrics,
+        })
     }
 
     /// The file's geometry.
@@ -320,7 +343,10 @@ impl SlotFile {
 
     /// Whether `key` has an entry (does not change recency).
     pub fn contains(&self, key: &Key) -> bool {
-        self.inner.lock().contains(key)
+        let started = Instant::now();
+        let found = self.inner.lock().contains(key);
+        self.inner.latency.lookup.record_since(started);
+        found
     }
 
     /// Lengths of `key`'s entry, if present (does not change recency).
@@ -518,6 +544,13 @@ impl Inner {
     }
 
     fn write(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
+        let started = Instant::now();
+        let r = self.write_untimed(key, data, meta);
+        self.latency.store.record_since(started);
+        r
+    }
+
+    fn write_untimed(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
         let g = &self.geometry;
         if data.is_empty() {
             return Err(err!(
@@ -635,6 +668,18 @@ impl Inner {
         dst: &mut [u8],
         meta_dst: &mut [u8],
     ) -> Result<std::result::Result<EntryLen, EntryLen>> {
+        let started = Instant::now();
+        let r = self.read_untimed(key, dst, meta_dst);
+        self.latency.load.record_since(started);
+        r
+    }
+
+    fn read_untimed(
+        &self,
+        key: &Key,
+        dst: &mut [u8],
+        meta_dst: &mut [u8],
+    ) -> Result<std::result::Result<EntryLen, EntryLen>> {
         let p = {
             let mut ix = self.lock();
             let Some(p) = ix.pin(key) else {
@@ -676,6 +721,13 @@ impl Inner {
                 };
                 drop(ix);
                 if let Some(s) = retire {
+                    log::warn!(
+                        target: "kvr::disk",
+                        "dropped corrupt entry {} in slot {} of {}: {e}",
+                        hex(key),
+                        p.slot,
+                        self.path.display()
+                    );
                     self.retire(s);
                 }
                 Err(e)

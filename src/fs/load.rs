@@ -4,6 +4,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
@@ -14,6 +15,13 @@ use crate::{err, Error, ErrorKind, Result};
 
 impl Inner {
     pub(super) fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
+        let started = Instant::now();
+        let r = self.load_untimed(key, dst);
+        self.latency.load.record_since(started);
+        r
+    }
+
+    fn load_untimed(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
         let p = path::block_path(&self.dir, key);
         if dst.is_empty() {
             return Err(err!(
@@ -48,6 +56,7 @@ impl Inner {
                 self.lock_index().remove(key);
                 self.counters.corrupt.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
+                log::warn!(target: "kvr::fs", "dropped corrupt block {}: {e}", p.display());
                 Err(e.context(format!("block {} is corrupt and was removed", p.display())))
             }
             Err(e) => {

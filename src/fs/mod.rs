@@ -26,6 +26,7 @@ pub mod format;
 pub mod index;
 mod load;
 pub mod maintenance;
+mod metrics;
 pub mod path;
 mod pipeline;
 mod store;
@@ -64,6 +65,10 @@ struct Counters {
 
 struct Inner {
     dir: PathBuf,
+    /// The namespace (metrics label).
+    namespace: String,
+    /// Latencies of stores, loads and lookups (atomics only).
+    latency: crate::metrics::OpLatencies,
     direct: bool,
     durability: Durability,
     verify: bool,
@@ -88,6 +93,8 @@ pub struct FsStore {
     // work, and their tasks hold their own `Arc<Inner>`.
     readers: IoPool,
     writers: IoPool,
+    /// Listed in `kvr_metrics_text` while open.
+    _metrics: crate::metrics::Registration,
 }
 
 impl FsStore {
@@ -101,11 +108,34 @@ impl FsStore {
         // Spread the fan-out directories over the file system's block groups (ext4 only; a
         // hint, see `io::dir::hint_top_dir`).
         crate::io::dir::hint_top_dir(&dir);
+        if let Some(ns) = &cfg.manifest {
+            if ns.name()? != cfg.namespace {
+                return Err(err!(
+                    InvalidArgument,
+                    "fs namespace {:?} is not the name of its manifest's fields ({:?})",
+                    cfg.namespace,
+                    ns.name()?
+                ));
+            }
+            ns.write_manifest(&cfg.root.join(&cfg.namespace))?;
+        }
         let direct = direct::resolve(cfg.direct_io, &dir)?;
         let unnamed_temps = cfg.unnamed_temp_files
             && probe_unnamed(&dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
+        log::info!(
+            target: "kvr::fs",
+            "{}: blocks are written into {} temp files",
+            dir.display(),
+            match (unnamed_temps, cfg.unnamed_temp_files) {
+                (true, _) => "unnamed (O_TMPFILE)",
+                (false, true) => "named, flock-ed (the file system has no O_TMPFILE)",
+                (false, false) => "named, flock-ed (as configured)",
+            }
+        );
         let inner = Arc::new(Inner {
             dir,
+            namespace: cfg.namespace.clone(),
+            latency: Default::default(),
             direct,
             durability: cfg.durability,
             verify: cfg.verify,
@@ -127,6 +157,7 @@ impl FsStore {
         Ok(FsStore {
             readers: IoPool::new("kvr-fs-read", cfg.read_threads)?,
             writers: IoPool::with_idle("kvr-fs-write", cfg.write_threads, pipeline::flush)?,
+            _metrics: crate::metrics::register(&inner),
             inner,
         })
     }
@@ -172,12 +203,22 @@ impl FsStore {
 
     /// Whether a block of `key` exists (in this or any other process's writes).
     pub fn contains(&self, key: &Key) -> bool {
-        std::fs::symlink_metadata(self.block_path(key)).is_ok()
+        let started = std::time::Instant::now();
+        let found = self.exists(key);
+        self.inner.latency.lookup.record_since(started);
+        found
     }
 
     /// How many leading `keys` exist: the reusable prefix of a prompt.
     pub fn lookup_prefix(&self, keys: &[Key]) -> usize {
-        keys.iter().take_while(|k| self.contains(k)).count()
+        let started = std::time::Instant::now();
+        let n = keys.iter().take_while(|k| self.exists(k)).count();
+        self.inner.latency.lookup.record_since(started);
+        n
+    }
+
+    fn exists(&self, key: &Key) -> bool {
+        std::fs::symlink_metadata(self.block_path(key)).is_ok()
     }
 
     /// Removes the block of `key`; `NotFound` if there is none.
@@ -190,24 +231,7 @@ impl FsStore {
 
     /// This process's counters.
     pub fn stats(&self) -> FsStats {
-        let c = &self.inner.counters;
-        let (blocks, bytes) = {
-            let ix = self.inner.lock_index();
-            (ix.len() as u64, ix.bytes())
-        };
-        FsStats {
-            blocks,
-            bytes,
-            hits: c.hits.load(Relaxed),
-            misses: c.misses.load(Relaxed),
-            corrupt_dropped: c.corrupt.load(Relaxed),
-            bytes_read: c.bytes_read.load(Relaxed),
-            bytes_written: c.bytes_written.load(Relaxed),
-            stores: c.stores.load(Relaxed),
-            dedup_hits: c.dedup.load(Relaxed),
-            evictions: c.evictions.load(Relaxed),
-            direct_io: self.inner.direct,
-        }
+        self.inner.stats()
     }
 
     /// Stores a batch on the write pool; each item ends with `Ok(bytes written)` (0 when
@@ -264,6 +288,28 @@ impl FsStore {
 }
 
 impl Inner {
+    /// This process's counters.
+    fn stats(&self) -> FsStats {
+        let c = &self.counters;
+        let (blocks, bytes) = {
+            let ix = self.lock_index();
+            (ix.len() as u64, ix.bytes())
+        };
+        FsStats {
+            blocks,
+            bytes,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            corrupt_dropped: c.corrupt.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            stores: c.stores.load(Relaxed),
+            dedup_hits: c.dedup.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            direct_io: self.direct,
+        }
+    }
+
     fn lock_index(&self) -> MutexGuard<'_, Index> {
         // A poisoned lock only means a thread panicked while holding it; the index is sound.
         self.index.lock().unwrap_or_else(|p| p.into_inner())

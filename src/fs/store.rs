@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::format::{self, TensorSpec};
 use super::temp::BlockTemp;
@@ -56,6 +57,8 @@ pub(super) struct Staged {
     payload_len: u64,
     /// Capacity reserved for this block, released on drop.
     reserved: u64,
+    /// When staging began: the store's latency ends when this is dropped.
+    started: Instant,
 }
 
 impl Staged {
@@ -135,6 +138,7 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.inner.latency.store.record_since(self.started);
         // The temp file first: a named one is removed unless published.
         self.temp.take();
         if let Some(b) = self.staging.take() {
@@ -171,6 +175,7 @@ impl Inner {
         data: &[u8],
         tensor: Option<&TensorSpec>,
     ) -> Result<Staging> {
+        let started = Instant::now();
         let final_path = path::block_path(&self.dir, key);
         let ctx = || format!("storing block {}", final_path.display());
         if data.is_empty() {
@@ -188,6 +193,7 @@ impl Inner {
             .map_err(|e| e.context(ctx()))?;
         if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
             self.note_present(key, meta.len());
+            self.latency.store.record_since(started);
             return Ok(Staging::Present);
         }
         let sum = format::checksum(data);
@@ -222,6 +228,7 @@ impl Inner {
             payload_len: data.len() as u64,
             reserved,
             final_path,
+            started,
         };
         let block_dir = staged
             .final_path

@@ -179,7 +179,10 @@ pub(super) fn clean_temp(p: &Path) {
     let Ok(f) = OpenNoFollow::read_only().open(p) else {
         return;
     };
-    if matches!(try_lock(&f, LockMode::Exclusive), Ok(true)) && same_inode(&f, p) {
-        let _ = std::fs::remove_file(p);
+    if matches!(try_lock(&f, LockMode::Exclusive), Ok(true))
+        && same_inode(&f, p)
+        && std::fs::remove_file(p).is_ok()
+    {
+        log::info!(target: "kvr::fs", "removed stale temp file {} (its writer is gone)", p.display());
     }
 }

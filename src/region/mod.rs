@@ -2,11 +2,12 @@
 //! KV block, created once per engine instance, attached by each worker, optionally pinned.
 
 pub mod layout;
+mod metrics;
 pub mod shm;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -107,6 +108,8 @@ pub struct Region {
     file: RegionFile,
     packer: Mutex<ViewPacker>,
     info: RegionInfo,
+    /// Listed in `kvr_metrics_text` while open (its gauges live in the registration).
+    _metrics: (Arc<metrics::RegionGauges>, crate::metrics::Registration),
 }
 
 impl std::fmt::Debug for Region {
@@ -188,7 +191,16 @@ impl Region {
             pin_time,
             path,
         };
+        let gauges = Arc::new(metrics::RegionGauges {
+            name: cfg.name.clone(),
+            path: info.path.display().to_string(),
+            blocks: layout.num_blocks,
+            bytes: layout.data_len(),
+            pinned: info.pinned,
+        });
+        let registration = crate::metrics::register(&gauges);
         Ok(Region {
+            _metrics: (gauges, registration),
             _pin: pin,
             map,
             file,
