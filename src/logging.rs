@@ -171,7 +171,11 @@ mod tests {
         let before = calls.load(Ordering::Relaxed);
         log::warn!(target: "kvr::test", "to stderr, once");
         log::warn!(target: "kvr::test", "to stderr, once");
-        assert_eq!(calls.load(Ordering::Relaxed), before, "the old sink is gone");
+        assert_eq!(
+            calls.load(Ordering::Relaxed),
+            before,
+            "the old sink is gone"
+        );
         let seen = SEEN.lock().unwrap();
         let h = xxhash_rust::xxh3::xxh3_64(b"to stderr, once");
         assert!(seen.as_ref().unwrap().contains(&h));

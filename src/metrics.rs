@@ -221,7 +221,10 @@ struct Samples(Vec<Sample>);
 type Labels = Vec<(&'static str, String)>;
 
 fn labels(s: &Sample) -> Labels {
-    let mut l = vec![("tier", s.tier.to_string()), ("namespace", s.namespace.clone())];
+    let mut l = vec![
+        ("tier", s.tier.to_string()),
+        ("namespace", s.namespace.clone()),
+    ];
     if !s.path.is_empty() {
         l.push(("path", s.path.clone()));
     }
@@ -333,12 +336,17 @@ mod tests {
     #[test]
     fn families_group_handles() {
         let text = encode(vec![Fake(1).sample(), Fake(2).sample()]);
-        assert_eq!(text.matches("# TYPE kvr_test_hits_total counter").count(), 1);
+        assert_eq!(
+            text.matches("# TYPE kvr_test_hits_total counter").count(),
+            1
+        );
         assert!(text.contains("kvr_test_hits_total{tier=\"test\",namespace=\"ns1\"} 1"));
         assert!(text.contains("kvr_test_hits_total{tier=\"test\",namespace=\"ns2\"} 2"));
         assert!(text.contains(
             "kvr_op_latency_seconds_bucket{tier=\"test\",namespace=\"ns1\",op=\"load\",le=\"2e-06\"} 1"
         ));
-        assert!(text.contains("kvr_op_latency_seconds_count{tier=\"test\",namespace=\"ns2\",op=\"load\"} 1"));
+        assert!(text.contains(
+            "kvr_op_latency_seconds_count{tier=\"test\",namespace=\"ns2\",op=\"load\"} 1"
+        ));
     }
 }

@@ -403,7 +403,10 @@ mod tests {
         assert_eq!(m["tp_size"], 4);
         assert_eq!(m["tenant_salt_sha256"], ns.salt_digest().unwrap());
         let text = std::fs::read_to_string(d.path().join(MANIFEST_FILE)).unwrap();
-        assert!(!text.contains("tenant-42"), "the salt itself is never written");
+        assert!(
+            !text.contains("tenant-42"),
+            "the salt itself is never written"
+        );
         let mut other = ns.clone();
         other.tp_rank = 2;
         let e = other.write_manifest(d.path()).unwrap_err();
@@ -432,26 +435,40 @@ mod tests {
     fn arb_namespace() -> impl Strategy<Value = Namespace> {
         let s = || proptest::string::string_regex("[a-zA-Z0-9./_ -]{0,12}").unwrap();
         (
-            (s(), s(), s(), s(), proptest::collection::vec(any::<u8>(), 0..8)),
-            (any::<u32>(), any::<u32>(), any::<u32>(), any::<u32>(), any::<u64>()),
+            (
+                s(),
+                s(),
+                s(),
+                s(),
+                proptest::collection::vec(any::<u8>(), 0..8),
+            ),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u32>(),
+                any::<u64>(),
+            ),
             (1u32..64, any::<u32>(), any::<u32>(), any::<u32>()),
         )
-            .prop_map(|((m, r, d, f, salt), (t, l, h, hd, b), (tp, rank, pp, cp))| Namespace {
-                model_id: format!("m{m}"),
-                model_revision: r,
-                kv_dtype: d,
-                tokens_per_block: t,
-                num_layers: l,
-                num_kv_heads: h,
-                head_dim: hd,
-                bytes_per_block: b,
-                tp_size: tp,
-                tp_rank: rank % tp,
-                pp_rank: pp,
-                cp_rank: cp,
-                engine_fingerprint: f,
-                tenant_salt: salt,
-            })
+            .prop_map(
+                |((m, r, d, f, salt), (t, l, h, hd, b), (tp, rank, pp, cp))| Namespace {
+                    model_id: format!("m{m}"),
+                    model_revision: r,
+                    kv_dtype: d,
+                    tokens_per_block: t,
+                    num_layers: l,
+                    num_kv_heads: h,
+                    head_dim: hd,
+                    bytes_per_block: b,
+                    tp_size: tp,
+                    tp_rank: rank % tp,
+                    pp_rank: pp,
+                    cp_rank: cp,
+                    engine_fingerprint: f,
+                    tenant_salt: salt,
+                },
+            )
     }
 
     /// `ns` with field `i` (0..14) changed.

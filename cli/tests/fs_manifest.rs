@@ -32,7 +32,17 @@ fn inspect_shows_the_namespace_manifest() {
 
     let o = kvr(&["fs", "inspect", d]);
     let (out, _) = text(&o);
-    assert!(out.contains(&format!("namespace {name} (NAMESPACE.json):")), "{out}");
-    assert!(out.lines().any(|l| l.trim_start().starts_with("model_id") && l.ends_with("org/model-7B")), "{out}");
-    assert!(!out.contains("secret-salt"), "the salt is never shown: {out}");
+    assert!(
+        out.contains(&format!("namespace {name} (NAMESPACE.json):")),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.trim_start().starts_with("model_id") && l.ends_with("org/model-7B")),
+        "{out}"
+    );
+    assert!(
+        !out.contains("secret-salt"),
+        "the salt is never shown: {out}"
+    );
 }

@@ -72,7 +72,8 @@ pub fn check(recorded: Option<&str>, wanted: Option<&str>, path: &std::path::Pat
     if recorded == wanted {
         return Ok(());
     }
-    let show = |v: Option<&str>| v.map_or("no namespace".to_string(), |s| format!("namespace {s:?}"));
+    let show =
+        |v: Option<&str>| v.map_or("no namespace".to_string(), |s| format!("namespace {s:?}"));
     Err(err!(
         LayoutMismatch,
         "slot file {} belongs to {}, the config asks for {}; use another path or remove it",
@@ -91,7 +92,10 @@ mod tests {
         let mut page = vec![0u8; 4096];
         assert_eq!(decode(&page).unwrap(), None);
         encode("m.bf16.tp0of1.pp0.cp0.00ff", &mut page);
-        assert_eq!(decode(&page).unwrap().as_deref(), Some("m.bf16.tp0of1.pp0.cp0.00ff"));
+        assert_eq!(
+            decode(&page).unwrap().as_deref(),
+            Some("m.bf16.tp0of1.pp0.cp0.00ff")
+        );
         page[IDENTITY_OFFSET + 13] ^= 1;
         assert_eq!(decode(&page).unwrap_err().kind(), crate::ErrorKind::Corrupt);
         let long = "x".repeat(MAX_IDENTITY_LEN);
@@ -106,7 +110,10 @@ mod tests {
         assert!(check(None, None, p).is_ok());
         assert!(check(Some("a"), Some("a"), p).is_ok());
         for (r, w) in [(Some("a"), Some("b")), (None, Some("a")), (Some("a"), None)] {
-            assert_eq!(check(r, w, p).unwrap_err().kind(), crate::ErrorKind::LayoutMismatch);
+            assert_eq!(
+                check(r, w, p).unwrap_err().kind(),
+                crate::ErrorKind::LayoutMismatch
+            );
         }
     }
 }

@@ -5,9 +5,9 @@ use std::sync::Arc;
 
 use log::{Level, LevelFilter};
 
+pub use super::kvr_status;
 use super::status::guard;
 use crate::{err, logging};
-pub use super::kvr_status;
 
 /// Log level: no records.
 pub const KVR_LOG_OFF: u32 = 0;
@@ -98,9 +98,8 @@ pub extern "C" fn kvr_set_log_callback(
         };
         let sink = callback.map(|f| {
             let cb = CCallback { f, user_data };
-            let sink: logging::Sink = Arc::new(move |level, target, message| {
-                cb.call(level, target, message)
-            });
+            let sink: logging::Sink =
+                Arc::new(move |level, target, message| cb.call(level, target, message));
             (filter, sink)
         });
         logging::set_sink(sink);

@@ -2,9 +2,9 @@
 
 use std::ffi::c_char;
 
+pub use super::kvr_status;
 use super::namespace::copy_out_str;
 use super::status::guard;
-pub use super::kvr_status;
 
 /// Writes the metrics of every open handle (fs stores, slot files, regions) in the
 /// Prometheus text exposition format (version 0.0.4), NUL-terminated, into `buf` of `cap`

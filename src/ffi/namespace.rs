@@ -6,11 +6,11 @@
 
 use std::ffi::c_char;
 
+pub use super::kvr_status;
 use super::status::guard;
 use super::{arg_bytes, arg_bytes_mut, arg_str, read_config, write_opt, write_out};
 use crate::namespace::Namespace;
 use crate::{err, Error, Result};
-pub use super::kvr_status;
 
 /// What makes KV blocks compatible, and whose they are. Fill with
 /// `kvr_namespace_config_default`, then set the fields; `kvr_namespace_name` turns it into
@@ -154,7 +154,10 @@ pub(crate) unsafe fn copy_out_str(
     // SAFETY: `needed` is NULL or writable (contract).
     unsafe { write_opt(needed, need) };
     if cap < need {
-        return Err(err!(TooSmall, "the text needs {need} bytes, the buffer has {cap}"));
+        return Err(err!(
+            TooSmall,
+            "the text needs {need} bytes, the buffer has {cap}"
+        ));
     }
     // SAFETY: `buf` is writable for `cap >= need` bytes (contract; NULL rejected).
     let out = unsafe { arg_bytes_mut(buf.cast(), cap, "buf") }?;

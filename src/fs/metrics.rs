@@ -20,7 +20,11 @@ impl Source for Inner {
                 st.corrupt_dropped,
             )
             .counter("kvr_read_bytes", "Payload bytes loaded", st.bytes_read)
-            .counter("kvr_written_bytes", "Payload bytes stored", st.bytes_written)
+            .counter(
+                "kvr_written_bytes",
+                "Payload bytes stored",
+                st.bytes_written,
+            )
             .counter("kvr_stores", "Blocks written", st.stores)
             .counter(
                 "kvr_dedups",
@@ -33,7 +37,11 @@ impl Source for Inner {
                 st.evictions,
             )
             .gauge("kvr_blocks", "Blocks held", st.blocks as i64)
-            .gauge("kvr_held_bytes", "Bytes of storage the blocks held take", st.bytes as i64)
+            .gauge(
+                "kvr_held_bytes",
+                "Bytes of storage the blocks held take",
+                st.bytes as i64,
+            )
             .gauge(
                 "kvr_direct_io",
                 "1 when O_DIRECT is in use, 0 for buffered I/O",
