@@ -219,6 +219,8 @@ pub fn encode(samples: Vec<Sample>) -> String {
 struct Samples(Vec<Sample>);
 
 type Labels = Vec<(&'static str, String)>;
+/// Metric name -> (help, one value per labelled handle).
+type Families<'a, V> = BTreeMap<&'a str, (&'a str, Vec<(Labels, V)>)>;
 
 fn labels(s: &Sample) -> Labels {
     let mut l = vec![
@@ -234,8 +236,8 @@ fn labels(s: &Sample) -> Labels {
 impl Collector for Samples {
     fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
         // Group by metric name: one HELP/TYPE per family, whatever the handle count.
-        let mut counters: BTreeMap<&str, (&str, Vec<(Labels, u64)>)> = BTreeMap::new();
-        let mut gauges: BTreeMap<&str, (&str, Vec<(Labels, i64)>)> = BTreeMap::new();
+        let mut counters: Families<u64> = BTreeMap::new();
+        let mut gauges: Families<i64> = BTreeMap::new();
         let mut latencies: Vec<(Labels, &HistogramSnapshot)> = Vec::new();
         for s in &self.0 {
             for &(name, help, v) in &s.counters {
