@@ -21,7 +21,7 @@ fn key(run: u64, i: u64) -> Key {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&run.to_le_bytes());
     k[8..].copy_from_slice(&i.to_le_bytes());
-    k
+    Key(k)
 }
 
 fn median(v: &mut [f64]) -> f64 {

@@ -29,6 +29,7 @@ mod error;
 pub mod ffi;
 pub mod fs;
 pub mod io;
+pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod namespace;
@@ -37,9 +38,10 @@ pub mod tensors;
 
 pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
-pub use fs::{
-    Durability, FsConfig, FsStats, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
-};
+pub use fs::{Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored};
+pub use key::Key;
 pub use namespace::Namespace;
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
-pub use tensors::{Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, WriteOptions};
+pub use tensors::{
+    Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, TensorSpec, WriteOptions,
+};

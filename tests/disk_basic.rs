@@ -17,7 +17,7 @@ const PAGE: u64 = 4096;
 
 /// The shared test key of `i` (the tests here count in `u32`).
 fn key(i: u32) -> Key {
-    common::key_bytes(i.into())
+    common::key(i.into())
 }
 
 /// Deterministic bytes for (seed, n).

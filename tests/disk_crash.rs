@@ -12,7 +12,7 @@ use std::time::Duration;
 use kvr::io::DirectIo;
 use kvr::{DiskConfig, ErrorKind, SlotFile};
 
-use common::{key_bytes, Rng};
+use common::{key, Rng};
 
 const SLOT: u64 = 32 * 1024;
 const SLOTS: u64 = 24;
@@ -49,7 +49,7 @@ fn child_main(spec: &str) {
     let d = SlotFile::open(&config(Path::new(path), direct)).unwrap();
     println!("ready");
     if mode == "hold" {
-        d.write(&key_bytes(7), &value(7, 1), b"held").unwrap();
+        d.write(&key(7), &value(7, 1), b"held").unwrap();
         println!("written");
         loop {
             std::thread::sleep(Duration::from_secs(1));
@@ -61,10 +61,9 @@ fn child_main(spec: &str) {
         x ^= x >> 7;
         x ^= x << 17;
         let k = x % KEYS;
-        d.write(&key_bytes(k), &value(k, v), &v.to_le_bytes())
-            .unwrap();
+        d.write(&key(k), &value(k, v), &v.to_le_bytes()).unwrap();
         if x % 11 == 0 {
-            d.remove(&key_bytes((x >> 16) % KEYS));
+            d.remove(&key((x >> 16) % KEYS));
         }
         if (v - base) % PROGRESS_EVERY == 0 {
             println!("progress {}", v - base);
@@ -131,7 +130,7 @@ fn check_all(d: &SlotFile) -> (u64, u64) {
     let mut present = 0;
     let mut newest = 0;
     for k in 0..KEYS {
-        match d.read(&key_bytes(k), &mut buf, &mut meta) {
+        match d.read(&key(k), &mut buf, &mut meta) {
             Ok(n) => {
                 assert_eq!(n.meta_len, 8);
                 let v = u64::from_le_bytes(meta);
@@ -188,8 +187,7 @@ fn kill9_mid_writes_leaves_old_or_no_entry_never_a_mix() {
         );
         most_writes = most_writes.max(newest.saturating_sub(base));
         // The recovered file keeps working.
-        d.write(&key_bytes(0), &value(0, 1), &1u64.to_le_bytes())
-            .unwrap();
+        d.write(&key(0), &value(0, 1), &1u64.to_le_bytes()).unwrap();
         check_all(&d);
     }
     // The last round was killed after at least 2500 writes; some recent version survives.
@@ -221,7 +219,7 @@ fn second_owner_is_busy_and_reopen_after_kill9_succeeds() {
     let d = SlotFile::open(&config(&path, true)).unwrap();
     let mut buf = vec![0u8; SLOT as usize];
     let mut meta = [0u8; 4];
-    let n = d.read(&key_bytes(7), &mut buf, &mut meta).unwrap();
+    let n = d.read(&key(7), &mut buf, &mut meta).unwrap();
     assert_eq!(&buf[..n.len as usize], &value(7, 1)[..]);
     assert_eq!(&meta, b"held");
 }

@@ -6,7 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use kvr::io::{direct, AlignedBuf, DirectIo};
-use kvr::{ErrorKind, FsConfig, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec};
+use kvr::{
+    Dtype, ErrorKind, FsConfig, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
+};
 
 use common::files::walk;
 use common::{fill_content, key};
@@ -132,7 +134,7 @@ fn block_files_are_valid_safetensors() {
     let k2 = key(8);
     let data = vec![3u8; 2 * 8 * 128 * 2];
     let spec = TensorSpec {
-        dtype: "BF16".into(),
+        dtype: Dtype::BF16,
         shape: vec![2, 8, 128],
     };
     s.store_tensor(&k2, &data, &spec).unwrap();
@@ -146,7 +148,7 @@ fn block_files_are_valid_safetensors() {
     s.load(&k2, &mut back).unwrap();
     assert_eq!(back, data);
     let bad = TensorSpec {
-        dtype: "F32".into(),
+        dtype: Dtype::F32,
         shape: vec![3],
     };
     let e = s.store_tensor(&key(9), &data, &bad).unwrap_err();
@@ -539,7 +541,7 @@ fn big_headers_and_every_durability_mode_round_trip() {
         let mut shape = vec![1u64; 3000];
         shape.push(len as u64);
         let spec = TensorSpec {
-            dtype: "U8".into(),
+            dtype: Dtype::U8,
             shape,
         };
         let k = key(i as u64);

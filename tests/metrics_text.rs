@@ -111,7 +111,7 @@ fn every_open_handle_is_rendered_and_parses() {
     dc.direct_io = DirectIo::Off;
     dc.namespace = Some("disk-ns".into());
     let disk = SlotFile::open(&dc).unwrap();
-    disk.write(&[7; 16], &[7; 100], b"").unwrap();
+    disk.write(&Key([7; 16]), &[7; 100], b"").unwrap();
 
     let name = format!("metrics_{}", std::process::id());
     let layout = Layout::new(4, 4096, 1).unwrap();

@@ -49,7 +49,7 @@ fn slot_file_identity_is_recorded_and_checked() {
     let a = Some(ns(0).name().unwrap());
     let b = Some(ns(1).name().unwrap());
     let f = SlotFile::open(&cfg(a.clone())).unwrap();
-    f.write(&[1; 16], b"payload", b"").unwrap();
+    f.write(&kvr::Key([1; 16]), b"payload", b"").unwrap();
     drop(f);
     for other in [b, None] {
         let e = SlotFile::open(&cfg(other)).unwrap_err();
@@ -57,7 +57,7 @@ fn slot_file_identity_is_recorded_and_checked() {
     }
     let f = SlotFile::open(&cfg(a)).unwrap();
     let mut out = [0u8; 7];
-    f.read(&[1; 16], &mut out, &mut []).unwrap();
+    f.read(&kvr::Key([1; 16]), &mut out, &mut []).unwrap();
     assert_eq!(&out, b"payload");
     drop(f);
     // A file created without an identity opens only without one.

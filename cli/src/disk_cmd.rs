@@ -35,10 +35,6 @@ pub enum DiskCommand {
     },
 }
 
-fn hex(k: &[u8]) -> String {
-    k.iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn summary_json(r: &SlotFileReport) -> serde_json::Value {
     serde_json::json!({
         "path": r.path.display().to_string(),
@@ -120,7 +116,7 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
                     .map(|b| {
                         serde_json::json!({
                             "slot": b.slot,
-                            "key": b.key.as_ref().map(|k| hex(k)),
+                            "key": b.key.as_ref().map(kvr::Key::to_hex),
                             "reason": b.reason,
                         })
                     })
@@ -135,7 +131,11 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
             } else {
                 print_summary(&v.inspect)?;
                 for b in &v.bad {
-                    let key = b.key.as_ref().map(|k| hex(k)).unwrap_or_else(|| "?".into());
+                    let key = b
+                        .key
+                        .as_ref()
+                        .map(kvr::Key::to_hex)
+                        .unwrap_or_else(|| "?".into());
                     out!("BAD slot {} key {key}: {}", b.slot, b.reason)?;
                 }
                 out!(

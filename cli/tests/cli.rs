@@ -129,7 +129,11 @@ fn bench_tensors_smoke_json() {
     assert_eq!(t.len(), 4);
     assert!(t[0]["micros"]["median"].as_f64().unwrap() > 0.0);
     for (i, what) in [(2, "read through the pointer"), (3, "read_into")] {
-        assert!(t[i]["what"].as_str().unwrap_or_default().contains(what), "{}", t[i]);
+        assert!(
+            t[i]["what"].as_str().unwrap_or_default().contains(what),
+            "{}",
+            t[i]
+        );
         assert!(t[i]["micros"]["median"].as_f64().unwrap() > 0.0);
     }
     // Nothing left behind.

@@ -16,7 +16,7 @@ fn inspect_counts_and_verify_finds_exactly_the_bad_entries() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("spill.slots");
     let p = path.to_str().unwrap();
-    let key = |i: u8| -> Key { [i; 16] };
+    let key = |i: u8| -> Key { Key([i; 16]) };
     let g = {
         let d = SlotFile::open(&DiskConfig::new(&path, 8192, 8)).unwrap();
         for i in 0..6u8 {
@@ -86,7 +86,7 @@ fn live_owner_is_reported_and_refused_and_errors_are_one_line() {
     let path = dir.path().join("owned.slots");
     let p = path.to_str().unwrap();
     let d = SlotFile::open(&DiskConfig::new(&path, 4096, 4)).unwrap();
-    d.write(&[1; 16], b"hello", b"").unwrap();
+    d.write(&Key([1; 16]), b"hello", b"").unwrap();
     let o = kvr(&["disk", "inspect", p, "--json"]);
     assert!(o.status.success(), "{}", stderr(&o));
     let v = json(&o);

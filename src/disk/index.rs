@@ -23,6 +23,7 @@
 use std::collections::HashMap;
 
 use super::format::{Key, SlotHeader};
+use super::DiskStats;
 use crate::{err, Result};
 
 const NIL: u32 = u32::MAX;
@@ -59,30 +60,11 @@ const FREE_SLOT: Slot = Slot {
     pins: 0,
     prev: NIL,
     next: NIL,
-    key: [0; 16],
+    key: Key([0; 16]),
     len: 0,
     meta_len: 0,
     seq: 0,
 };
-
-/// Counters kept with the index.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Counters {
-    /// Entries evicted to make room for writes.
-    pub evictions: u64,
-    /// Reads that found their key.
-    pub hits: u64,
-    /// Reads that did not.
-    pub misses: u64,
-    /// Entries dropped because a checksum or header failed on read.
-    pub corrupt_dropped: u64,
-    /// Completed writes.
-    pub writes: u64,
-    /// Payload bytes written.
-    pub bytes_written: u64,
-    /// Payload bytes read.
-    pub bytes_read: u64,
-}
 
 /// A slot handed to a writer.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,8 +103,10 @@ pub struct Index {
     /// Least recently used: the next eviction victim.
     tail: u32,
     next_seq: u64,
-    /// Counters.
-    pub counters: Counters,
+    /// The activity counters of [`DiskStats`] (evictions, hits, ... bytes read), counted
+    /// here under the index lock; its geometry and state fields stay zero here and are
+    /// filled by `SlotFile::stats`.
+    pub counters: DiskStats,
 }
 
 impl Index {
@@ -135,7 +119,7 @@ impl Index {
             head: NIL,
             tail: NIL,
             next_seq: 1,
-            counters: Counters::default(),
+            counters: DiskStats::default(),
         }
     }
 
@@ -454,7 +438,7 @@ mod tests {
     use super::*;
 
     fn k(i: u8) -> Key {
-        [i; 16]
+        Key([i; 16])
     }
 
     fn put(ix: &mut Index, key: u8, len: u64) -> Reservation {

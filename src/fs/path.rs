@@ -1,4 +1,4 @@
-//! Pure path derivation: namespace validation, key <-> hex, block and temp file names.
+//! Pure path derivation: namespace validation, block and temp file names.
 //!
 //! A block of key `k` (16 bytes, hex `h`) lives at
 //! `<root>/<namespace>/[r<rank>/]<h[0..2]>/<h>.kvb`: one level of 256 fan-out directories
@@ -9,54 +9,13 @@
 
 use std::path::{Path, PathBuf};
 
+pub use crate::key::Key;
 use crate::{Error, Result};
-
-/// A block key: 16 bytes chosen by the engine (usually its block hash).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct Key(pub [u8; 16]);
 
 /// File name suffix of a complete block.
 pub const BLOCK_EXT: &str = ".kvb";
 /// File name suffix of a writer's temporary file.
 pub const TEMP_EXT: &str = ".tmp";
-
-impl Key {
-    /// 32 lowercase hex digits.
-    pub fn to_hex(&self) -> String {
-        const HEX: &[u8; 16] = b"0123456789abcdef";
-        let mut s = String::with_capacity(32);
-        for b in self.0 {
-            s.push(HEX[(b >> 4) as usize] as char);
-            s.push(HEX[(b & 15) as usize] as char);
-        }
-        s
-    }
-
-    /// Parses exactly 32 hex digits (either case).
-    pub fn from_hex(s: &str) -> Option<Key> {
-        let b = s.as_bytes();
-        if b.len() != 32 {
-            return None;
-        }
-        let nib = |c: u8| match c {
-            b'0'..=b'9' => Some(c - b'0'),
-            b'a'..=b'f' => Some(c - b'a' + 10),
-            b'A'..=b'F' => Some(c - b'A' + 10),
-            _ => None,
-        };
-        let mut k = [0u8; 16];
-        for (i, out) in k.iter_mut().enumerate() {
-            *out = (nib(b[2 * i])? << 4) | nib(b[2 * i + 1])?;
-        }
-        Some(Key(k))
-    }
-}
-
-impl std::fmt::Display for Key {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(&self.to_hex())
-    }
-}
 
 /// Checks a namespace: 1..=255 bytes, not `.`, no `/`, `..`, NUL, and no leading `.`
 /// (hidden names are reserved for kvr's own files).
@@ -152,23 +111,6 @@ pub fn is_fanout_dir(name: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn hex_round_trips() {
-        let k = Key([
-            0x00, 0x01, 0x7f, 0x80, 0xff, 0xab, 0xcd, 0xef, 1, 2, 3, 4, 5, 6, 7, 8,
-        ]);
-        let h = k.to_hex();
-        assert_eq!(h, "00017f80ffabcdef0102030405060708");
-        assert_eq!(Key::from_hex(&h), Some(k));
-        assert_eq!(Key::from_hex(&h.to_uppercase()), Some(k));
-        assert_eq!(Key::from_hex(&h[1..]), None);
-        assert_eq!(Key::from_hex("g0017f80ffabcdef0102030405060708"), None);
-        for b in 0..=255u8 {
-            let k = Key([b; 16]);
-            assert_eq!(Key::from_hex(&k.to_hex()), Some(k));
-        }
-    }
 
     #[test]
     fn namespaces() {

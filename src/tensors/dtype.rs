@@ -139,6 +139,16 @@ impl Dtype {
         }
     }
 
+    /// The dtype of a safetensors header name (exact case: "BF16", not "bf16");
+    /// `InvalidArgument` for names kvr does not know.
+    pub fn from_name(name: &str) -> Result<Dtype> {
+        ALL_DTYPES
+            .iter()
+            .copied()
+            .find(|d| d.name() == name)
+            .ok_or_else(|| err!(InvalidArgument, "unknown safetensors dtype {name:?}"))
+    }
+
     /// The `safetensors` crate's dtype.
     pub fn to_st(self) -> safetensors::Dtype {
         use safetensors::Dtype as S;
@@ -195,6 +205,7 @@ mod tests {
             assert_eq!(d.code(), i as u32 + 1);
             assert_eq!(Dtype::from_code(d.code()).unwrap(), *d);
             assert_eq!(Dtype::from_st(d.to_st()).unwrap(), *d);
+            assert_eq!(Dtype::from_name(d.name()).unwrap(), *d);
             // The header name is what the crate serializes.
             assert_eq!(format!("{}", d.to_st()), d.name());
             assert!(names.insert(d.name()));
@@ -204,6 +215,10 @@ mod tests {
             crate::ErrorKind::Unsupported
         );
         assert!(Dtype::from_code(23).is_err());
+        for bad in ["bf16", "Q4", "", "U8 "] {
+            let e = Dtype::from_name(bad).unwrap_err();
+            assert_eq!(e.kind(), crate::ErrorKind::InvalidArgument, "{bad:?}");
+        }
         assert_eq!(Dtype::F4.byte_size(), None);
         assert_eq!(Dtype::C64.byte_size(), Some(8));
         assert_eq!(Dtype::BF16.byte_size(), Some(2));

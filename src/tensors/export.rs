@@ -23,9 +23,10 @@ use std::collections::HashSet;
 use std::path::Path;
 
 use super::file::TensorFile;
-use super::header::TensorSpec;
+use super::header::NamedTensor;
 use super::write::{write_sources, Source, WriteOptions};
 use super::Dtype;
+use super::TensorSpec;
 use crate::region::{Layout, Region, Role};
 use crate::{err, Error, Result};
 
@@ -117,20 +118,26 @@ pub fn export_blocks(
     let hashes = RefCell::new(Vec::with_capacity(block_ids.len()));
     let n = block_ids.len() as u64;
     let specs = [
-        TensorSpec {
+        NamedTensor {
             name: "block_ids".into(),
-            dtype: Dtype::U64,
-            shape: vec![n],
+            spec: TensorSpec {
+                dtype: Dtype::U64,
+                shape: vec![n],
+            },
         },
-        TensorSpec {
+        NamedTensor {
             name: "blocks".into(),
-            dtype: Dtype::U8,
-            shape: vec![n, bytes],
+            spec: TensorSpec {
+                dtype: Dtype::U8,
+                shape: vec![n, bytes],
+            },
         },
-        TensorSpec {
+        NamedTensor {
             name: "checksums".into(),
-            dtype: Dtype::U64,
-            shape: vec![n],
+            spec: TensorSpec {
+                dtype: Dtype::U64,
+                shape: vec![n],
+            },
         },
     ];
     // The checksums are computed while the blocks stream out and written after them.

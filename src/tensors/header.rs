@@ -1,5 +1,6 @@
-//! The safetensors header, as pure functions: planning a file (offsets, padding, header JSON)
-//! before any byte is written, and parsing/validating one with the `safetensors` crate.
+//! The tensor file header, as pure functions on the safetensors header codec
+//! (`tensors::codec`): planning a file (offsets, padding, header JSON) before any byte is
+//! written, and parsing/validating one with the `safetensors` crate's rules.
 //!
 //! File layout (the safetensors format):
 //! ```text
@@ -14,7 +15,10 @@
 
 use std::collections::HashSet;
 
-use super::Dtype;
+use safetensors::tensor::TensorInfo;
+
+use super::codec::{FieldOrder, HeaderWriter, RawHeader};
+use super::{Dtype, TensorSpec};
 use crate::{err, Error, Result};
 
 /// Alignment of tensor data with [`KVR_TENSORS_ALIGN_4K`](crate::ffi::tensors::KVR_TENSORS_ALIGN_4K).
@@ -26,15 +30,13 @@ pub const ALIGN_KEY: &str = "kvr.align";
 /// Largest header the `safetensors` crate accepts.
 pub const MAX_HEADER: u64 = 100_000_000;
 
-/// Name, dtype and shape of one tensor to write.
+/// One tensor of a file to write: its name and spec.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TensorSpec {
+pub struct NamedTensor {
     /// Unique, non-empty name.
     pub name: String,
-    /// Element type.
-    pub dtype: Dtype,
-    /// Dimensions (empty for a scalar).
-    pub shape: Vec<u64>,
+    /// Element type and shape.
+    pub spec: TensorSpec,
 }
 
 /// Bytes of a tensor of `dtype` and `shape`; rejects overflow and packed types that do not
@@ -94,28 +96,28 @@ pub struct Plan {
 
 /// Plans a file: validates names, metadata and sizes, lays out offsets (with 4 KiB padding
 /// when `align`), and builds the header.
-pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Result<Plan> {
+pub fn plan(tensors: &[NamedTensor], metadata: &[(&str, &str)], align: bool) -> Result<Plan> {
     let mut names = HashSet::new();
-    for s in specs {
-        if s.name.is_empty() {
+    for t in tensors {
+        if t.name.is_empty() {
             return Err(Error::invalid("tensor name is empty"));
         }
-        if s.name == "__metadata__" || s.name.starts_with(PAD_PREFIX) {
+        if t.name == "__metadata__" || t.name.starts_with(PAD_PREFIX) {
             return Err(err!(
                 InvalidArgument,
                 "tensor name '{}' is reserved (\"__metadata__\", \"{PAD_PREFIX}*\")",
-                s.name
+                t.name
             ));
         }
-        if s.name.contains('\0') {
+        if t.name.contains('\0') {
             return Err(err!(
                 InvalidArgument,
                 "tensor name {:?} contains NUL",
-                s.name
+                t.name
             ));
         }
-        if !names.insert(s.name.as_str()) {
-            return Err(err!(InvalidArgument, "duplicate tensor name '{}'", s.name));
+        if !names.insert(t.name.as_str()) {
+            return Err(err!(InvalidArgument, "duplicate tensor name '{}'", t.name));
         }
     }
     let mut keys = HashSet::new();
@@ -131,74 +133,60 @@ pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Res
         }
     }
 
-    let mut pieces = Vec::with_capacity(specs.len());
-    let mut offsets = Vec::with_capacity(specs.len());
-    let mut entries: Vec<(String, Dtype, Vec<u64>, u64, u64)> = Vec::new();
+    let mut pieces = Vec::with_capacity(tensors.len());
+    let mut offsets = Vec::with_capacity(tensors.len());
     let mut at = 0u64;
     let overflow = || Error::invalid("total data size overflows 64 bits");
-    for (i, s) in specs.iter().enumerate() {
-        let len =
-            nbytes(s.dtype, &s.shape).map_err(|e| e.context(format!("tensor '{}'", s.name)))?;
+    for (i, t) in tensors.iter().enumerate() {
+        let len = nbytes(t.spec.dtype, &t.spec.shape)
+            .map_err(|e| e.context(format!("tensor '{}'", t.name)))?;
         let end = at.checked_add(len).ok_or_else(overflow)?;
-        entries.push((s.name.clone(), s.dtype, s.shape.clone(), at, end));
         pieces.push(Piece::Tensor { index: i, len });
         offsets.push(at);
         at = end;
-        if align && at % ALIGN != 0 && i + 1 < specs.len() {
+        if align && at % ALIGN != 0 && i + 1 < tensors.len() {
             let pad = ALIGN - at % ALIGN;
-            let name = format!("{PAD_PREFIX}{i}__");
-            entries.push((name, Dtype::U8, vec![pad], at, at + pad));
             pieces.push(Piece::Pad { len: pad });
             at += pad;
         }
     }
 
-    let mut json = String::from("{");
-    let mut first = true;
-    let mut meta: Vec<(&str, &str)> = metadata.to_vec();
-    if align {
-        meta.push((ALIGN_KEY, "4096"));
-    }
-    if !meta.is_empty() {
-        json.push_str("\"__metadata__\":{");
-        for (j, (k, v)) in meta.iter().enumerate() {
-            if j > 0 {
-                json.push(',');
+    let mut w = HeaderWriter::with_capacity(if align { ALIGN as usize } else { 256 });
+    let align_entry = align.then_some((ALIGN_KEY, "4096"));
+    w.metadata(metadata.iter().copied().chain(align_entry));
+    let mut at = 0u64;
+    let mut last_tensor = 0;
+    for piece in &pieces {
+        match *piece {
+            Piece::Tensor { index, len } => {
+                let t = &tensors[index];
+                let (dtype, shape) = (t.spec.dtype, &t.spec.shape);
+                w.tensor(&t.name, dtype, shape, [at, at + len], FieldOrder::Declared);
+                last_tensor = index;
+                at += len;
             }
-            json.push_str(&json_str(k));
-            json.push(':');
-            json.push_str(&json_str(v));
+            Piece::Pad { len } => {
+                // Named after the tensor it follows.
+                let name = format!("{PAD_PREFIX}{last_tensor}__");
+                w.tensor(
+                    &name,
+                    Dtype::U8,
+                    &[len],
+                    [at, at + len],
+                    FieldOrder::Declared,
+                );
+                at += len;
+            }
         }
-        json.push('}');
-        first = false;
     }
-    for (name, dtype, shape, s, e) in &entries {
-        if !first {
-            json.push(',');
-        }
-        first = false;
-        let dims: Vec<String> = shape.iter().map(u64::to_string).collect();
-        json.push_str(&format!(
-            "{}:{{\"dtype\":\"{}\",\"shape\":[{}],\"data_offsets\":[{s},{e}]}}",
-            json_str(name),
-            dtype.name(),
-            dims.join(",")
-        ));
-    }
-    json.push('}');
-
-    let unit = if align { ALIGN } else { 8 };
-    let n = (8 + json.len() as u64).div_ceil(unit) * unit - 8;
+    let header = w.finish(if align { ALIGN } else { 8 });
+    let n = header.len() as u64 - 8;
     if n > MAX_HEADER {
         return Err(err!(
             TooLarge,
             "safetensors header of {n} bytes exceeds the format's limit of {MAX_HEADER}"
         ));
     }
-    let mut header = Vec::with_capacity(8 + n as usize);
-    header.extend_from_slice(&n.to_le_bytes());
-    header.extend_from_slice(json.as_bytes());
-    header.resize(8 + n as usize, b' ');
     let data_start = 8 + n;
     let file_len = data_start.checked_add(at).ok_or_else(overflow)?;
     for o in &mut offsets {
@@ -210,10 +198,6 @@ pub fn plan(specs: &[TensorSpec], metadata: &[(&str, &str)], align: bool) -> Res
         offsets,
         file_len,
     })
-}
-
-fn json_str(s: &str) -> String {
-    serde_json::to_string(s).expect("strings always serialize")
 }
 
 /// One tensor found in a file's header.
@@ -244,44 +228,6 @@ pub struct Parsed {
     pub data_start: u64,
 }
 
-/// The header JSON as the `safetensors` crate reads it (an object of `TensorInfo`s plus an
-/// optional `__metadata__` string map; a repeated key keeps its last value), deserialized
-/// straight from the text with the crate's own `TensorInfo` and `Dtype` impls. The crate's
-/// `read_metadata` goes through a serde `flatten`, which buffers the whole document in
-/// generic `Content` values first and costs about 3/4 of the time to open a file.
-struct RawHeader {
-    metadata: Option<std::collections::HashMap<String, String>>,
-    tensors: Vec<(String, safetensors::tensor::TensorInfo)>,
-}
-
-impl<'de> serde::Deserialize<'de> for RawHeader {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        struct V;
-        impl<'de> serde::de::Visitor<'de> for V {
-            type Value = RawHeader;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a safetensors header object")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut map: A,
-            ) -> std::result::Result<RawHeader, A::Error> {
-                let mut metadata = None;
-                let mut tensors = Vec::new();
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "__metadata__" {
-                        metadata = Some(map.next_value()?);
-                    } else {
-                        tensors.push((key, map.next_value()?));
-                    }
-                }
-                Ok(RawHeader { metadata, tensors })
-            }
-        }
-        d.deserialize_map(V)
-    }
-}
-
 /// Bytes at the start of a file of `file_len` bytes that [`parse_head`] needs, given its
 /// first 8 bytes: 8 + the header length, or just 8 when that length is out of range (too
 /// large, or past the end of the file), which [`parse_head`] then reports.
@@ -300,7 +246,7 @@ pub fn head_len(first8: [u8; 8], file_len: u64) -> u64 {
 /// UTF-8 JSON, known dtypes (the crate's `Dtype`/`TensorInfo` deserializers), offsets
 /// contiguous in order so none overlap and sizes equal to dtype x shape (the crate's
 /// `Metadata::new`), data ending exactly at the file's end. Only the walk over the JSON
-/// object is kvr's ([`RawHeader`]), about 4x faster than the crate's; a test checks both
+/// object is kvr's (`RawHeader`), about 4x faster than the crate's; a test checks both
 /// agree on good and malformed headers.
 pub fn parse(buf: &[u8]) -> Result<Parsed> {
     parse_head(buf, buf.len() as u64)
@@ -338,10 +284,13 @@ pub fn parse_head(buf: &[u8], len: u64) -> Result<Parsed> {
     }
     let text =
         std::str::from_utf8(&buf[8..8 + n as usize]).map_err(|e| bad(E::InvalidHeader(e)))?;
-    let RawHeader {
-        metadata,
-        mut tensors,
-    } = serde_json::from_str(text).map_err(|e| bad(E::InvalidHeaderDeserialization(e)))?;
+    let raw =
+        RawHeader::parse(text.as_bytes()).map_err(|e| bad(E::InvalidHeaderDeserialization(e)))?;
+    let mut tensors: Vec<(String, TensorInfo)> = raw
+        .tensors
+        .into_iter()
+        .map(|(name, info)| (name.0.into_owned(), info))
+        .collect();
     // A repeated name keeps its last entry (as the crate's HashMap does); then file order.
     if tensors.len() > 1 {
         let mut seen = std::collections::HashMap::with_capacity(tensors.len());
@@ -359,8 +308,15 @@ pub fn parse_head(buf: &[u8], len: u64) -> Result<Parsed> {
     }
     tensors.sort_by(|(a, x), (b, y)| x.data_offsets.cmp(&y.data_offsets).then(a.cmp(b)));
     let data_start = 8 + n;
-    let mut metadata: Vec<(String, String)> = metadata.unwrap_or_default().into_iter().collect();
-    metadata.sort();
+    // Sorted by key; a repeated key keeps its last value (as the crate's HashMap does).
+    let mut entries = raw.metadata.unwrap_or_default();
+    entries.reverse();
+    entries.sort_by(|(a, _), (b, _)| a.cmp(b));
+    entries.dedup_by(|(later, _), (kept, _)| later == kept);
+    let metadata: Vec<(String, String)> = entries
+        .into_iter()
+        .map(|(k, v)| (k.0.into_owned(), v.0.into_owned()))
+        .collect();
     let aligned = metadata.iter().any(|(k, _)| k == ALIGN_KEY);
     let mut out = Vec::with_capacity(tensors.len());
     let mut padding = Vec::new();
@@ -418,11 +374,13 @@ fn describe(e: &safetensors::SafeTensorError) -> String {
 mod tests {
     use super::*;
 
-    fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> TensorSpec {
-        TensorSpec {
+    fn spec(name: &str, dtype: Dtype, shape: &[u64]) -> NamedTensor {
+        NamedTensor {
             name: name.into(),
-            dtype,
-            shape: shape.to_vec(),
+            spec: TensorSpec {
+                dtype,
+                shape: shape.to_vec(),
+            },
         }
     }
 
@@ -648,6 +606,39 @@ mod tests {
         }
         // The good file and the repeated metadata value pass; the broken ones do not.
         assert_eq!(accepted, 2, "{} cases", cases.len());
+    }
+
+    /// The exact header bytes of an aligned file with metadata and one padding tensor, as kvr
+    /// has always written them (entries in order, fields dtype, shape, data_offsets).
+    #[test]
+    fn headers_are_byte_identical_to_the_pinned_format() {
+        let specs = [spec("x", Dtype::F16, &[3]), spec("y\"", Dtype::U8, &[1])];
+        let p = plan(&specs, &[("k", "v\n")], true).unwrap();
+        let json = concat!(
+            r#"{"__metadata__":{"k":"v\n","kvr.align":"4096"},"#,
+            r#""x":{"dtype":"F16","shape":[3],"data_offsets":[0,6]},"#,
+            r#""__kvr_pad_0__":{"dtype":"U8","shape":[4090],"data_offsets":[6,4096]},"#,
+            r#""y\"":{"dtype":"U8","shape":[1],"data_offsets":[4096,4097]}}"#
+        );
+        let mut want = 4088u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(4096, b' ');
+        assert!(
+            p.header == want,
+            "{}",
+            String::from_utf8_lossy(&p.header[8..])
+        );
+        assert_eq!(p.file_len, 4096 + 4097);
+        let unaligned = plan(&specs[..1], &[], false).unwrap();
+        let json = r#"{"x":{"dtype":"F16","shape":[3],"data_offsets":[0,6]}}"#;
+        let mut want = 56u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(64, b' ');
+        assert!(
+            unaligned.header == want,
+            "{:?}",
+            String::from_utf8_lossy(&unaligned.header)
+        );
     }
 
     #[test]

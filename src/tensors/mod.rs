@@ -5,6 +5,7 @@
 //! Files are plain safetensors (see [`header`] for the format and the alignment scheme): any
 //! safetensors reader (Python, Rust, C++) opens them, and kvr opens theirs.
 
+pub(crate) mod codec;
 pub mod dir;
 pub mod dtype;
 pub mod export;
@@ -14,6 +15,7 @@ pub mod header;
 mod sink;
 pub mod write;
 
+pub use codec::TensorSpec;
 pub use dir::{LazyTensor, TensorDir};
 pub use dtype::{Dtype, ALL_DTYPES};
 pub use export::{export_blocks, import_blocks};

@@ -15,9 +15,10 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::gather::Gather;
-use super::header::{self, Piece, Plan, TensorSpec};
+use super::header::{self, NamedTensor, Piece, Plan};
 use super::sink::{Background, Sink};
 use super::Dtype;
+use super::TensorSpec;
 use crate::io::file::OpenNoFollow;
 use crate::io::publish::{sibling_path, sync_dir, TempFile};
 use crate::io::space::{self, Unsupported};
@@ -130,12 +131,14 @@ pub fn write(
     opts: WriteOptions,
 ) -> Result<u64> {
     let sources: Vec<Source<'_>> = tensors.iter().map(|t| Source::Strided(*t)).collect();
-    let specs: Vec<TensorSpec> = tensors
+    let specs: Vec<NamedTensor> = tensors
         .iter()
-        .map(|t| TensorSpec {
+        .map(|t| NamedTensor {
             name: t.name.to_string(),
-            dtype: t.dtype,
-            shape: t.shape.to_vec(),
+            spec: TensorSpec {
+                dtype: t.dtype,
+                shape: t.shape.to_vec(),
+            },
         })
         .collect();
     write_sources(path, &specs, &sources, metadata, opts)
@@ -144,7 +147,7 @@ pub fn write(
 /// Writes tensors from arbitrary sources (strided tensors or region rows).
 pub(crate) fn write_sources(
     path: &Path,
-    specs: &[TensorSpec],
+    specs: &[NamedTensor],
     sources: &[Source<'_>],
     metadata: &[(&str, &str)],
     opts: WriteOptions,

@@ -44,17 +44,12 @@ impl Rng {
     }
 }
 
-/// The 16 key bytes of test block `i`: `i` little-endian, then a multiplicative hash of it.
-pub fn key_bytes(i: u64) -> [u8; 16] {
+/// The key of test block `i`: `i` little-endian, then a multiplicative hash of it.
+pub fn key(i: u64) -> Key {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&i.to_le_bytes());
     k[8..].copy_from_slice(&(i.wrapping_mul(0x9e37_79b9_7f4a_7c15)).to_le_bytes());
-    k
-}
-
-/// The key of test block `i` (see [`key_bytes`]).
-pub fn key(i: u64) -> Key {
-    Key(key_bytes(i))
+    Key(k)
 }
 
 /// The test index a key from [`key`] was made from.

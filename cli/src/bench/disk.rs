@@ -27,7 +27,7 @@ fn key(round: u64, i: u64) -> Key {
     let mut k = [0u8; 16];
     k[..8].copy_from_slice(&round.to_le_bytes());
     k[8..].copy_from_slice(&i.to_le_bytes());
-    k
+    Key(k)
 }
 
 /// Runs `f(thread, item)` for items `0..n` on `threads` threads; returns seconds or the first
