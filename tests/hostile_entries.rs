@@ -288,3 +288,27 @@ fn verify_bounds_its_memory_on_a_huge_sparse_file() {
         r.bad[0].reason
     );
 }
+
+#[test]
+fn a_fifo_at_the_namespace_manifest_fails_the_open_at_once() {
+    let d = tempfile::tempdir().unwrap();
+    let mut ns = kvr::Namespace::new("org/model");
+    ns.kv_dtype = "bf16".into();
+    let mut c = FsConfig::for_namespace(d.path(), &ns).unwrap();
+    c.direct_io = DirectIo::Off;
+    let path = kvr::namespace::manifest_path(d.path(), &c.namespace);
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    mkfifo(&path);
+    let e = within(
+        LIMIT,
+        "opening a store whose manifest is a FIFO",
+        move || FsStore::open(&c).err(),
+    )
+    .expect("a FIFO is no manifest");
+    assert!(e.to_string().contains("FIFO"), "{e}");
+    let root = d.path().to_path_buf();
+    let listed = within(LIMIT, "inspect with a FIFO manifest", move || {
+        maintenance::inspect(&root, None).map(|s| s.len())
+    });
+    assert!(listed.is_ok());
+}

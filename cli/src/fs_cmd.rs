@@ -26,7 +26,9 @@ pub struct Target {
 #[derive(Subcommand, Debug)]
 pub enum FsCommand {
     /// Blocks, bytes, temp files and strays (entries in the way of blocks or fan-out
-    /// directories, which `verify` lists) per namespace and rank.
+    /// directories, which `verify` lists) per namespace and rank, and each namespace's
+    /// manifest (NAMESPACE.json: the model, dtype, geometry and parallel position it was
+    /// made of).
     Inspect(Target),
     /// Check every block file's header, key, length and checksum in parallel (streaming, a
     /// bounded buffer per thread), and list what is in the way of blocks (FIFOs, symlinks,
@@ -60,6 +62,15 @@ fn parse_bound(s: &str) -> Result<u64, String> {
     }
 }
 
+/// The namespace's manifest, if it has one (an unreadable one is shown as its error).
+fn manifest(root: &std::path::Path, ns: &str) -> Option<serde_json::Value> {
+    let p = kvr::namespace::manifest_path(root, ns);
+    if !p.exists() {
+        return None;
+    }
+    Some(kvr::namespace::read_manifest(&p).unwrap_or_else(|e| json!({ "error": e.to_string() })))
+}
+
 fn store_name(l: &maintenance::StoreLocation) -> String {
     match l.rank {
         Some(r) => format!("{}/r{r}", l.namespace),
@@ -84,6 +95,7 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                             "temp_files": s.temp_files,
                             "strays": s.strays,
                             "last_used": s.last_used.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
+                            "manifest": manifest(&t.root, &s.location.namespace),
                         })
                     })
                     .collect();
@@ -119,6 +131,21 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                 by += s.bytes;
             }
             out!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by))?;
+            let mut shown = std::collections::BTreeSet::new();
+            for s in &stores {
+                let ns = &s.location.namespace;
+                let Some(serde_json::Value::Object(m)) = manifest(&t.root, ns) else {
+                    continue;
+                };
+                if !shown.insert(ns.clone()) {
+                    continue;
+                }
+                out!("\nnamespace {ns} ({}):", kvr::namespace::MANIFEST_FILE)?;
+                for (k, v) in &m {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    out!("  {k:<20} {v}")?;
+                }
+            }
             Ok(0)
         }
         FsCommand::Verify {

@@ -77,14 +77,21 @@ fn lock_owner(file: &File, path: &Path) -> Result<()> {
 
 /// Opens the slot file at `path` (creating and reserving it if absent), takes the owner
 /// lock and checks the geometry.
-pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFile> {
+/// The file records `identity` (see [`super::identity`]); an existing one must record the
+/// same.
+pub fn open_or_create(
+    path: &Path,
+    g: &Geometry,
+    direct: bool,
+    identity: Option<&str>,
+) -> Result<OwnedFile> {
     remove_dead_temps(path);
     let how = OpenNoFollow::read_write().direct(direct);
     for _ in 0..8 {
         match how.open(path) {
             Ok(file) => {
                 lock_owner(&file, path)?;
-                check_existing(&file, path, g)?;
+                check_existing(&file, path, g, identity)?;
                 let table = buffered_twin(&file, path, direct)?;
                 return Ok(OwnedFile {
                     file,
@@ -93,7 +100,7 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
                 });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if let Some(file) = create(path, g, how)? {
+                if let Some(file) = create(path, g, how, identity)? {
                     let table = buffered_twin(&file, path, direct)?;
                     return Ok(OwnedFile {
                         file,
@@ -118,7 +125,7 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
     ))
 }
 
-fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
+fn check_existing(file: &File, path: &Path, g: &Geometry, identity: Option<&str>) -> Result<()> {
     let mut page = AlignedBuf::new(PAGE as usize)?;
     read_exact_at(file, page.as_mut_slice(), 0).map_err(|e| {
         Error::io(
@@ -162,6 +169,9 @@ fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
             g.slot_size
         ));
     }
+    let recorded = super::identity::decode(page.as_slice())
+        .map_err(|e| e.context(format!("slot file {}", path.display())))?;
+    super::identity::check(recorded.as_deref(), identity, path)?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(format!("stat of slot file {}", path.display()), e))?
@@ -185,7 +195,12 @@ pub fn check_file_len(path: &Path, len: u64, g: &Geometry) -> Result<()> {
 /// Builds the file under a temporary name (locked, reserved, header written and synced) and
 /// publishes it with `link(2)`, which fails if the name exists: a reopen never sees a
 /// half-built file, and two creators never both win. `None` if another creator won.
-fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> {
+fn create(
+    path: &Path,
+    g: &Geometry,
+    how: OpenNoFollow,
+    identity: Option<&str>,
+) -> Result<Option<File>> {
     if path.file_name().is_none() {
         return Err(Error::invalid(format!(
             "slot file path {} has no name",
@@ -227,6 +242,9 @@ fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> 
     reserve(temp.file(), dir, path, g.file_len())?;
     let mut page = AlignedBuf::new(PAGE as usize)?;
     format::encode_file_header(g, page.as_mut_slice());
+    if let Some(name) = identity {
+        super::identity::encode(name, page.as_mut_slice());
+    }
     write_all_at(temp.file(), page.as_slice(), 0)
         .and_then(|_| temp.file().sync_all())
         .map_err(|e| Error::io(format!("writing the header of {}", tmp.display()), e))?;

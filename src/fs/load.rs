@@ -6,6 +6,7 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
@@ -20,6 +21,13 @@ use crate::{err, Error, ErrorKind, Result};
 impl Inner {
     /// Loads the block of the whole engine `key` into the concatenation of `dst`'s segments.
     pub(super) fn load(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
+        let started = Instant::now();
+        let r = self.load_untimed(key, dst);
+        self.latency.load.record_since(started);
+        r
+    }
+
+    fn load_untimed(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
         crate::key::check_key(key)?;
         let name = self.name(key);
         let p = path::block_path(&self.dir, &name);
@@ -65,6 +73,7 @@ impl Inner {
                 self.lock_index().remove(&name);
                 self.counters.corrupt.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
+                log::warn!(target: "kvr::fs", "dropped corrupt block {}: {e}", p.display());
                 Err(e.context(format!("block {} is corrupt and was removed", p.display())))
             }
             Err(e) => {

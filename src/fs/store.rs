@@ -6,6 +6,7 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::format::{self, TensorSpec};
 use super::temp::BlockTemp;
@@ -56,6 +57,8 @@ pub(super) struct Staged {
     payload_len: u64,
     /// Capacity reserved for this block, released on drop.
     reserved: u64,
+    /// When staging began: the store's latency ends when this is dropped.
+    started: Instant,
 }
 
 impl Staged {
@@ -142,6 +145,7 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.inner.latency.store.record_since(self.started);
         // The temp file first: a named one is removed unless published.
         self.temp.take();
         if let Some(b) = self.staging.take() {
@@ -190,6 +194,7 @@ impl Inner {
         data: &[&[u8]],
         tensor: Option<&TensorSpec>,
     ) -> Result<Staging> {
+        let started = Instant::now();
         crate::key::check_key(key)?;
         let name = self.name(key);
         let final_path = path::block_path(&self.dir, &name);
@@ -210,6 +215,7 @@ impl Inner {
             // collision, another key, which loads of this key then never return.
             Ok(meta) if meta.is_file() => {
                 self.note_present(&name, meta.len());
+                self.latency.store.record_since(started);
                 return Ok(Staging::Present);
             }
             Ok(meta) if meta.is_dir() => return Err(not_a_block(&final_path, &meta)),
@@ -251,6 +257,7 @@ impl Inner {
             payload_len: payload_len as u64,
             reserved,
             final_path,
+            started,
         };
         let block_dir = staged
             .final_path

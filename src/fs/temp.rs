@@ -177,5 +177,7 @@ impl Inner {
 /// Removes a temp file if no live writer holds its lock (and whatever else than a regular
 /// file sits at a temp file's name: never opened, so a FIFO cannot hang the scan).
 pub(super) fn clean_temp(p: &Path) {
-    remove_if_abandoned(p);
+    if remove_if_abandoned(p) {
+        log::info!(target: "kvr::fs", "removed stale temp file {} (its writer is gone)", p.display());
+    }
 }

@@ -82,9 +82,13 @@ fn write_read_direct(f: &std::fs::File) -> std::io::Result<()> {
 /// Resolves `mode` for `dir`: `Ok(true)` to use O_DIRECT. Logs one line when `Auto` falls back.
 pub fn resolve(mode: DirectIo, dir: &Path) -> crate::Result<bool> {
     match mode {
-        DirectIo::Off => Ok(false),
+        DirectIo::Off => {
+            log::info!(target: "kvr::io", "{}: buffered I/O (direct I/O off)", dir.display());
+            Ok(false)
+        }
         DirectIo::On => {
             if probe(dir) {
+                log::info!(target: "kvr::io", "{}: O_DIRECT (required; probe passed)", dir.display());
                 Ok(true)
             } else {
                 Err(crate::err!(
@@ -96,9 +100,12 @@ pub fn resolve(mode: DirectIo, dir: &Path) -> crate::Result<bool> {
         }
         DirectIo::Auto => {
             let ok = probe(dir);
-            if !ok {
-                eprintln!(
-                    "kvr: {} does not support O_DIRECT; using buffered I/O",
+            if ok {
+                log::info!(target: "kvr::io", "{}: O_DIRECT (auto; probe passed)", dir.display());
+            } else {
+                log::warn!(
+                    target: "kvr::io",
+                    "{} does not support O_DIRECT; using buffered I/O",
                     dir.display()
                 );
             }

@@ -68,12 +68,28 @@ fn reserve_with(
                 Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
             ) =>
         {
+            note_no_fallocate(&e, unsupported);
             match unsupported {
                 Unsupported::Skip => Ok(Reserved::Skipped),
                 Unsupported::ZeroFill => zero_fill(file, len).map(|()| Reserved::ZeroFilled),
             }
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Logs the fallback once per process at warning level (then at debug: the fs store meets it
+/// on every block).
+fn note_no_fallocate(e: &io::Error, unsupported: Unsupported) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let how = match unsupported {
+        Unsupported::Skip => "the data writes allocate the space",
+        Unsupported::ZeroFill => "zero-filling instead",
+    };
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::debug!(target: "kvr::io", "fallocate unsupported ({e}); {how}");
+    } else {
+        log::warn!(target: "kvr::io", "this file system has no fallocate ({e}); {how}");
     }
 }
 

@@ -3,11 +3,12 @@
 
 mod fork;
 pub mod layout;
+mod metrics;
 pub mod shm;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -110,6 +111,8 @@ pub struct Region {
     file: RegionFile,
     packer: Mutex<ViewPacker>,
     info: RegionInfo,
+    /// Listed in `kvr_metrics_text` while open (its gauges live in the registration).
+    _metrics: (Arc<metrics::RegionGauges>, crate::metrics::Registration),
 }
 
 impl Drop for Region {
@@ -207,8 +210,18 @@ impl Region {
             map.as_mut_ptr(),
             map.len(),
         );
+
+        let gauges = Arc::new(metrics::RegionGauges {
+            name: cfg.name.clone(),
+            path: info.path.display().to_string(),
+            blocks: layout.num_blocks,
+            bytes: layout.data_len(),
+            pinned: info.pinned,
+        });
+        let registration = crate::metrics::register(&gauges);
         Ok(Region {
             _fork: fork,
+            _metrics: (gauges, registration),
             _pin: pin,
             map,
             file,

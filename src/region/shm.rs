@@ -298,6 +298,7 @@ fn replace_stale(file: File, path: &Path) -> io::Result<Attempt> {
                 Err(e)
             }
         })?;
+        log::info!(target: "kvr::region", "removed stale region file {} (its processes died)", path.display());
     }
     Ok(Attempt::RetryNow)
 }
