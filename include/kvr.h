@@ -13,6 +13,11 @@
 #include <stdbool.h>
 
 /**
+ * Longest `kvr_key`, in bytes.
+ */
+#define KVR_MAX_KEY_LEN 256
+
+/**
  * Version of the C ABI in this header; bumped on any incompatible change.
  */
 #define KVR_ABI_VERSION 1
@@ -39,7 +44,9 @@
 #define KVR_DISK_KEY_LEN 16
 
 /**
- * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+ * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page) under
+ * a 16-byte key; under a key of any other length `n`, `KVR_DISK_MAX_META - n` (the whole key
+ * shares the page).
  */
 #define KVR_DISK_MAX_META 3968
 
@@ -62,6 +69,36 @@
  * `durability`: `fdatasync` before the link and `fsync` the directory after it.
  */
 #define KVR_FS_DURABILITY_FDATASYNC_DIR 2
+
+/**
+ * Log level: no records.
+ */
+#define KVR_LOG_OFF 0
+
+/**
+ * Log level: errors.
+ */
+#define KVR_LOG_ERROR 1
+
+/**
+ * Log level: warnings (and errors).
+ */
+#define KVR_LOG_WARN 2
+
+/**
+ * Log level: what an operator wants to know (I/O mode chosen at open, stale files removed).
+ */
+#define KVR_LOG_INFO 3
+
+/**
+ * Log level: details.
+ */
+#define KVR_LOG_DEBUG 4
+
+/**
+ * Log level: everything.
+ */
+#define KVR_LOG_TRACE 5
 
 /**
  * `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
@@ -379,6 +416,12 @@ typedef struct kvr_disk_config {
    * false.
    */
   bool sync;
+  /**
+   * The namespace the entries belong to (`kvr_namespace_name`), recorded in the file at
+   * creation; reopening with another one (or none, for a file created with one, and vice
+   * versa) fails with `KVR_ERR_LAYOUT_MISMATCH`. NULL (default): none.
+   */
+  const char *namespace_name;
 } kvr_disk_config;
 
 /**
@@ -528,6 +571,112 @@ typedef struct kvr_disk_read_item {
 } kvr_disk_read_item;
 
 /**
+ * A whole engine key: `len` (1..=`KVR_MAX_KEY_LEN`) bytes at `bytes`, stored in full in the
+ * block and compared on every load. A 16-byte key is the same block as the
+ * `kvr_block_key` of those bytes.
+ */
+typedef struct kvr_key {
+  /**
+   * The key's bytes.
+   */
+  const uint8_t *bytes;
+  /**
+   * Its length in bytes.
+   */
+  size_t len;
+} kvr_key;
+
+/**
+ * One buffer of a block: `len` bytes at `ptr`. A block is an ordered list of segments,
+ * gathered on store and scattered on load (zero-copy with O_DIRECT when every segment is
+ * 4096-aligned in address and length).
+ */
+typedef struct kvr_segment {
+  /**
+   * Start of the buffer.
+   */
+  void *ptr;
+  /**
+   * Its bytes (non-zero).
+   */
+  size_t len;
+} kvr_segment;
+
+/**
+ * What makes KV blocks compatible, and whose they are. Fill with
+ * `kvr_namespace_config_default`, then set the fields; `kvr_namespace_name` turns it into
+ * the canonical name (for `kvr_fs_config.namespace_name`, `kvr_disk_config.namespace_name`).
+ */
+typedef struct kvr_namespace_config {
+  /**
+   * `sizeof(kvr_namespace_config)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * Model id, e.g. "meta-llama/Llama-3.1-8B" (required, 1..=256 bytes).
+   */
+  const char *model_id;
+  /**
+   * Model revision (commit or tag); NULL = "". At most 256 bytes.
+   */
+  const char *model_revision;
+  /**
+   * KV cache dtype, e.g. "bf16"; NULL = "". At most 256 bytes.
+   */
+  const char *kv_dtype;
+  /**
+   * Tokens per block. Default 0 (unknown).
+   */
+  uint32_t tokens_per_block;
+  /**
+   * Layers in a block. Default 0.
+   */
+  uint32_t num_layers;
+  /**
+   * KV heads in a block (this rank's). Default 0.
+   */
+  uint32_t num_kv_heads;
+  /**
+   * Head dimension. Default 0.
+   */
+  uint32_t head_dim;
+  /**
+   * Bytes of one block. Default 0.
+   */
+  uint64_t bytes_per_block;
+  /**
+   * Tensor-parallel size (>= 1). Default 1.
+   */
+  uint32_t tp_size;
+  /**
+   * Tensor-parallel rank (< `tp_size`). Default 0.
+   */
+  uint32_t tp_rank;
+  /**
+   * Pipeline-parallel rank. Default 0.
+   */
+  uint32_t pp_rank;
+  /**
+   * Context-parallel rank. Default 0.
+   */
+  uint32_t cp_rank;
+  /**
+   * Anything else that makes blocks incompatible (engine version, layout); NULL = "".
+   * At most 4096 bytes.
+   */
+  const char *engine_fingerprint;
+  /**
+   * Tenant salt (any bytes; only its SHA-256 is recorded anywhere); NULL with length 0
+   * for none. At most 4096 bytes.
+   */
+  const uint8_t *tenant_salt;
+  /**
+   * Bytes of `tenant_salt`.
+   */
+  size_t tenant_salt_len;
+} kvr_namespace_config;
+
+/**
  * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
  */
 typedef struct kvr_fs_config {
@@ -540,7 +689,8 @@ typedef struct kvr_fs_config {
    */
   const char *root;
   /**
-   * Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+   * Namespace (required unless `namespace_config` is set), e.g. `kvr_namespace_name` of
+   * the model and layout: no `/`, `..`, NUL, leading `.`.
    */
   const char *namespace_name;
   /**
@@ -573,6 +723,12 @@ typedef struct kvr_fs_config {
    * stay under it. 0 = unbounded (default).
    */
   uint64_t capacity_bytes;
+  /**
+   * The fields the namespace is made of: recorded as `<root>/<namespace>/NAMESPACE.json`
+   * (once). With it, `namespace_name` may be NULL (it is then `kvr_namespace_name` of
+   * these fields) or must be that name. NULL (default): no manifest.
+   */
+  const struct kvr_namespace_config *namespace_config;
 } kvr_fs_config;
 
 /**
@@ -666,6 +822,52 @@ typedef struct kvr_fs_load_item {
 } kvr_fs_load_item;
 
 /**
+ * One block of a `kvr_fs_submit_store_items` batch.
+ */
+typedef struct kvr_fs_store_segments_item {
+  /**
+   * `sizeof(kvr_fs_store_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * The payload's segments, in order (the array is copied at submit; the buffers must
+   * stay valid until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+} kvr_fs_store_segments_item;
+
+/**
+ * One block of a `kvr_fs_submit_load_items` batch.
+ */
+typedef struct kvr_fs_load_segments_item {
+  /**
+   * `sizeof(kvr_fs_load_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * Destination segments, in order, summing to the block's payload (the array is copied
+   * at submit; the buffers must stay valid and untouched until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+} kvr_fs_load_segments_item;
+
+/**
  * Progress of a job.
  */
 typedef struct kvr_job_progress {
@@ -682,6 +884,14 @@ typedef struct kvr_job_progress {
    */
   size_t failed;
 } kvr_job_progress;
+
+/**
+ * A log callback: `level` is a `KVR_LOG_*` value, `target` the kvr module ("kvr::fs"),
+ * `message` the text; both strings are NUL-terminated and valid only during the call.
+ * Called from any kvr thread, possibly concurrently; never with a kvr lock held, so it
+ * may call kvr functions. It must not throw (a C++ callback should be `noexcept`).
+ */
+typedef void (*kvr_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
 
 /**
  * How to open an object store. Fill with `kvr_obj_config_default`, then set the fields.
@@ -1021,7 +1231,8 @@ enum kvr_status kvr_disk_config_default(struct kvr_disk_config *config);
  * rebuilds the index from the slot headers. On success `*out` owns the handle; close it
  * with `kvr_disk_close`.
  * Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (the file does not fit),
- * `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry, or not a slot file),
+ * `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry or namespace, or not a
+ * slot file),
  * `KVR_ERR_BUSY` (another live handle owns the file), `KVR_ERR_UNSUPPORTED` (direct I/O
  * `ON` where O_DIRECT fails), `KVR_ERR_CORRUPT` (damaged file header), `KVR_ERR_IO`.
  */
@@ -1105,6 +1316,76 @@ enum kvr_status kvr_disk_submit_read(const struct kvr_disk *disk,
                                      struct kvr_disk_read_item *items,
                                      size_t n,
                                      struct kvr_job **out);
+
+/**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty;
+ * 1..=slot_size bytes in all) and `meta_len` bytes of metadata under the whole engine `key`
+ * (1..=`KVR_MAX_KEY_LEN` bytes, stored in the slot and compared on every read; a 16-byte
+ * key is the same entry as that `kvr_block_key`). Metadata is at most `KVR_DISK_MAX_META`
+ * bytes under a 16-byte key, `KVR_DISK_MAX_META - key.len` under any other. Otherwise as
+ * `kvr_disk_write`.
+ */
+enum kvr_status kvr_disk_write_segments(const struct kvr_disk *disk,
+                                        struct kvr_key key,
+                                        const struct kvr_segment *segments,
+                                        size_t num_segments,
+                                        const uint8_t *meta,
+                                        uint64_t meta_len);
+
+/**
+ * Reads the entry of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the entry's payload (`KVR_ERR_LAYOUT_MISMATCH` otherwise), and
+ * its metadata into `meta_dst` (capacity `meta_cap`; NULL/0 when entries carry none);
+ * `*meta_len` (may be NULL) receives the metadata length (the needed one on
+ * `KVR_ERR_TOO_SMALL`). `KVR_ERR_NOT_FOUND` when absent (also when the slot of its name
+ * holds another key); other errors as `kvr_disk_read`.
+ */
+enum kvr_status kvr_disk_read_segments(const struct kvr_disk *disk,
+                                       struct kvr_key key,
+                                       const struct kvr_segment *segments,
+                                       size_t num_segments,
+                                       uint8_t *meta_dst,
+                                       uint64_t meta_cap,
+                                       uint64_t *meta_len);
+
+/**
+ * Per-key presence from the slot file's index (complete: this handle owns the file; no
+ * I/O): `present[i]` = 1 when `keys[i]` has an entry, else 0; `*hits` (may be NULL)
+ * receives how many do. Recency is unchanged; NULL, empty or over-long keys are absent.
+ * `n` may be 0.
+ */
+enum kvr_status kvr_disk_lookup(const struct kvr_disk *disk,
+                                const struct kvr_key *keys,
+                                size_t n,
+                                uint8_t *present,
+                                size_t *hits);
+
+/**
+ * Removes the entry of the whole engine `key`; `KVR_ERR_NOT_FOUND` if absent.
+ */
+enum kvr_status kvr_disk_remove_key(const struct kvr_disk *disk, struct kvr_key key);
+
+/**
+ * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
+ * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
+ * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
+ * layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
+ */
+enum kvr_status kvr_region_export(const struct kvr_region *region,
+                                  const uint64_t *block_ids,
+                                  size_t n,
+                                  const char *path,
+                                  uint32_t flags);
+
+/**
+ * Loads a file written by `kvr_region_export` into the region, which must have the same
+ * layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
+ * is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
+ * receives the number of blocks loaded.
+ */
+enum kvr_status kvr_region_import(const struct kvr_region *region,
+                                  const char *path,
+                                  size_t *out_count);
 
 /**
  * Fills `*config` with the documented defaults (`root` and `namespace_name` left NULL).
@@ -1219,6 +1500,68 @@ enum kvr_status kvr_fs_submit_load(const struct kvr_fs *fs,
                                    struct kvr_job **out);
 
 /**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as
+ * a `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+ * block and compared on every load), unless a block of that key exists. Otherwise as
+ * `kvr_store_block` (a 16-byte key is the same block as that `kvr_block_key`).
+ * Errors: also `KVR_ERR_INVALID_ARGUMENT` for a NULL, empty or over-long key, a NULL or
+ * empty segment, no segments, or lengths that overflow.
+ */
+enum kvr_status kvr_fs_store(const struct kvr_fs *fs,
+                             struct kvr_key key,
+                             const struct kvr_segment *segments,
+                             size_t num_segments);
+
+/**
+ * Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (block kept)
+ * otherwise. `KVR_ERR_NOT_FOUND` when absent (also when the file of its name holds another
+ * key: never another key's bytes); other errors as `kvr_load_block`.
+ */
+enum kvr_status kvr_fs_load(const struct kvr_fs *fs,
+                            struct kvr_key key,
+                            const struct kvr_segment *segments,
+                            size_t num_segments);
+
+/**
+ * Per-key presence: `present[i]` = 1 when a block of `keys[i]` exists, else 0 (one byte per
+ * key, so a connector hands the array to numpy/torch as booleans without unpacking bits);
+ * `*hits` (may be NULL) receives how many exist. Keys this process stored or has seen are
+ * answered from the in-memory index without I/O; any other key costs one `stat` of its
+ * path (blocks other processes or hosts stored; a found one joins the index). Keys that
+ * are NULL, empty or over-long are absent. `n` may be 0.
+ */
+enum kvr_status kvr_fs_lookup(const struct kvr_fs *fs,
+                              const struct kvr_key *keys,
+                              size_t n,
+                              uint8_t *present,
+                              size_t *hits);
+
+/**
+ * Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND`.
+ */
+enum kvr_status kvr_fs_remove_key(const struct kvr_fs *fs, struct kvr_key key);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to store on the write threads; `*out`
+ * receives the job (per-item bytes 0 when deduplicated). Every item is checked first (bad
+ * keys, NULL or empty segments, overflowing totals reject the whole batch).
+ */
+enum kvr_status kvr_fs_submit_store_items(const struct kvr_fs *fs,
+                                          const struct kvr_fs_store_segments_item *items,
+                                          size_t n,
+                                          struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to load on the read threads; per-item
+ * results as for `kvr_fs_load`.
+ */
+enum kvr_status kvr_fs_submit_load_items(const struct kvr_fs *fs,
+                                         const struct kvr_fs_load_segments_item *items,
+                                         size_t n,
+                                         struct kvr_job **out);
+
+/**
  * Reports progress without blocking.
  */
 enum kvr_status kvr_job_poll(const struct kvr_job *job, struct kvr_job_progress *out);
@@ -1240,6 +1583,47 @@ enum kvr_status kvr_job_item_status(const struct kvr_job *job, size_t index, uin
  * then). `kvr_job_free(NULL)` is a no-op.
  */
 void kvr_job_free(struct kvr_job *job);
+
+/**
+ * Sends kvr's log records at or above `min_level` (`KVR_LOG_*`) to `fn(level, target,
+ * message, user_data)`. `fn` NULL restores the default: warnings and errors to stderr,
+ * each distinct message once. Returns once no call of the previous callback is still
+ * running on another thread, so its `user_data` may then be freed. Errors:
+ * `KVR_ERR_INVALID_ARGUMENT` (`min_level` above `KVR_LOG_TRACE`).
+ */
+enum kvr_status kvr_set_log_callback(uint32_t min_level, kvr_log_fn callback, void *user_data);
+
+/**
+ * Writes the metrics of every open handle (fs stores, slot files, regions) in the
+ * Prometheus text exposition format (version 0.0.4), NUL-terminated, into `buf` of `cap`
+ * bytes, for the engine to serve from its `/metrics`: counters (`kvr_hits_total`,
+ * `kvr_misses_total`, `kvr_corrupt_dropped_total`, `kvr_read_bytes_total`,
+ * `kvr_written_bytes_total`, `kvr_stores_total`, `kvr_dedups_total`, `kvr_evictions_total`),
+ * gauges (`kvr_blocks`, `kvr_held_bytes`, `kvr_direct_io`, `kvr_region_pinned`) and the
+ * histogram `kvr_op_latency_seconds` (`op` = store, load, lookup), labelled by `tier`,
+ * `namespace` and `path`. `*needed` (may be NULL) receives the size including the NUL;
+ * `KVR_ERR_TOO_SMALL` if `cap` is smaller (call again with a bigger buffer: the text
+ * changes between calls). Safe to call while other threads open and close handles.
+ */
+enum kvr_status kvr_metrics_text(char *buf, size_t cap, size_t *needed);
+
+/**
+ * Fills `*config` with the defaults (strings NULL, TP size 1, numbers 0).
+ */
+enum kvr_status kvr_namespace_config_default(struct kvr_namespace_config *config);
+
+/**
+ * Writes the canonical namespace name of `*config` (NUL-terminated, at most 200 bytes)
+ * into `buf` of `cap` bytes: a readable prefix and a 128-bit digest of every field, the
+ * same on every host; any field changed gives another name. `*needed` (may be NULL)
+ * receives the size including the NUL. Errors: `KVR_ERR_INVALID_ARGUMENT` (NULL config or
+ * model id, over-long fields, `tp_rank >= tp_size`), `KVR_ERR_TOO_SMALL` (only `*needed`
+ * is written).
+ */
+enum kvr_status kvr_namespace_name(const struct kvr_namespace_config *config,
+                                   char *buf,
+                                   size_t cap,
+                                   size_t *needed);
 
 /**
  * Fills `*config` with the documented defaults (strings NULL).
@@ -1390,6 +1774,76 @@ const char *kvr_status_str(int32_t status);
 const char *kvr_last_error_message(void);
 
 /**
+ * Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
+ * the system temp directory). It is deleted when the handle and every lazy reference have
+ * been released, or at once by `kvr_tensor_dir_cleanup`.
+ */
+enum kvr_status kvr_tensor_dir_open(const char *parent, struct kvr_tensor_dir **out);
+
+/**
+ * Releases the directory handle; the directory lives on while lazy references exist.
+ * NULL is a no-op.
+ */
+void kvr_tensor_dir_close(struct kvr_tensor_dir *dir);
+
+/**
+ * Deletes the directory and its files now. Later puts, get_refs and materializations fail
+ * with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
+ * freed. The handle must still be closed.
+ */
+enum kvr_status kvr_tensor_dir_cleanup(const struct kvr_tensor_dir *dir);
+
+/**
+ * The directory's path (valid until the handle is closed).
+ */
+enum kvr_status kvr_tensor_dir_path(const struct kvr_tensor_dir *dir, const char **out);
+
+/**
+ * Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
+ * that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
+ */
+enum kvr_status kvr_tensor_dir_put(const struct kvr_tensor_dir *dir,
+                                   const char *item_id,
+                                   const struct kvr_tensor *tensors,
+                                   size_t n,
+                                   const struct kvr_kv *metadata,
+                                   size_t m,
+                                   uint32_t flags);
+
+/**
+ * A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
+ * Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
+ * directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_get_ref(const struct kvr_tensor_dir *dir,
+                                       const char *item_id,
+                                       const char *name,
+                                       struct kvr_tensor_lazy **out);
+
+/**
+ * Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
+ * materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
+ * `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_materialize(const struct kvr_tensor_lazy *lazy,
+                                            void *dst,
+                                            size_t cap,
+                                            size_t *out_len);
+
+/**
+ * Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
+ * is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
+                                     struct kvr_tensor_ref *out);
+
+/**
+ * Releases a lazy reference (from any thread); the last release of the directory's handle
+ * and references deletes the directory. NULL is a no-op.
+ */
+void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
+
+/**
  * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
  * (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
  * error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
@@ -1480,98 +1934,6 @@ enum kvr_status kvr_tensors_read_into_device(const struct kvr_tensor_file *file,
                                              size_t cap,
                                              int32_t device,
                                              size_t *out_len);
-
-/**
- * Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
- * the system temp directory). It is deleted when the handle and every lazy reference have
- * been released, or at once by `kvr_tensor_dir_cleanup`.
- */
-enum kvr_status kvr_tensor_dir_open(const char *parent, struct kvr_tensor_dir **out);
-
-/**
- * Releases the directory handle; the directory lives on while lazy references exist.
- * NULL is a no-op.
- */
-void kvr_tensor_dir_close(struct kvr_tensor_dir *dir);
-
-/**
- * Deletes the directory and its files now. Later puts, get_refs and materializations fail
- * with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
- * freed. The handle must still be closed.
- */
-enum kvr_status kvr_tensor_dir_cleanup(const struct kvr_tensor_dir *dir);
-
-/**
- * The directory's path (valid until the handle is closed).
- */
-enum kvr_status kvr_tensor_dir_path(const struct kvr_tensor_dir *dir, const char **out);
-
-/**
- * Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
- * that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
- */
-enum kvr_status kvr_tensor_dir_put(const struct kvr_tensor_dir *dir,
-                                   const char *item_id,
-                                   const struct kvr_tensor *tensors,
-                                   size_t n,
-                                   const struct kvr_kv *metadata,
-                                   size_t m,
-                                   uint32_t flags);
-
-/**
- * A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
- * Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
- * directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_dir_get_ref(const struct kvr_tensor_dir *dir,
-                                       const char *item_id,
-                                       const char *name,
-                                       struct kvr_tensor_lazy **out);
-
-/**
- * Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
- * materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
- * `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_lazy_materialize(const struct kvr_tensor_lazy *lazy,
-                                            void *dst,
-                                            size_t cap,
-                                            size_t *out_len);
-
-/**
- * Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
- * is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
- */
-enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
-                                     struct kvr_tensor_ref *out);
-
-/**
- * Releases a lazy reference (from any thread); the last release of the directory's handle
- * and references deletes the directory. NULL is a no-op.
- */
-void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
-
-/**
- * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
- * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
- * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
- * layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
- */
-enum kvr_status kvr_region_export(const struct kvr_region *region,
-                                  const uint64_t *block_ids,
-                                  size_t n,
-                                  const char *path,
-                                  uint32_t flags);
-
-/**
- * Loads a file written by `kvr_region_export` into the region, which must have the same
- * layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
- * is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
- * receives the number of blocks loaded.
- */
-enum kvr_status kvr_region_import(const struct kvr_region *region,
-                                  const char *path,
-                                  size_t *out_count);
 
 #ifdef __cplusplus
 }  // extern "C"

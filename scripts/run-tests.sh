@@ -48,3 +48,6 @@ cmake --build "$asan_build" -j "$jobs"
 (cd "$asan_build" &&
   ASAN_OPTIONS=detect_leaks=1:abort_on_error=0 UBSAN_OPTIONS=print_stacktrace=1:halt_on_error=1 \
     ctest --output-on-failure -j "$jobs")
+
+echo "== llama.cpp integration (ctest on the tiny random model; builds llama.cpp once)"
+scripts/test-llama.sh "$prefix"

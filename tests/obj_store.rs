@@ -37,7 +37,7 @@ fn store_load_dedup_contains_remove() {
     let name = s.object_path(&k);
     assert_eq!(name, format!("ns/07/{}.kvb", k.to_hex()));
     let raw = obj_common::get_object(&ep, &prefix, &name).unwrap();
-    let h = kvr::fs::maintenance::check_block_bytes(&raw, &k).unwrap();
+    let h = kvr::fs::maintenance::check_block_bytes(&raw, "ns", &k).unwrap();
     assert_eq!((h.data_offset, h.payload_len), (4096, 65536));
     // Another length: intact, so a layout mismatch, not a miss.
     let mut short = vec![0u8; 100];

@@ -6,7 +6,9 @@ mod common;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
 
+use kvr::ffi::export::*;
 use kvr::ffi::kvr_status::{self, *};
+use kvr::ffi::tensor_dir::*;
 use kvr::ffi::tensors::*;
 
 use common::last_error;

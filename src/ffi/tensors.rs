@@ -1,18 +1,14 @@
-//! C ABI of tensor files: writing from strided tensors, lazy zero-copy reading, the lazy
-//! tensor directory, and export/import of region blocks.
+//! C ABI of tensor files: writing from strided tensors and lazy zero-copy reading (the lazy
+//! tensor directory is in `tensor_dir.rs`, region export/import in `export.rs`).
 
-use std::ffi::{c_char, c_void, CString};
+use std::ffi::{c_char, c_void};
 
 use super::handle::BoxedHandle;
-use super::region::kvr_region;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes_mut, arg_opt_path, arg_slice, arg_str, hand_out, write_opt, write_out};
+use super::{arg_bytes_mut, arg_str, hand_out, write_opt, write_out};
 use crate::tensors::header::nbytes;
 use crate::tensors::write::extent;
-use crate::tensors::{
-    export_blocks, import_blocks, Dtype, LazyTensor, TensorDir, TensorEntry, TensorFile, TensorIn,
-    WriteOptions,
-};
+use crate::tensors::{Dtype, TensorEntry, TensorFile, TensorIn, WriteOptions};
 use crate::{err, Error, Result};
 
 /// Dtype code: boolean (1 byte).
@@ -123,7 +119,7 @@ pub struct kvr_tensor_ref {
 }
 
 impl kvr_tensor_ref {
-    fn new(e: &TensorEntry, data: &[u8]) -> Self {
+    pub(super) fn new(e: &TensorEntry, data: &[u8]) -> Self {
         kvr_tensor_ref {
             name: e.name_c().as_ptr(),
             dtype: e.dtype.code(),
@@ -143,34 +139,6 @@ pub struct kvr_tensor_file {
 impl BoxedHandle for kvr_tensor_file {
     type Rust = TensorFile;
     const ARG: &'static str = "file";
-}
-
-/// Opaque handle of a lazy tensor directory (`kvr_tensor_dir_open` / `kvr_tensor_dir_close`).
-pub struct kvr_tensor_dir {
-    _opaque: [u8; 0],
-}
-
-/// A lazy tensor directory as C holds it: with its path as a C string, which
-/// `kvr_tensor_dir_path` lends out until close.
-pub(crate) struct OpenTensorDir {
-    dir: TensorDir,
-    path_c: CString,
-}
-
-impl BoxedHandle for kvr_tensor_dir {
-    type Rust = OpenTensorDir;
-    const ARG: &'static str = "dir";
-}
-
-/// Opaque lazy reference to one tensor of a directory item (`kvr_tensor_dir_get_ref` /
-/// `kvr_tensor_lazy_free`).
-pub struct kvr_tensor_lazy {
-    _opaque: [u8; 0],
-}
-
-impl BoxedHandle for kvr_tensor_lazy {
-    type Rust = LazyTensor;
-    const ARG: &'static str = "lazy";
 }
 
 /// Borrows the caller's tensor descriptions as [`TensorIn`]s.
@@ -295,7 +263,7 @@ type WriteArgs<'a> = (Vec<TensorIn<'a>>, Vec<(&'a str, &'a str)>, WriteOptions);
 ///
 /// # Safety
 /// As [`tensors_in`] for `tensors`/`n` and [`metadata_in`] for `metadata`/`m`.
-unsafe fn write_args<'a>(
+pub(super) unsafe fn write_args<'a>(
     tensors: *const kvr_tensor,
     n: usize,
     metadata: *const kvr_kv,
@@ -310,7 +278,7 @@ unsafe fn write_args<'a>(
     Ok((t, md, opts))
 }
 
-fn write_options(flags: u32) -> Result<WriteOptions> {
+pub(super) fn write_options(flags: u32) -> Result<WriteOptions> {
     if flags & !KNOWN_WRITE_FLAGS != 0 {
         return Err(err!(
             InvalidArgument,
@@ -328,7 +296,7 @@ fn write_options(flags: u32) -> Result<WriteOptions> {
 ///
 /// # Safety
 /// As [`arg_str`].
-unsafe fn opt_name<'a>(name: *const c_char) -> Result<Option<&'a str>> {
+pub(super) unsafe fn opt_name<'a>(name: *const c_char) -> Result<Option<&'a str>> {
     if name.is_null() {
         Ok(None)
     } else {
@@ -510,7 +478,7 @@ fn read_into(
 ///
 /// # Safety
 /// `dst` is NULL or writable for `cap` bytes; `out_len` is NULL or writable.
-unsafe fn copy_tensor_out(
+pub(super) unsafe fn copy_tensor_out(
     file: &TensorFile,
     name: Option<&str>,
     dst: *mut c_void,
@@ -566,190 +534,6 @@ pub extern "C" fn kvr_tensors_read_into_device(
         let n = unsafe { f.read_into_device(name, dst, cap, device) }?;
         // SAFETY: `out_len` is NULL or writable per the contract.
         unsafe { write_opt(out_len, n) };
-        Ok(())
-    })
-}
-
-/// Creates a lazy tensor directory: a fresh private directory inside `parent` (NULL or "":
-/// the system temp directory). It is deleted when the handle and every lazy reference have
-/// been released, or at once by `kvr_tensor_dir_cleanup`.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_open(
-    parent: *const c_char,
-    out: *mut *mut kvr_tensor_dir,
-) -> kvr_status {
-    guard(|| {
-        // SAFETY: NULL or a C string.
-        let parent = unsafe { arg_opt_path(parent, "parent") }?;
-        let open = || {
-            let dir = TensorDir::create(parent.as_deref())?;
-            let path_c = CString::new(dir.path().as_os_str().as_encoded_bytes())
-                .map_err(|_| Error::invalid("directory path contains NUL"))?;
-            Ok(OpenTensorDir { dir, path_c })
-        };
-        // SAFETY: `out` is NULL (rejected) or writable per the contract.
-        unsafe { hand_out(out, open) }
-    })
-}
-
-/// Releases the directory handle; the directory lives on while lazy references exist.
-/// NULL is a no-op.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_close(dir: *mut kvr_tensor_dir) {
-    kvr_tensor_dir::free(dir)
-}
-
-/// Deletes the directory and its files now. Later puts, get_refs and materializations fail
-/// with `KVR_ERR_CLOSED`; views materialized earlier stay readable until their reference is
-/// freed. The handle must still be closed.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_cleanup(dir: *const kvr_tensor_dir) -> kvr_status {
-    guard(|| {
-        let d = kvr_tensor_dir::try_ref(dir)?;
-        d.dir.cleanup()
-    })
-}
-
-/// The directory's path (valid until the handle is closed).
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_path(
-    dir: *const kvr_tensor_dir,
-    out: *mut *const c_char,
-) -> kvr_status {
-    guard(|| {
-        let d = kvr_tensor_dir::try_ref(dir)?;
-        // SAFETY: NULL (rejected) or writable.
-        unsafe { write_out(out, d.path_c.as_ptr(), "out") }
-    })
-}
-
-/// Writes `n` tensors as item `item_id` (one safetensors file; replaces an earlier item of
-/// that id, whose references keep working). Same arguments and flags as `kvr_tensors_write`.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_put(
-    dir: *const kvr_tensor_dir,
-    item_id: *const c_char,
-    tensors: *const kvr_tensor,
-    n: usize,
-    metadata: *const kvr_kv,
-    m: usize,
-    flags: u32,
-) -> kvr_status {
-    guard(|| {
-        let d = kvr_tensor_dir::try_ref(dir)?;
-        // SAFETY: NULL or a C string.
-        let id = unsafe { arg_str(item_id, "item_id") }?;
-        // SAFETY: `n` descriptors and `m` entries per the contract.
-        let (t, md, opts) = unsafe { write_args(tensors, n, metadata, m, flags) }?;
-        d.dir.put(id, &t, &md, opts)
-    })
-}
-
-/// A lazy reference to tensor `name` (NULL: the item's only tensor) of item `item_id`.
-/// Nothing is read until it is materialized. Free with `kvr_tensor_lazy_free`; it keeps the
-/// directory alive. `KVR_ERR_NOT_FOUND` for an unknown item, `KVR_ERR_CLOSED` after cleanup.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_dir_get_ref(
-    dir: *const kvr_tensor_dir,
-    item_id: *const c_char,
-    name: *const c_char,
-    out: *mut *mut kvr_tensor_lazy,
-) -> kvr_status {
-    guard(|| {
-        let d = kvr_tensor_dir::try_ref(dir)?;
-        // SAFETY: NULL or a C string.
-        let id = unsafe { arg_str(item_id, "item_id") }?;
-        // SAFETY: NULL or a C string.
-        let name = unsafe { opt_name(name) }?;
-        // SAFETY: `out` is NULL (rejected) or writable per the contract.
-        unsafe { hand_out(out, || d.dir.get_ref(id, name)) }
-    })
-}
-
-/// Loads the referenced tensor into `dst` of `cap` bytes (thread-safe; many threads may
-/// materialize one reference). `*out_len` (may be NULL) gets the bytes copied, or on
-/// `KVR_ERR_TOO_SMALL` the size needed. `KVR_ERR_CLOSED` after cleanup.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_lazy_materialize(
-    lazy: *const kvr_tensor_lazy,
-    dst: *mut c_void,
-    cap: usize,
-    out_len: *mut usize,
-) -> kvr_status {
-    guard(|| {
-        let l = kvr_tensor_lazy::try_ref(lazy)?;
-        let file = l.load()?;
-        // SAFETY: forwarded from the caller's contract for `dst`, `cap` and `out_len`.
-        unsafe { copy_tensor_out(&file, l.name(), dst, cap, out_len, false) }
-    })
-}
-
-/// Materializes the referenced tensor as a zero-copy mapped view, valid until the reference
-/// is freed (even across `kvr_tensor_dir_cleanup`). `KVR_ERR_CLOSED` after cleanup.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_lazy_view(
-    lazy: *const kvr_tensor_lazy,
-    out: *mut kvr_tensor_ref,
-) -> kvr_status {
-    guard(|| {
-        let l = kvr_tensor_lazy::try_ref(lazy)?;
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        // The file stays mapped while the item lives, and the reference keeps the item.
-        let file = l.load()?;
-        let t = file.get(l.name())?;
-        // SAFETY: checked non-null; writable.
-        unsafe { write_out(out, kvr_tensor_ref::new(t.entry, t.data), "out") }
-    })
-}
-
-/// Releases a lazy reference (from any thread); the last release of the directory's handle
-/// and references deletes the directory. NULL is a no-op.
-#[no_mangle]
-pub extern "C" fn kvr_tensor_lazy_free(lazy: *mut kvr_tensor_lazy) {
-    kvr_tensor_lazy::free(lazy)
-}
-
-/// Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
-/// scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
-/// in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
-/// layout (so a damaged id or layout fails the check). `flags` as for `kvr_tensors_write`.
-#[no_mangle]
-pub extern "C" fn kvr_region_export(
-    region: *const kvr_region,
-    block_ids: *const u64,
-    n: usize,
-    path: *const c_char,
-    flags: u32,
-) -> kvr_status {
-    guard(|| {
-        let r = kvr_region::try_ref(region)?;
-        // SAFETY: `block_ids` is NULL or points to `n` ids (caller's contract).
-        let ids = unsafe { arg_slice(block_ids, n, "block_ids", false) }?;
-        // SAFETY: NULL or a C string.
-        let path = unsafe { arg_str(path, "path") }?;
-        export_blocks(r, ids, path.as_ref(), write_options(flags)?).map(|_| ())
-    })
-}
-
-/// Loads a file written by `kvr_region_export` into the region, which must have the same
-/// layout and role (`KVR_ERR_LAYOUT_MISMATCH` naming both otherwise). Every block's checksum
-/// is verified before anything is copied (`KVR_ERR_CORRUPT`). `*out_count` (may be NULL)
-/// receives the number of blocks loaded.
-#[no_mangle]
-pub extern "C" fn kvr_region_import(
-    region: *const kvr_region,
-    path: *const c_char,
-    out_count: *mut usize,
-) -> kvr_status {
-    guard(|| {
-        let r = kvr_region::try_ref(region)?;
-        // SAFETY: NULL or a C string.
-        let path = unsafe { arg_str(path, "path") }?;
-        let ids = import_blocks(r, path.as_ref())?;
-        // SAFETY: `out_count` is NULL or writable per the contract.
-        unsafe { write_opt(out_count, ids.len()) };
         Ok(())
     })
 }

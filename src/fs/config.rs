@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::Key;
+use crate::io::vectored::RawSegment;
 use crate::io::DirectIo;
 
 /// When a stored block is flushed to stable storage.
@@ -44,6 +45,10 @@ pub struct FsConfig {
     /// `false` always uses named, `flock`ed temp files linked into place: the protocol for
     /// file systems without `O_TMPFILE` (NFS), selectable to test it anywhere. Default true.
     pub unnamed_temp_files: bool,
+    /// The fields `namespace` was made from ([`crate::Namespace::name`]): recorded at open
+    /// as `<root>/<namespace>/NAMESPACE.json` (once; an existing manifest must name the same
+    /// namespace). `None` (default): no manifest.
+    pub manifest: Option<crate::Namespace>,
 }
 
 impl FsConfig {
@@ -61,7 +66,16 @@ impl FsConfig {
             verify: true,
             capacity: 0,
             unnamed_temp_files: true,
+            manifest: None,
         }
+    }
+
+    /// A config with the defaults whose namespace is `ns`'s canonical name, recording `ns`
+    /// as the namespace's manifest. `InvalidArgument` if `ns` has invalid fields.
+    pub fn for_namespace(root: impl Into<PathBuf>, ns: &crate::Namespace) -> crate::Result<Self> {
+        let mut cfg = FsConfig::new(root, ns.name()?);
+        cfg.manifest = Some(ns.clone());
+        Ok(cfg)
     }
 }
 
@@ -112,4 +126,25 @@ pub struct LoadRequest {
     pub dst: *mut u8,
     /// Expected payload bytes (non-zero).
     pub len: usize,
+}
+
+/// One block of an async batch of whole-key, segmented stores
+/// ([`FsStore::submit_store_items`](super::FsStore::submit_store_items)).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The payload's segments, in order; each must stay valid until the job completes.
+    pub segments: &'a [RawSegment],
+}
+
+/// One block of an async batch of whole-key, segmented loads
+/// ([`FsStore::submit_load_items`](super::FsStore::submit_load_items)).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The destination segments, in order; their lengths sum to the block's payload. Each
+    /// must stay valid and unaliased until the job completes.
+    pub segments: &'a [RawSegment],
 }

@@ -240,7 +240,7 @@ async fn verify_one(client: &Client, b: &BlockObject, repair: bool) -> Result<Op
         return Ok(None); // removed meanwhile
     };
     let bytes = buf.to_bytes();
-    let reason = match check_block_bytes(&bytes, &b.key) {
+    let reason = match check_block_bytes(&bytes, &b.namespace, &b.key) {
         Ok(_) if bytes.len() as u64 == b.size => return Ok(None),
         Ok(_) => format!(
             "object is {} bytes but was listed with {}",

@@ -20,6 +20,7 @@
 mod client;
 pub mod config;
 pub mod maintenance;
+mod metrics;
 pub mod object;
 mod runtime;
 
@@ -41,8 +42,8 @@ use client::Client;
 use object::Checked;
 use runtime::RuntimeHandle;
 
-/// This process's counters of one store. They are the one place a metrics registry reads
-/// the tier's numbers from (see [`ObjStore::stats`]).
+/// This process's counters of one store (read by [`ObjStore::stats`] and the metrics
+/// registry, `metrics.rs`).
 #[derive(Default)]
 struct Counters {
     hits: AtomicU64,
@@ -72,14 +73,25 @@ struct Inner {
     /// Bounds the requests in flight over every caller and batch.
     slots: Semaphore,
     counters: Counters,
+    latency: crate::metrics::OpLatencies,
     pending: Pending,
 }
 
 /// An open object store. Cheap to share between threads (`&ObjStore` is `Sync`).
 pub struct ObjStore {
     inner: Arc<Inner>,
+    _metrics: crate::metrics::Registration,
     // Dropped after `inner`: the last store closed shuts the runtime down.
     runtime: RuntimeHandle,
+}
+
+/// Runs its closure when dropped (records a latency on every way out of a call).
+struct Defer<F: FnMut()>(F);
+
+impl<F: FnMut()> Drop for Defer<F> {
+    fn drop(&mut self) {
+        (self.0)()
+    }
 }
 
 /// A raw pointer that may cross to a runtime thread; the batch contracts keep it valid.
@@ -104,9 +116,15 @@ impl ObjStore {
             url: cfg.url.clone(),
             slots: Semaphore::new(resolved.concurrency),
             counters: Counters::default(),
+            latency: Default::default(),
             pending: Pending::default(),
         });
-        let store = ObjStore { inner, runtime };
+        let _metrics = crate::metrics::register(&inner);
+        let store = ObjStore {
+            inner,
+            _metrics,
+            runtime,
+        };
         // Any object name will do: a missing one answers 404, which proves the endpoint,
         // the bucket and the credentials.
         let probe = format!("{}/.kvr-open-probe", cfg.namespace);
@@ -169,13 +187,18 @@ impl ObjStore {
     /// Whether an object of `key` exists (one `HEAD`).
     pub fn contains(&self, key: &Key) -> Result<bool> {
         let (inner, key) = (self.inner.clone(), *key);
-        self.runtime.run(async move { inner.exists(&key).await })
+        let started = std::time::Instant::now();
+        let r = self.runtime.run(async move { inner.exists(&key).await });
+        self.inner.latency.lookup.record_since(started);
+        r
     }
 
     /// How many leading `keys` exist: the reusable prefix of a prompt. Asks in waves of up
     /// to `concurrency` concurrent `HEAD`s and stops after the first wave with a miss.
     pub fn lookup_prefix(&self, keys: &[Key]) -> Result<usize> {
         let (inner, keys) = (self.inner.clone(), keys.to_vec());
+        let started = std::time::Instant::now();
+        let _record = Defer(|| self.inner.latency.lookup.record_since(started));
         self.runtime.run(async move {
             let wave = inner.slots.available_permits().max(1);
             let mut found = 0;
@@ -225,18 +248,7 @@ impl ObjStore {
 
     /// This process's counters.
     pub fn stats(&self) -> ObjStats {
-        let c = &self.inner.counters;
-        ObjStats {
-            hits: c.hits.load(Relaxed),
-            misses: c.misses.load(Relaxed),
-            corrupt: c.corrupt.load(Relaxed),
-            bytes_read: c.bytes_read.load(Relaxed),
-            bytes_written: c.bytes_written.load(Relaxed),
-            stores: c.stores.load(Relaxed),
-            dedup_hits: c.dedup.load(Relaxed),
-            removes: c.removes.load(Relaxed),
-            unavailable: c.unavailable.load(Relaxed),
-        }
+        self.inner.stats()
     }
 
     /// Stores a batch, up to `concurrency` requests in flight; each item ends with
@@ -338,6 +350,21 @@ impl Pending {
 }
 
 impl Inner {
+    fn stats(&self) -> ObjStats {
+        let c = &self.counters;
+        ObjStats {
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            corrupt: c.corrupt.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            stores: c.stores.load(Relaxed),
+            dedup_hits: c.dedup.load(Relaxed),
+            removes: c.removes.load(Relaxed),
+            unavailable: c.unavailable.load(Relaxed),
+        }
+    }
+
     /// Waits for a request slot (bounded: every request holding one has a timeout).
     async fn slot(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
         self.slots
@@ -367,7 +394,10 @@ impl Inner {
     async fn publish(&self, key: &Key, body: opendal::Buffer, len: u64) -> Result<Stored> {
         let path = object::object_path(&self.namespace, key);
         let _slot = self.slot().await?;
-        let created = self.count(self.client.put_new(&path, body).await)?;
+        let started = std::time::Instant::now();
+        let created = self.count(self.client.put_new(&path, body).await);
+        self.latency.store.record_since(started);
+        let created = created?;
         let c = &self.counters;
         if created {
             c.stores.fetch_add(1, Relaxed);
@@ -388,7 +418,9 @@ impl Inner {
     /// Fetches and verifies `key`'s block into `dst`, counting the outcome.
     async fn fetch(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
         let c = &self.counters;
+        let started = std::time::Instant::now();
         let r = self.fetch_checked(key, dst).await;
+        self.latency.load.record_since(started);
         match &r {
             Ok(n) => {
                 c.hits.fetch_add(1, Relaxed);

@@ -26,7 +26,7 @@ pub fn key_of(name_in_namespace: &str) -> Option<Key> {
 /// The object's bytes: the block file header, then the payload (copied once into the
 /// request body, which the HTTP client owns until the request ends).
 pub fn encode(key: &Key, data: &[u8], tensor: &TensorSpec) -> Buffer {
-    let header = format::encode_header(key, data.len() as u64, format::checksum(data), tensor);
+    let header = format::encode_header(&key.0, data.len() as u64, format::checksum(data), tensor);
     Buffer::from(vec![Bytes::from(header), Bytes::copy_from_slice(data)])
 }
 
@@ -84,11 +84,11 @@ pub fn check_into(fetched: &Buffer, complete: bool, key: &Key, dst: &mut [u8]) -
         };
     }
     let h = format::decode_header(&head[..header_len])?;
-    if h.key != *key {
+    if h.key != key.0 {
         return Err(err!(
             Corrupt,
             "object holds key {} but is named for {key}",
-            h.key
+            Key::display_bytes(&h.key)
         ));
     }
     let want = h.data_offset as u64 + h.payload_len;
@@ -152,7 +152,7 @@ mod tests {
         let obj = encode(&key(), &data, &TensorSpec::bytes(data.len() as u64));
         let bytes = obj.to_bytes();
         // Exactly the fs store's block file: its own checker accepts it.
-        crate::fs::maintenance::check_block_bytes(&bytes, &key()).unwrap();
+        crate::fs::maintenance::check_block_bytes(&bytes, "ns", &key()).unwrap();
         let mut dst = vec![0u8; data.len()];
         assert!(matches!(
             check_into(&obj, true, &key(), &mut dst).unwrap(),

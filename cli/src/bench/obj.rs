@@ -157,7 +157,7 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
             let p = payload(i);
             let k = key(block as u64, s.in_flight, s.run, i);
             let spec = kvr::TensorSpec::bytes(block as u64);
-            kvr::fs::format::encode_header(&k, block as u64, kvr::fs::format::checksum(p), &spec)
+            kvr::fs::format::encode_header(&k.0, block as u64, kvr::fs::format::checksum(p), &spec)
         })
         .collect();
     let put_s = raw_requests(s.in_flight, n, |i| {

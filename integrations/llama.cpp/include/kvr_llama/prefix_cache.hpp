@@ -1,0 +1,97 @@
+// prefix_cache.hpp: a block-granular prefix KV cache for a llama.cpp context, stored in kvr's
+// tiers: the slot file (this process's local spill) and the fs block store (shared between
+// engine processes and hosts).
+//
+// A prompt is cut into blocks of `block_tokens` tokens. Block i's key covers every token
+// before its end (chained hashes), inside a namespace that fingerprints everything that
+// changes the state bytes (model file, llama.cpp commit, KV cache types, ...), so a block is
+// only ever restored into a context that would have computed the same bytes.
+#ifndef KVR_LLAMA_PREFIX_CACHE_HPP
+#define KVR_LLAMA_PREFIX_CACHE_HPP
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "llama.h"
+
+namespace kvr_llama {
+
+/// How to open a prefix cache.
+struct CacheConfig {
+  /// The GGUF file the context's model was loaded from (its bytes are fingerprinted).
+  std::string model_path;
+  /// The parameters the context was created with (KV types, flash attention, RoPE overrides
+  /// and the unified KV buffer go into the fingerprint). `kv_unified` must be true.
+  llama_context_params context_params{};
+  /// Tokens per block. Decoding is bit-exact after a restore when `context_params.n_ubatch`
+  /// divides it (the rest is then cut into the same micro-batches as a full recompute).
+  std::uint32_t block_tokens = 256;
+  /// A sequence id the cache stages blocks in (below `n_seq_max`, never used by the caller).
+  llama_seq_id scratch_seq = 1;
+  /// Root of the shared fs block store; empty: no fs tier.
+  std::string fs_root;
+  /// Path of this process's slot file; empty: no slot tier.
+  std::string slot_file;
+  /// Blocks the slot file holds (least recently used ones are evicted).
+  std::uint64_t slot_count = 256;
+  /// Anything else the caller knows changes the state bytes (added to the fingerprint).
+  std::string extra_fingerprint;
+};
+
+/// What the cache did, since it was opened.
+struct CacheStats {
+  std::uint64_t blocks_restored = 0;   ///< blocks loaded into a context
+  std::uint64_t slot_hits = 0;         ///< of those, served by the slot file
+  std::uint64_t fs_hits = 0;           ///< of those, served by the fs store
+  std::uint64_t misses = 0;            ///< restores that stopped at an absent block
+  std::uint64_t rejected = 0;          ///< blocks found but refused (corrupt, wrong header, refused by llama.cpp)
+  std::uint64_t blocks_saved = 0;      ///< blocks written by save()
+  std::uint64_t store_errors = 0;      ///< block writes a tier refused (the block stays unsaved there)
+  std::uint64_t bytes_restored = 0;    ///< block payload bytes loaded into contexts
+  std::uint64_t restore_load_ns = 0;   ///< time reading block bytes from the tiers
+  std::uint64_t restore_apply_ns = 0;  ///< time putting them into the context
+};
+
+/// A prefix cache over one model and context configuration. Not thread-safe.
+class PrefixCache {
+ public:
+  /// Opens the tiers and fingerprints the model. Runs one 2-token probe decode on
+  /// `scratch_seq` of `ctx` to learn the size of a block's state (it overwrites the context's
+  /// last logits). Throws std::runtime_error on a bad configuration or a kvr error.
+  PrefixCache(llama_context* ctx, const CacheConfig& config);
+  ~PrefixCache();
+  PrefixCache(const PrefixCache&) = delete;
+  PrefixCache& operator=(const PrefixCache&) = delete;
+
+  /// Clears `seq`, then loads the longest cached block-aligned prefix of `tokens` into it
+  /// (positions from 0) and returns how many tokens it holds: the caller decodes the rest
+  /// from that position. At least one token is always left to decode, so the caller gets
+  /// logits. A block that is absent, corrupt or refused ends the prefix there (a miss).
+  std::size_t restore(llama_context* ctx, llama_seq_id seq, const std::vector<llama_token>& tokens);
+
+  /// Stores the full blocks of `tokens` that `seq` holds (positions from 0) and that are not
+  /// stored yet, in every tier. Returns the number of blocks written.
+  std::size_t save(llama_context* ctx, llama_seq_id seq, const std::vector<llama_token>& tokens);
+
+  /// The fs store namespace (also the block keys' namespace): "llama-" + 32 hex digits.
+  const std::string& namespace_name() const noexcept;
+  /// Bytes of one stored block (header, tokens and llama.cpp's state of the block).
+  std::size_t block_bytes() const noexcept;
+  /// Counters since open.
+  const CacheStats& stats() const noexcept;
+
+  class Impl;
+
+ private:
+  std::unique_ptr<Impl> impl_;
+};
+
+/// 128-bit digest (hex) of a file's bytes, as used for the model fingerprint.
+std::string file_digest_hex(const std::string& path);
+
+}  // namespace kvr_llama
+
+#endif
