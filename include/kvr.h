@@ -617,6 +617,13 @@ typedef struct kvr_fs_stats {
    * True when O_DIRECT is in use, false for buffered I/O.
    */
   bool direct_io;
+  /**
+   * True when blocks are written into unnamed `O_TMPFILE` files; false for named,
+   * `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`:
+   * NFS, FUSE mounts such as GlusterFS). Added after `direct_io`: a caller built
+   * against an older header passes a smaller `struct_size` and does not receive it.
+   */
+  bool unnamed_temp_files;
 } kvr_fs_stats;
 
 /**

@@ -90,6 +90,10 @@ pub struct FsStats {
     pub evictions: u64,
     /// True when O_DIRECT is in use, false for buffered I/O.
     pub direct_io: bool,
+    /// True when blocks are written into unnamed `O_TMPFILE` files; false for named,
+    /// `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`, such
+    /// as NFS and FUSE mounts like GlusterFS, or `unnamed_temp_files = false`).
+    pub unnamed_temp_files: bool,
 }
 
 /// One block to store in an async batch: `len` bytes at `src`.

@@ -207,6 +207,7 @@ impl FsStore {
             dedup_hits: c.dedup.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
             direct_io: self.inner.direct,
+            unnamed_temp_files: self.inner.unnamed_temps,
         }
     }
 
