@@ -624,6 +624,12 @@ typedef struct kvr_fs_stats {
    * against an older header passes a smaller `struct_size` and does not receive it.
    */
   bool unnamed_temp_files;
+  /**
+   * True once the directory scan started at open has finished (`blocks`/`bytes` count
+   * the whole store; the capacity is enforced). Open returns without waiting for the
+   * scan of a large store.
+   */
+  bool scan_complete;
 } kvr_fs_stats;
 
 /**

@@ -134,7 +134,11 @@ fn stored_on_a_loads_on_b() {
     );
     eprintln!(
         "on GlusterFS: temp files {}, direct I/O {}",
-        if on_a.uses_unnamed_temp_files() { "unnamed" } else { "named" },
+        if on_a.uses_unnamed_temp_files() {
+            "unnamed"
+        } else {
+            "named"
+        },
         on_a.direct_io()
     );
     let ids: Vec<u64> = (0..1000).collect();
@@ -255,26 +259,30 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
     let dir_a = a.join(&ns.name);
     let dir_b = b.join(&ns.name);
     for attempt in 0..20 {
-        let mut child = Writer(Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "killed_writer_on_a_leaves_no_block_on_b",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(ROLE, &ns.name)
-            .env("KVR_GLUSTER_ROOT", &a)
-            .spawn()
-            .unwrap());
+        let mut child = Writer(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "killed_writer_on_a_leaves_no_block_on_b",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(ROLE, &ns.name)
+                .env("KVR_GLUSTER_ROOT", &a)
+                .spawn()
+                .unwrap(),
+        );
         // Freeze the writer while it holds locked temp files: alive (its locks held) but
         // stopped. (A temp file not yet locked is fair game for a cleaner: its writer notices
         // and starts over with a new name.)
-        let deadline = Instant::now() + Duration::from_secs(30);
+        // (Generous: the writer first creates its store's 256 directories through FUSE.)
+        let deadline = Instant::now() + Duration::from_secs(120);
         let live = loop {
             assert!(Instant::now() < deadline, "the writer made no temp files");
             std::thread::sleep(Duration::from_millis(20 + 13 * attempt));
             signal(&child, libc::SIGSTOP);
-            let t: HashSet<PathBuf> = temp_files(&dir_a).into_iter().filter(|p| locked(p)).collect();
+            let all = temp_files(&dir_a);
+            let t: HashSet<PathBuf> = all.iter().filter(|p| locked(p)).cloned().collect();
             if !t.is_empty() {
                 break t;
             }
@@ -318,7 +326,11 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
             let mut out = vec![0u8; big_len(key_index(&k))];
             on_b.load(&k, &mut out)
                 .unwrap_or_else(|e| panic!("visible block {} fails to load: {e}", p.display()));
-            assert!(out == content(&k, out.len()), "wrong bytes in {}", p.display());
+            assert!(
+                out == content(&k, out.len()),
+                "wrong bytes in {}",
+                p.display()
+            );
         }
         if attempt >= 2 {
             break;

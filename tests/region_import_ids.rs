@@ -8,10 +8,10 @@ use std::ffi::{CStr, CString};
 use std::path::Path;
 use std::ptr::null_mut;
 
+use kvr::ffi::export::{kvr_region_export, kvr_region_import};
 use kvr::ffi::kvr_status::{self, *};
 use kvr::ffi::region::*;
 use kvr::ffi::status::kvr_last_error_message;
-use kvr::ffi::export::{kvr_region_export, kvr_region_import};
 
 const BLOCKS: u64 = 8;
 const PAGE: u64 = 4096;

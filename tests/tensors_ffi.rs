@@ -6,8 +6,8 @@ mod common;
 use std::ffi::{c_char, c_void, CStr, CString};
 use std::ptr::{null, null_mut};
 
-use kvr::ffi::kvr_status::{self, *};
 use kvr::ffi::export::*;
+use kvr::ffi::kvr_status::{self, *};
 use kvr::ffi::tensor_dir::*;
 use kvr::ffi::tensors::*;
 
