@@ -13,6 +13,11 @@
 #include <stdbool.h>
 
 /**
+ * Longest `kvr_key`, in bytes.
+ */
+#define KVR_MAX_KEY_LEN 256
+
+/**
  * Version of the C ABI in this header; bumped on any incompatible change.
  */
 #define KVR_ABI_VERSION 1
@@ -39,7 +44,9 @@
 #define KVR_DISK_KEY_LEN 16
 
 /**
- * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+ * Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page) under
+ * a 16-byte key; under a key of any other length `n`, `KVR_DISK_MAX_META - n` (the whole key
+ * shares the page).
  */
 #define KVR_DISK_MAX_META 3968
 
@@ -518,6 +525,38 @@ typedef struct kvr_disk_read_item {
 } kvr_disk_read_item;
 
 /**
+ * A whole engine key: `len` (1..=`KVR_MAX_KEY_LEN`) bytes at `bytes`, stored in full in the
+ * block and compared on every load. A 16-byte key is the same block as the
+ * `kvr_block_key` of those bytes.
+ */
+typedef struct kvr_key {
+  /**
+   * The key's bytes.
+   */
+  const uint8_t *bytes;
+  /**
+   * Its length in bytes.
+   */
+  size_t len;
+} kvr_key;
+
+/**
+ * One buffer of a block: `len` bytes at `ptr`. A block is an ordered list of segments,
+ * gathered on store and scattered on load (zero-copy with O_DIRECT when every segment is
+ * 4096-aligned in address and length).
+ */
+typedef struct kvr_segment {
+  /**
+   * Start of the buffer.
+   */
+  void *ptr;
+  /**
+   * Its bytes (non-zero).
+   */
+  size_t len;
+} kvr_segment;
+
+/**
  * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
  */
 typedef struct kvr_fs_config {
@@ -667,6 +706,52 @@ typedef struct kvr_fs_load_item {
    */
   size_t len;
 } kvr_fs_load_item;
+
+/**
+ * One block of a `kvr_fs_submit_store_items` batch.
+ */
+typedef struct kvr_fs_store_segments_item {
+  /**
+   * `sizeof(kvr_fs_store_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * The payload's segments, in order (the array is copied at submit; the buffers must
+   * stay valid until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+} kvr_fs_store_segments_item;
+
+/**
+ * One block of a `kvr_fs_submit_load_items` batch.
+ */
+typedef struct kvr_fs_load_segments_item {
+  /**
+   * `sizeof(kvr_fs_load_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * Destination segments, in order, summing to the block's payload (the array is copied
+   * at submit; the buffers must stay valid and untouched until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+} kvr_fs_load_segments_item;
 
 /**
  * Progress of a job.
@@ -1001,6 +1086,54 @@ enum kvr_status kvr_disk_submit_read(const struct kvr_disk *disk,
                                      struct kvr_job **out);
 
 /**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty;
+ * 1..=slot_size bytes in all) and `meta_len` bytes of metadata under the whole engine `key`
+ * (1..=`KVR_MAX_KEY_LEN` bytes, stored in the slot and compared on every read; a 16-byte
+ * key is the same entry as that `kvr_block_key`). Metadata is at most `KVR_DISK_MAX_META`
+ * bytes under a 16-byte key, `KVR_DISK_MAX_META - key.len` under any other. Otherwise as
+ * `kvr_disk_write`.
+ */
+enum kvr_status kvr_disk_write_segments(const struct kvr_disk *disk,
+                                        struct kvr_key key,
+                                        const struct kvr_segment *segments,
+                                        size_t num_segments,
+                                        const uint8_t *meta,
+                                        uint64_t meta_len);
+
+/**
+ * Reads the entry of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the entry's payload (`KVR_ERR_LAYOUT_MISMATCH` otherwise), and
+ * its metadata into `meta_dst` (capacity `meta_cap`; NULL/0 when entries carry none);
+ * `*meta_len` (may be NULL) receives the metadata length (the needed one on
+ * `KVR_ERR_TOO_SMALL`). `KVR_ERR_NOT_FOUND` when absent (also when the slot of its name
+ * holds another key); other errors as `kvr_disk_read`.
+ */
+enum kvr_status kvr_disk_read_segments(const struct kvr_disk *disk,
+                                       struct kvr_key key,
+                                       const struct kvr_segment *segments,
+                                       size_t num_segments,
+                                       uint8_t *meta_dst,
+                                       uint64_t meta_cap,
+                                       uint64_t *meta_len);
+
+/**
+ * Per-key presence from the slot file's index (complete: this handle owns the file; no
+ * I/O): `present[i]` = 1 when `keys[i]` has an entry, else 0; `*hits` (may be NULL)
+ * receives how many do. Recency is unchanged; NULL, empty or over-long keys are absent.
+ * `n` may be 0.
+ */
+enum kvr_status kvr_disk_lookup(const struct kvr_disk *disk,
+                                const struct kvr_key *keys,
+                                size_t n,
+                                uint8_t *present,
+                                size_t *hits);
+
+/**
+ * Removes the entry of the whole engine `key`; `KVR_ERR_NOT_FOUND` if absent.
+ */
+enum kvr_status kvr_disk_remove_key(const struct kvr_disk *disk, struct kvr_key key);
+
+/**
  * Writes blocks `block_ids[0..n]` of a region to the tensor file `path`: whole rows for a
  * scheduler handle, this rank's slices for a rank handle, with the layout and role recorded
  * in the metadata and an xxh3-64 checksum per block, seeded with the block's id and the
@@ -1133,6 +1266,68 @@ enum kvr_status kvr_fs_submit_load(const struct kvr_fs *fs,
                                    const struct kvr_fs_load_item *items,
                                    size_t n,
                                    struct kvr_job **out);
+
+/**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as
+ * a `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+ * block and compared on every load), unless a block of that key exists. Otherwise as
+ * `kvr_store_block` (a 16-byte key is the same block as that `kvr_block_key`).
+ * Errors: also `KVR_ERR_INVALID_ARGUMENT` for a NULL, empty or over-long key, a NULL or
+ * empty segment, no segments, or lengths that overflow.
+ */
+enum kvr_status kvr_fs_store(const struct kvr_fs *fs,
+                             struct kvr_key key,
+                             const struct kvr_segment *segments,
+                             size_t num_segments);
+
+/**
+ * Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (block kept)
+ * otherwise. `KVR_ERR_NOT_FOUND` when absent (also when the file of its name holds another
+ * key: never another key's bytes); other errors as `kvr_load_block`.
+ */
+enum kvr_status kvr_fs_load(const struct kvr_fs *fs,
+                            struct kvr_key key,
+                            const struct kvr_segment *segments,
+                            size_t num_segments);
+
+/**
+ * Per-key presence: `present[i]` = 1 when a block of `keys[i]` exists, else 0 (one byte per
+ * key, so a connector hands the array to numpy/torch as booleans without unpacking bits);
+ * `*hits` (may be NULL) receives how many exist. Keys this process stored or has seen are
+ * answered from the in-memory index without I/O; any other key costs one `stat` of its
+ * path (blocks other processes or hosts stored; a found one joins the index). Keys that
+ * are NULL, empty or over-long are absent. `n` may be 0.
+ */
+enum kvr_status kvr_fs_lookup(const struct kvr_fs *fs,
+                              const struct kvr_key *keys,
+                              size_t n,
+                              uint8_t *present,
+                              size_t *hits);
+
+/**
+ * Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND`.
+ */
+enum kvr_status kvr_fs_remove_key(const struct kvr_fs *fs, struct kvr_key key);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to store on the write threads; `*out`
+ * receives the job (per-item bytes 0 when deduplicated). Every item is checked first (bad
+ * keys, NULL or empty segments, overflowing totals reject the whole batch).
+ */
+enum kvr_status kvr_fs_submit_store_items(const struct kvr_fs *fs,
+                                          const struct kvr_fs_store_segments_item *items,
+                                          size_t n,
+                                          struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to load on the read threads; per-item
+ * results as for `kvr_fs_load`.
+ */
+enum kvr_status kvr_fs_submit_load_items(const struct kvr_fs *fs,
+                                         const struct kvr_fs_load_segments_item *items,
+                                         size_t n,
+                                         struct kvr_job **out);
 
 /**
  * Reports progress without blocking.

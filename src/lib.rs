@@ -25,7 +25,7 @@ mod error;
 pub mod ffi;
 pub mod fs;
 pub mod io;
-mod key;
+pub mod key;
 pub mod region;
 pub mod tensors;
 

@@ -238,7 +238,14 @@ pub fn check_slot(
             h.seq, h.len, h.meta_len, t.seq, t.len, t.meta_len
         ));
     }
-    let meta = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + h.meta_len as usize];
+    let (key, meta) = format::slot_key_and_meta(page, &h);
+    if crate::key::block_name(b"", key) != h.key {
+        return Some(format!(
+            "slot holds key {} whose name is not the entry's {}",
+            Key::display_bytes(key),
+            h.key
+        ));
+    }
     let sum = format::data_checksum(payload, meta);
     (sum != h.data_sum).then(|| {
         format!(

@@ -18,10 +18,20 @@
 //! read per slot. The copy in the slot's own header page travels in the same write as the
 //! payload; a read checks it against the table (key, sequence number, lengths), so a slot
 //! whose contents do not belong to the entry the table names is never served.
+//!
+//! Entry versions (the file header's version stays 1: the file's layout is unchanged):
+//! version 2 keys an entry by its block name (16 bytes, see [`crate::key::block_name`]) in
+//! the fixed header and stores the engine's whole key (1..=256 bytes) in the slot's header
+//! page right after the fixed header, the metadata after it, so its metadata is at most
+//! [`MAX_META`] less the key's length; it is written for every key that is not 16 bytes.
+//! Version 1 entries (a 16-byte key, which is its own name, and the metadata right after
+//! the fixed header, up to [`MAX_META`]) are still written for 16-byte keys, byte for byte as
+//! before. A read compares the whole key in both versions.
 
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
 use crate::io::IO_ALIGN;
+use crate::key::MAX_KEY_LEN;
 use crate::{err, Result};
 
 /// Keys are the engine's block hashes, the same type as the fs store's.
@@ -31,14 +41,29 @@ pub use crate::key::Key;
 pub const FILE_MAGIC: [u8; 8] = *b"KVRDISK\0";
 /// Magic of a slot header.
 pub const SLOT_MAGIC: [u8; 8] = *b"KVRSLOT\0";
-/// Version of both header formats; a reopen refuses other versions.
+/// Version of the file header (a reopen refuses others) and of 16-byte keys' slot headers.
 pub const FORMAT_VERSION: u32 = 1;
+/// Version of the slot headers of keys that are not 16 bytes (whole key in the page).
+pub const FORMAT_VERSION_V2: u32 = 2;
 /// Bytes of the file header page, and of every slot's header page.
 pub const PAGE: u64 = IO_ALIGN as u64;
 /// Bytes of the fixed part of a slot header (the metadata follows it in the header page).
 pub const SLOT_HEADER_LEN: usize = 128;
-/// Largest user metadata per entry: the rest of the slot's header page.
+/// Largest user metadata per entry: the rest of the slot's header page (less the key's
+/// length for a key that is not 16 bytes, see [`max_meta`]).
 pub const MAX_META: usize = PAGE as usize - SLOT_HEADER_LEN;
+
+/// Largest metadata of an entry under a key of `key_len` bytes: [`MAX_META`] for a 16-byte
+/// key (version 1, the key lives in the fixed header), else [`MAX_META`] less the key.
+pub fn max_meta(key_len: usize) -> usize {
+    if key_len == 16 {
+        MAX_META
+    } else {
+        MAX_META.saturating_sub(key_len)
+    }
+}
+/// Offset of the whole key's length in a version-2 slot header.
+const KEY_LEN_AT: usize = 60;
 /// Offset of the header checksum in both headers (it covers bytes `0..CHECKSUM_AT`).
 const CHECKSUM_AT: usize = 120;
 
@@ -213,7 +238,7 @@ pub fn decode_file_header(page: &[u8]) -> std::result::Result<Geometry, FileHead
 /// The fixed header of one slot's entry.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct SlotHeader {
-    /// The entry's key.
+    /// The entry's block name (version 1: its 16-byte key).
     pub key: Key,
     /// Bytes of payload.
     pub len: u64,
@@ -238,7 +263,62 @@ pub fn data_checksum(payload: &[u8], meta: &[u8]) -> u64 {
     h.digest()
 }
 
-/// Encodes a slot's header page: the fixed header then `meta`. `page` must hold at least
+/// [`data_checksum`] of the concatenation of `segments`, then the metadata.
+pub fn data_checksum_segments(segments: &[&[u8]], meta: &[u8]) -> u64 {
+    if let [one] = segments {
+        return data_checksum(one, meta);
+    }
+    let mut h = Xxh3::new();
+    for s in segments {
+        h.update(s);
+    }
+    h.update(meta);
+    h.digest()
+}
+
+/// Encodes a version-2 slot header page: the fixed header (as [`encode_slot_header`], with
+/// version 2 and the whole key's length at offset 60), the whole `key`, then `meta`. `page`
+/// must hold at least `SLOT_HEADER_LEN + key.len() + meta.len()` bytes; the rest of it is
+/// left alone.
+pub fn encode_slot_header_v2(h: &SlotHeader, key: &[u8], meta: &[u8], page: &mut [u8]) {
+    debug_assert_eq!(meta.len(), h.meta_len as usize);
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    debug_assert!(meta.len() <= max_meta(key.len()));
+    fixed_header(h, FORMAT_VERSION_V2, key.len() as u32, page);
+    let (k, m) = (SLOT_HEADER_LEN, SLOT_HEADER_LEN + key.len());
+    page[k..m].copy_from_slice(key);
+    page[m..m + meta.len()].copy_from_slice(meta);
+}
+
+fn fixed_header(h: &SlotHeader, version: u32, key_len: u32, page: &mut [u8]) {
+    page[..SLOT_HEADER_LEN].fill(0);
+    page[0..8].copy_from_slice(&SLOT_MAGIC);
+    put_u32(page, 8, version);
+    put_u32(page, 12, h.meta_len);
+    page[16..32].copy_from_slice(&h.key.0);
+    put_u64(page, 32, h.len);
+    put_u64(page, 40, h.seq);
+    put_u64(page, 48, h.data_sum);
+    put_u32(page, 56, h.slot);
+    put_u32(page, KEY_LEN_AT, key_len);
+    let sum = xxh3_64(&page[..CHECKSUM_AT]);
+    put_u64(page, CHECKSUM_AT, sum);
+}
+
+/// The whole key and the metadata in a slot's header page whose fixed header decoded as
+/// `h` (version 1: the key is the 16-byte name in the fixed header).
+pub fn slot_key_and_meta<'a>(page: &'a [u8], h: &SlotHeader) -> (&'a [u8], &'a [u8]) {
+    let m = h.meta_len as usize;
+    if get_u32(page, 8) == FORMAT_VERSION {
+        return (&page[16..32], &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + m]);
+    }
+    let k = get_u32(page, KEY_LEN_AT) as usize;
+    let key = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + k];
+    (key, &page[SLOT_HEADER_LEN + k..SLOT_HEADER_LEN + k + m])
+}
+
+/// Encodes a version-1 slot header page (a 16-byte key, its own name): the fixed header then
+/// `meta`. `page` must hold at least
 /// `SLOT_HEADER_LEN + meta.len()` bytes; the rest of it is left alone.
 ///
 /// | off | size | field |
@@ -256,17 +336,7 @@ pub fn data_checksum(payload: &[u8], meta: &[u8]) -> u64 {
 /// | 128 | meta length | metadata |
 pub fn encode_slot_header(h: &SlotHeader, meta: &[u8], page: &mut [u8]) {
     debug_assert_eq!(meta.len(), h.meta_len as usize);
-    page[..SLOT_HEADER_LEN].fill(0);
-    page[0..8].copy_from_slice(&SLOT_MAGIC);
-    put_u32(page, 8, FORMAT_VERSION);
-    put_u32(page, 12, h.meta_len);
-    page[16..32].copy_from_slice(&h.key.0);
-    put_u64(page, 32, h.len);
-    put_u64(page, 40, h.seq);
-    put_u64(page, 48, h.data_sum);
-    put_u32(page, 56, h.slot);
-    let sum = xxh3_64(&page[..CHECKSUM_AT]);
-    put_u64(page, CHECKSUM_AT, sum);
+    fixed_header(h, FORMAT_VERSION, 0, page);
     page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + meta.len()].copy_from_slice(meta);
 }
 
@@ -287,11 +357,17 @@ pub fn decode_slot_header(page: &[u8], slot: u32, slot_size: u64) -> Option<Slot
         data_sum: get_u64(page, 48),
         slot: get_u32(page, 56),
     };
-    let ok = get_u32(page, 8) == FORMAT_VERSION
-        && h.slot == slot
-        && h.len > 0
-        && h.len <= slot_size
-        && h.meta_len as usize <= MAX_META;
+    let key_len = get_u32(page, KEY_LEN_AT) as usize;
+    let layout_ok = match get_u32(page, 8) {
+        FORMAT_VERSION => key_len == 0 && h.meta_len as usize <= MAX_META,
+        FORMAT_VERSION_V2 => {
+            (1..=MAX_KEY_LEN).contains(&key_len)
+                && key_len != 16
+                && h.meta_len as usize <= max_meta(key_len)
+        }
+        _ => false,
+    };
+    let ok = layout_ok && h.slot == slot && h.len > 0 && h.len <= slot_size;
     ok.then_some(h)
 }
 
@@ -386,5 +462,35 @@ mod tests {
         assert_eq!(a, xxh3_64(b"hello"));
         assert_eq!(data_checksum(b"hello", b"m"), xxh3_64(b"hellom"));
         assert_ne!(data_checksum(b"hello", b"m"), a);
+    }
+
+    #[test]
+    fn v2_slot_pages_hold_the_whole_key() {
+        let h = sample(3);
+        for key_len in [1usize, 15, 36, 256] {
+            let key: Vec<u8> = (0..key_len).map(|i| i as u8 ^ 0x5a).collect();
+            let mut page = vec![0u8; 4096];
+            encode_slot_header_v2(&h, &key, b"abc", &mut page);
+            assert_eq!(decode_slot_header(&page, 3, 8192), Some(h));
+            assert_eq!(slot_key_and_meta(&page, &h), (&key[..], &b"abc"[..]));
+            for bit in 0..SLOT_HEADER_LEN * 8 {
+                let mut p = page.clone();
+                p[bit / 8] ^= 1 << (bit % 8);
+                assert_eq!(decode_slot_header(&p, 3, 8192), None, "bit {bit}");
+            }
+        }
+        // The longest key leaves MAX_META - 256 bytes of metadata.
+        let mut big = sample(0);
+        big.meta_len = max_meta(MAX_KEY_LEN) as u32;
+        let mut page = vec![0u8; 4096];
+        encode_slot_header_v2(&big, &[1; MAX_KEY_LEN], &vec![2; 3712], &mut page);
+        assert_eq!(decode_slot_header(&page, 0, 8192), Some(big));
+        assert_eq!(
+            (max_meta(MAX_KEY_LEN), max_meta(16), max_meta(1)),
+            (3712, 3968, 3967)
+        );
+        let mut v1 = vec![0u8; 4096];
+        encode_slot_header(&h, b"abc", &mut v1);
+        assert_eq!(slot_key_and_meta(&v1, &h), (&h.key.0[..], &b"abc"[..]));
     }
 }

@@ -37,12 +37,15 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+pub use crate::io::vectored::RawSegment;
 pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
 
 use crate::io::job::Completer;
-use crate::io::vectored::{preadv_exact, pwritev_all};
-use crate::io::{direct, BouncePool, DirectIo, IoPool, Job, TransferPlan};
+use crate::io::vectored::{
+    payload_len, payload_len_mut, preadv_exact, pwritev_all, BatchEntry, SegmentBatch,
+};
+use crate::io::{direct, BouncePool, DirectIo, IoPool, Job, SegmentPlan};
 use crate::{err, Error, ErrorKind, Result};
 use format::{SlotHeader, PAGE, SLOT_HEADER_LEN};
 use index::{Index, Pinned, Reservation};
@@ -128,6 +131,33 @@ pub struct EntryLen {
     pub meta_len: u64,
 }
 
+/// One item of [`SlotFile::submit_write_items`]: a whole engine key, the payload's segments
+/// and the metadata (`meta.ptr` may be NULL when `meta.len` is 0).
+#[derive(Clone, Copy, Debug)]
+pub struct WriteItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The payload's segments, in order.
+    pub segments: &'a [RawSegment],
+    /// The metadata.
+    pub meta: RawSegment,
+}
+
+/// One item of [`SlotFile::submit_read_items`]: a whole engine key, the destination
+/// segments (summing to the entry's payload), the metadata destination and where its length
+/// goes.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The destination segments, in order.
+    pub segments: &'a [RawSegment],
+    /// The metadata destination (`ptr` may be NULL when `len` is 0).
+    pub meta_dst: RawSegment,
+    /// Receives the metadata length (also the needed one on `TooSmall`); may be NULL.
+    pub meta_len_out: *mut u64,
+}
+
 /// One item of [`SlotFile::submit_write`]: raw caller buffers.
 #[derive(Clone, Copy, Debug)]
 pub struct RawWrite {
@@ -195,8 +225,8 @@ impl std::fmt::Debug for SlotFile {
     }
 }
 
-fn hex(key: &Key) -> String {
-    key.to_hex()
+fn hex(key: &[u8]) -> String {
+    Key::display_bytes(key)
 }
 
 fn cpu_time_ns() -> u64 {
@@ -295,16 +325,40 @@ impl SlotFile {
     /// used entry. Errors: `TooLarge` (with both sizes), `InvalidArgument` (empty payload),
     /// `Busy` (every slot is being read or written right now), `Io`.
     pub fn write(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
-        self.inner.write(key, data, meta)
+        self.inner.write(&key.0, &[data], meta)
+    }
+
+    /// Like [`SlotFile::write`], under the whole engine `key` (1..=256 bytes, stored in the
+    /// slot and compared on every read), the payload the concatenation of `segments` (each
+    /// non-empty).
+    pub fn write_segments(&self, key: &[u8], segments: &[&[u8]], meta: &[u8]) -> Result<()> {
+        self.inner.write(key, segments, meta)
+    }
+
+    /// Reads the entry of the whole engine `key` scattered over `segments`, whose lengths
+    /// must sum to the entry's payload (else `LayoutMismatch`), and its metadata into
+    /// `meta_dst` (`TooSmall` if it does not fit). Returns the lengths. A slot holding
+    /// another key of the same block name is `NotFound`.
+    pub fn read_segments(
+        &self,
+        key: &[u8],
+        segments: &mut [&mut [u8]],
+        meta_dst: &mut [u8],
+    ) -> Result<EntryLen> {
+        match self.inner.read(key, segments, true, meta_dst)? {
+            Ok(n) => Ok(n),
+            Err(need) => Err(too_small(key, need, 0, meta_dst.len())),
+        }
     }
 
     /// Reads `key`'s entry into `dst` and its metadata into `meta_dst`, and marks it most
     /// recently used. Errors: `NotFound`, `Corrupt` (the entry was dropped and its slot
     /// freed), `TooSmall` (see [`SlotFile::read_sized`] for the needed sizes), `Io`.
     pub fn read(&self, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<EntryLen> {
-        match self.inner.read(key, dst, meta_dst)? {
+        let cap = dst.len();
+        match self.inner.read(&key.0, &mut [dst], false, meta_dst)? {
             Ok(n) => Ok(n),
-            Err(need) => Err(too_small(key, need, dst.len(), meta_dst.len())),
+            Err(need) => Err(too_small(&key.0, need, cap, meta_dst.len())),
         }
     }
 
@@ -315,12 +369,52 @@ impl SlotFile {
         dst: &mut [u8],
         meta_dst: &mut [u8],
     ) -> Result<std::result::Result<EntryLen, EntryLen>> {
-        self.inner.read(key, dst, meta_dst)
+        self.inner.read(&key.0, &mut [dst], false, meta_dst)
     }
 
     /// Whether `key` has an entry (does not change recency).
     pub fn contains(&self, key: &Key) -> bool {
         self.inner.lock().contains(key)
+    }
+
+    /// Per-key presence of whole engine keys, from the index alone (this process owns the
+    /// file, so the index is complete; no I/O): `present[i]` is set to 1 when `keys[i]` has
+    /// an entry, else 0; returns how many do. Recency is unchanged. Keys that are not 1..=256
+    /// bytes are absent.
+    pub fn lookup(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+        if keys.len() != present.len() {
+            return Err(err!(
+                InvalidArgument,
+                "{} keys but {} presence bytes",
+                keys.len(),
+                present.len()
+            ));
+        }
+        // Names first, outside the lock.
+        let names: Vec<Option<Key>> = keys
+            .iter()
+            .map(|k| crate::key::check_key(k).ok().map(|_| name_of(k)))
+            .collect();
+        let ix = self.inner.lock();
+        let mut hits = 0;
+        for (p, name) in present.iter_mut().zip(&names) {
+            *p = name.is_some_and(|n| ix.contains(&n)) as u8;
+            hits += *p as usize;
+        }
+        Ok(hits)
+    }
+
+    /// Lengths of the entry of the whole engine `key`, if its name has one (does not change
+    /// recency).
+    pub fn entry_len_of(&self, key: &[u8]) -> Option<EntryLen> {
+        crate::key::check_key(key).ok()?;
+        self.entry_len(&name_of(key))
+    }
+
+    /// Removes the entry of the whole engine `key` (see [`SlotFile::remove`]).
+    pub fn remove_key(&self, key: &[u8]) -> Result<bool> {
+        crate::key::check_key(key)?;
+        Ok(self.remove(&name_of(key)))
     }
 
     /// Lengths of `key`'s entry, if present (does not change recency).
@@ -382,7 +476,10 @@ impl SlotFile {
                 let data = unsafe { raw_slice(op.src, op.len, "src") }?;
                 // SAFETY: as above.
                 let meta = unsafe { raw_slice(op.meta, op.meta_len, "meta") }?;
-                inner.write(&op.key, data, meta).map(|_| op.len as u64)
+                if data.is_empty() {
+                    return Err(err!(InvalidArgument, "src length is 0"));
+                }
+                inner.write(&op.key.0, &[data], meta).map(|_| op.len as u64)
             })();
             done.finish(r);
         };
@@ -406,9 +503,15 @@ impl SlotFile {
                 let dst = unsafe { raw_slice_mut(op.dst, op.dst_cap, "dst") }?;
                 // SAFETY: as above.
                 let meta = unsafe { raw_slice_mut(op.meta_dst, op.meta_cap, "meta_dst") }?;
-                let (out, res) = match inner.read(&op.key, dst, meta)? {
+                if dst.is_empty() {
+                    return Err(err!(InvalidArgument, "dst length is 0"));
+                }
+                let (out, res) = match inner.read(&op.key.0, &mut [dst], false, meta)? {
                     Ok(n) => (n, Ok(n.len)),
-                    Err(need) => (need, Err(too_small(&op.key, need, op.dst_cap, op.meta_cap))),
+                    Err(need) => (
+                        need,
+                        Err(too_small(&op.key.0, need, op.dst_cap, op.meta_cap)),
+                    ),
                 };
                 if !op.len_out.is_null() {
                     // SAFETY: non-null outputs are writable until the job completes.
@@ -426,6 +529,111 @@ impl SlotFile {
         // (this function's contract).
         unsafe { self.pool.submit_batch(ops, task) }
     }
+}
+
+impl SlotFile {
+    /// Submits a batch of whole-key, segmented writes; item `i` finishes with the payload
+    /// bytes written or the error [`SlotFile::write_segments`] would return. Keys and segment
+    /// lists are copied here.
+    ///
+    /// # Safety
+    /// Every segment and non-NULL `meta` must stay valid for reads of its length until the
+    /// job has completed (waited on or dropped: dropping a job waits for it).
+    pub unsafe fn submit_write_items(&self, items: &[WriteItem]) -> Job {
+        let mut batch = SegmentBatch::default();
+        let ops: Vec<(BatchEntry, RawSegment)> = items
+            .iter()
+            .map(|it| (batch.push(it.key, it.segments), it.meta))
+            .collect();
+        let batch = Arc::new(batch);
+        let inner = self.inner.clone();
+        let task = move |(e, meta): (BatchEntry, RawSegment), done: Completer| {
+            let r = (|| {
+                // SAFETY: the caller keeps the buffers alive until the job completes.
+                let data = unsafe { raw_segments(batch.segments(e)) }?;
+                // SAFETY: as above.
+                let meta = unsafe { raw_slice(meta.ptr, meta.len, "meta") }?;
+                let n = payload_len(&data)?;
+                inner.write(batch.key(e), &data, meta).map(|_| n as u64)
+            })();
+            done.finish(r);
+        };
+        // SAFETY: the buffers stay valid until the job completes (this function's contract).
+        unsafe { self.pool.submit_batch(&ops, task) }
+    }
+
+    /// Submits a batch of whole-key, segmented reads; item `i` finishes with the payload
+    /// bytes read or the error [`SlotFile::read_segments`] would return, and its metadata
+    /// length goes to `meta_len_out` (also the needed length on `TooSmall`).
+    ///
+    /// # Safety
+    /// Every segment, `meta_dst` (for its capacity) and non-NULL `meta_len_out` must stay
+    /// valid for writes, unaliased, until the job has completed.
+    pub unsafe fn submit_read_items(&self, items: &[ReadItem]) -> Job {
+        let mut batch = SegmentBatch::default();
+        let ops: Vec<(BatchEntry, RawSegment, *mut u64)> = items
+            .iter()
+            .map(|it| {
+                (
+                    batch.push(it.key, it.segments),
+                    it.meta_dst,
+                    it.meta_len_out,
+                )
+            })
+            .collect();
+        let batch = Arc::new(batch);
+        let inner = self.inner.clone();
+        let task = move |(e, meta, out): (BatchEntry, RawSegment, *mut u64), done: Completer| {
+            let r = (|| {
+                // SAFETY: the caller keeps the buffers alive and unaliased until the job
+                // completes.
+                let mut dst = unsafe { raw_segments_mut(batch.segments(e)) }?;
+                // SAFETY: as above.
+                let meta_dst = unsafe { raw_slice_mut(meta.ptr, meta.len, "meta_dst") }?;
+                let key = batch.key(e);
+                let (lens, res) = match inner.read(key, &mut dst, true, meta_dst)? {
+                    Ok(n) => (n, Ok(n.len)),
+                    Err(need) => (need, Err(too_small(key, need, 0, meta.len))),
+                };
+                if !out.is_null() {
+                    // SAFETY: non-null outputs are writable until the job completes.
+                    unsafe { out.write(lens.meta_len) };
+                }
+                res
+            })();
+            done.finish(r);
+        };
+        // SAFETY: the buffers and outputs stay valid and unaliased until the job completes
+        // (this function's contract).
+        unsafe { self.pool.submit_batch(&ops, task) }
+    }
+}
+
+/// The block name of a whole engine key in a slot file (which has no namespace).
+fn name_of(key: &[u8]) -> Key {
+    crate::key::block_name(b"", key)
+}
+
+/// # Safety
+/// Every segment must be valid for reads of its length for `'a`.
+unsafe fn raw_segments<'a>(segments: &[RawSegment]) -> Result<Vec<&'a [u8]>> {
+    segments
+        .iter()
+        .enumerate()
+        // SAFETY: the caller's contract.
+        .map(|(i, s)| unsafe { raw_slice(s.ptr, s.len, &format!("segment {i}")) })
+        .collect()
+}
+
+/// # Safety
+/// Every segment must be valid for unaliased writes of its length for `'a`.
+unsafe fn raw_segments_mut<'a>(segments: &[RawSegment]) -> Result<Vec<&'a mut [u8]>> {
+    segments
+        .iter()
+        .enumerate()
+        // SAFETY: the caller's contract.
+        .map(|(i, s)| unsafe { raw_slice_mut(s.ptr, s.len, &format!("segment {i}")) })
+        .collect()
 }
 
 /// # Safety
@@ -460,11 +668,11 @@ unsafe fn raw_slice_mut<'a>(p: *mut u8, len: usize, name: &str) -> Result<&'a mu
     Ok(unsafe { std::slice::from_raw_parts_mut(p, len) })
 }
 
-fn too_small(key: &Key, need: EntryLen, cap: usize, meta_cap: usize) -> Error {
+fn too_small(key: &[u8], need: EntryLen, cap: usize, meta_cap: usize) -> Error {
     err!(
         TooSmall,
         "entry {} needs {} payload bytes and {} metadata bytes; buffers hold {cap} and {meta_cap}",
-        hex(key),
+        Key::display_bytes(key),
         need.len,
         need.meta_len
     )
@@ -511,39 +719,35 @@ impl Inner {
         self.lock().finish_retire(s, ok);
     }
 
-    fn write(&self, key: &Key, data: &[u8], meta: &[u8]) -> Result<()> {
+    fn write(&self, key: &[u8], data: &[&[u8]], meta: &[u8]) -> Result<()> {
         let g = &self.geometry;
-        if data.is_empty() {
-            return Err(err!(
-                InvalidArgument,
-                "entry {}: payload is empty",
-                hex(key)
-            ));
-        }
-        if data.len() as u64 > g.slot_size {
+        crate::key::check_key(key)?;
+        let len = payload_len(data).map_err(|e| e.context(format!("entry {}", hex(key))))?;
+        if len as u64 > g.slot_size {
             return Err(err!(
                 TooLarge,
-                "entry {}: payload of {} bytes does not fit a slot of {} bytes",
+                "entry {}: payload of {len} bytes does not fit a slot of {} bytes",
                 hex(key),
-                data.len(),
                 g.slot_size
             ));
         }
-        if meta.len() > MAX_META {
+        let max_meta = format::max_meta(key.len());
+        if meta.len() > max_meta {
             return Err(err!(
                 TooLarge,
-                "entry {}: metadata of {} bytes exceeds the {MAX_META} bytes a slot holds",
+                "entry {}: metadata of {} bytes exceeds the {max_meta} bytes a slot holds \
+                 with a {}-byte key",
                 hex(key),
-                meta.len()
+                meta.len(),
+                key.len()
             ));
         }
-        let data_sum = format::data_checksum(data, meta);
-        let r = self.lock().reserve(key)?;
-        match self.write_slot(&r, key, data, meta, data_sum) {
+        let name = name_of(key);
+        let data_sum = format::data_checksum_segments(data, meta);
+        let r = self.lock().reserve(&name)?;
+        match self.write_slot(&r, &name, key, data, len, meta, data_sum) {
             Ok(()) => {
-                let retire = self
-                    .lock()
-                    .commit(&r, key, data.len() as u64, meta.len() as u32);
+                let retire = self.lock().commit(&r, &name, len as u64, meta.len() as u32);
                 if let Some(s) = retire {
                     self.retire(s);
                 }
@@ -557,29 +761,38 @@ impl Inner {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn write_slot(
         &self,
         r: &Reservation,
-        key: &Key,
-        data: &[u8],
+        name: &Key,
+        key: &[u8],
+        data: &[&[u8]],
+        len: usize,
         meta: &[u8],
         data_sum: u64,
     ) -> Result<()> {
         let off = self.geometry.slot_offset(r.slot);
-        let plan = TransferPlan::new(self.direct, data.as_ptr(), data.len());
+        let plan = SegmentPlan::of(self.direct, data);
         // One pooled buffer: the header page, then the payload's bounce area (if any).
         let mut buf = self.bounce.get(PAGE as usize + plan.bounce_len)?;
         let (page, bounce) = buf.as_mut_slice().split_at_mut(PAGE as usize);
         let h = SlotHeader {
-            key: *key,
-            len: data.len() as u64,
+            key: *name,
+            len: len as u64,
             meta_len: meta.len() as u32,
             seq: r.seq,
             data_sum,
             slot: r.slot,
         };
-        page[SLOT_HEADER_LEN + meta.len()..].fill(0);
-        format::encode_slot_header(&h, meta, page);
+        if key.len() == 16 {
+            // A 16-byte key is its own name: the version-1 entry, as before version 2.
+            page[SLOT_HEADER_LEN + meta.len()..].fill(0);
+            format::encode_slot_header(&h, meta, page);
+        } else {
+            page[SLOT_HEADER_LEN + key.len() + meta.len()..].fill(0);
+            format::encode_slot_header_v2(&h, key, meta, page);
+        }
         plan.fill_bounce(data, bounce);
 
         let io_err = |what: &str, e| {
@@ -606,12 +819,11 @@ impl Inner {
                 .map_err(|e| io_err("the table entry (invalidation)", e))?;
             sync("(sync) the table entry")?;
         }
-        // 2. Header page (header + metadata) and payload in one positioned write.
-        let parts = [
-            &page[..],
-            &data[..plan.in_place],
-            &bounce[..plan.bounce_len],
-        ];
+        // 2. Header page (header, key, metadata) and payload in one positioned write.
+        let mut parts: Vec<&[u8]> = Vec::with_capacity(data.len() + 2);
+        parts.push(&page[..]);
+        parts.extend(plan.in_place_parts(data));
+        parts.push(&bounce[..plan.bounce_len]);
         pwritev_all(&self.file, &parts, off).map_err(|e| io_err("the payload", e))?;
         sync("(sync) the payload")?;
         // 3. The table entry: from now on a recovery finds the entry.
@@ -623,15 +835,27 @@ impl Inner {
         Ok(())
     }
 
+    /// Reads the entry of `key` into `dst`'s segments: with `exact`, their lengths must sum
+    /// to the payload's (else `LayoutMismatch`); without, `dst` is one buffer of at least the
+    /// payload's length (else the needed lengths come back as `Ok(Err(..))`).
     fn read(
         &self,
-        key: &Key,
-        dst: &mut [u8],
+        key: &[u8],
+        dst: &mut [&mut [u8]],
+        exact: bool,
         meta_dst: &mut [u8],
     ) -> Result<std::result::Result<EntryLen, EntryLen>> {
+        crate::key::check_key(key)?;
+        // One buffer may be empty (a size query answered with `TooSmall`); segments may not.
+        let cap = if exact {
+            payload_len_mut(dst).map_err(|e| e.context(format!("entry {}", hex(key))))?
+        } else {
+            dst[0].len()
+        };
+        let name = name_of(key);
         let p = {
             let mut ix = self.lock();
-            let Some(p) = ix.pin(key) else {
+            let Some(p) = ix.pin(&name) else {
                 return Err(err!(
                     NotFound,
                     "no entry {} in slot file {}",
@@ -643,13 +867,27 @@ impl Inner {
                 len: p.len,
                 meta_len: p.meta_len as u64,
             };
-            if (dst.len() as u64) < p.len || (meta_dst.len() as u64) < p.meta_len as u64 {
+            if exact && cap as u64 != p.len {
+                ix.unpin(p.slot);
+                return Err(err!(
+                    LayoutMismatch,
+                    "entry {} holds {} payload bytes, the segments hold {cap}",
+                    hex(key),
+                    p.len
+                ));
+            }
+            if (cap as u64) < p.len || (meta_dst.len() as u64) < p.meta_len as u64 {
                 ix.unpin(p.slot);
                 return Ok(Err(need));
             }
             p
         };
-        let result = self.read_slot(&p, key, dst, meta_dst);
+        if !exact {
+            // One buffer of at least the payload's length: read into its start.
+            let whole = std::mem::take(&mut dst[0]);
+            dst[0] = &mut whole[..p.len as usize];
+        }
+        let result = self.read_slot(&p, key, &name, dst, meta_dst);
         let mut ix = self.lock();
         match result {
             Ok(()) => {
@@ -677,17 +915,24 @@ impl Inner {
         }
     }
 
-    fn read_slot(&self, p: &Pinned, key: &Key, dst: &mut [u8], meta_dst: &mut [u8]) -> Result<()> {
+    fn read_slot(
+        &self,
+        p: &Pinned,
+        key: &[u8],
+        name: &Key,
+        dst: &mut [&mut [u8]],
+        meta_dst: &mut [u8],
+    ) -> Result<()> {
         let off = self.geometry.slot_offset(p.slot);
-        let len = p.len as usize;
-        let dst = &mut dst[..len];
-        let plan = TransferPlan::new(self.direct, dst.as_ptr(), len);
+        let plan = SegmentPlan::of_mut(self.direct, dst);
         // One pooled buffer: the header page, then the payload's bounce area (if any).
         let mut buf = self.bounce.get(PAGE as usize + plan.bounce_len)?;
         let (page, bounce) = buf.as_mut_slice().split_at_mut(PAGE as usize);
         {
-            let (in_place, _) = dst.split_at_mut(plan.in_place);
-            let mut parts = [&mut page[..], in_place, &mut bounce[..plan.bounce_len]];
+            let mut parts: Vec<&mut [u8]> = Vec::with_capacity(dst.len() + 2);
+            parts.push(&mut page[..]);
+            parts.extend(plan.in_place_parts_mut(dst));
+            parts.push(&mut bounce[..plan.bounce_len]);
             preadv_exact(&self.file, &mut parts, off).map_err(|e| {
                 Error::io(
                     format!(
@@ -713,19 +958,29 @@ impl Inner {
         let page = &page[..];
         let h = format::decode_slot_header(page, p.slot, self.geometry.slot_size)
             .ok_or_else(|| corrupt("slot header is damaged (checksum or fields)".into()))?;
-        if h.key != *key || h.seq != p.seq || h.len != p.len || h.meta_len != p.meta_len {
+        if h.key != *name || h.seq != p.seq || h.len != p.len || h.meta_len != p.meta_len {
             return Err(corrupt(format!(
-                "slot header holds key {} seq {} len {}, index expected seq {} len {}",
-                hex(&h.key),
-                h.seq,
-                h.len,
-                p.seq,
-                p.len
+                "slot header holds name {} seq {} len {}, index expected seq {} len {}",
+                h.key, h.seq, h.len, p.seq, p.len
             )));
         }
-        let meta = &page[SLOT_HEADER_LEN..SLOT_HEADER_LEN + h.meta_len as usize];
+        let (stored_key, meta) = format::slot_key_and_meta(page, &h);
+        if stored_key != key {
+            if name_of(stored_key) == *name {
+                // Another key of the same name owns the slot: intact, never ours.
+                return Err(err!(
+                    NotFound,
+                    "no entry {} in slot file {} (slot {} holds another key of the same name)",
+                    hex(key),
+                    self.path.display(),
+                    p.slot
+                ));
+            }
+            return Err(corrupt(format!("slot holds key {}", hex(stored_key))));
+        }
         if self.verify {
-            let sum = format::data_checksum(dst, meta);
+            let parts: Vec<&[u8]> = dst.iter().map(|s| &s[..]).collect();
+            let sum = format::data_checksum_segments(&parts, meta);
             if sum != h.data_sum {
                 return Err(corrupt(format!(
                     "payload checksum mismatch (stored {:016x}, computed {sum:016x})",

@@ -7,13 +7,16 @@ use super::handle::BoxedHandle;
 use super::job::{kvr_job, submit_batch};
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, kvr_block_key, write_out};
+use super::{arg_lookup_keys, arg_segments, arg_whole_key, kvr_key, kvr_segment, write_opt};
 use super::{direct_io_from_c, open_handle, write_sized_out, KVR_DIRECT_IO_AUTO};
 use crate::disk::{DiskConfig, RawRead, RawWrite, SlotFile};
 use crate::{Error, Key};
 
 /// Bytes of a slot file key.
 pub const KVR_DISK_KEY_LEN: u32 = 16;
-/// Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page).
+/// Largest user metadata per entry, in bytes (the rest of a slot's 4 KiB header page) under
+/// a 16-byte key; under a key of any other length `n`, `KVR_DISK_MAX_META - n` (the whole key
+/// shares the page).
 pub const KVR_DISK_MAX_META: u32 = 3968;
 const _: () = assert!(KVR_DISK_MAX_META as usize == crate::disk::MAX_META);
 
@@ -394,6 +397,124 @@ pub extern "C" fn kvr_disk_submit_read(
             submit_batch(disk, items.cast_const(), n, out, request, |d, r| {
                 d.submit_read(r)
             })
+        }
+    })
+}
+
+/// Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty;
+/// 1..=slot_size bytes in all) and `meta_len` bytes of metadata under the whole engine `key`
+/// (1..=`KVR_MAX_KEY_LEN` bytes, stored in the slot and compared on every read; a 16-byte
+/// key is the same entry as that `kvr_block_key`). Metadata is at most `KVR_DISK_MAX_META`
+/// bytes under a 16-byte key, `KVR_DISK_MAX_META - key.len` under any other. Otherwise as
+/// `kvr_disk_write`.
+#[no_mangle]
+pub extern "C" fn kvr_disk_write_segments(
+    disk: *const kvr_disk,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+    meta: *const u8,
+    meta_len: u64,
+) -> kvr_status {
+    guard(|| {
+        let d = kvr_disk::try_ref(disk)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        let data: Vec<&[u8]> = segs
+            .iter()
+            // SAFETY: each segment is readable for its length (checked non-null, non-empty).
+            .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
+            .collect();
+        // SAFETY: `meta` is NULL or readable for `meta_len` bytes.
+        let meta = unsafe { arg_bytes(meta, meta_len as usize, "meta", true) }?;
+        d.write_segments(k, &data, meta)
+    })
+}
+
+/// Reads the entry of the whole engine `key` scattered over `segments[0..num_segments]`,
+/// whose lengths must sum to the entry's payload (`KVR_ERR_LAYOUT_MISMATCH` otherwise), and
+/// its metadata into `meta_dst` (capacity `meta_cap`; NULL/0 when entries carry none);
+/// `*meta_len` (may be NULL) receives the metadata length (the needed one on
+/// `KVR_ERR_TOO_SMALL`). `KVR_ERR_NOT_FOUND` when absent (also when the slot of its name
+/// holds another key); other errors as `kvr_disk_read`.
+#[no_mangle]
+pub extern "C" fn kvr_disk_read_segments(
+    disk: *const kvr_disk,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+    meta_dst: *mut u8,
+    meta_cap: u64,
+    meta_len: *mut u64,
+) -> kvr_status {
+    guard(|| {
+        let d = kvr_disk::try_ref(disk)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        let mut dst: Vec<&mut [u8]> = segs
+            .iter()
+            // SAFETY: each segment is writable and unaliased for its length (checked).
+            .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+            .collect();
+        let meta: &mut [u8] = if meta_cap == 0 {
+            &mut []
+        } else {
+            // SAFETY: `meta_dst` is NULL or writable for `meta_cap` bytes.
+            unsafe { arg_bytes_mut(meta_dst, meta_cap as usize, "meta_dst") }?
+        };
+        let r = d.read_segments(k, &mut dst, meta);
+        if let Some(n) = d.entry_len_of(k) {
+            // SAFETY: `meta_len` is NULL or writable per the contract.
+            unsafe { write_opt(meta_len, n.meta_len) };
+        }
+        r.map(|_| ())
+    })
+}
+
+/// Per-key presence from the slot file's index (complete: this handle owns the file; no
+/// I/O): `present[i]` = 1 when `keys[i]` has an entry, else 0; `*hits` (may be NULL)
+/// receives how many do. Recency is unchanged; NULL, empty or over-long keys are absent.
+/// `n` may be 0.
+#[no_mangle]
+pub extern "C" fn kvr_disk_lookup(
+    disk: *const kvr_disk,
+    keys: *const kvr_key,
+    n: usize,
+    present: *mut u8,
+    hits: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        let d = kvr_disk::try_ref(disk)?;
+        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
+        let ks = unsafe { arg_lookup_keys(keys, n) }?;
+        let out: &mut [u8] = if n == 0 {
+            &mut []
+        } else {
+            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
+            unsafe { arg_bytes_mut(present, n, "present") }?
+        };
+        let found = d.lookup(&ks, out)?;
+        // SAFETY: `hits` is NULL or writable per the contract.
+        unsafe { write_opt(hits, found) };
+        Ok(())
+    })
+}
+
+/// Removes the entry of the whole engine `key`; `KVR_ERR_NOT_FOUND` if absent.
+#[no_mangle]
+pub extern "C" fn kvr_disk_remove_key(disk: *const kvr_disk, key: kvr_key) -> kvr_status {
+    guard(|| {
+        let d = kvr_disk::try_ref(disk)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        if d.remove_key(k)? {
+            Ok(())
+        } else {
+            Err(crate::err!(NotFound, "no entry to remove"))
         }
     })
 }

@@ -7,8 +7,10 @@ use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
+use super::{arg_lookup_keys, arg_segments, arg_whole_key, kvr_key, kvr_segment};
 use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
-use crate::fs::{FsConfig, FsStore, LoadRequest, StoreRequest};
+use crate::fs::{FsConfig, FsStore, LoadItem, LoadRequest, StoreItem, StoreRequest};
+use crate::io::vectored::RawSegment;
 use crate::{Dtype, Durability, Error, Key, TensorSpec};
 
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
@@ -452,5 +454,249 @@ pub extern "C" fn kvr_fs_submit_load(
         // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
         // completes.
         unsafe { submit_batch(fs, items, n, out, request, |s, r| s.submit_load(r)) }
+    })
+}
+
+/// Borrows a segment list as slices for a store.
+///
+/// # Safety
+/// Every segment must be valid for reads of its length for `'a`.
+unsafe fn read_slices<'a>(segs: &[RawSegment]) -> Vec<&'a [u8]> {
+    segs.iter()
+        // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
+        .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
+        .collect()
+}
+
+/// Borrows a segment list as writable slices for a load.
+///
+/// # Safety
+/// Every segment must be valid for unaliased writes of its length for `'a`.
+unsafe fn write_slices<'a>(segs: &[RawSegment]) -> Vec<&'a mut [u8]> {
+    segs.iter()
+        // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
+        .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+        .collect()
+}
+
+/// Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as
+/// a `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+/// block and compared on every load), unless a block of that key exists. Otherwise as
+/// `kvr_store_block` (a 16-byte key is the same block as that `kvr_block_key`).
+/// Errors: also `KVR_ERR_INVALID_ARGUMENT` for a NULL, empty or over-long key, a NULL or
+/// empty segment, no segments, or lengths that overflow.
+#[no_mangle]
+pub extern "C" fn kvr_fs_store(
+    fs: *const kvr_fs,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_fs::try_ref(fs)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        // SAFETY: every segment is readable for its length per the contract.
+        let data = unsafe { read_slices(&segs) };
+        s.store_segments(k, &data, None).map(|_| ())
+    })
+}
+
+/// Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+/// whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (block kept)
+/// otherwise. `KVR_ERR_NOT_FOUND` when absent (also when the file of its name holds another
+/// key: never another key's bytes); other errors as `kvr_load_block`.
+#[no_mangle]
+pub extern "C" fn kvr_fs_load(
+    fs: *const kvr_fs,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_fs::try_ref(fs)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        // SAFETY: every segment is writable and unaliased for its length per the contract.
+        let mut dst = unsafe { write_slices(&segs) };
+        s.load_segments(k, &mut dst).map(|_| ())
+    })
+}
+
+/// Per-key presence: `present[i]` = 1 when a block of `keys[i]` exists, else 0 (one byte per
+/// key, so a connector hands the array to numpy/torch as booleans without unpacking bits);
+/// `*hits` (may be NULL) receives how many exist. Keys this process stored or has seen are
+/// answered from the in-memory index without I/O; any other key costs one `stat` of its
+/// path (blocks other processes or hosts stored; a found one joins the index). Keys that
+/// are NULL, empty or over-long are absent. `n` may be 0.
+#[no_mangle]
+pub extern "C" fn kvr_fs_lookup(
+    fs: *const kvr_fs,
+    keys: *const kvr_key,
+    n: usize,
+    present: *mut u8,
+    hits: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_fs::try_ref(fs)?;
+        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
+        let ks = unsafe { arg_lookup_keys(keys, n) }?;
+        let out: &mut [u8] = if n == 0 {
+            &mut []
+        } else {
+            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
+            unsafe { arg_bytes_mut(present, n, "present") }?
+        };
+        let found = s.lookup(&ks, out)?;
+        // SAFETY: `hits` is NULL or writable per the contract.
+        unsafe { write_opt(hits, found) };
+        Ok(())
+    })
+}
+
+/// Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND`.
+#[no_mangle]
+pub extern "C" fn kvr_fs_remove_key(fs: *const kvr_fs, key: kvr_key) -> kvr_status {
+    guard(|| {
+        let s = kvr_fs::try_ref(fs)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        s.remove_key(k)
+    })
+}
+
+/// One block of a `kvr_fs_submit_store_items` batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_fs_store_segments_item {
+    /// `sizeof(kvr_fs_store_segments_item)`; lets later versions add fields.
+    pub struct_size: u32,
+    /// The whole engine key (its bytes are copied at submit).
+    pub key: kvr_key,
+    /// The payload's segments, in order (the array is copied at submit; the buffers must
+    /// stay valid until the job completes).
+    pub segments: *const kvr_segment,
+    /// Number of segments (>= 1).
+    pub num_segments: usize,
+}
+
+/// One block of a `kvr_fs_submit_load_items` batch.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_fs_load_segments_item {
+    /// `sizeof(kvr_fs_load_segments_item)`; lets later versions add fields.
+    pub struct_size: u32,
+    /// The whole engine key (its bytes are copied at submit).
+    pub key: kvr_key,
+    /// Destination segments, in order, summing to the block's payload (the array is copied
+    /// at submit; the buffers must stay valid and untouched until the job completes).
+    pub segments: *const kvr_segment,
+    /// Number of segments (>= 1).
+    pub num_segments: usize,
+}
+
+/// Checks an item's `struct_size` (this version's size: items are an array of them).
+fn check_item_size(size: u32, want: usize, i: usize) -> crate::Result<()> {
+    if size as usize != want {
+        return Err(Error::invalid(format!(
+            "items[{i}].struct_size is {size}, this library's item is {want} bytes"
+        )));
+    }
+    Ok(())
+}
+
+/// Submits `n` (>= 1) whole-key, segmented blocks to store on the write threads; `*out`
+/// receives the job (per-item bytes 0 when deduplicated). Every item is checked first (bad
+/// keys, NULL or empty segments, overflowing totals reject the whole batch).
+#[no_mangle]
+pub extern "C" fn kvr_fs_submit_store_items(
+    fs: *const kvr_fs,
+    items: *const kvr_fs_store_segments_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_fs_store_segments_item| {
+        check_item_size(
+            it.struct_size,
+            std::mem::size_of::<kvr_fs_store_segments_item>(),
+            i,
+        )?;
+        // SAFETY: the key's bytes and the segment array are valid per the contract.
+        let key = unsafe { arg_whole_key(&it.key, &format!("items[{i}].key")) }?;
+        // SAFETY: as above.
+        let segs = unsafe {
+            arg_segments(
+                it.segments,
+                it.num_segments,
+                &format!("items[{i}].segments"),
+            )
+        }?;
+        Ok((key.to_vec(), segs))
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every buffer valid until the job completes.
+        unsafe {
+            submit_batch(fs, items, n, out, request, |s, r| {
+                let items: Vec<StoreItem> = r
+                    .iter()
+                    .map(|(k, segs)| StoreItem {
+                        key: k,
+                        segments: segs,
+                    })
+                    .collect();
+                s.submit_store_items(&items)
+            })
+        }
+    })
+}
+
+/// Submits `n` (>= 1) whole-key, segmented blocks to load on the read threads; per-item
+/// results as for `kvr_fs_load`.
+#[no_mangle]
+pub extern "C" fn kvr_fs_submit_load_items(
+    fs: *const kvr_fs,
+    items: *const kvr_fs_load_segments_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_fs_load_segments_item| {
+        check_item_size(
+            it.struct_size,
+            std::mem::size_of::<kvr_fs_load_segments_item>(),
+            i,
+        )?;
+        // SAFETY: the key's bytes and the segment array are valid per the contract.
+        let key = unsafe { arg_whole_key(&it.key, &format!("items[{i}].key")) }?;
+        // SAFETY: as above.
+        let segs = unsafe {
+            arg_segments(
+                it.segments,
+                it.num_segments,
+                &format!("items[{i}].segments"),
+            )
+        }?;
+        Ok((key.to_vec(), segs))
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every buffer valid and unaliased until the
+        // job completes.
+        unsafe {
+            submit_batch(fs, items, n, out, request, |s, r| {
+                let items: Vec<LoadItem> = r
+                    .iter()
+                    .map(|(k, segs)| LoadItem {
+                        key: k,
+                        segments: segs,
+                    })
+                    .collect();
+                s.submit_load_items(&items)
+            })
+        }
     })
 }

@@ -38,6 +38,100 @@ pub struct kvr_block_key {
     pub bytes: [u8; 16],
 }
 
+/// A whole engine key: `len` (1..=`KVR_MAX_KEY_LEN`) bytes at `bytes`, stored in full in the
+/// block and compared on every load. A 16-byte key is the same block as the
+/// `kvr_block_key` of those bytes.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_key {
+    /// The key's bytes.
+    pub bytes: *const u8,
+    /// Its length in bytes.
+    pub len: usize,
+}
+
+/// Longest `kvr_key`, in bytes.
+pub const KVR_MAX_KEY_LEN: u32 = 256;
+const _: () = assert!(KVR_MAX_KEY_LEN as usize == crate::key::MAX_KEY_LEN);
+
+/// One buffer of a block: `len` bytes at `ptr`. A block is an ordered list of segments,
+/// gathered on store and scattered on load (zero-copy with O_DIRECT when every segment is
+/// 4096-aligned in address and length).
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_segment {
+    /// Start of the buffer.
+    pub ptr: *mut std::ffi::c_void,
+    /// Its bytes (non-zero).
+    pub len: usize,
+}
+
+/// Borrows a `kvr_key` argument: NULL bytes, a zero or over-long length are
+/// `InvalidArgument`.
+///
+/// # Safety
+/// Non-null `key.bytes` must be valid for reads of `key.len` bytes for `'a`.
+pub(crate) unsafe fn arg_whole_key<'a>(key: &kvr_key, name: &str) -> Result<&'a [u8]> {
+    if key.len == 0 || key.len > crate::key::MAX_KEY_LEN {
+        return Err(Error::invalid(format!(
+            "{name} must be 1..={} bytes, got {}",
+            crate::key::MAX_KEY_LEN,
+            key.len
+        )));
+    }
+    // SAFETY: the caller's contract; NULL and the length are checked by `arg_bytes`.
+    unsafe { arg_bytes(key.bytes, key.len, name, false) }
+}
+
+/// Reads a segment list argument: `n` (>= 1) segments, none NULL or empty, whose lengths sum
+/// without overflow.
+///
+/// # Safety
+/// A non-null `segments` must point to `n` valid segments.
+pub(crate) unsafe fn arg_segments(
+    segments: *const kvr_segment,
+    n: usize,
+    name: &str,
+) -> Result<Vec<crate::io::vectored::RawSegment>> {
+    // SAFETY: the caller's contract.
+    let list = unsafe { arg_slice(segments, n, name, false) }?;
+    let mut total: usize = 0;
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            if s.ptr.is_null() || s.len == 0 {
+                return Err(Error::invalid(format!(
+                    "{name}[{i}] is NULL or empty (length {})",
+                    s.len
+                )));
+            }
+            total = total
+                .checked_add(s.len)
+                .filter(|&t| t <= isize::MAX as usize)
+                .ok_or_else(|| Error::invalid(format!("{name}: the lengths overflow")))?;
+            Ok(crate::io::vectored::RawSegment {
+                ptr: s.ptr.cast(),
+                len: s.len,
+            })
+        })
+        .collect()
+}
+
+/// Reads the `n` keys of a lookup (each checked as `arg_whole_key` would, but a bad key is
+/// reported absent rather than failing the batch: an empty slice stands for it).
+///
+/// # Safety
+/// A non-null `keys` must point to `n` valid keys whose bytes live for `'a`.
+pub(crate) unsafe fn arg_lookup_keys<'a>(keys: *const kvr_key, n: usize) -> Result<Vec<&'a [u8]>> {
+    // SAFETY: the caller's contract.
+    let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
+    Ok(ks
+        .iter()
+        // SAFETY: as above.
+        .map(|k| unsafe { arg_whole_key(k, "key") }.unwrap_or(&[]))
+        .collect())
+}
+
 // The one conversion of a C key into the crate's key.
 impl From<kvr_block_key> for crate::Key {
     fn from(key: kvr_block_key) -> Self {

@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 
 use super::Key;
+use crate::io::vectored::RawSegment;
 use crate::io::DirectIo;
 
 /// When a stored block is flushed to stable storage.
@@ -120,4 +121,25 @@ pub struct LoadRequest {
     pub dst: *mut u8,
     /// Expected payload bytes (non-zero).
     pub len: usize,
+}
+
+/// One block of an async batch of whole-key, segmented stores
+/// ([`FsStore::submit_store_items`](super::FsStore::submit_store_items)).
+#[derive(Clone, Copy, Debug)]
+pub struct StoreItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The payload's segments, in order; each must stay valid until the job completes.
+    pub segments: &'a [RawSegment],
+}
+
+/// One block of an async batch of whole-key, segmented loads
+/// ([`FsStore::submit_load_items`](super::FsStore::submit_load_items)).
+#[derive(Clone, Copy, Debug)]
+pub struct LoadItem<'a> {
+    /// The whole engine key (1..=256 bytes).
+    pub key: &'a [u8],
+    /// The destination segments, in order; their lengths sum to the block's payload. Each
+    /// must stay valid and unaliased until the job completes.
+    pub segments: &'a [RawSegment],
 }

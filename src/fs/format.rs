@@ -12,17 +12,27 @@
 //! (sorted) order, is
 //!
 //! ```json
-//! {"__metadata__":{"format":"kvr.block","key":"<32 hex>","payload_len":"<bytes>",
-//!   "version":"1","xxh3_64":"<16 hex>"},
+//! {"__metadata__":{"format":"kvr.block","key":"<hex of the key>","payload_len":"<bytes>",
+//!   "version":"2","xxh3_64":"<16 hex>"},
 //!  "block":{"data_offsets":[0,<bytes>],"dtype":"U8","shape":[<bytes>]}}
 //! ```
 //!
 //! (safetensors metadata values are strings). The file is exactly `8 + N + payload_len`
 //! bytes long: anything else is a torn or truncated file.
+//!
+//! Versions: `"2"` holds the engine's whole key, 1..=256 bytes as 2..=512 hex digits, and is
+//! written for every key that is not 16 bytes long; `"1"` holds a 16-byte key as 32 hex
+//! digits, and is still written for 16-byte keys, byte for byte as before version 2 (so
+//! existing files stay valid and a kvr that reads only version 1 still reads every block of
+//! a 16-byte key). The layout is otherwise the same. The checksum is the xxh3-64 of the payload, which a vectored store or load streams
+//! over its segments ([`checksum_segments`]).
+//!
+//! This module is the block codec every tier that keeps block files uses (the fs store, an
+//! object store): [`encode_header`], [`decode_header`], [`checksum_segments`].
 
 use super::path::Key;
 use crate::io::IO_ALIGN;
-use crate::key::hex_into;
+use crate::key::{hex_into, MAX_KEY_LEN};
 use crate::tensors::codec::{Decimal, FieldOrder, HeaderWriter, RawHeader};
 use crate::tensors::Dtype;
 pub use crate::tensors::TensorSpec;
@@ -30,8 +40,10 @@ use crate::{err, Result};
 
 /// `__metadata__.format` of every block file.
 pub const FORMAT_NAME: &str = "kvr.block";
-/// `__metadata__.version` written by this library.
-pub const FORMAT_VERSION: &str = "1";
+/// `__metadata__.version` of blocks whose key is not 16 bytes (whole engine keys).
+pub const FORMAT_VERSION: &str = "2";
+/// `__metadata__.version` of the first format (16-byte keys), still written for them.
+pub const FORMAT_VERSION_V1: &str = "1";
 /// Name of the single tensor in a block file.
 pub const TENSOR_NAME: &str = "block";
 /// Largest header (8-byte length + JSON) accepted when decoding.
@@ -42,8 +54,10 @@ pub const MAX_HEADER: usize = 1 << 20;
 pub struct Header {
     /// Offset of the payload in the file (`8 + N`, a multiple of 4096).
     pub data_offset: usize,
-    /// The key recorded in the file.
-    pub key: Key,
+    /// The whole key recorded in the file (16 bytes in a version-1 file).
+    pub key: Vec<u8>,
+    /// The format version (1 or 2).
+    pub version: u8,
     /// Payload bytes.
     pub payload_len: u64,
     /// xxh3-64 of the payload.
@@ -57,10 +71,46 @@ pub fn checksum(payload: &[u8]) -> u64 {
     xxhash_rust::xxh3::xxh3_64(payload)
 }
 
-/// Encodes the header (length prefix, JSON, space padding) for a payload; the result's
-/// length is the payload offset, a multiple of 4096.
-pub fn encode_header(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
-    let key_hex = key.hex();
+/// xxh3-64 of the concatenation of `segments`, equal to [`checksum`] of the joined bytes.
+pub fn checksum_segments(segments: &[&[u8]]) -> u64 {
+    match segments {
+        [one] => checksum(one),
+        _ => {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            for s in segments {
+                h.update(s);
+            }
+            h.digest()
+        }
+    }
+}
+
+/// Encodes the header (length prefix, JSON, space padding) for a payload under the whole
+/// engine `key` (1..=256 bytes, checked by the caller): version 1 for a 16-byte key, else
+/// version 2. The result's length is the payload offset, a multiple of 4096.
+pub fn encode_header(key: &[u8], payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
+    debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
+    if let Ok(k) = <[u8; 16]>::try_from(key) {
+        return encode_header_v1(&Key(k), payload_len, sum, tensor);
+    }
+    let mut key_hex = [0u8; 2 * MAX_KEY_LEN];
+    let key_hex = &mut key_hex[..2 * key.len()];
+    hex_into(key, key_hex);
+    encode_any(key_hex, FORMAT_VERSION, payload_len, sum, tensor)
+}
+
+/// Encodes a header of the first version (16-byte key).
+pub fn encode_header_v1(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
+    encode_any(&key.hex(), FORMAT_VERSION_V1, payload_len, sum, tensor)
+}
+
+fn encode_any(
+    key_hex: &[u8],
+    version: &str,
+    payload_len: u64,
+    sum: u64,
+    tensor: &TensorSpec,
+) -> Vec<u8> {
     let mut sum_hex = [0u8; 16];
     hex_into(&sum.to_be_bytes(), &mut sum_hex);
     fn ascii(digits: &[u8]) -> &str {
@@ -72,9 +122,9 @@ pub fn encode_header(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec)
     // Keys in sorted order, as block files have always been written.
     w.metadata([
         ("format", FORMAT_NAME),
-        ("key", ascii(&key_hex)),
+        ("key", ascii(key_hex)),
         ("payload_len", len.as_str()),
-        ("version", FORMAT_VERSION),
+        ("version", version),
         ("xxh3_64", ascii(&sum_hex)),
     ]);
     let (dtype, shape) = (tensor.dtype, &tensor.shape);
@@ -131,15 +181,31 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
     if format != FORMAT_NAME {
         return Err(err!(Corrupt, "not a kvr block (format {format:?})"));
     }
-    let version = field("version")?;
-    if version != FORMAT_VERSION {
-        return Err(err!(
-            Corrupt,
-            "unsupported block format version {version:?} (this library reads {FORMAT_VERSION})"
-        ));
-    }
-    let key = Key::from_hex(field("key")?)
-        .ok_or_else(|| err!(Corrupt, "__metadata__.key is not 32 hex digits"))?;
+    let version = match field("version")? {
+        FORMAT_VERSION => 2,
+        FORMAT_VERSION_V1 => 1,
+        v => {
+            return Err(err!(
+                Corrupt,
+                "unsupported block format version {v:?} (this library reads \
+                 {FORMAT_VERSION_V1} and {FORMAT_VERSION})"
+            ))
+        }
+    };
+    let key_text = field("key")?;
+    let key = if version == 1 {
+        Key::from_hex(key_text)
+            .map(|k| k.0.to_vec())
+            .ok_or_else(|| err!(Corrupt, "__metadata__.key is not 32 hex digits"))?
+    } else {
+        parse_key_hex(key_text).ok_or_else(|| {
+            err!(
+                Corrupt,
+                "__metadata__.key is not 2..={} hex digits",
+                2 * MAX_KEY_LEN
+            )
+        })?
+    };
     let payload_len: u64 = field("payload_len")?
         .parse()
         .map_err(|_| err!(Corrupt, "__metadata__.payload_len is not a number"))?;
@@ -169,16 +235,102 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
     Ok(Header {
         data_offset: total,
         key,
+        version,
         payload_len,
         checksum,
         tensor,
     })
 }
 
+/// Parses the hex of a 1..=256-byte key (lowercase, as written).
+fn parse_key_hex(text: &str) -> Option<Vec<u8>> {
+    let b = text.as_bytes();
+    if b.is_empty() || b.len() % 2 != 0 || b.len() > 2 * MAX_KEY_LEN {
+        return None;
+    }
+    let nib = |c: u8| match c {
+        b'0'..=b'9' => Some(c - b'0'),
+        b'a'..=b'f' => Some(c - b'a' + 10),
+        _ => None,
+    };
+    b.chunks_exact(2)
+        .map(|p| Some((nib(p[0])? << 4) | nib(p[1])?))
+        .collect()
+}
+
+#[cfg(test)]
+mod v2_tests {
+    use super::*;
+    use crate::ErrorKind;
+
+    #[test]
+    fn whole_keys_round_trip() {
+        for len in [1usize, 15, 16, 17, 36, 64, 255, 256] {
+            let key: Vec<u8> = (0..len).map(|i| (i * 31 + 7) as u8).collect();
+            let h = encode_header(&key, 4096, 9, &TensorSpec::bytes(4096));
+            assert_eq!(h.len(), 4096, "a 256-byte key still fits one page");
+            let d = decode_header(&h).unwrap();
+            let version = if len == 16 { 1 } else { 2 };
+            assert_eq!(
+                (d.key, d.version, d.payload_len, d.checksum),
+                (key, version, 4096, 9)
+            );
+        }
+        let v1 = encode_header_v1(&Key([3; 16]), 10, 1, &TensorSpec::bytes(10));
+        let d = decode_header(&v1).unwrap();
+        assert_eq!((d.key, d.version), (vec![3u8; 16], 1));
+    }
+
+    #[test]
+    fn pinned_v2_bytes_and_bad_keys() {
+        let got = encode_header(b"vllm:0", 4096, 0xff, &TensorSpec::bytes(4096));
+        let json = concat!(
+            r#"{"__metadata__":{"format":"kvr.block","key":"766c6c6d3a30","#,
+            r#""payload_len":"4096","version":"2","xxh3_64":"00000000000000ff"},"#,
+            r#""block":{"data_offsets":[0,4096],"dtype":"U8","shape":[4096]}}"#
+        );
+        let mut want = 4088u64.to_le_bytes().to_vec();
+        want.extend_from_slice(json.as_bytes());
+        want.resize(4096, b' ');
+        assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
+        let text = String::from_utf8(got[8..].to_vec()).unwrap();
+        for bad in [
+            "\"key\":\"\"",
+            "\"key\":\"766\"",
+            "\"key\":\"766C6c6d3a30\"",
+        ] {
+            let mut b = got[..8].to_vec();
+            b.extend_from_slice(text.replacen("\"key\":\"766c6c6d3a30\"", bad, 1).as_bytes());
+            b.resize(4096, b' ');
+            assert_eq!(
+                decode_header(&b).unwrap_err().kind(),
+                ErrorKind::Corrupt,
+                "{bad}"
+            );
+        }
+        let long = "ab".repeat(257);
+        let mut b = got[..8].to_vec();
+        b.extend_from_slice(text.replacen("766c6c6d3a30", &long, 1).as_bytes());
+        b.resize(8192, b' ');
+        b[..8].copy_from_slice(&8184u64.to_le_bytes());
+        assert_eq!(decode_header(&b).unwrap_err().kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn segment_checksums_stream() {
+        let data: Vec<u8> = (0..100_000).map(|i| (i % 253) as u8).collect();
+        let (a, b) = data.split_at(33_333);
+        assert_eq!(checksum_segments(&[a, b]), checksum(&data));
+        assert_eq!(checksum_segments(&[&data]), checksum(&data));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::ErrorKind;
+    // These tests pin version 1, the format of every file written before version 2.
+    use super::{encode_header_v1 as encode_header, FORMAT_VERSION_V1 as FORMAT_VERSION};
 
     fn key() -> Key {
         Key(*b"0123456789abcdef")
@@ -202,7 +354,7 @@ mod tests {
             assert_eq!(*h.last().unwrap(), b' ');
             let d = decode_header(&h).unwrap();
             assert_eq!(d.data_offset, 4096);
-            assert_eq!(d.key, key());
+            assert_eq!(d.key, key().0);
             assert_eq!(d.payload_len, len);
             assert_eq!(d.checksum, sum);
             assert_eq!(d.tensor, TensorSpec::bytes(len));
@@ -340,7 +492,10 @@ mod tests {
             let got = encode_header(&key, len, sum, &tensor);
             assert!(got == want, "{}", String::from_utf8_lossy(&got[8..]));
             let back = decode_header(&want).unwrap();
-            assert_eq!((back.key, back.payload_len, back.checksum), (key, len, sum));
+            assert_eq!(
+                (back.key, back.payload_len, back.checksum),
+                (key.0.to_vec(), len, sum)
+            );
             assert_eq!(back.tensor, tensor);
         }
         // A header longer than a page: the prefix counts the JSON and its padding to 8192.

@@ -1,5 +1,7 @@
-//! Loading a block: open, read (in place where O_DIRECT allows), validate length, key and
-//! checksum; a bad file is removed (if it is still the one read) and reported `Corrupt`.
+//! Loading a block: open, read (in place where O_DIRECT allows, scattered over the caller's
+//! segments), validate length, whole key and checksum; a bad file is removed (if it is still
+//! the one read) and reported `Corrupt`. A file that holds another key of the same name (a
+//! name collision) is kept and reported `NotFound`: its bytes are never returned.
 
 use std::fs::File;
 use std::io;
@@ -7,46 +9,43 @@ use std::sync::atomic::Ordering::Relaxed;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
+use crate::io::direct::scatter;
 use crate::io::file::{same_inode, OpenNoFollow};
 use crate::io::vectored::preadv_all;
-use crate::io::{align_up, is_aligned_ptr, TransferPlan, IO_ALIGN};
+use crate::io::{align_up, is_aligned_ptr, SegmentPlan, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
 
 impl Inner {
-    pub(super) fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
-        let p = path::block_path(&self.dir, key);
-        if dst.is_empty() {
-            return Err(err!(
-                InvalidArgument,
-                "loading block {}: buffer length is 0",
-                p.display()
-            ));
-        }
+    /// Loads the block of the whole engine `key` into the concatenation of `dst`'s segments.
+    pub(super) fn load(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
+        crate::key::check_key(key)?;
+        let name = self.name(key);
+        let p = path::block_path(&self.dir, &name);
+        let len = crate::io::vectored::payload_len_mut(dst)
+            .map_err(|e| e.context(format!("loading block {}", p.display())))?;
         let missing = || -> Result<u64> {
             self.counters.misses.fetch_add(1, Relaxed);
-            self.lock_index().remove(key);
-            Err(err!(NotFound, "block {key} not found ({})", p.display()))
+            self.lock_index().remove(&name);
+            Err(err!(NotFound, "block {name} not found ({})", p.display()))
         };
         let file = match OpenNoFollow::read_only().direct(self.direct).open(&p) {
             Ok(f) => f,
             Err(e) if vanished(&e) => return missing(),
             Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
         };
-        match self.read_verified(&file, key, dst) {
+        match self.read_verified(&file, key, &name, dst, len) {
             Ok(()) => {
                 self.counters.hits.fetch_add(1, Relaxed);
-                self.counters
-                    .bytes_read
-                    .fetch_add(dst.len() as u64, Relaxed);
-                self.lock_index().touch(key);
-                Ok(dst.len() as u64)
+                self.counters.bytes_read.fetch_add(len as u64, Relaxed);
+                self.lock_index().touch(&name);
+                Ok(len as u64)
             }
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 // Only remove the file we read, not one a writer has renamed over it since.
                 if same_inode(&file, &p) {
                     let _ = std::fs::remove_file(&p);
                 }
-                self.lock_index().remove(key);
+                self.lock_index().remove(&name);
                 self.counters.corrupt.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
                 Err(e.context(format!("block {} is corrupt and was removed", p.display())))
@@ -62,29 +61,40 @@ impl Inner {
         }
     }
 
-    /// Reads and validates a block into `dst`. `Corrupt` for a damaged file, `LayoutMismatch`
-    /// for an intact block whose payload length is not `dst.len()`.
-    fn read_verified(&self, file: &File, key: &Key, dst: &mut [u8]) -> Result<()> {
+    /// Reads and validates a block into `dst`'s segments (`len` bytes in all). `Corrupt` for
+    /// a damaged file, `LayoutMismatch` for an intact block whose payload length is not `len`,
+    /// `NotFound` for a block of another key that has the same name.
+    fn read_verified(
+        &self,
+        file: &File,
+        key: &[u8],
+        name: &Key,
+        dst: &mut [&mut [u8]],
+        len: usize,
+    ) -> Result<()> {
         let io_err = |what: &str, e: io::Error| Error::io(what.to_string(), e);
         let size = file.metadata().map_err(|e| io_err("stat", e))?.len();
-        let len = dst.len();
-        // An unaligned buffer under O_DIRECT would be bounced whole: the general path
+        // An unaligned first segment under O_DIRECT would be bounced whole: the general path
         // below does that in one read whatever the header's size.
-        let aligned_dst = !self.direct || is_aligned_ptr(dst.as_ptr());
+        let aligned_dst = !self.direct || is_aligned_ptr(dst[0].as_ptr());
         if aligned_dst && size == (IO_ALIGN + len) as u64 {
-            // Fast path: one preadv of [header page | payload in place | tail page].
-            let plan = TransferPlan::new(self.direct, dst.as_ptr(), len);
-            // One bounce buffer holds the header page and the tail page (one pool visit).
+            // Fast path: one preadv of [header page | segments in place | bounce area].
+            let plan = SegmentPlan::of_mut(self.direct, dst);
+            // One bounce buffer holds the header page and the bounce area (one pool visit).
             let mut b = self.bounce.get(IO_ALIGN + plan.bounce_len)?;
             let (hb, tb) = b.as_mut_slice().split_at_mut(IO_ALIGN);
             let tail = &mut tb[..plan.bounce_len];
-            let (in_place, _) = dst.split_at_mut(plan.in_place);
-            let got = preadv_all(file, &mut [&mut hb[..], in_place, &mut tail[..]], 0)
-                .map_err(|e| io_err("reading", e))?;
+            let got = {
+                let mut parts: Vec<&mut [u8]> = Vec::with_capacity(dst.len() + 2);
+                parts.push(&mut hb[..]);
+                parts.extend(plan.in_place_parts_mut(dst));
+                parts.push(&mut tail[..]);
+                preadv_all(file, &mut parts, 0).map_err(|e| io_err("reading", e))?
+            };
             let prefix: [u8; 8] = hb[..8].try_into().expect("8 bytes");
             if format::header_len(&prefix).ok() == Some(IO_ALIGN) {
                 let header = format::decode_header(hb)?;
-                self.check(&header, key, size, len)?;
+                self.check(&header, key, name, size, len)?;
                 if got as u64 != size {
                     return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
                 }
@@ -101,17 +111,29 @@ impl Inner {
             .map_err(|e| io_err("reading", e))?;
         let bytes = &b.as_slice()[..got.min(want)];
         let header = format::decode_header(bytes)?;
-        self.check(&header, key, size, len)?;
+        self.check(&header, key, name, size, len)?;
         if got as u64 != size {
             return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
         }
-        dst.copy_from_slice(&bytes[header.data_offset..header.data_offset + len]);
+        scatter(&bytes[header.data_offset..header.data_offset + len], dst);
         self.verify_sum(&header, dst)
     }
 
-    fn check(&self, h: &Header, key: &Key, size: u64, len: usize) -> Result<()> {
-        if h.key != *key {
-            return Err(err!(Corrupt, "header holds key {} instead of {key}", h.key));
+    fn check(&self, h: &Header, key: &[u8], name: &Key, size: u64, len: usize) -> Result<()> {
+        if h.key != key {
+            let shown = crate::key::Key::display_bytes(&h.key);
+            if self.name(&h.key) == *name {
+                // Another key of the same name: its block, intact; never ours.
+                return Err(err!(
+                    NotFound,
+                    "the block named {name} holds another key ({shown}): a name collision"
+                ));
+            }
+            return Err(err!(
+                Corrupt,
+                "header holds key {shown} instead of {}",
+                crate::key::Key::display_bytes(key)
+            ));
         }
         let expect = h.data_offset as u64 + h.payload_len;
         if size != expect {
@@ -132,9 +154,10 @@ impl Inner {
         Ok(())
     }
 
-    fn verify_sum(&self, h: &Header, payload: &[u8]) -> Result<()> {
+    fn verify_sum(&self, h: &Header, payload: &[&mut [u8]]) -> Result<()> {
         if self.verify {
-            let sum = format::checksum(payload);
+            let parts: Vec<&[u8]> = payload.iter().map(|s| &s[..]).collect();
+            let sum = format::checksum_segments(&parts);
             if sum != h.checksum {
                 return Err(err!(
                     Corrupt,

@@ -12,7 +12,7 @@ use std::io::{self, Read};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use super::clean_temp;
 use super::format::{self, Header};
@@ -234,15 +234,16 @@ pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>
         .collect()
 }
 
-/// Validates a whole block file's bytes against the key its name says: header, key, length
-/// and xxh3-64 checksum. Pure; `Corrupt` with the reason on any mismatch.
-pub fn check_block_bytes(bytes: &[u8], name_key: &Key) -> Result<Header> {
+/// Validates a whole block file's bytes against its name in `namespace`: header, whole key
+/// (its block name must be the file's), length and xxh3-64 checksum. Pure; `Corrupt` with
+/// the reason on any mismatch.
+pub fn check_block_bytes(bytes: &[u8], namespace: &str, name_key: &Key) -> Result<Header> {
     let h = format::decode_header(bytes)?;
-    if h.key != *name_key {
+    if crate::key::block_name(namespace.as_bytes(), &h.key) != *name_key {
         return Err(err!(
             Corrupt,
             "header holds key {} but the file is named for {name_key}",
-            h.key
+            Key::display_bytes(&h.key)
         ));
     }
     let expect = h.data_offset as u64 + h.payload_len;
@@ -268,7 +269,12 @@ pub fn check_block_bytes(bytes: &[u8], name_key: &Key) -> Result<Header> {
 
 /// Reads and checks one block file; `Ok(None)` if it vanished meanwhile, `Ok(Some(reason))`
 /// if it is bad (removed when `repair`, keeping a file renamed over it since).
-fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<BadBlock>> {
+fn verify_one(
+    b: &BlockFile,
+    namespace: &str,
+    buf: &mut Vec<u8>,
+    repair: bool,
+) -> Result<Option<BadBlock>> {
     let file = match OpenNoFollow::read_only().open(&b.path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
@@ -276,7 +282,7 @@ fn verify_one(b: &BlockFile, buf: &mut Vec<u8>, repair: bool) -> Result<Option<B
     };
     buf.clear();
     read_all(&file, buf).map_err(|e| Error::io(format!("reading {}", b.path.display()), e))?;
-    let Err(e) = check_block_bytes(buf, &b.key) else {
+    let Err(e) = check_block_bytes(buf, namespace, &b.key) else {
         return Ok(None);
     };
     let removed = repair && same_inode(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
@@ -299,9 +305,10 @@ pub fn verify(
     threads: usize,
     repair: bool,
 ) -> Result<VerifyReport> {
-    let mut files = Vec::new();
+    let mut files: Vec<(BlockFile, Arc<String>)> = Vec::new();
     for s in find_stores(root, namespace)? {
-        files.extend(scan_store(&s.dir)?.0);
+        let ns = Arc::new(s.namespace.clone());
+        files.extend(scan_store(&s.dir)?.0.into_iter().map(|b| (b, ns.clone())));
     }
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
@@ -312,8 +319,8 @@ pub fn verify(
                 let mut buf = Vec::new();
                 loop {
                     let i = next.fetch_add(1, Ordering::Relaxed);
-                    let Some(b) = files.get(i) else { break };
-                    match verify_one(b, &mut buf, repair) {
+                    let Some((b, ns)) = files.get(i) else { break };
+                    match verify_one(b, ns, &mut buf, repair) {
                         Ok(Some(bb)) => bad.lock().unwrap_or_else(|p| p.into_inner()).push(bb),
                         Ok(None) => {}
                         Err(e) => {
@@ -336,7 +343,7 @@ pub fn verify(
     bad.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(VerifyReport {
         checked: files.len() as u64,
-        bytes: files.iter().map(|b| b.size).sum(),
+        bytes: files.iter().map(|(b, _)| b.size).sum(),
         bad,
     })
 }
@@ -432,21 +439,21 @@ mod tests {
         let k = Key([5; 16]);
         let data = b"payload bytes";
         let h = format::encode_header(
-            &k,
+            &k.0,
             data.len() as u64,
             format::checksum(data),
             &TensorSpec::bytes(data.len() as u64),
         );
         let mut good = h.clone();
         good.extend_from_slice(data);
-        assert_eq!(check_block_bytes(&good, &k).unwrap().payload_len, 13);
-        assert!(check_block_bytes(&good, &Key([6; 16])).is_err());
+        assert_eq!(check_block_bytes(&good, "ns", &k).unwrap().payload_len, 13);
+        assert!(check_block_bytes(&good, "ns", &Key([6; 16])).is_err());
         let mut flipped = good.clone();
         *flipped.last_mut().unwrap() ^= 1;
-        assert!(check_block_bytes(&flipped, &k).is_err());
-        assert!(check_block_bytes(&good[..good.len() - 1], &k).is_err());
-        assert!(check_block_bytes(&good[..100], &k).is_err());
-        assert!(check_block_bytes(b"", &k).is_err());
+        assert!(check_block_bytes(&flipped, "ns", &k).is_err());
+        assert!(check_block_bytes(&good[..good.len() - 1], "ns", &k).is_err());
+        assert!(check_block_bytes(&good[..100], "ns", &k).is_err());
+        assert!(check_block_bytes(b"", "ns", &k).is_err());
     }
 
     #[test]

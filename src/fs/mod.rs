@@ -1,8 +1,13 @@
 //! The fs block store: content-addressed KV blocks, one safetensors file per block, on a local
 //! or shared file system, shareable between engine instances and hosts.
 //!
-//! - Keys are 16 bytes; a block lives at `<root>/<namespace>/[r<rank>/]<hh>/<hex>.kvb`
-//!   ([`path`]); its file format is in [`format`].
+//! - Keys are the engine's, 1..=256 bytes; a block lives at
+//!   `<root>/<namespace>/[r<rank>/]<hh>/<hex of its name>.kvb` ([`path`]; the name is the key
+//!   itself for a 16-byte key, else the xxh3-128 of namespace and key, see [`crate::key`]);
+//!   its file format is in [`format`], which records the whole key, compared on every load.
+//! - A block is a list of segments (gathered on store, scattered on load): zero-copy with
+//!   O_DIRECT when every segment is 4096-aligned in address and length, else through pooled
+//!   bounce buffers; one contiguous buffer is a list of one.
 //! - Writes go to an unnamed `O_TMPFILE` file in the target directory, linked into place
 //!   when complete (where the file system lacks `O_TMPFILE`, as NFS does: a unique, `flock`ed
 //!   temp file, hard-linked into place): readers never see a partial block, a killed writer
@@ -37,7 +42,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
-pub use config::{Durability, FsConfig, FsStats, LoadRequest, StoreRequest};
+pub use config::{Durability, FsConfig, FsStats, LoadItem, LoadRequest, StoreItem, StoreRequest};
 pub use format::{Header, TensorSpec};
 pub use path::Key;
 pub use store::Stored;
@@ -45,6 +50,7 @@ pub use store::Stored;
 use crate::io::file::OpenNoFollow;
 use crate::io::job::Completer;
 use crate::io::publish::probe_unnamed;
+use crate::io::vectored::{RawSegment, SegmentBatch};
 use crate::io::{direct, BouncePool, IoPool, Job};
 use crate::{err, Error, Result};
 use index::Index;
@@ -65,6 +71,8 @@ struct Counters {
 
 struct Inner {
     dir: PathBuf,
+    /// The namespace, part of every long key's block name.
+    namespace: String,
     direct: bool,
     durability: Durability,
     verify: bool,
@@ -121,6 +129,7 @@ impl FsStore {
             && probe_unnamed(&dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
         let inner = Arc::new(Inner {
             dir,
+            namespace: cfg.namespace.clone(),
             direct,
             durability: cfg.durability,
             verify: cfg.verify,
@@ -179,22 +188,47 @@ impl FsStore {
         self.inner.scan_state.wait(timeout)
     }
 
-    /// Stores `data` as a `U8` block under `key`, unless a block of that key exists.
+    /// Stores `data` as a `U8` block under the 16-byte `key`, unless a block of that key
+    /// exists.
     pub fn store(&self, key: &Key, data: &[u8]) -> Result<Stored> {
-        self.inner.store(key, data, None)
+        self.inner.store(&key.0, &[data], None)
     }
 
     /// Stores `data` recording the tensor's dtype and shape in the block file.
     pub fn store_tensor(&self, key: &Key, data: &[u8], tensor: &TensorSpec) -> Result<Stored> {
-        self.inner.store(key, data, Some(tensor))
+        self.inner.store(&key.0, &[data], Some(tensor))
     }
 
-    /// Loads the block of `key` into `dst`, whose length must equal the stored payload's.
-    /// `NotFound` if absent; `Corrupt` (file removed) if it fails validation;
+    /// Stores the concatenation of `segments` (each non-empty) under the whole engine `key`
+    /// (1..=256 bytes), as a `U8` block or with `tensor`'s dtype and shape, unless a block of
+    /// that key's name exists.
+    pub fn store_segments(
+        &self,
+        key: &[u8],
+        segments: &[&[u8]],
+        tensor: Option<&TensorSpec>,
+    ) -> Result<Stored> {
+        self.inner.store(key, segments, tensor)
+    }
+
+    /// Loads the block of the 16-byte `key` into `dst`, whose length must equal the stored
+    /// payload's. `NotFound` if absent; `Corrupt` (file removed) if it fails validation;
     /// `LayoutMismatch` (file kept) if it is intact but of another length. On error `dst`'s
     /// contents are unspecified.
     pub fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
-        self.inner.load(key, dst)
+        self.inner.load(&key.0, &mut [dst])
+    }
+
+    /// Loads the block of the whole engine `key` scattered over `segments` (each non-empty),
+    /// whose lengths must sum to the stored payload's (else `LayoutMismatch`). Errors as for
+    /// [`FsStore::load`]; a block of another key with the same name is `NotFound`.
+    pub fn load_segments(&self, key: &[u8], segments: &mut [&mut [u8]]) -> Result<u64> {
+        self.inner.load(key, segments)
+    }
+
+    /// The path a block of the whole engine `key` has (whether or not it exists).
+    pub fn block_path_of(&self, key: &[u8]) -> PathBuf {
+        path::block_path(&self.inner.dir, &self.inner.name(key))
     }
 
     /// Whether a block of `key` exists (in this or any other process's writes).
@@ -207,11 +241,75 @@ impl FsStore {
         keys.iter().take_while(|k| self.contains(k)).count()
     }
 
+    /// Per-key presence of whole engine keys: `present[i]` is set to 1 when a block of
+    /// `keys[i]` exists, else 0; returns how many exist. A key this process's index knows
+    /// is present without any I/O (stored or seen by this process; another process may have
+    /// removed it since, which the load then reports as `NotFound`); any other key costs one
+    /// `stat` of its path, which finds blocks other processes and hosts stored (a found one
+    /// joins the index). Keys that are not 1..=256 bytes are absent.
+    pub fn lookup(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+        if keys.len() != present.len() {
+            return Err(err!(
+                InvalidArgument,
+                "{} keys but {} presence bytes",
+                keys.len(),
+                present.len()
+            ));
+        }
+        let names: Vec<Option<Key>> = keys
+            .iter()
+            .map(|k| crate::key::check_key(k).ok().map(|_| self.inner.name(k)))
+            .collect();
+        let mut unknown = Vec::new();
+        {
+            let ix = self.inner.lock_index();
+            for (i, name) in names.iter().enumerate() {
+                present[i] = match name {
+                    Some(n) if ix.contains(n) => 1,
+                    Some(_) => {
+                        unknown.push(i);
+                        0
+                    }
+                    None => 0,
+                };
+            }
+        }
+        // Outside the lock: ask the file system about the keys the index does not know.
+        let mut found = Vec::new();
+        for i in unknown {
+            let name = names[i].expect("only named keys are unknown");
+            if let Ok(m) = std::fs::symlink_metadata(path::block_path(&self.inner.dir, &name)) {
+                present[i] = 1;
+                found.push((name, m.len()));
+            }
+        }
+        if !found.is_empty() {
+            let mut ix = self.inner.lock_index();
+            for (name, len) in found {
+                if !ix.contains(&name) {
+                    ix.insert(name, len);
+                }
+            }
+        }
+        Ok(present.iter().filter(|&&p| p != 0).count())
+    }
+
     /// Removes the block of `key`; `NotFound` if there is none.
     pub fn remove(&self, key: &Key) -> Result<()> {
-        let p = self.block_path(key);
+        self.remove_name(key)
+    }
+
+    /// Removes the block of the whole engine `key` (whatever key a colliding block of the
+    /// same name holds); `NotFound` if there is none.
+    pub fn remove_key(&self, key: &[u8]) -> Result<()> {
+        crate::key::check_key(key)?;
+        self.remove_name(&self.inner.name(key))
+    }
+
+    fn remove_name(&self, name: &Key) -> Result<()> {
+        let p = self.block_path(name);
         let r = std::fs::remove_file(&p);
-        self.inner.lock_index().remove(key);
+        self.inner.lock_index().remove(name);
         r.map_err(|e| Error::io(format!("removing block {}", p.display()), e))
     }
 
@@ -246,25 +344,57 @@ impl FsStore {
     /// Every `src` must be valid for reads of `len` bytes until the returned job has
     /// completed (dropping the job waits for it).
     pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
+        let segments: Vec<[RawSegment; 1]> = items
+            .iter()
+            .map(|it| {
+                [RawSegment {
+                    ptr: it.src.cast_mut(),
+                    len: it.len,
+                }]
+            })
+            .collect();
+        let items: Vec<StoreItem> = items
+            .iter()
+            .zip(&segments)
+            .map(|(it, s)| StoreItem {
+                key: &it.key.0,
+                segments: s,
+            })
+            .collect();
+        // SAFETY: this function's contract.
+        unsafe { self.submit_store_items(&items) }
+    }
+
+    /// Stores a batch of whole-key, segmented blocks on the write pool; each item ends with
+    /// `Ok(bytes written)` (0 when deduplicated) or its error. The keys and segment lists are
+    /// copied here.
+    ///
+    /// # Safety
+    /// Every segment must be valid for reads of its length until the returned job has
+    /// completed (dropping the job waits for it).
+    pub unsafe fn submit_store_items(&self, items: &[StoreItem]) -> Job {
+        let mut batch = SegmentBatch::default();
+        let entries: Vec<_> = items
+            .iter()
+            .map(|it| batch.push(it.key, it.segments))
+            .collect();
+        let batch = Arc::new(batch);
         let inner = self.inner.clone();
-        let task = move |it: StoreRequest, done: Completer| {
-            if it.src.is_null() || it.len == 0 {
-                return done.finish(Err(err!(
-                    InvalidArgument,
-                    "store item has a NULL or empty buffer"
-                )));
+        let task = move |e, done: Completer| {
+            let (key, segments) = (batch.key(e), batch.segments(e));
+            if let Err(e) = check_raw_segments(segments, "store") {
+                return done.finish(Err(e));
             }
             let payload = pipeline::Payload {
-                ptr: it.src,
-                len: it.len,
+                segments: segments.to_vec(),
             };
-            // SAFETY: valid for `len` bytes until the job completes (the contract of this
-            // function); the job cannot complete before this item's completer finishes.
-            unsafe { pipeline::store(|data| inner.stage(&it.key, data, None), payload, done) };
+            // SAFETY: valid until the job completes (the contract of this function); the job
+            // cannot complete before this item's completer finishes.
+            unsafe { pipeline::store(|data| inner.stage(key, data, None), payload, done) };
         };
         // SAFETY: the items' buffers stay valid until the job completes (this function's
-        // contract).
-        unsafe { self.writers.submit_batch(items, task) }
+        // contract); the batch itself travels in the task.
+        unsafe { self.writers.submit_batch(&entries, task) }
     }
 
     /// Loads a batch on the read pool; each item ends with `Ok(bytes loaded)` or its error.
@@ -273,26 +403,87 @@ impl FsStore {
     /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
     /// until the returned job has completed (dropping the job waits for it).
     pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
+        let segments: Vec<[RawSegment; 1]> = items
+            .iter()
+            .map(|it| {
+                [RawSegment {
+                    ptr: it.dst,
+                    len: it.len,
+                }]
+            })
+            .collect();
+        let items: Vec<LoadItem> = items
+            .iter()
+            .zip(&segments)
+            .map(|(it, s)| LoadItem {
+                key: &it.key.0,
+                segments: s,
+            })
+            .collect();
+        // SAFETY: this function's contract.
+        unsafe { self.submit_load_items(&items) }
+    }
+
+    /// Loads a batch of whole-key, segmented blocks on the read pool; each item ends with
+    /// `Ok(bytes loaded)` or its error. The keys and segment lists are copied here.
+    ///
+    /// # Safety
+    /// Every segment must be valid for writes of its length, and not accessed by anyone
+    /// else, until the returned job has completed (dropping the job waits for it).
+    pub unsafe fn submit_load_items(&self, items: &[LoadItem]) -> Job {
+        let mut batch = SegmentBatch::default();
+        let entries: Vec<_> = items
+            .iter()
+            .map(|it| batch.push(it.key, it.segments))
+            .collect();
+        let batch = Arc::new(batch);
         let inner = self.inner.clone();
-        let task = move |it: LoadRequest, done: Completer| {
-            if it.dst.is_null() || it.len == 0 {
-                return done.finish(Err(err!(
-                    InvalidArgument,
-                    "load item has a NULL or empty buffer"
-                )));
+        let task = move |e, done: Completer| {
+            let (key, segments) = (batch.key(e), batch.segments(e));
+            if let Err(e) = check_raw_segments(segments, "load") {
+                return done.finish(Err(e));
             }
-            // SAFETY: valid and exclusively ours for `len` bytes until the job completes (the
-            // contract of this function).
-            let dst = unsafe { std::slice::from_raw_parts_mut(it.dst, it.len) };
-            done.finish(inner.load(&it.key, dst));
+            let mut dst: Vec<&mut [u8]> = segments
+                .iter()
+                // SAFETY: valid and exclusively ours until the job completes (the contract
+                // of this function); checked non-null and non-empty above.
+                .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+                .collect();
+            done.finish(inner.load(key, &mut dst));
         };
         // SAFETY: the items' buffers stay valid and unaliased until the job completes (this
         // function's contract).
-        unsafe { self.readers.submit_batch(items, task) }
+        unsafe { self.readers.submit_batch(&entries, task) }
     }
 }
 
+/// Checks an async item's segments: at least one, none NULL or empty, a total that fits.
+fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
+    if segments.is_empty() {
+        return Err(err!(InvalidArgument, "{what} item has no segments"));
+    }
+    let mut total: usize = 0;
+    for (i, s) in segments.iter().enumerate() {
+        if s.ptr.is_null() || s.len == 0 {
+            return Err(err!(
+                InvalidArgument,
+                "{what} item has a NULL or empty buffer (segment {i})"
+            ));
+        }
+        total = total
+            .checked_add(s.len)
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or_else(|| err!(InvalidArgument, "{what} item's segment lengths overflow"))?;
+    }
+    Ok(())
+}
+
 impl Inner {
+    /// The block name of a whole engine key in this store's namespace.
+    fn name(&self, key: &[u8]) -> Key {
+        crate::key::block_name(self.namespace.as_bytes(), key)
+    }
+
     fn lock_index(&self) -> MutexGuard<'_, Index> {
         // A poisoned lock only means a thread panicked while holding it; the index is sound.
         self.index.lock().unwrap_or_else(|p| p.into_inner())

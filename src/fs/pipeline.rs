@@ -17,21 +17,27 @@ use std::os::fd::AsRawFd;
 use super::store::{Staged, Staging, Stored};
 use crate::io::job::Completer;
 use crate::io::uring::WriteRing;
+use crate::io::vectored::RawSegment;
 use crate::{Error, Result};
 
-/// A caller's payload, read by a job item until the item completes.
-#[derive(Clone, Copy)]
+/// A caller's payload (its segments, in order), read by a job item until the item completes.
 pub(super) struct Payload {
-    pub ptr: *const u8,
-    pub len: usize,
+    pub segments: Vec<RawSegment>,
 }
 
 impl Payload {
     /// # Safety
-    /// The memory must be valid for reads of `len` bytes, and unmodified, for `'a`.
-    unsafe fn get<'a>(self) -> &'a [u8] {
-        // SAFETY: the caller's guarantee (see above).
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    /// Every segment's memory must be valid for reads of its length, and unmodified, for `'a`.
+    unsafe fn get<'a>(&self) -> Vec<&'a [u8]> {
+        self.segments
+            .iter()
+            // SAFETY: the caller's guarantee (see above).
+            .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
+            .collect()
+    }
+
+    fn len(&self) -> usize {
+        self.segments.iter().map(|s| s.len).sum()
     }
 }
 
@@ -62,13 +68,13 @@ thread_local! {
 /// `payload` must stay valid and unmodified until `completer` is finished (the job's
 /// contract: the job cannot complete, nor be dropped, before).
 pub(super) unsafe fn store(
-    stage: impl FnOnce(&[u8]) -> Result<Staging>,
+    stage: impl FnOnce(&[&[u8]]) -> Result<Staging>,
     payload: Payload,
     completer: Completer,
 ) {
     // SAFETY: valid until `completer` finishes, which happens after the last use below.
     let data = unsafe { payload.get() };
-    let staged = match stage(data) {
+    let staged = match stage(&data) {
         Err(e) => return completer.finish(Err(e)),
         Ok(Staging::Present) => return completer.finish(Ok(0)),
         Ok(Staging::Write(s)) => s,
@@ -91,13 +97,20 @@ pub(super) unsafe fn store(
             let written = ring.wait();
             (p, written)
         });
-        let segments = item.staged.segments(data);
+        let segments = item.staged.segments(&data);
         let fd = item.staged.temp().file().as_raw_fd();
-        // SAFETY: the file and the staging buffer belong to `item.staged`, and the payload
-        // stays valid until `item.completer` finishes; `item` is kept in `pipe.pending` until
-        // the ring has reaped this write (`flush`, the next call, or the ring's drop, which
-        // happens before `pending`'s).
-        match unsafe { ring.submit_writev(fd, &segments, 0) } {
+        // More iovecs than one writev takes go to `pwritev_all`, which splits them.
+        let submitted = if segments.len() > libc::UIO_MAXIOV as usize {
+            Err(io::Error::from_raw_os_error(libc::EINVAL))
+        } else {
+            // SAFETY: the file and the staging buffer belong to `item.staged`, and the
+            // payload stays valid until `item.completer` finishes; `item` is kept in
+            // `pipe.pending` until the ring has reaped this write (`flush`, the next call, or
+            // the ring's drop, which happens before `pending`'s).
+            unsafe { ring.submit_writev(fd, &segments, 0) }
+        };
+        drop(segments);
+        match submitted {
             Ok(()) => pipe.pending = Some(item),
             Err(_) => item.complete(None),
         }
@@ -139,10 +152,10 @@ impl InFlight {
             Some(Err(e)) if !matches!(e.raw_os_error(), Some(libc::EINTR) | Some(libc::EAGAIN)) => {
                 Err(Error::io(format!("writing {}", staged.describe()), e))
             }
-            _ => staged.write_sync(data),
+            _ => staged.write_sync(&data),
         };
         let result = wrote.and_then(|()| staged.finish()).map(|s| match s {
-            Stored::Written => payload.len as u64,
+            Stored::Written => payload.len() as u64,
             Stored::AlreadyPresent => 0,
         });
         completer.finish(result);
@@ -161,8 +174,10 @@ mod tests {
 
     fn item(p: &[u8]) -> Payload {
         Payload {
-            ptr: p.as_ptr(),
-            len: p.len(),
+            segments: vec![RawSegment {
+                ptr: p.as_ptr().cast_mut(),
+                len: p.len(),
+            }],
         }
     }
 
@@ -186,7 +201,7 @@ mod tests {
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
             let key = Key([i as u8 + 1; 16]);
             // SAFETY: `data` outlives the job, which is finished below.
-            unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
+            unsafe { store(|d| s.inner.stage(&key.0, d, None), item(d), c) };
             // With io_uring the newest item is still in flight; without, it is done.
             let expected_done = if uring { i } else { i + 1 };
             assert_eq!(job.poll().done, expected_done, "after item {i}");
@@ -217,7 +232,7 @@ mod tests {
         for (i, (c, d)) in completers.into_iter().zip(&data).enumerate() {
             let key = Key([i as u8 + 1; 16]);
             // SAFETY: `data` outlives the job.
-            unsafe { store(|d| s.inner.stage(&key, d, None), item(d), c) };
+            unsafe { store(|d| s.inner.stage(&key.0, d, None), item(d), c) };
             assert_eq!(job.poll().done, i + 1);
         }
         assert_eq!(job.poll().failed, 0);

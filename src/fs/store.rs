@@ -13,7 +13,7 @@ use super::{path, Durability, Inner, Key};
 use crate::io::publish::sync_dir;
 use crate::io::space::{self, Unsupported};
 use crate::io::vectored::pwritev_all;
-use crate::io::{align_up, AlignedBuf, TransferPlan, IO_ALIGN};
+use crate::io::{align_up, AlignedBuf, SegmentPlan, IO_ALIGN};
 use crate::{err, Error, Result};
 
 /// What a store call did.
@@ -42,16 +42,15 @@ pub(super) struct Staged {
     final_path: PathBuf,
     /// `Some` once created (always, outside `Inner::stage`).
     temp: Option<BlockTemp>,
-    /// The header, then the bounce area of the payload's [`TransferPlan`] (with direct I/O:
-    /// the zero-padded tail page, or for an unaligned payload all of it, padded). `Some`
-    /// until dropped.
+    /// The header, then the bounce area of the payload's [`SegmentPlan`] (with direct I/O:
+    /// the zero-padded tail page, or everything after the first unaligned segment, padded).
+    /// `Some` until dropped.
     staging: Option<AlignedBuf>,
     /// Staged bytes written before the payload.
     head: usize,
-    /// Payload bytes written in place from the caller's buffer, after `head`.
-    main: usize,
-    /// Staged bytes (from offset `head` of the staging buffer) written after them.
-    tail: usize,
+    /// Which payload bytes are written in place from the caller's segments, after `head`,
+    /// and how many staged bytes (from offset `head` of the staging buffer) follow them.
+    plan: SegmentPlan,
     file_len: u64,
     payload_len: u64,
     /// Capacity reserved for this block, released on drop.
@@ -63,27 +62,30 @@ impl Staged {
         self.temp.as_ref().expect("created in Inner::stage")
     }
 
-    /// The file image at offset 0, as up to three segments (empty ones included).
-    pub(super) fn segments<'a>(&'a self, data: &'a [u8]) -> [&'a [u8]; 3] {
+    /// The file image at offset 0: the staged header, the in-place parts of the payload's
+    /// segments `data`, then the staged bounce area (empty parts left out).
+    pub(super) fn segments<'a>(&'a self, data: &[&'a [u8]]) -> Vec<&'a [u8]> {
         let s = self.staging.as_ref().expect("staged").as_slice();
-        [
-            &s[..self.head],
-            &data[..self.main],
-            &s[self.head..self.head + self.tail],
-        ]
+        let mut parts = Vec::with_capacity(data.len() + 2);
+        parts.push(&s[..self.head]);
+        parts.extend(self.plan.in_place_parts(data));
+        if self.plan.bounce_len > 0 {
+            parts.push(&s[self.head..self.head + self.plan.bounce_len]);
+        }
+        parts
     }
 
     /// Bytes one write of [`Staged::segments`] moves.
     pub(super) fn write_len(&self) -> usize {
-        self.head + self.main + self.tail
+        self.head + self.plan.in_place + self.plan.bounce_len
     }
 
     pub(super) fn describe(&self) -> String {
         self.temp().describe(&self.final_path)
     }
 
-    /// Writes the file image with `pwritev` (`data` is the payload given to `stage`).
-    pub(super) fn write_sync(&self, data: &[u8]) -> Result<()> {
+    /// Writes the file image with `pwritev` (`data`: the payload's segments given to `stage`).
+    pub(super) fn write_sync(&self, data: &[&[u8]]) -> Result<()> {
         pwritev_all(self.temp().file(), &self.segments(data), 0)
             .map_err(|e| Error::io(format!("writing {}", self.describe()), e))
     }
@@ -147,11 +149,12 @@ impl Drop for Staged {
 }
 
 impl Inner {
-    /// Stores a block synchronously on the calling thread.
+    /// Stores a block (the concatenation of `data`'s segments) under the whole engine `key`,
+    /// synchronously on the calling thread.
     pub(super) fn store(
         self: &Arc<Self>,
-        key: &Key,
-        data: &[u8],
+        key: &[u8],
+        data: &[&[u8]],
         tensor: Option<&TensorSpec>,
     ) -> Result<Stored> {
         match self.stage(key, data, tensor)? {
@@ -167,32 +170,34 @@ impl Inner {
     /// reservation, the allocated temp file and the staged header. A full disk fails here.
     pub(super) fn stage(
         self: &Arc<Self>,
-        key: &Key,
-        data: &[u8],
+        key: &[u8],
+        data: &[&[u8]],
         tensor: Option<&TensorSpec>,
     ) -> Result<Staging> {
-        let final_path = path::block_path(&self.dir, key);
+        crate::key::check_key(key)?;
+        let name = self.name(key);
+        let final_path = path::block_path(&self.dir, &name);
         let ctx = || format!("storing block {}", final_path.display());
-        if data.is_empty() {
-            return Err(err!(InvalidArgument, "{}: payload is empty", ctx()));
-        }
+        let payload_len = crate::io::vectored::payload_len(data).map_err(|e| e.context(ctx()))?;
         let default_spec;
         let spec = match tensor {
             Some(t) => t,
             None => {
-                default_spec = TensorSpec::bytes(data.len() as u64);
+                default_spec = TensorSpec::bytes(payload_len as u64);
                 &default_spec
             }
         };
-        spec.check(data.len() as u64)
+        spec.check(payload_len as u64)
             .map_err(|e| e.context(ctx()))?;
+        // A block of this name exists: the same key (deduplicated), or, for a name
+        // collision, another key, which loads of this key then never return.
         if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
-            self.note_present(key, meta.len());
+            self.note_present(&name, meta.len());
             return Ok(Staging::Present);
         }
-        let sum = format::checksum(data);
-        let header = format::encode_header(key, data.len() as u64, sum, spec);
-        let file_len = (header.len() + data.len()) as u64;
+        let sum = format::checksum_segments(data);
+        let header = format::encode_header(key, payload_len as u64, sum, spec);
+        let file_len = (header.len() + payload_len) as u64;
         let reserved = if self.capacity > 0 {
             // Evictions need the whole LRU order: wait for the scan started at open.
             self.scan_state.wait(None);
@@ -214,14 +219,13 @@ impl Inner {
         // From here on, dropping `staged` undoes everything (reservation, temp file, buffer).
         let mut staged = Staged {
             inner: self.clone(),
-            key: *key,
+            key: name,
             temp: None,
             staging: None,
             head: 0,
-            main: 0,
-            tail: 0,
+            plan: SegmentPlan::new(false, []),
             file_len,
-            payload_len: data.len() as u64,
+            payload_len: payload_len as u64,
             reserved,
             final_path,
         };
@@ -229,7 +233,7 @@ impl Inner {
             .final_path
             .parent()
             .expect("block paths have a parent");
-        let temp = self.create_temp(key, block_dir)?;
+        let temp = self.create_temp(&name, block_dir)?;
         // Allocate the whole (page-rounded) file first: a full disk fails here before any
         // data moves, and the O_DIRECT write is then not a file-extending write (which ext4
         // journals separately, an orphan-list update per file).
@@ -246,18 +250,18 @@ impl Inner {
         Ok(Staging::Write(staged))
     }
 
-    /// Fills the staging buffer: the header, then the bounce area the payload's transfer
-    /// plan asks for. Direct I/O: an aligned caller's payload goes to the kernel in place,
-    /// with only the header and the zero-padded tail page staged; an unaligned payload is
-    /// copied after the header, padded to a page.
-    fn stage_buffers(&self, st: &mut Staged, header: &[u8], data: &[u8]) -> Result<()> {
-        let plan = TransferPlan::new(self.direct, data.as_ptr(), data.len());
+    /// Fills the staging buffer: the header, then the bounce area the payload's segment
+    /// plan asks for. Direct I/O: aligned segments go to the kernel in place, with only the
+    /// header and the zero-padded tail page staged; the bytes from the first unaligned
+    /// segment on are gathered after the header, padded to a page.
+    fn stage_buffers(&self, st: &mut Staged, header: &[u8], data: &[&[u8]]) -> Result<()> {
+        let plan = SegmentPlan::of(self.direct, data);
         let mut b = self.bounce.take(header.len() + plan.bounce_len)?;
         let (head, bounce) = b.as_mut_slice().split_at_mut(header.len());
         head.copy_from_slice(header);
         plan.fill_bounce(data, bounce);
         st.staging = Some(b);
-        (st.head, st.main, st.tail) = (header.len(), plan.in_place, plan.bounce_len);
+        (st.head, st.plan) = (header.len(), plan);
         Ok(())
     }
 

@@ -140,6 +140,141 @@ impl TransferPlan {
     }
 }
 
+/// The plan of a vectored transfer: a block's payload as an ordered list of segments (the
+/// caller's buffers, gathered on a write and scattered on a read). Generalises
+/// [`TransferPlan`] (a list of one segment gives the same plan): with O_DIRECT, the leading
+/// segments that are 4096-aligned in address and length move in place, then the whole pages
+/// of the next one if its address is aligned; every byte after that goes through one
+/// zero-padded bounce area of [`SegmentPlan::bounce_len`] bytes. Buffered I/O moves every
+/// segment in place. Pure arithmetic.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SegmentPlan {
+    /// Leading segments moved in place whole.
+    pub whole: usize,
+    /// Bytes of segment `whole` moved in place after them (a multiple of 4096).
+    pub partial: usize,
+    /// Bytes of the bounce area (a multiple of 4096; 0 when nothing is bounced).
+    pub bounce_len: usize,
+    /// Payload bytes moved in place.
+    pub in_place: usize,
+    /// Payload bytes (the sum of the segment lengths).
+    pub len: usize,
+}
+
+impl SegmentPlan {
+    /// The plan for segments of the given `(address, length)`, with O_DIRECT when `direct`.
+    /// The caller has checked that the lengths sum without overflow.
+    pub fn new(direct: bool, segments: impl IntoIterator<Item = (*const u8, usize)>) -> Self {
+        let mut plan = SegmentPlan {
+            whole: 0,
+            partial: 0,
+            bounce_len: 0,
+            in_place: 0,
+            len: 0,
+        };
+        let mut open = true; // still moving segments in place
+        for (ptr, len) in segments {
+            plan.len += len;
+            if !open {
+                continue;
+            }
+            if !direct || (is_aligned_ptr(ptr) && len % IO_ALIGN == 0) {
+                plan.whole += 1;
+                plan.in_place += len;
+                continue;
+            }
+            if is_aligned_ptr(ptr) {
+                plan.partial = align_down(len);
+                plan.in_place += plan.partial;
+            }
+            open = false;
+        }
+        let bounced = plan.len - plan.in_place;
+        plan.bounce_len = if bounced == 0 { 0 } else { align_up(bounced) };
+        plan
+    }
+
+    /// The plan of `segments`.
+    pub fn of(direct: bool, segments: &[&[u8]]) -> Self {
+        Self::new(direct, segments.iter().map(|s| (s.as_ptr(), s.len())))
+    }
+
+    /// The plan of writable `segments`.
+    pub fn of_mut(direct: bool, segments: &[&mut [u8]]) -> Self {
+        Self::new(direct, segments.iter().map(|s| (s.as_ptr(), s.len())))
+    }
+
+    /// Payload bytes that go through the bounce area.
+    pub fn bounced(&self) -> usize {
+        self.len - self.in_place
+    }
+
+    /// Whether every payload byte moves in place (zero-copy).
+    pub fn zero_copy(&self) -> bool {
+        self.bounced() == 0
+    }
+
+    /// The in-place parts of `segments`, in order (for a write's iovecs).
+    pub fn in_place_parts<'a>(&self, segments: &[&'a [u8]]) -> Vec<&'a [u8]> {
+        let mut parts: Vec<&'a [u8]> = segments[..self.whole].to_vec();
+        if self.partial > 0 {
+            parts.push(&segments[self.whole][..self.partial]);
+        }
+        parts
+    }
+
+    /// The in-place parts of writable `segments`, in order (for a read's iovecs).
+    pub fn in_place_parts_mut<'s, 'a>(
+        &self,
+        segments: &'s mut [&'a mut [u8]],
+    ) -> Vec<&'s mut [u8]> {
+        let (whole, rest) = segments.split_at_mut(self.whole);
+        let mut parts: Vec<&'s mut [u8]> = whole.iter_mut().map(|s| &mut s[..]).collect();
+        if self.partial > 0 {
+            parts.push(&mut rest[0][..self.partial]);
+        }
+        parts
+    }
+
+    /// For a write: gathers the bounced bytes of `segments` to the start of `bounce` (at
+    /// least [`SegmentPlan::bounce_len`] bytes) and zeroes the padding up to `bounce_len`.
+    pub fn fill_bounce(&self, segments: &[&[u8]], bounce: &mut [u8]) {
+        let mut at = 0;
+        for (i, s) in segments.iter().enumerate().skip(self.whole) {
+            let from = if i == self.whole { self.partial } else { 0 };
+            let part = &s[from..];
+            bounce[at..at + part.len()].copy_from_slice(part);
+            at += part.len();
+        }
+        debug_assert_eq!(at, self.bounced());
+        bounce[at..self.bounce_len].fill(0);
+    }
+
+    /// For a read: scatters the bounced bytes from the start of `bounce` into `segments`.
+    pub fn drain_bounce(&self, bounce: &[u8], segments: &mut [&mut [u8]]) {
+        let mut at = 0;
+        for (i, s) in segments.iter_mut().enumerate().skip(self.whole) {
+            let from = if i == self.whole { self.partial } else { 0 };
+            let part = &mut s[from..];
+            let n = part.len();
+            part.copy_from_slice(&bounce[at..at + n]);
+            at += n;
+        }
+        debug_assert_eq!(at, self.bounced());
+    }
+}
+
+/// Copies `src` into the concatenation of `segments` (their lengths sum to `src.len()`).
+pub fn scatter(src: &[u8], segments: &mut [&mut [u8]]) {
+    let mut at = 0;
+    for s in segments.iter_mut() {
+        let n = s.len();
+        s.copy_from_slice(&src[at..at + n]);
+        at += n;
+    }
+    debug_assert_eq!(at, src.len());
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,5 +312,54 @@ mod tests {
             back[..4096].iter().all(|&b| b == 0),
             "in-place part untouched"
         );
+    }
+
+    #[test]
+    fn segment_plans_match_the_single_buffer_plan_and_gather_scatter() {
+        let buf = AlignedBuf::new(8 * IO_ALIGN).unwrap();
+        let aligned = buf.as_slice().as_ptr();
+        let unaligned = aligned.wrapping_add(1);
+        for (direct, p, len) in [
+            (false, unaligned, 5000),
+            (true, aligned, 8192),
+            (true, aligned, 5000),
+            (true, aligned, 100),
+            (true, unaligned, 5000),
+            (true, unaligned, 4096),
+        ] {
+            let t = TransferPlan::new(direct, p, len);
+            let s = SegmentPlan::new(direct, [(p, len)]);
+            assert_eq!(
+                (s.in_place, s.bounce_len, s.bounced()),
+                (t.in_place, t.bounce_len, t.bounced())
+            );
+        }
+        // Aligned segments move in place; the first unaligned one ends the in-place run.
+        let a2 = aligned.wrapping_add(2 * IO_ALIGN);
+        let s = SegmentPlan::new(true, [(aligned, IO_ALIGN), (a2, 5000), (aligned, 4096)]);
+        assert_eq!(
+            (s.whole, s.partial, s.in_place, s.bounce_len),
+            (1, 4096, 8192, 8192)
+        );
+        let s = SegmentPlan::new(true, [(aligned, IO_ALIGN), (aligned, IO_ALIGN)]);
+        assert!(s.zero_copy());
+        let s = SegmentPlan::new(false, [(unaligned, 3), (unaligned, 5)]);
+        assert!(s.zero_copy());
+        // Gather then scatter round-trips the bounced bytes.
+        let data: Vec<u8> = (0..9000).map(|i| i as u8).collect();
+        let segs: Vec<&[u8]> = vec![&data[..100], &data[100..9000]];
+        let plan = SegmentPlan::of(true, &segs);
+        let mut bounce = vec![7u8; plan.bounce_len];
+        plan.fill_bounce(&segs, &mut bounce);
+        assert_eq!(&bounce[..plan.bounced()], &data[plan.in_place..]);
+        assert!(bounce[plan.bounced()..].iter().all(|&b| b == 0));
+        let (mut x, mut y) = (vec![0u8; 100], vec![0u8; 8900]);
+        let mut out: Vec<&mut [u8]> = vec![&mut x, &mut y];
+        plan.drain_bounce(&bounce, &mut out);
+        assert_eq!(&x[..], &data[..100]);
+        assert_eq!(&y[..], &data[100..]);
+        let (mut x, mut y) = (vec![0u8; 10], vec![0u8; 20]);
+        scatter(&data[..30], &mut [&mut x, &mut y]);
+        assert_eq!((&x[..], &y[..]), (&data[..10], &data[10..30]));
     }
 }

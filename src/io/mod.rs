@@ -28,7 +28,7 @@ pub mod vectored;
 
 pub use aligned::{align_down, align_up, is_aligned, is_aligned_ptr, AlignedBuf};
 pub use bounce::{Bounce, BouncePool};
-pub use direct::{DirectIo, TransferPlan};
+pub use direct::{DirectIo, SegmentPlan, TransferPlan};
 pub use job::{Job, JobProgress};
 pub use pool::IoPool;
 

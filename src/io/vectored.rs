@@ -6,6 +6,99 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 
+/// One segment of a caller's block: `len` bytes at `ptr`, read for a store and written for a
+/// load (C: `kvr_segment`). Async batches copy their segment lists into these.
+#[derive(Clone, Copy, Debug)]
+pub struct RawSegment {
+    /// Start of the segment.
+    pub ptr: *mut u8,
+    /// Its bytes.
+    pub len: usize,
+}
+
+/// The keys and segment lists of an async batch, copied at submit so the caller's arrays
+/// need not outlive the call (the buffers the segments point to must). Items refer to their
+/// part by a [`BatchEntry`] (plain `Copy` data, as worker pools take).
+#[derive(Debug, Default)]
+pub struct SegmentBatch {
+    keys: Vec<u8>,
+    segments: Vec<RawSegment>,
+}
+
+// SAFETY: the batch only holds pointers into caller buffers, which the submitter guarantees
+// valid (and, for loads, unaliased) until the job completes; the batch itself is never
+// mutated after it is shared.
+unsafe impl Send for SegmentBatch {}
+// SAFETY: as above; shared access only reads the copied keys and segment descriptors.
+unsafe impl Sync for SegmentBatch {}
+
+/// One item's part of a [`SegmentBatch`].
+#[derive(Clone, Copy, Debug)]
+pub struct BatchEntry {
+    key: (usize, usize),
+    segments: (usize, usize),
+}
+
+impl SegmentBatch {
+    /// Appends one item's key and segments.
+    pub fn push(&mut self, key: &[u8], segments: &[RawSegment]) -> BatchEntry {
+        let key_at = self.keys.len();
+        self.keys.extend_from_slice(key);
+        let seg_at = self.segments.len();
+        self.segments.extend_from_slice(segments);
+        BatchEntry {
+            key: (key_at, key.len()),
+            segments: (seg_at, segments.len()),
+        }
+    }
+
+    /// The key of `e`.
+    pub fn key(&self, e: BatchEntry) -> &[u8] {
+        &self.keys[e.key.0..e.key.0 + e.key.1]
+    }
+
+    /// The segments of `e`.
+    pub fn segments(&self, e: BatchEntry) -> &[RawSegment] {
+        &self.segments[e.segments.0..e.segments.0 + e.segments.1]
+    }
+}
+
+/// The payload length of a store's segments: their sum; `InvalidArgument` for no segments,
+/// an empty one, or a sum that overflows.
+pub fn payload_len(segments: &[&[u8]]) -> crate::Result<usize> {
+    sum_lengths(segments.iter().map(|s| s.len()))
+}
+
+/// [`payload_len`] of a load's segments.
+pub fn payload_len_mut(segments: &[&mut [u8]]) -> crate::Result<usize> {
+    sum_lengths(segments.iter().map(|s| s.len()))
+}
+
+fn sum_lengths(lens: impl Iterator<Item = usize>) -> crate::Result<usize> {
+    let mut total: usize = 0;
+    let mut n = 0;
+    for (i, len) in lens.enumerate() {
+        if len == 0 {
+            return Err(crate::err!(
+                InvalidArgument,
+                "segment {i} is empty (length 0)"
+            ));
+        }
+        total = total
+            .checked_add(len)
+            .filter(|&t| t <= isize::MAX as usize)
+            .ok_or_else(|| crate::err!(InvalidArgument, "segment lengths overflow"))?;
+        n += 1;
+    }
+    if n == 0 {
+        return Err(crate::err!(
+            InvalidArgument,
+            "payload is empty (no segments)"
+        ));
+    }
+    Ok(total)
+}
+
 /// `pread` until `buf` is full; end of file first is `UnexpectedEof`.
 pub fn read_exact_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<()> {
     std::os::unix::fs::FileExt::read_exact_at(file, buf, offset)
