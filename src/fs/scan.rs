@@ -88,6 +88,11 @@ pub(super) fn fanout_dirs(dir: &Path) -> Result<Vec<usize>> {
     Ok(it
         .filter_map(|e| e.ok())
         .filter_map(|e| {
+            // A stray file or symlink named like a fan-out directory is skipped (`kvr fs
+            // inspect` and `verify` report it): one bad entry must not fail every open.
+            if !e.file_type().is_ok_and(|t| t.is_dir()) {
+                return None;
+            }
             let name = e.file_name();
             let hi = name.to_str().filter(|n| path::is_fanout_dir(n))?;
             Some(usize::from_str_radix(hi, 16).expect("two hex digits"))
