@@ -1,4 +1,5 @@
-# Fails unless README.md contains the body of readme_example.cpp verbatim (between markers).
+# Fails unless README.md contains the body of SNIPPET verbatim (between its markers); run
+# once per file of KVR_README_SNIPPETS (cpp_tests/CMakeLists.txt).
 file(READ "${SNIPPET}" snippet)
 string(REGEX MATCH "// BEGIN README\n(.*)// END README" _ "${snippet}")
 set(body "${CMAKE_MATCH_1}")

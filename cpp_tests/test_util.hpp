@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <cstdlib>
+#include <filesystem>
 #include <functional>
 #include <string>
 
@@ -70,6 +71,22 @@ struct Pipe {
     char c;
     return read(fds[0], &c, 1) == 1;
   }
+};
+
+/// A fresh directory under /tmp, removed with its contents on destruction.
+struct TempDir {
+  std::string path;
+  explicit TempDir(const char* stem = "kvr_test") {
+    std::string tmpl = std::string("/tmp/") + stem + "_XXXXXX";
+    if (!mkdtemp(&tmpl[0])) std::abort();
+    path = tmpl;
+  }
+  ~TempDir() {
+    std::error_code ec;
+    std::filesystem::remove_all(path, ec);
+  }
+  TempDir(const TempDir&) = delete;
+  TempDir& operator=(const TempDir&) = delete;
 };
 
 }  // namespace kvr_test

@@ -71,6 +71,36 @@
 #define KVR_FS_DURABILITY_FDATASYNC_DIR 2
 
 /**
+ * Log level: no records.
+ */
+#define KVR_LOG_OFF 0
+
+/**
+ * Log level: errors.
+ */
+#define KVR_LOG_ERROR 1
+
+/**
+ * Log level: warnings (and errors).
+ */
+#define KVR_LOG_WARN 2
+
+/**
+ * Log level: what an operator wants to know (I/O mode chosen at open, stale files removed).
+ */
+#define KVR_LOG_INFO 3
+
+/**
+ * Log level: details.
+ */
+#define KVR_LOG_DEBUG 4
+
+/**
+ * Log level: everything.
+ */
+#define KVR_LOG_TRACE 5
+
+/**
  * `rank` value of a scheduler-side handle: no rank, whole-row access, populates nothing.
  */
 #define KVR_RANK_SCHEDULER -1
@@ -376,6 +406,12 @@ typedef struct kvr_disk_config {
    * false.
    */
   bool sync;
+  /**
+   * The namespace the entries belong to (`kvr_namespace_name`), recorded in the file at
+   * creation; reopening with another one (or none, for a file created with one, and vice
+   * versa) fails with `KVR_ERR_LAYOUT_MISMATCH`. NULL (default): none.
+   */
+  const char *namespace_name;
 } kvr_disk_config;
 
 /**
@@ -557,6 +593,80 @@ typedef struct kvr_segment {
 } kvr_segment;
 
 /**
+ * What makes KV blocks compatible, and whose they are. Fill with
+ * `kvr_namespace_config_default`, then set the fields; `kvr_namespace_name` turns it into
+ * the canonical name (for `kvr_fs_config.namespace_name`, `kvr_disk_config.namespace_name`).
+ */
+typedef struct kvr_namespace_config {
+  /**
+   * `sizeof(kvr_namespace_config)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * Model id, e.g. "meta-llama/Llama-3.1-8B" (required, 1..=256 bytes).
+   */
+  const char *model_id;
+  /**
+   * Model revision (commit or tag); NULL = "". At most 256 bytes.
+   */
+  const char *model_revision;
+  /**
+   * KV cache dtype, e.g. "bf16"; NULL = "". At most 256 bytes.
+   */
+  const char *kv_dtype;
+  /**
+   * Tokens per block. Default 0 (unknown).
+   */
+  uint32_t tokens_per_block;
+  /**
+   * Layers in a block. Default 0.
+   */
+  uint32_t num_layers;
+  /**
+   * KV heads in a block (this rank's). Default 0.
+   */
+  uint32_t num_kv_heads;
+  /**
+   * Head dimension. Default 0.
+   */
+  uint32_t head_dim;
+  /**
+   * Bytes of one block. Default 0.
+   */
+  uint64_t bytes_per_block;
+  /**
+   * Tensor-parallel size (>= 1). Default 1.
+   */
+  uint32_t tp_size;
+  /**
+   * Tensor-parallel rank (< `tp_size`). Default 0.
+   */
+  uint32_t tp_rank;
+  /**
+   * Pipeline-parallel rank. Default 0.
+   */
+  uint32_t pp_rank;
+  /**
+   * Context-parallel rank. Default 0.
+   */
+  uint32_t cp_rank;
+  /**
+   * Anything else that makes blocks incompatible (engine version, layout); NULL = "".
+   * At most 4096 bytes.
+   */
+  const char *engine_fingerprint;
+  /**
+   * Tenant salt (any bytes; only its SHA-256 is recorded anywhere); NULL with length 0
+   * for none. At most 4096 bytes.
+   */
+  const uint8_t *tenant_salt;
+  /**
+   * Bytes of `tenant_salt`.
+   */
+  size_t tenant_salt_len;
+} kvr_namespace_config;
+
+/**
  * How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
  */
 typedef struct kvr_fs_config {
@@ -569,7 +679,8 @@ typedef struct kvr_fs_config {
    */
   const char *root;
   /**
-   * Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+   * Namespace (required unless `namespace_config` is set), e.g. `kvr_namespace_name` of
+   * the model and layout: no `/`, `..`, NUL, leading `.`.
    */
   const char *namespace_name;
   /**
@@ -602,6 +713,12 @@ typedef struct kvr_fs_config {
    * stay under it. 0 = unbounded (default).
    */
   uint64_t capacity_bytes;
+  /**
+   * The fields the namespace is made of: recorded as `<root>/<namespace>/NAMESPACE.json`
+   * (once). With it, `namespace_name` may be NULL (it is then `kvr_namespace_name` of
+   * these fields) or must be that name. NULL (default): no manifest.
+   */
+  const struct kvr_namespace_config *namespace_config;
 } kvr_fs_config;
 
 /**
@@ -826,6 +943,14 @@ typedef struct kvr_job_progress {
    */
   size_t failed;
 } kvr_job_progress;
+
+/**
+ * A log callback: `level` is a `KVR_LOG_*` value, `target` the kvr module ("kvr::fs"),
+ * `message` the text; both strings are NUL-terminated and valid only during the call.
+ * Called from any kvr thread, possibly concurrently; never with a kvr lock held, so it
+ * may call kvr functions. It must not throw (a C++ callback should be `noexcept`).
+ */
+typedef void (*kvr_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
 
 /**
  * How to open a region. Fill with `kvr_region_config_default`, then set the fields.
@@ -1056,7 +1181,8 @@ enum kvr_status kvr_disk_config_default(struct kvr_disk_config *config);
  * rebuilds the index from the slot headers. On success `*out` owns the handle; close it
  * with `kvr_disk_close`.
  * Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (the file does not fit),
- * `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry, or not a slot file),
+ * `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry or namespace, or not a
+ * slot file),
  * `KVR_ERR_BUSY` (another live handle owns the file), `KVR_ERR_UNSUPPORTED` (direct I/O
  * `ON` where O_DIRECT fails), `KVR_ERR_CORRUPT` (damaged file header), `KVR_ERR_IO`.
  */
@@ -1430,6 +1556,47 @@ enum kvr_status kvr_job_item_status(const struct kvr_job *job, size_t index, uin
  * then). `kvr_job_free(NULL)` is a no-op.
  */
 void kvr_job_free(struct kvr_job *job);
+
+/**
+ * Sends kvr's log records at or above `min_level` (`KVR_LOG_*`) to `fn(level, target,
+ * message, user_data)`. `fn` NULL restores the default: warnings and errors to stderr,
+ * each distinct message once. Returns once no call of the previous callback is still
+ * running on another thread, so its `user_data` may then be freed. Errors:
+ * `KVR_ERR_INVALID_ARGUMENT` (`min_level` above `KVR_LOG_TRACE`).
+ */
+enum kvr_status kvr_set_log_callback(uint32_t min_level, kvr_log_fn callback, void *user_data);
+
+/**
+ * Writes the metrics of every open handle (fs stores, slot files, regions) in the
+ * Prometheus text exposition format (version 0.0.4), NUL-terminated, into `buf` of `cap`
+ * bytes, for the engine to serve from its `/metrics`: counters (`kvr_hits_total`,
+ * `kvr_misses_total`, `kvr_corrupt_dropped_total`, `kvr_read_bytes_total`,
+ * `kvr_written_bytes_total`, `kvr_stores_total`, `kvr_dedups_total`, `kvr_evictions_total`),
+ * gauges (`kvr_blocks`, `kvr_held_bytes`, `kvr_direct_io`, `kvr_region_pinned`) and the
+ * histogram `kvr_op_latency_seconds` (`op` = store, load, lookup), labelled by `tier`,
+ * `namespace` and `path`. `*needed` (may be NULL) receives the size including the NUL;
+ * `KVR_ERR_TOO_SMALL` if `cap` is smaller (call again with a bigger buffer: the text
+ * changes between calls). Safe to call while other threads open and close handles.
+ */
+enum kvr_status kvr_metrics_text(char *buf, size_t cap, size_t *needed);
+
+/**
+ * Fills `*config` with the defaults (strings NULL, TP size 1, numbers 0).
+ */
+enum kvr_status kvr_namespace_config_default(struct kvr_namespace_config *config);
+
+/**
+ * Writes the canonical namespace name of `*config` (NUL-terminated, at most 200 bytes)
+ * into `buf` of `cap` bytes: a readable prefix and a 128-bit digest of every field, the
+ * same on every host; any field changed gives another name. `*needed` (may be NULL)
+ * receives the size including the NUL. Errors: `KVR_ERR_INVALID_ARGUMENT` (NULL config or
+ * model id, over-long fields, `tp_rank >= tp_size`), `KVR_ERR_TOO_SMALL` (only `*needed`
+ * is written).
+ */
+enum kvr_status kvr_namespace_name(const struct kvr_namespace_config *config,
+                                   char *buf,
+                                   size_t cap,
+                                   size_t *needed);
 
 /**
  * Fills `*config` with the documented defaults (fields required by `kvr_region_open` are

@@ -11,6 +11,10 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <optional>
 #include <stdexcept>
 #include <string>
 #include <string_view>
@@ -262,6 +266,114 @@ struct Presence {
   std::size_t hits = 0;
 };
 
+
+// ---- namespaces (kvr_namespace_*) ----
+
+/// What makes KV blocks compatible, and whose they are; name() is the canonical namespace
+/// (the same on every host; any field changed gives another) for FsOptions::ns and
+/// DiskOptions::ns.
+struct Namespace {
+  std::string model_id;  // required
+  std::string model_revision;
+  std::string kv_dtype;
+  std::uint32_t tokens_per_block = 0;
+  std::uint32_t num_layers = 0;
+  std::uint32_t num_kv_heads = 0;
+  std::uint32_t head_dim = 0;
+  std::uint64_t bytes_per_block = 0;
+  std::uint32_t tp_size = 1;
+  std::uint32_t tp_rank = 0;
+  std::uint32_t pp_rank = 0;
+  std::uint32_t cp_rank = 0;
+  std::string engine_fingerprint;
+  std::string tenant_salt;  // any bytes; only its digest is ever recorded
+
+  /// The C config, pointing into this object's strings (valid while it lives, unchanged).
+  [[nodiscard]] kvr_namespace_config to_c() const {
+    kvr_namespace_config c;
+    check(kvr_namespace_config_default(&c));
+    c.model_id = model_id.c_str();
+    c.model_revision = model_revision.c_str();
+    c.kv_dtype = kv_dtype.c_str();
+    c.tokens_per_block = tokens_per_block;
+    c.num_layers = num_layers;
+    c.num_kv_heads = num_kv_heads;
+    c.head_dim = head_dim;
+    c.bytes_per_block = bytes_per_block;
+    c.tp_size = tp_size;
+    c.tp_rank = tp_rank;
+    c.pp_rank = pp_rank;
+    c.cp_rank = cp_rank;
+    c.engine_fingerprint = engine_fingerprint.c_str();
+    c.tenant_salt = reinterpret_cast<const std::uint8_t*>(tenant_salt.data());
+    c.tenant_salt_len = tenant_salt.size();
+    return c;
+  }
+
+  /// The canonical name (kvr_namespace_name); throws kvr::Error on invalid fields.
+  [[nodiscard]] std::string name() const {
+    const kvr_namespace_config c = to_c();
+    std::size_t need = 0;
+    kvr_status s = kvr_namespace_name(&c, nullptr, 0, &need);
+    if (s != KVR_ERR_TOO_SMALL) check(s);
+    std::string n(need, '\0');
+    check(kvr_namespace_name(&c, &n[0], n.size(), &need));
+    n.resize(need - 1);
+    return n;
+  }
+};
+
+// ---- logging and metrics (kvr_set_log_callback, kvr_metrics_text) ----
+
+/// A log sink: (KVR_LOG_* level, target such as "kvr::fs", message). Called from any kvr
+/// thread, possibly concurrently, never with a kvr lock held (it may call kvr); must not throw.
+using LogFn = std::function<void(std::uint32_t level, const char* target, const char* message)>;
+
+namespace detail {
+inline std::mutex& log_mutex() {
+  static std::mutex m;
+  return m;
+}
+// Never destroyed: a kvr thread may still log while static destructors run at exit.
+inline std::unique_ptr<LogFn>& log_slot() {
+  static auto* fn = new std::unique_ptr<LogFn>();
+  return *fn;
+}
+inline void log_trampoline(std::uint32_t level, const char* target, const char* message,
+                           void* user) {
+  try {
+    (*static_cast<LogFn*>(user))(level, target, message);
+  } catch (...) {  // never into kvr
+  }
+}
+}  // namespace detail
+
+/// Sends kvr's log records at or above `min_level` (KVR_LOG_*) to `fn`; an empty `fn`
+/// restores the default (warnings and errors to stderr, each distinct message once).
+/// The previous sink is freed only after kvr stopped calling it.
+inline void set_log_callback(std::uint32_t min_level, LogFn fn) {
+  std::lock_guard<std::mutex> lock(detail::log_mutex());
+  std::unique_ptr<LogFn> next = fn ? std::make_unique<LogFn>(std::move(fn)) : nullptr;
+  check(kvr_set_log_callback(min_level, next ? &detail::log_trampoline : nullptr, next.get()));
+  detail::log_slot().swap(next);  // `next` now holds the old sink: no call of it is running
+}
+
+/// Every open handle's counters, gauges and latency histograms in the Prometheus text
+/// exposition format (kvr_metrics_text), for the engine's own /metrics endpoint.
+[[nodiscard]] inline std::string metrics_text() {
+  std::size_t need = 0;
+  for (;;) {
+    kvr_status s = kvr_metrics_text(nullptr, 0, &need);
+    if (s != KVR_ERR_TOO_SMALL) check(s);
+    std::string text(need + 4096, '\0');  // room for handles opened meanwhile
+    s = kvr_metrics_text(&text[0], text.size(), &need);
+    if (s == KVR_ERR_TOO_SMALL) continue;
+    check(s);
+    text.resize(need - 1);
+    return text;
+  }
+}
+
 // ---- disk slot file: local spill of fixed-size blocks, crash-safe LRU index ----
 
 /// Options for Disk (defaults as kvr_disk_config_default).
@@ -273,6 +385,7 @@ struct DiskOptions {
   std::uint32_t direct_io = KVR_DIRECT_IO_AUTO;
   bool verify = true;  // check payload+metadata checksums on read
   bool sync = false;   // fdatasync each write (power-loss safety)
+  std::string ns;      // identity recorded in the file (Namespace::name()); empty: none
 };
 
 /// Lengths of an entry read back.
@@ -295,6 +408,7 @@ class Disk {
     c.direct_io = o.direct_io;
     c.verify = o.verify;
     c.sync = o.sync;
+    c.namespace_name = o.ns.empty() ? nullptr : o.ns.c_str();
     kvr_disk* d = nullptr;
     check(kvr_disk_open(&c, &d));
     h_.reset(d);
@@ -421,7 +535,8 @@ class Disk {
 /// Builder-style options for FsStore (defaults as kvr_fs_config_default).
 struct FsOptions {
   std::string root;                 // required
-  std::string ns;                   // namespace (model + layout digest), required
+  std::string ns;                   // namespace, required unless `manifest` is set
+  std::optional<Namespace> manifest;  // recorded as <root>/<ns>/NAMESPACE.json; ns defaults to its name()
   std::int32_t rank = KVR_FS_NO_RANK;
   std::uint32_t read_threads = 8;
   std::uint32_t write_threads = 8;
@@ -438,7 +553,12 @@ class FsStore {
     kvr_fs_config c;
     check(kvr_fs_config_default(&c));
     c.root = o.root.c_str();
-    c.namespace_name = o.ns.c_str();
+    c.namespace_name = o.ns.empty() && o.manifest ? nullptr : o.ns.c_str();
+    kvr_namespace_config fields;
+    if (o.manifest) {
+      fields = o.manifest->to_c();
+      c.namespace_config = &fields;
+    }
     c.rank = o.rank;
     c.read_threads = o.read_threads;
     c.write_threads = o.write_threads;

@@ -11,6 +11,10 @@
 //!   index rebuilt from checksummed slot headers at open, crash-safe across SIGKILL.
 //! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
 //!   a lazy tensor directory, and export/import of region blocks.
+//! - [`namespace`]: canonical namespace names from what makes blocks compatible (model,
+//!   dtype, geometry, parallel position, tenant).
+//! - [`logging`] and [`metrics`]: log records to the engine's callback, Prometheus text of
+//!   every open handle's counters and latencies.
 //!
 //! The Rust API here is safe; the C ABI in [`ffi`] is a thin layer over it (see `include/kvr.h`).
 
@@ -26,6 +30,9 @@ pub mod ffi;
 pub mod fs;
 pub mod io;
 pub mod key;
+pub mod logging;
+pub mod metrics;
+pub mod namespace;
 pub mod region;
 pub mod tensors;
 
@@ -33,6 +40,7 @@ pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
 pub use fs::{Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored};
 pub use key::Key;
+pub use namespace::Namespace;
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
 pub use tensors::{
     Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, TensorSpec, WriteOptions,

@@ -61,6 +61,7 @@ fn open(path: &CString) -> *mut kvr_disk {
         direct_io: 0,
         verify: false,
         sync: false,
+        namespace_name: std::ptr::null(),
     };
     assert_eq!(kvr_disk_config_default(&mut c), KVR_OK);
     c.path = path.as_ptr();

@@ -23,6 +23,7 @@ fn config(path: &CString, slot_size: u64, num_slots: u64) -> kvr_disk_config {
         direct_io: 99,
         verify: false,
         sync: true,
+        namespace_name: c"garbage".as_ptr(),
     };
     assert_eq!(kvr_disk_config_default(&mut c), KVR_OK);
     assert_eq!(
@@ -33,6 +34,7 @@ fn config(path: &CString, slot_size: u64, num_slots: u64) -> kvr_disk_config {
         (c.io_threads, c.direct_io, c.verify, c.sync),
         (4, KVR_DIRECT_IO_AUTO, true, false)
     );
+    assert!(c.namespace_name.is_null(), "no namespace by default");
     c.path = path.as_ptr();
     c.slot_size = slot_size;
     c.num_slots = num_slots;

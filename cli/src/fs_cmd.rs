@@ -25,10 +25,14 @@ pub struct Target {
 
 #[derive(Subcommand, Debug)]
 pub enum FsCommand {
-    /// Blocks, bytes and temp files per namespace and rank.
+    /// Blocks, bytes, temp files and strays (entries in the way of blocks or fan-out
+    /// directories, which `verify` lists) per namespace and rank, and each namespace's
+    /// manifest (NAMESPACE.json: the model, dtype, geometry and parallel position it was
+    /// made of).
     Inspect(Target),
-    /// Check every block file's header, key, length and checksum in parallel; exit 3 if bad
-    /// blocks remain.
+    /// Check every block file's header, key, length and checksum in parallel (streaming, a
+    /// bounded buffer per thread), and list what is in the way of blocks (FIFOs, symlinks,
+    /// directories at block paths, files at fan-out paths); exit 3 if any remain.
     Verify {
         #[command(flatten)]
         target: Target,
@@ -58,6 +62,15 @@ fn parse_bound(s: &str) -> Result<u64, String> {
     }
 }
 
+/// The namespace's manifest, if it has one (an unreadable one is shown as its error).
+fn manifest(root: &std::path::Path, ns: &str) -> Option<serde_json::Value> {
+    let p = kvr::namespace::manifest_path(root, ns);
+    if !p.exists() {
+        return None;
+    }
+    Some(kvr::namespace::read_manifest(&p).unwrap_or_else(|e| json!({ "error": e.to_string() })))
+}
+
 fn store_name(l: &maintenance::StoreLocation) -> String {
     match l.rank {
         Some(r) => format!("{}/r{r}", l.namespace),
@@ -80,7 +93,9 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                             "blocks": s.blocks,
                             "bytes": s.bytes,
                             "temp_files": s.temp_files,
+                            "strays": s.strays,
                             "last_used": s.last_used.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
+                            "manifest": manifest(&t.root, &s.location.namespace),
                         })
                     })
                     .collect();
@@ -95,25 +110,42 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                 return Ok(0);
             }
             out!(
-                "{:<40} {:>10} {:>10} {:>6}",
+                "{:<40} {:>10} {:>10} {:>6} {:>6}",
                 "store",
                 "blocks",
                 "bytes",
-                "temp"
+                "temp",
+                "stray"
             )?;
             let (mut nb, mut by) = (0, 0);
             for s in &stores {
                 out!(
-                    "{:<40} {:>10} {:>10} {:>6}",
+                    "{:<40} {:>10} {:>10} {:>6} {:>6}",
                     store_name(&s.location),
                     s.blocks,
                     human_bytes(s.bytes),
-                    s.temp_files
+                    s.temp_files,
+                    s.strays
                 )?;
                 nb += s.blocks;
                 by += s.bytes;
             }
             out!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by))?;
+            let mut shown = std::collections::BTreeSet::new();
+            for s in &stores {
+                let ns = &s.location.namespace;
+                let Some(serde_json::Value::Object(m)) = manifest(&t.root, ns) else {
+                    continue;
+                };
+                if !shown.insert(ns.clone()) {
+                    continue;
+                }
+                out!("\nnamespace {ns} ({}):", kvr::namespace::MANIFEST_FILE)?;
+                for (k, v) in &m {
+                    let v = v.as_str().map_or_else(|| v.to_string(), str::to_string);
+                    out!("  {k:<20} {v}")?;
+                }
+            }
             Ok(0)
         }
         FsCommand::Verify {

@@ -125,8 +125,17 @@ fn bench_tensors_smoke_json() {
         assert!(r["limit_gbps"]["median"].as_f64().unwrap() > 0.0, "{r}");
     }
     let t = v["timings"].as_array().unwrap();
-    assert_eq!(t.len(), 2);
+    // open + get warm and cold, then one tensor read cold zero-copy and with read_into.
+    assert_eq!(t.len(), 4);
     assert!(t[0]["micros"]["median"].as_f64().unwrap() > 0.0);
+    for (i, what) in [(2, "read through the pointer"), (3, "read_into")] {
+        assert!(
+            t[i]["what"].as_str().unwrap_or_default().contains(what),
+            "{}",
+            t[i]
+        );
+        assert!(t[i]["micros"]["median"].as_f64().unwrap() > 0.0);
+    }
     // Nothing left behind.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }

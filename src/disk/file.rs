@@ -3,13 +3,13 @@
 
 use std::fs::File;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
 use super::format::{self, Geometry, SlotHeader, PAGE, SLOT_HEADER_LEN};
 use crate::io::file::{parent_dir, same_inode_as, OpenNoFollow};
 use crate::io::lock::{try_lock, LockMode};
-use crate::io::publish::{sibling_path, sync_dir, TempFile};
+use crate::io::publish::{remove_abandoned, sibling_path, sync_dir, TempFile};
 use crate::io::space::{self, Unsupported};
 use crate::io::vectored::{read_exact_at, write_all_at};
 use crate::io::AlignedBuf;
@@ -77,13 +77,21 @@ fn lock_owner(file: &File, path: &Path) -> Result<()> {
 
 /// Opens the slot file at `path` (creating and reserving it if absent), takes the owner
 /// lock and checks the geometry.
-pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFile> {
+/// The file records `identity` (see [`super::identity`]); an existing one must record the
+/// same.
+pub fn open_or_create(
+    path: &Path,
+    g: &Geometry,
+    direct: bool,
+    identity: Option<&str>,
+) -> Result<OwnedFile> {
+    remove_dead_temps(path);
     let how = OpenNoFollow::read_write().direct(direct);
     for _ in 0..8 {
         match how.open(path) {
             Ok(file) => {
                 lock_owner(&file, path)?;
-                check_existing(&file, path, g)?;
+                check_existing(&file, path, g, identity)?;
                 let table = buffered_twin(&file, path, direct)?;
                 return Ok(OwnedFile {
                     file,
@@ -92,7 +100,7 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
                 });
             }
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
-                if let Some(file) = create(path, g, how)? {
+                if let Some(file) = create(path, g, how, identity)? {
                     let table = buffered_twin(&file, path, direct)?;
                     return Ok(OwnedFile {
                         file,
@@ -117,7 +125,7 @@ pub fn open_or_create(path: &Path, g: &Geometry, direct: bool) -> Result<OwnedFi
     ))
 }
 
-fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
+fn check_existing(file: &File, path: &Path, g: &Geometry, identity: Option<&str>) -> Result<()> {
     let mut page = AlignedBuf::new(PAGE as usize)?;
     read_exact_at(file, page.as_mut_slice(), 0).map_err(|e| {
         Error::io(
@@ -161,6 +169,9 @@ fn check_existing(file: &File, path: &Path, g: &Geometry) -> Result<()> {
             g.slot_size
         ));
     }
+    let recorded = super::identity::decode(page.as_slice())
+        .map_err(|e| e.context(format!("slot file {}", path.display())))?;
+    super::identity::check(recorded.as_deref(), identity, path)?;
     let len = file
         .metadata()
         .map_err(|e| Error::io(format!("stat of slot file {}", path.display()), e))?
@@ -184,7 +195,12 @@ pub fn check_file_len(path: &Path, len: u64, g: &Geometry) -> Result<()> {
 /// Builds the file under a temporary name (locked, reserved, header written and synced) and
 /// publishes it with `link(2)`, which fails if the name exists: a reopen never sees a
 /// half-built file, and two creators never both win. `None` if another creator won.
-fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> {
+fn create(
+    path: &Path,
+    g: &Geometry,
+    how: OpenNoFollow,
+    identity: Option<&str>,
+) -> Result<Option<File>> {
     if path.file_name().is_none() {
         return Err(Error::invalid(format!(
             "slot file path {} has no name",
@@ -204,10 +220,31 @@ fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> 
     // From here on the temp file is removed on any failure (when `temp` drops).
     let mut temp = TempFile::create_named(tmp.clone(), how, 0o600)
         .map_err(|e| Error::io(format!("creating slot file {}", tmp.display()), e))?;
-    lock_owner(temp.file(), &tmp)?;
+    // Another open's cleaner may take the fresh file for a dead creator's before we lock
+    // it: it then removes it (or is about to), and we start over.
+    let locked = try_lock(temp.file(), LockMode::Exclusive)
+        .map_err(|e| Error::io(format!("locking slot file {}", tmp.display()), e))?;
+    let linked = temp.file().metadata().is_ok_and(|m| m.nlink() > 0);
+    if !locked || !linked {
+        temp.disown_name();
+        return Ok(None);
+    }
+    let wait = RESERVE_TURN_WAIT;
+    let Some(_turn) = space::take_turn(dir, wait) else {
+        return Err(err!(
+            Timeout,
+            "slot file {}: another process kept the turn to reserve space in {} for {} s",
+            path.display(),
+            dir.display(),
+            wait.as_secs()
+        ));
+    };
     reserve(temp.file(), dir, path, g.file_len())?;
     let mut page = AlignedBuf::new(PAGE as usize)?;
     format::encode_file_header(g, page.as_mut_slice());
+    if let Some(name) = identity {
+        super::identity::encode(name, page.as_mut_slice());
+    }
     write_all_at(temp.file(), page.as_slice(), 0)
         .and_then(|_| temp.file().sync_all())
         .map_err(|e| Error::io(format!("writing the header of {}", tmp.display()), e))?;
@@ -226,9 +263,24 @@ fn create(path: &Path, g: &Geometry, how: OpenNoFollow) -> Result<Option<File>> 
     Ok(Some(file))
 }
 
+/// How long a creator waits for its turn to reserve space ([`space::take_turn`]).
+const RESERVE_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Removes the temp files of creators that were killed while building `path`'s slot file
+/// (each is as large as the whole file; a live creator holds its lock).
+fn remove_dead_temps(path: &Path) {
+    let Some(name) = path.file_name().and_then(|n| n.to_str()) else {
+        return;
+    };
+    let prefix = format!(".{name}.");
+    remove_abandoned(parent_dir(path), |n| {
+        n.starts_with(&prefix) && n.ends_with(".tmp")
+    });
+}
+
 /// Checks free space, then reserves every byte, so a full disk fails at open with `NoSpace`
 /// instead of in the middle of a spill. Where the file system has no `fallocate`, the file
-/// is zero-filled.
+/// is zero-filled. The caller holds the directory's [`space::ReserveTurn`].
 fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
     if let Some(free) = space::free_bytes(file) {
         if free < len {

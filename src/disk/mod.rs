@@ -31,7 +31,9 @@ mod batch;
 pub mod check;
 mod file;
 pub mod format;
+pub mod identity;
 pub mod index;
+mod metrics;
 mod read;
 mod write;
 
@@ -67,6 +69,10 @@ pub struct DiskConfig {
     /// `fdatasync` after each write's payload and header (power-loss safety). Default false:
     /// writes then survive the death of the process (kill -9), not of the machine.
     pub sync: bool,
+    /// The namespace the entries belong to ([`crate::Namespace::name`]): recorded in the
+    /// file at creation; a reopen must ask for the same one (or, for a file created
+    /// without, for none), else `LayoutMismatch`. Default `None`.
+    pub namespace: Option<String>,
 }
 
 impl DiskConfig {
@@ -80,6 +86,7 @@ impl DiskConfig {
             direct_io: DirectIo::Auto,
             verify: true,
             sync: false,
+            namespace: None,
         }
     }
 }
@@ -144,6 +151,10 @@ struct Inner {
     recovered: u64,
     recovery_ns: u64,
     recovery_cpu_ns: u64,
+    /// The namespace recorded in the file, if any.
+    identity: Option<String>,
+    /// Latencies of writes, reads and lookups (atomics only).
+    latency: crate::metrics::OpLatencies,
 }
 
 /// An open slot file. Cheap to share between threads (`&SlotFile` is `Sync`).
@@ -151,6 +162,8 @@ pub struct SlotFile {
     // Drop order: the pool first (it finishes queued batch items, which use `inner`).
     pool: IoPool,
     inner: Arc<Inner>,
+    /// Listed in `kvr_metrics_text` while open.
+    _metrics: crate::metrics::Registration,
 }
 
 impl std::fmt::Debug for SlotFile {
@@ -200,8 +213,11 @@ impl SlotFile {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        if let Some(ns) = &cfg.namespace {
+            identity::validate(ns)?;
+        }
         let direct = direct::resolve(cfg.direct_io, &dir)?;
-        let owned = file::open_or_create(&cfg.path, &g, direct)?;
+        let owned = file::open_or_create(&cfg.path, &g, direct, cfg.namespace.as_deref())?;
         let (t0, c0) = (Instant::now(), cpu_time_ns());
         let (index, losers, recovered) = if owned.created {
             (Index::new(g.num_slots as u32), Vec::new(), 0)
@@ -239,13 +255,20 @@ impl SlotFile {
             recovered,
             recovery_ns,
             recovery_cpu_ns,
+            identity: cfg.namespace.clone(),
+            latency: Default::default(),
         });
         // Older copies of a key left by a crash: invalidate them so they never resurface.
         for s in losers {
             inner.retire(s);
         }
         let pool = IoPool::new("kvr-disk", threads)?;
-        Ok(SlotFile { pool, inner })
+        let _metrics = crate::metrics::register(&inner);
+        Ok(SlotFile {
+            pool,
+            inner,
+            _metrics,
+        })
     }
 
     /// The file's geometry.
@@ -312,7 +335,10 @@ impl SlotFile {
 
     /// Whether `key` has an entry (does not change recency).
     pub fn contains(&self, key: &Key) -> bool {
-        self.inner.lock().contains(key)
+        let started = Instant::now();
+        let found = self.inner.lock().contains(key);
+        self.inner.latency.lookup.record_since(started);
+        found
     }
 
     /// Per-key presence of whole engine keys, from the index alone (this process owns the
@@ -320,6 +346,13 @@ impl SlotFile {
     /// an entry, else 0; returns how many do. Recency is unchanged. Keys that are not 1..=256
     /// bytes are absent.
     pub fn lookup(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let r = self.lookup_untimed(keys, present);
+        self.inner.latency.lookup.record_since(started);
+        r
+    }
+
+    fn lookup_untimed(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
         if keys.len() != present.len() {
             return Err(err!(
                 InvalidArgument,

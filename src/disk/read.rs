@@ -19,6 +19,19 @@ impl Inner {
         exact: bool,
         meta_dst: &mut [u8],
     ) -> Result<std::result::Result<EntryLen, EntryLen>> {
+        let started = std::time::Instant::now();
+        let r = self.read_untimed(key, dst, exact, meta_dst);
+        self.latency.load.record_since(started);
+        r
+    }
+
+    fn read_untimed(
+        &self,
+        key: &[u8],
+        dst: &mut [&mut [u8]],
+        exact: bool,
+        meta_dst: &mut [u8],
+    ) -> Result<std::result::Result<EntryLen, EntryLen>> {
         crate::key::check_key(key)?;
         // One buffer may be empty (a size query answered with `TooSmall`); segments may not.
         let cap = if exact {
@@ -82,6 +95,13 @@ impl Inner {
                 };
                 drop(ix);
                 if let Some(s) = retire {
+                    log::warn!(
+                        target: "kvr::disk",
+                        "dropped corrupt entry {} in slot {} of {}: {e}",
+                        hex(key),
+                        p.slot,
+                        self.path.display()
+                    );
                     self.retire(s);
                 }
                 Err(e)

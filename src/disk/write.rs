@@ -45,6 +45,13 @@ impl Inner {
     }
 
     pub(super) fn write(&self, key: &[u8], data: &[&[u8]], meta: &[u8]) -> Result<()> {
+        let started = std::time::Instant::now();
+        let r = self.write_untimed(key, data, meta);
+        self.latency.store.record_since(started);
+        r
+    }
+
+    fn write_untimed(&self, key: &[u8], data: &[&[u8]], meta: &[u8]) -> Result<()> {
         let g = &self.geometry;
         crate::key::check_key(key)?;
         let len = payload_len(data).map_err(|e| e.context(format!("entry {}", hex(key))))?;

@@ -52,6 +52,10 @@ pub struct kvr_disk_config {
     /// `fdatasync` after each write (survives power loss, not only process death). Default
     /// false.
     pub sync: bool,
+    /// The namespace the entries belong to (`kvr_namespace_name`), recorded in the file at
+    /// creation; reopening with another one (or none, for a file created with one, and vice
+    /// versa) fails with `KVR_ERR_LAYOUT_MISMATCH`. NULL (default): none.
+    pub namespace_name: *const c_char,
 }
 
 impl Default for kvr_disk_config {
@@ -65,6 +69,7 @@ impl Default for kvr_disk_config {
             direct_io: KVR_DIRECT_IO_AUTO,
             verify: true,
             sync: false,
+            namespace_name: std::ptr::null(),
         }
     }
 }
@@ -167,6 +172,10 @@ fn to_rust_config(c: &kvr_disk_config) -> crate::Result<DiskConfig> {
     cfg.direct_io = direct_io_from_c(c.direct_io)?;
     cfg.verify = c.verify;
     cfg.sync = c.sync;
+    if !c.namespace_name.is_null() {
+        // SAFETY: a non-null `namespace_name` is a C string per the config contract.
+        cfg.namespace = Some(unsafe { arg_str(c.namespace_name, "config.namespace_name") }?.into());
+    }
     Ok(cfg)
 }
 
@@ -174,7 +183,8 @@ fn to_rust_config(c: &kvr_disk_config) -> crate::Result<DiskConfig> {
 /// rebuilds the index from the slot headers. On success `*out` owns the handle; close it
 /// with `kvr_disk_close`.
 /// Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_NO_SPACE` (the file does not fit),
-/// `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry, or not a slot file),
+/// `KVR_ERR_LAYOUT_MISMATCH` (existing file of another geometry or namespace, or not a
+/// slot file),
 /// `KVR_ERR_BUSY` (another live handle owns the file), `KVR_ERR_UNSUPPORTED` (direct I/O
 /// `ON` where O_DIRECT fails), `KVR_ERR_CORRUPT` (damaged file header), `KVR_ERR_IO`.
 #[no_mangle]

@@ -41,7 +41,8 @@ pub struct kvr_fs_config {
     pub struct_size: u32,
     /// Root directory (required; created if missing).
     pub root: *const c_char,
-    /// Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+    /// Namespace (required unless `namespace_config` is set), e.g. `kvr_namespace_name` of
+    /// the model and layout: no `/`, `..`, NUL, leading `.`.
     pub namespace_name: *const c_char,
     /// Tensor-parallel rank (own subdirectory `r<rank>`), or `KVR_FS_NO_RANK`. Default
     /// `KVR_FS_NO_RANK`.
@@ -59,6 +60,10 @@ pub struct kvr_fs_config {
     /// Bound on the bytes of block files kept; least-recently-used blocks are removed to
     /// stay under it. 0 = unbounded (default).
     pub capacity_bytes: u64,
+    /// The fields the namespace is made of: recorded as `<root>/<namespace>/NAMESPACE.json`
+    /// (once). With it, `namespace_name` may be NULL (it is then `kvr_namespace_name` of
+    /// these fields) or must be that name. NULL (default): no manifest.
+    pub namespace_config: *const super::namespace::kvr_namespace_config,
 }
 
 impl Default for kvr_fs_config {
@@ -74,6 +79,7 @@ impl Default for kvr_fs_config {
             durability: KVR_FS_DURABILITY_NONE,
             verify: true,
             capacity_bytes: 0,
+            namespace_config: std::ptr::null(),
         }
     }
 }
@@ -138,9 +144,19 @@ fn to_rust_config(c: &kvr_fs_config) -> crate::Result<FsConfig> {
     if root.is_empty() {
         return Err(Error::invalid("config.root is empty"));
     }
-    // SAFETY: as above.
-    let ns = unsafe { arg_str(c.namespace_name, "config.namespace_name") }?;
+    let manifest = if c.namespace_config.is_null() {
+        None
+    } else {
+        // SAFETY: a non-null `namespace_config` is a valid config per the config contract.
+        Some(unsafe { super::namespace::namespace_from_c(c.namespace_config) }?)
+    };
+    let ns = match &manifest {
+        Some(m) if c.namespace_name.is_null() => m.name()?,
+        // SAFETY: as above.
+        _ => unsafe { arg_str(c.namespace_name, "config.namespace_name") }?.to_string(),
+    };
     let mut cfg = FsConfig::new(root, ns);
+    cfg.manifest = manifest;
     cfg.rank = match c.rank {
         KVR_FS_NO_RANK => None,
         r if r >= 0 => Some(r as u32),

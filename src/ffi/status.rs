@@ -117,6 +117,8 @@ fn set_last_error(message: &str) {
 /// Runs an entry point's body: converts `Err` and panics into a status code and records the
 /// message for `kvr_last_error_message`. No panic ever unwinds into C.
 pub(crate) fn guard(body: impl FnOnce() -> Result<()>) -> kvr_status {
+    // A C caller gets kvr's logger (stderr or its callback); one atomic load after the first.
+    crate::logging::install();
     match catch_unwind(AssertUnwindSafe(body)) {
         Ok(Ok(())) => kvr_status::KVR_OK,
         Ok(Err(err)) => {

@@ -45,6 +45,10 @@ pub struct FsConfig {
     /// `false` always uses named, `flock`ed temp files linked into place: the protocol for
     /// file systems without `O_TMPFILE` (NFS), selectable to test it anywhere. Default true.
     pub unnamed_temp_files: bool,
+    /// The fields `namespace` was made from ([`crate::Namespace::name`]): recorded at open
+    /// as `<root>/<namespace>/NAMESPACE.json` (once; an existing manifest must name the same
+    /// namespace). `None` (default): no manifest.
+    pub manifest: Option<crate::Namespace>,
 }
 
 impl FsConfig {
@@ -62,7 +66,16 @@ impl FsConfig {
             verify: true,
             capacity: 0,
             unnamed_temp_files: true,
+            manifest: None,
         }
+    }
+
+    /// A config with the defaults whose namespace is `ns`'s canonical name, recording `ns`
+    /// as the namespace's manifest. `InvalidArgument` if `ns` has invalid fields.
+    pub fn for_namespace(root: impl Into<PathBuf>, ns: &crate::Namespace) -> crate::Result<Self> {
+        let mut cfg = FsConfig::new(root, ns.name()?);
+        cfg.manifest = Some(ns.clone());
+        Ok(cfg)
     }
 }
 

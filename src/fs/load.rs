@@ -6,11 +6,14 @@
 use std::fs::File;
 use std::io;
 use std::sync::atomic::Ordering::Relaxed;
+use std::time::Instant;
 
 use super::format::{self, Header};
 use super::{path, Inner, Key};
 use crate::io::direct::scatter;
-use crate::io::file::{same_inode, OpenNoFollow};
+use crate::io::file::{
+    describe_type, is_not_regular, non_regular_entry, remove_non_regular, same_inode, OpenNoFollow,
+};
 use crate::io::vectored::preadv_all;
 use crate::io::{align_up, is_aligned_ptr, SegmentPlan, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
@@ -18,6 +21,13 @@ use crate::{err, Error, ErrorKind, Result};
 impl Inner {
     /// Loads the block of the whole engine `key` into the concatenation of `dst`'s segments.
     pub(super) fn load(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
+        let started = Instant::now();
+        let r = self.load_untimed(key, dst);
+        self.latency.load.record_since(started);
+        r
+    }
+
+    fn load_untimed(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
         crate::key::check_key(key)?;
         let name = self.name(key);
         let p = path::block_path(&self.dir, &name);
@@ -29,6 +39,22 @@ impl Inner {
                 self.counters.misses.fetch_add(1, Relaxed);
                 self.lock_index().remove(&name);
                 return Err(err!(NotFound, "block {name} not found ({})", p.display()));
+            }
+            Err(e) if is_not_regular(&e) => {
+                // Planted or left by someone else (a FIFO, a symlink, a directory): never
+                // read or waited on; removed unless it is a directory.
+                let what =
+                    non_regular_entry(&p).map_or_else(|| e.to_string(), |m| describe_type(&m));
+                let removed = remove_non_regular(&p);
+                self.lock_index().remove(&name);
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                let fate = if removed { "removed" } else { "left in place" };
+                return Err(err!(
+                    Corrupt,
+                    "block path {} holds {what}, not a block file ({fate})",
+                    p.display()
+                ));
             }
             Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
         };
@@ -47,6 +73,7 @@ impl Inner {
                 self.lock_index().remove(&name);
                 self.counters.corrupt.fetch_add(1, Relaxed);
                 self.counters.misses.fetch_add(1, Relaxed);
+                log::warn!(target: "kvr::fs", "dropped corrupt block {}: {e}", p.display());
                 Err(e.context(format!("block {} is corrupt and was removed", p.display())))
             }
             Err(e) => {

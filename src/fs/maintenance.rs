@@ -8,7 +8,7 @@
 //! hold a block open keep reading it; the stores treat a vanished block as a miss).
 
 use std::fs::File;
-use std::io::{self, Read};
+use std::io;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -17,7 +17,9 @@ use std::sync::{Arc, Mutex};
 use super::clean_temp;
 use super::format::{self, Header};
 use super::path::{self, Entry, Key};
-use crate::io::file::{same_inode, OpenNoFollow};
+use crate::io::file::{
+    describe_type, is_not_regular, remove_non_regular, same_inode, OpenNoFollow,
+};
 use crate::{err, Error, Result};
 
 /// One store directory under a root: `<root>/<namespace>[/r<rank>]`.
@@ -55,8 +57,33 @@ pub struct StoreSummary {
     pub bytes: u64,
     /// Writers' temp files (live writers' or left by dead ones).
     pub temp_files: u64,
+    /// Entries that are neither blocks nor fan-out directories where those belong (see
+    /// [`Stray`]).
+    pub strays: u64,
     /// Oldest and newest last use of its blocks (seconds since the epoch), if any.
     pub last_used: Option<(i64, i64)>,
+}
+
+/// Something at a block's name that is no regular file (a FIFO, a symlink, a directory),
+/// or at a fan-out directory's name that is no directory (a stray file). Stores skip them
+/// (a load of such a block fails, a store replaces what it can); `verify` reports them.
+#[derive(Clone, Debug)]
+pub struct Stray {
+    /// Its path.
+    pub path: PathBuf,
+    /// What it is and where, in words.
+    pub what: String,
+}
+
+/// What one store directory holds, entry by entry ([`scan_store`]).
+#[derive(Clone, Debug, Default)]
+pub struct StoreScan {
+    /// Complete block files (regular files at block names).
+    pub blocks: Vec<BlockFile>,
+    /// Entries at writers' temp file names.
+    pub temps: Vec<PathBuf>,
+    /// Entries in the way (see [`Stray`]).
+    pub strays: Vec<Stray>,
 }
 
 /// A block file that failed verification.
@@ -77,7 +104,7 @@ pub struct VerifyReport {
     pub checked: u64,
     /// Their file bytes.
     pub bytes: u64,
-    /// The ones that failed, sorted by path.
+    /// The ones that failed, and the [`Stray`] entries found, sorted by path.
     pub bad: Vec<BadBlock>,
 }
 
@@ -179,36 +206,60 @@ fn read_names(dir: &Path) -> Result<Vec<String>> {
         .collect())
 }
 
-/// The block files and temp file paths of one store directory (its `<hh>` fan-out).
-pub fn scan_store(dir: &Path) -> Result<(Vec<BlockFile>, Vec<PathBuf>)> {
-    let (mut blocks, mut temps) = (Vec::new(), Vec::new());
+/// The block files, temp file paths and strays of one store directory (its `<hh>`
+/// fan-out). Types come from the directory entries and `lstat`: nothing is opened.
+pub fn scan_store(dir: &Path) -> Result<StoreScan> {
+    let mut scan = StoreScan::default();
     for a in read_names(dir)? {
         if !path::is_fanout_dir(&a) {
             continue;
         }
         let adir = dir.join(&a);
+        match std::fs::symlink_metadata(&adir) {
+            Ok(m) if m.is_dir() => {}
+            Ok(m) => {
+                scan.strays.push(Stray {
+                    what: format!("{} where a fan-out directory belongs", entry_type(&m)),
+                    path: adir,
+                });
+                continue;
+            }
+            Err(_) => continue, // removed since the listing
+        }
         for name in read_names(&adir)? {
             match path::classify(&name) {
                 Entry::Block(key) => {
                     let p = adir.join(&name);
                     // A block removed since the listing is simply gone.
-                    if let Ok(m) = std::fs::symlink_metadata(&p) {
-                        if m.is_file() {
-                            blocks.push(BlockFile {
-                                path: p,
-                                key,
-                                size: m.len(),
-                                last_used: m.atime().max(m.mtime()),
-                            });
-                        }
+                    match std::fs::symlink_metadata(&p) {
+                        Ok(m) if m.is_file() => scan.blocks.push(BlockFile {
+                            path: p,
+                            key,
+                            size: m.len(),
+                            last_used: m.atime().max(m.mtime()),
+                        }),
+                        Ok(m) => scan.strays.push(Stray {
+                            what: format!("{}, not a block file", describe_type(&m)),
+                            path: p,
+                        }),
+                        Err(_) => {}
                     }
                 }
-                Entry::Temp => temps.push(adir.join(&name)),
+                Entry::Temp => scan.temps.push(adir.join(&name)),
                 Entry::Other => {}
             }
         }
     }
-    Ok((blocks, temps))
+    Ok(scan)
+}
+
+/// "a regular file", or what [`describe_type`] says.
+fn entry_type(m: &std::fs::Metadata) -> String {
+    if m.is_file() {
+        "a regular file".into()
+    } else {
+        describe_type(m)
+    }
 }
 
 /// Counts and sizes per store (namespace and rank) under `root`.
@@ -216,7 +267,11 @@ pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>
     find_stores(root, namespace)?
         .into_iter()
         .map(|location| {
-            let (blocks, temps) = scan_store(&location.dir)?;
+            let StoreScan {
+                blocks,
+                temps,
+                strays,
+            } = scan_store(&location.dir)?;
             let last_used = blocks.iter().fold(None, |acc: Option<(i64, i64)>, b| {
                 Some(match acc {
                     None => (b.last_used, b.last_used),
@@ -227,6 +282,7 @@ pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>
                 blocks: blocks.len() as u64,
                 bytes: blocks.iter().map(|b| b.size).sum(),
                 temp_files: temps.len() as u64,
+                strays: strays.len() as u64,
                 last_used,
                 location,
             })
@@ -239,6 +295,14 @@ pub fn inspect(root: &Path, namespace: Option<&str>) -> Result<Vec<StoreSummary>
 /// the reason on any mismatch.
 pub fn check_block_bytes(bytes: &[u8], namespace: &str, name_key: &Key) -> Result<Header> {
     let h = format::decode_header(bytes)?;
+    check_header(&h, bytes.len() as u64, namespace, name_key)?;
+    check_sum(&h, format::checksum(&bytes[h.data_offset..]))?;
+    Ok(h)
+}
+
+/// The header's whole key against the file's name in `namespace`, its lengths against the
+/// file's size.
+fn check_header(h: &Header, size: u64, namespace: &str, name_key: &Key) -> Result<()> {
     if crate::key::block_name(namespace.as_bytes(), &h.key) != *name_key {
         return Err(err!(
             Corrupt,
@@ -247,16 +311,18 @@ pub fn check_block_bytes(bytes: &[u8], namespace: &str, name_key: &Key) -> Resul
         ));
     }
     let expect = h.data_offset as u64 + h.payload_len;
-    if bytes.len() as u64 != expect {
+    if size != expect {
         return Err(err!(
             Corrupt,
-            "file is {} bytes, header says {expect} ({} + {} payload)",
-            bytes.len(),
+            "file is {size} bytes, header says {expect} ({} + {} payload)",
             h.data_offset,
             h.payload_len
         ));
     }
-    let sum = format::checksum(&bytes[h.data_offset..]);
+    Ok(())
+}
+
+fn check_sum(h: &Header, sum: u64) -> Result<()> {
     if sum != h.checksum {
         return Err(err!(
             Corrupt,
@@ -264,10 +330,70 @@ pub fn check_block_bytes(bytes: &[u8], namespace: &str, name_key: &Key) -> Resul
             h.checksum
         ));
     }
-    Ok(h)
+    Ok(())
 }
 
-/// Reads and checks one block file; `Ok(None)` if it vanished meanwhile, `Ok(Some(reason))`
+/// Bytes [`verify`] reads at a time: its memory per thread, whatever a file's size.
+const VERIFY_CHUNK: usize = 1 << 20;
+
+/// Checks an open block file of `size` bytes, streaming it through `buf`: the header first
+/// (at most [`format::MAX_HEADER`] bytes), then, only if the header's lengths match the
+/// file's size, the payload through the checksum.
+fn check_block_file(
+    file: &File,
+    size: u64,
+    namespace: &str,
+    key: &Key,
+    buf: &mut Vec<u8>,
+) -> Result<()> {
+    let io_err = |e| Error::io("reading", e);
+    let mut prefix = [0u8; 8];
+    let got = read_full_at(file, &mut prefix, 0).map_err(io_err)?;
+    if got < 8 {
+        return Err(err!(
+            Corrupt,
+            "file is {size} bytes, shorter than the 8-byte header length"
+        ));
+    }
+    let header_len = format::header_len(&prefix)?;
+    buf.resize(header_len.max(VERIFY_CHUNK), 0);
+    let got = read_full_at(file, &mut buf[..header_len], 0).map_err(io_err)?;
+    let h = format::decode_header(&buf[..got])?;
+    check_header(&h, size, namespace, key)?;
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    let mut at = h.data_offset as u64;
+    while at < size {
+        let n = (size - at).min(VERIFY_CHUNK as u64) as usize;
+        let got = read_full_at(file, &mut buf[..n], at).map_err(io_err)?;
+        if got < n {
+            return Err(err!(
+                Corrupt,
+                "file ended at {} of {size} bytes",
+                at + got as u64
+            ));
+        }
+        hasher.update(&buf[..n]);
+        at += n as u64;
+    }
+    check_sum(&h, hasher.digest())
+}
+
+/// Reads up to `buf.len()` bytes at `offset`; fewer only at the end of the file.
+fn read_full_at(file: &File, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    use std::os::unix::fs::FileExt;
+    let mut done = 0;
+    while done < buf.len() {
+        match file.read_at(&mut buf[done..], offset + done as u64) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(done)
+}
+
+/// Checks one block file; `Ok(None)` if it is good or vanished meanwhile, `Ok(Some(bad))`
 /// if it is bad (removed when `repair`, keeping a file renamed over it since).
 fn verify_one(
     b: &BlockFile,
@@ -278,12 +404,24 @@ fn verify_one(
     let file = match OpenNoFollow::read_only().open(&b.path) {
         Ok(f) => f,
         Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        // Replaced by a FIFO, a symlink... since the scan.
+        Err(e) if is_not_regular(&e) => {
+            return Ok(Some(BadBlock {
+                path: b.path.clone(),
+                reason: e.to_string(),
+                removed: repair && remove_non_regular(&b.path),
+            }))
+        }
         Err(e) => return Err(Error::io(format!("opening {}", b.path.display()), e)),
     };
-    buf.clear();
-    read_all(&file, buf).map_err(|e| Error::io(format!("reading {}", b.path.display()), e))?;
-    let Err(e) = check_block_bytes(buf, namespace, &b.key) else {
-        return Ok(None);
+    let size = file
+        .metadata()
+        .map_err(|e| Error::io(format!("stat of {}", b.path.display()), e))?
+        .len();
+    let e = match check_block_file(&file, size, namespace, &b.key, buf) {
+        Ok(()) => return Ok(None),
+        Err(e) if e.kind() == crate::ErrorKind::Corrupt => e,
+        Err(e) => return Err(e.context(format!("checking {}", b.path.display()))),
     };
     let removed = repair && same_inode(&file, &b.path) && std::fs::remove_file(&b.path).is_ok();
     Ok(Some(BadBlock {
@@ -293,8 +431,18 @@ fn verify_one(
     }))
 }
 
-fn read_all(mut file: &File, buf: &mut Vec<u8>) -> io::Result<()> {
-    file.read_to_end(buf).map(drop)
+/// A stray as a bad entry; with `repair`, removed unless it is a directory.
+fn stray_report(s: Stray, repair: bool) -> BadBlock {
+    let removed = repair
+        && match std::fs::symlink_metadata(&s.path) {
+            Ok(m) if !m.is_dir() => std::fs::remove_file(&s.path).is_ok(),
+            _ => false,
+        };
+    BadBlock {
+        path: s.path,
+        reason: s.what,
+        removed,
+    }
 }
 
 /// Checks every block file of the selected stores with `threads` threads (at least 1);
@@ -305,10 +453,12 @@ pub fn verify(
     threads: usize,
     repair: bool,
 ) -> Result<VerifyReport> {
-    let mut files: Vec<(BlockFile, Arc<String>)> = Vec::new();
+    let (mut files, mut strays): (Vec<(BlockFile, Arc<String>)>, _) = (Vec::new(), Vec::new());
     for s in find_stores(root, namespace)? {
         let ns = Arc::new(s.namespace.clone());
-        files.extend(scan_store(&s.dir)?.0.into_iter().map(|b| (b, ns.clone())));
+        let scan = scan_store(&s.dir)?;
+        files.extend(scan.blocks.into_iter().map(|b| (b, ns.clone())));
+        strays.extend(scan.strays);
     }
     let next = AtomicUsize::new(0);
     let bad = Mutex::new(Vec::new());
@@ -340,6 +490,7 @@ pub fn verify(
         return Err(e);
     }
     let mut bad = bad.into_inner().unwrap_or_else(|p| p.into_inner());
+    bad.extend(strays.into_iter().map(|s| stray_report(s, repair)));
     bad.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(VerifyReport {
         checked: files.len() as u64,
@@ -370,9 +521,9 @@ pub fn gc(root: &Path, namespace: Option<&str>, max_bytes: u64) -> Result<GcRepo
     let mut blocks = Vec::new();
     let mut report = GcReport::default();
     for s in find_stores(root, namespace)? {
-        let (b, temps) = scan_store(&s.dir)?;
-        blocks.extend(b);
-        for t in temps {
+        let scan = scan_store(&s.dir)?;
+        blocks.extend(scan.blocks);
+        for t in scan.temps {
             clean_temp(&t);
             if std::fs::symlink_metadata(&t).is_err() {
                 report.removed_temp_files += 1;

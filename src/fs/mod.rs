@@ -31,6 +31,7 @@ pub mod format;
 pub mod index;
 mod load;
 pub mod maintenance;
+mod metrics;
 pub mod path;
 mod pipeline;
 mod store;
@@ -70,8 +71,10 @@ struct Counters {
 
 struct Inner {
     dir: PathBuf,
-    /// The namespace, part of every long key's block name.
+    /// The namespace, part of every long key's block name (and a metrics label).
     namespace: String,
+    /// Latencies of stores, loads and lookups (atomics only).
+    latency: crate::metrics::OpLatencies,
     direct: bool,
     durability: Durability,
     verify: bool,
@@ -96,6 +99,8 @@ pub struct FsStore {
     // work, and their tasks hold their own `Arc<Inner>`.
     readers: IoPool,
     writers: IoPool,
+    /// Listed in `kvr_metrics_text` while open.
+    _metrics: crate::metrics::Registration,
 }
 
 impl FsStore {
@@ -109,12 +114,34 @@ impl FsStore {
         // Spread the fan-out directories over the file system's block groups (ext4 only; a
         // hint, see `io::dir::hint_top_dir`).
         crate::io::dir::hint_top_dir(&dir);
+        if let Some(ns) = &cfg.manifest {
+            if ns.name()? != cfg.namespace {
+                return Err(err!(
+                    InvalidArgument,
+                    "fs namespace {:?} is not the name of its manifest's fields ({:?})",
+                    cfg.namespace,
+                    ns.name()?
+                ));
+            }
+            ns.write_manifest(&cfg.root.join(&cfg.namespace))?;
+        }
         let direct = direct::resolve(cfg.direct_io, &dir)?;
         let unnamed_temps = cfg.unnamed_temp_files
             && probe_unnamed(&dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
+        log::info!(
+            target: "kvr::fs",
+            "{}: blocks are written into {} temp files",
+            dir.display(),
+            match (unnamed_temps, cfg.unnamed_temp_files) {
+                (true, _) => "unnamed (O_TMPFILE)",
+                (false, true) => "named, flock-ed (the file system has no O_TMPFILE)",
+                (false, false) => "named, flock-ed (as configured)",
+            }
+        );
         let inner = Arc::new(Inner {
             dir,
             namespace: cfg.namespace.clone(),
+            latency: Default::default(),
             direct,
             durability: cfg.durability,
             verify: cfg.verify,
@@ -136,6 +163,7 @@ impl FsStore {
         Ok(FsStore {
             readers: IoPool::new("kvr-fs-read", cfg.read_threads)?,
             writers: IoPool::with_idle("kvr-fs-write", cfg.write_threads, pipeline::flush)?,
+            _metrics: crate::metrics::register(&inner),
             inner,
         })
     }
@@ -204,14 +232,25 @@ impl FsStore {
         path::block_path(&self.inner.dir, &self.inner.name(key))
     }
 
-    /// Whether a block of `key` exists (in this or any other process's writes).
+    /// Whether a block of `key` exists (in this or any other process's writes): a regular
+    /// file at its path (a FIFO or a symlink planted there is no block).
     pub fn contains(&self, key: &Key) -> bool {
-        std::fs::symlink_metadata(self.block_path(key)).is_ok()
+        let started = std::time::Instant::now();
+        let found = self.exists(key);
+        self.inner.latency.lookup.record_since(started);
+        found
     }
 
     /// How many leading `keys` exist: the reusable prefix of a prompt.
     pub fn lookup_prefix(&self, keys: &[Key]) -> usize {
-        keys.iter().take_while(|k| self.contains(k)).count()
+        let started = std::time::Instant::now();
+        let n = keys.iter().take_while(|k| self.exists(k)).count();
+        self.inner.latency.lookup.record_since(started);
+        n
+    }
+
+    fn exists(&self, key: &Key) -> bool {
+        std::fs::symlink_metadata(self.block_path(key)).is_ok_and(|m| m.is_file())
     }
 
     /// Per-key presence of whole engine keys: `present[i]` is set to 1 when a block of
@@ -221,6 +260,13 @@ impl FsStore {
     /// `stat` of its path, which finds blocks other processes and hosts stored (a found one
     /// joins the index). Keys that are not 1..=256 bytes are absent.
     pub fn lookup(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+        let started = std::time::Instant::now();
+        let r = self.lookup_untimed(keys, present);
+        self.inner.latency.lookup.record_since(started);
+        r
+    }
+
+    fn lookup_untimed(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
         if keys.len() != present.len() {
             return Err(err!(
                 InvalidArgument,
@@ -251,7 +297,9 @@ impl FsStore {
         let mut found = Vec::new();
         for i in unknown {
             let name = names[i].expect("only named keys are unknown");
-            if let Ok(m) = std::fs::symlink_metadata(path::block_path(&self.inner.dir, &name)) {
+            let meta = std::fs::symlink_metadata(path::block_path(&self.inner.dir, &name));
+            // Only a regular file is a block (a FIFO or a symlink planted there is none).
+            if let Some(m) = meta.ok().filter(|m| m.is_file()) {
                 present[i] = 1;
                 found.push((name, m.len()));
             }
@@ -288,24 +336,7 @@ impl FsStore {
 
     /// This process's counters.
     pub fn stats(&self) -> FsStats {
-        let c = &self.inner.counters;
-        let (blocks, bytes) = {
-            let ix = self.inner.lock_index();
-            (ix.len() as u64, ix.bytes())
-        };
-        FsStats {
-            blocks,
-            bytes,
-            hits: c.hits.load(Relaxed),
-            misses: c.misses.load(Relaxed),
-            corrupt_dropped: c.corrupt.load(Relaxed),
-            bytes_read: c.bytes_read.load(Relaxed),
-            bytes_written: c.bytes_written.load(Relaxed),
-            stores: c.stores.load(Relaxed),
-            dedup_hits: c.dedup.load(Relaxed),
-            evictions: c.evictions.load(Relaxed),
-            direct_io: self.inner.direct,
-        }
+        self.inner.stats()
     }
 
     /// Stores a batch on the write pool; each item ends with `Ok(bytes written)` (0 when
@@ -450,6 +481,28 @@ fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
 }
 
 impl Inner {
+    /// This process's counters.
+    fn stats(&self) -> FsStats {
+        let c = &self.counters;
+        let (blocks, bytes) = {
+            let ix = self.lock_index();
+            (ix.len() as u64, ix.bytes())
+        };
+        FsStats {
+            blocks,
+            bytes,
+            hits: c.hits.load(Relaxed),
+            misses: c.misses.load(Relaxed),
+            corrupt_dropped: c.corrupt.load(Relaxed),
+            bytes_read: c.bytes_read.load(Relaxed),
+            bytes_written: c.bytes_written.load(Relaxed),
+            stores: c.stores.load(Relaxed),
+            dedup_hits: c.dedup.load(Relaxed),
+            evictions: c.evictions.load(Relaxed),
+            direct_io: self.direct,
+        }
+    }
+
     /// The block name of a whole engine key in this store's namespace.
     fn name(&self, key: &[u8]) -> Key {
         crate::key::block_name(self.namespace.as_bytes(), key)
@@ -477,7 +530,13 @@ impl Inner {
         let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
             match std::fs::read_dir(d) {
                 Ok(it) => Ok(it.filter_map(|e| e.ok()).collect()),
-                Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Vec::new()),
+                // Gone, or replaced by a file, since it was listed.
+                Err(e)
+                    if e.kind() == io::ErrorKind::NotFound
+                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
+                {
+                    Ok(Vec::new())
+                }
                 Err(e) => Err(Error::io(format!("scanning {}", d.display()), e)),
             }
         };
@@ -486,6 +545,11 @@ impl Inner {
             let Some(hi) = an.to_str().filter(|n| path::is_fanout_dir(n)) else {
                 continue;
             };
+            // A stray file or symlink named like a fan-out directory is skipped (`kvr fs
+            // inspect` and `verify` report it): one bad entry must not fail every open.
+            if !a.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
             self.dirs
                 .set(usize::from_str_radix(hi, 16).expect("two hex digits"));
             for f in read(&a.path())? {

@@ -6,10 +6,12 @@
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
+use std::time::Instant;
 
 use super::format::{self, TensorSpec};
 use super::temp::BlockTemp;
 use super::{path, Durability, Inner, Key};
+use crate::io::file::{describe_type, non_regular_entry, remove_non_regular};
 use crate::io::publish::sync_dir;
 use crate::io::space::{self, Unsupported};
 use crate::io::vectored::pwritev_all;
@@ -55,6 +57,8 @@ pub(super) struct Staged {
     payload_len: u64,
     /// Capacity reserved for this block, released on drop.
     reserved: u64,
+    /// When staging began: the store's latency ends when this is dropped.
+    started: Instant,
 }
 
 impl Staged {
@@ -121,7 +125,11 @@ impl Staged {
                 .map_err(|e| Error::io(format!("fsync of directory {}", block_dir.display()), e))?;
         }
         if !published {
-            // Another writer published the same key (same content) first.
+            // Another writer published the same key (same content) first, unless what took
+            // the name is no block at all.
+            if let Some(meta) = non_regular_entry(&self.final_path) {
+                return Err(not_a_block(&self.final_path, &meta));
+            }
             inner.note_present(&self.key, self.file_len);
             return Ok(Stored::AlreadyPresent);
         }
@@ -137,6 +145,7 @@ impl Staged {
 
 impl Drop for Staged {
     fn drop(&mut self) {
+        self.inner.latency.store.record_since(self.started);
         // The temp file first: a named one is removed unless published.
         self.temp.take();
         if let Some(b) = self.staging.take() {
@@ -146,6 +155,17 @@ impl Drop for Staged {
             self.inner.lock_index().unreserve(self.reserved);
         }
     }
+}
+
+/// The error for a block path held by something that is no block file and cannot be
+/// removed (a directory), or that came back while storing.
+fn not_a_block(path: &std::path::Path, meta: &std::fs::Metadata) -> Error {
+    err!(
+        Corrupt,
+        "storing block {}: the path holds {}, not a block file; remove it",
+        path.display(),
+        describe_type(meta)
+    )
 }
 
 impl Inner {
@@ -174,6 +194,7 @@ impl Inner {
         data: &[&[u8]],
         tensor: Option<&TensorSpec>,
     ) -> Result<Staging> {
+        let started = Instant::now();
         crate::key::check_key(key)?;
         let name = self.name(key);
         let final_path = path::block_path(&self.dir, &name);
@@ -189,11 +210,21 @@ impl Inner {
         };
         spec.check(payload_len as u64)
             .map_err(|e| e.context(ctx()))?;
-        // A block of this name exists: the same key (deduplicated), or, for a name
-        // collision, another key, which loads of this key then never return.
-        if let Ok(meta) = std::fs::symlink_metadata(&final_path) {
-            self.note_present(&name, meta.len());
-            return Ok(Staging::Present);
+        match std::fs::symlink_metadata(&final_path) {
+            // A block of this name exists: the same key (deduplicated), or, for a name
+            // collision, another key, which loads of this key then never return.
+            Ok(meta) if meta.is_file() => {
+                self.note_present(&name, meta.len());
+                self.latency.store.record_since(started);
+                return Ok(Staging::Present);
+            }
+            Ok(meta) if meta.is_dir() => return Err(not_a_block(&final_path, &meta)),
+            // A FIFO, a symlink, a socket planted at the block's name: no block, and in the
+            // way of publishing one (`link` never replaces a name): removed.
+            Ok(_) => {
+                remove_non_regular(&final_path);
+            }
+            Err(_) => {}
         }
         let sum = format::checksum_segments(data);
         let header = format::encode_header(key, payload_len as u64, sum, spec);
@@ -226,6 +257,7 @@ impl Inner {
             payload_len: payload_len as u64,
             reserved,
             final_path,
+            started,
         };
         let block_dir = staged
             .final_path

@@ -8,9 +8,9 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 use super::{path, Inner, Key};
-use crate::io::file::{same_inode, OpenNoFollow};
-use crate::io::lock::{lock, try_lock, LockMode};
-use crate::io::publish::TempFile;
+use crate::io::file::OpenNoFollow;
+use crate::io::lock::{lock, LockMode};
+use crate::io::publish::{remove_if_abandoned, TempFile};
 use crate::{err, Error, Result};
 
 /// Which of the 256 `<hh>` fan-out directories exist: one bit each, set once created or
@@ -174,12 +174,10 @@ impl Inner {
     }
 }
 
-/// Removes a temp file if no live writer holds its lock.
+/// Removes a temp file if no live writer holds its lock (and whatever else than a regular
+/// file sits at a temp file's name: never opened, so a FIFO cannot hang the scan).
 pub(super) fn clean_temp(p: &Path) {
-    let Ok(f) = OpenNoFollow::read_only().open(p) else {
-        return;
-    };
-    if matches!(try_lock(&f, LockMode::Exclusive), Ok(true)) && same_inode(&f, p) {
-        let _ = std::fs::remove_file(p);
+    if remove_if_abandoned(p) {
+        log::info!(target: "kvr::fs", "removed stale temp file {} (its writer is gone)", p.display());
     }
 }

@@ -1,9 +1,12 @@
 //! O_DIRECT: requested mode, a one-time probe of whether a directory's file system takes
 //! it, and the plan of a transfer between a caller's buffer and a file opened with it.
 
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::file::{same_inode, OpenNoFollow};
+use super::lock::{try_lock, LockMode};
+use super::publish::remove_abandoned;
 use super::{align_down, align_up, is_aligned_ptr, AlignedBuf, IO_ALIGN};
 
 /// Requested direct-I/O mode (C: `KVR_DIRECT_IO_AUTO/ON/OFF`).
@@ -17,40 +20,75 @@ pub enum DirectIo {
     Off,
 }
 
+/// Name prefix of the probe file [`probe`] creates where unnamed files are unavailable.
+pub const PROBE_PREFIX: &str = ".kvr_direct_probe.";
+
 /// Whether files in `dir` can be written and read with O_DIRECT: writes and reads back one
-/// aligned page in a temporary file. tmpfs (before 6.6), overlayfs and some NFS mounts fail
+/// aligned page in a scratch file. tmpfs (before 6.6), overlayfs and some NFS mounts fail
 /// with EINVAL.
+///
+/// The scratch file is unnamed (`O_TMPFILE`) where the file system allows, else created
+/// under a unique name with `O_CREAT | O_EXCL | O_NOFOLLOW` (a symlink planted there is
+/// never followed), `flock`ed while in use and unlinked at the end. Named probe files of
+/// killed probers (their `flock` died with them) are removed first.
 pub fn probe(dir: &Path) -> bool {
-    let path = dir.join(format!(
-        ".kvr_direct_probe.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let result = (|| -> std::io::Result<()> {
-        use std::os::unix::fs::FileExt;
-        let f = std::fs::OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .custom_flags(libc::O_DIRECT | libc::O_CLOEXEC)
-            .open(&path)?;
-        let mut buf = AlignedBuf::new(4096).map_err(|e| std::io::Error::other(e.to_string()))?;
-        f.write_all_at(buf.as_slice(), 0)?;
-        f.read_exact_at(buf.as_mut_slice(), 0)?;
-        Ok(())
-    })();
-    let _ = std::fs::remove_file(&path);
-    result.is_ok()
+    remove_abandoned(dir, |name| name.starts_with(PROBE_PREFIX));
+    let how = OpenNoFollow::read_write().mode(0o600);
+    if let Ok(f) = how.open_unnamed(dir) {
+        return write_read_direct(&f).is_ok();
+    }
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    let mut attempts = 0;
+    let (f, path) = loop {
+        let path = dir.join(format!(
+            "{PROBE_PREFIX}{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Relaxed)
+        ));
+        match how.create_new(0o600).open(&path) {
+            Ok(f) => break (f, path),
+            // Another entry has the name (left by a live process of a reused pid, or
+            // planted): take the next one.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists && attempts < 16 => {
+                attempts += 1
+            }
+            Err(_) => return false,
+        }
+    };
+    // Marks the file live for cleaners; a cleaner that locked it first removes the name,
+    // which does not matter to the probe.
+    let _ = try_lock(&f, LockMode::Exclusive);
+    let ok = write_read_direct(&f).is_ok();
+    if same_inode(&f, &path) {
+        let _ = std::fs::remove_file(&path);
+    }
+    ok
+}
+
+/// Turns O_DIRECT on for `f` (`EINVAL` where the file system has none) and writes and
+/// reads back one aligned page.
+fn write_read_direct(f: &std::fs::File) -> std::io::Result<()> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::FileExt;
+    // SAFETY: plain syscall on a descriptor `f` keeps open for the call.
+    if unsafe { libc::fcntl(f.as_raw_fd(), libc::F_SETFL, libc::O_DIRECT) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let mut buf = AlignedBuf::new(IO_ALIGN).map_err(|e| std::io::Error::other(e.to_string()))?;
+    f.write_all_at(buf.as_slice(), 0)?;
+    f.read_exact_at(buf.as_mut_slice(), 0)
 }
 
 /// Resolves `mode` for `dir`: `Ok(true)` to use O_DIRECT. Logs one line when `Auto` falls back.
 pub fn resolve(mode: DirectIo, dir: &Path) -> crate::Result<bool> {
     match mode {
-        DirectIo::Off => Ok(false),
+        DirectIo::Off => {
+            log::info!(target: "kvr::io", "{}: buffered I/O (direct I/O off)", dir.display());
+            Ok(false)
+        }
         DirectIo::On => {
             if probe(dir) {
+                log::info!(target: "kvr::io", "{}: O_DIRECT (required; probe passed)", dir.display());
                 Ok(true)
             } else {
                 Err(crate::err!(
@@ -62,9 +100,12 @@ pub fn resolve(mode: DirectIo, dir: &Path) -> crate::Result<bool> {
         }
         DirectIo::Auto => {
             let ok = probe(dir);
-            if !ok {
-                eprintln!(
-                    "kvr: {} does not support O_DIRECT; using buffered I/O",
+            if ok {
+                log::info!(target: "kvr::io", "{}: O_DIRECT (auto; probe passed)", dir.display());
+            } else {
+                log::warn!(
+                    target: "kvr::io",
+                    "{} does not support O_DIRECT; using buffered I/O",
                     dir.display()
                 );
             }
@@ -278,6 +319,39 @@ pub fn scatter(src: &[u8], segments: &mut [&mut [u8]]) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_files_of_dead_probers_go_and_live_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let dead = d.path().join(format!("{PROBE_PREFIX}1.0"));
+        std::fs::write(&dead, b"left by a killed open").unwrap();
+        let live = d.path().join(format!("{PROBE_PREFIX}2.0"));
+        let held = std::fs::File::create(&live).unwrap();
+        assert!(try_lock(&held, LockMode::Exclusive).unwrap());
+        let target = d.path().join("target");
+        std::fs::write(&target, b"precious").unwrap();
+        let planted = d
+            .path()
+            .join(format!("{PROBE_PREFIX}{}.0", std::process::id()));
+        std::os::unix::fs::symlink(&target, &planted).unwrap();
+        let _ = probe(d.path());
+        assert!(!dead.exists(), "a dead prober's file is removed");
+        assert!(live.exists(), "a live prober's file stays");
+        assert_eq!(
+            std::fs::read(&target).unwrap(),
+            b"precious",
+            "never followed"
+        );
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(
+            left.len(),
+            2,
+            "only the live probe file and the target: {left:?}"
+        );
+    }
 
     #[test]
     fn plans_in_place_pages_and_bounces_the_rest() {

@@ -1,16 +1,23 @@
 //! Opening files, and asking whether a path still names an open file.
 //!
 //! Every file kvr opens by path goes through [`OpenNoFollow`]: never through a symlink
-//! (`O_NOFOLLOW`), never inherited by a child's `exec` (`O_CLOEXEC`). Options that guard
-//! against other hostile entries (a FIFO where a block should be) are added here, once.
+//! (`O_NOFOLLOW`), never inherited by a child's `exec` (`O_CLOEXEC`), and, for a file kvr
+//! did not just create, never waiting on a FIFO (`O_NONBLOCK` while opening) and never
+//! anything but a regular file (`S_ISREG` checked before a byte is read). Another user
+//! with write access to a shared directory can plant a symlink, a FIFO or a directory at
+//! any name kvr uses: the worst they get is an error, at once.
 
 use std::fs::{File, Metadata, OpenOptions};
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
 use std::path::Path;
 
-/// How to open a file by path; always `O_NOFOLLOW | O_CLOEXEC`. Built with `const`
-/// methods, so a caller's flags cost nothing to assemble on a hot path.
+/// How to open a file by path; always `O_CLOEXEC`, `O_NOFOLLOW` unless
+/// [`OpenNoFollow::follow_symlinks`]. An existing file is opened with `O_NONBLOCK` (a FIFO
+/// does not wait for a writer) and refused unless it is a regular file (see
+/// [`not_regular`]); the descriptor returned is blocking again. Built with `const` methods,
+/// so a caller's flags cost nothing to assemble on a hot path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct OpenNoFollow {
     read: bool,
@@ -18,8 +25,7 @@ pub struct OpenNoFollow {
     create_new: bool,
     mode: u32,
     direct: bool,
-    nonblock: bool,
-    regular_only: bool,
+    follow: bool,
 }
 
 impl OpenNoFollow {
@@ -30,8 +36,7 @@ impl OpenNoFollow {
             create_new: false,
             mode: 0o666,
             direct: false,
-            nonblock: false,
-            regular_only: false,
+            follow: false,
         }
     }
 
@@ -70,27 +75,27 @@ impl OpenNoFollow {
         self
     }
 
-    /// Add `O_NONBLOCK` when `on`: opening a FIFO then returns at once instead of waiting
-    /// for the other end (combine with [`OpenNoFollow::regular_only`] to refuse it).
-    pub const fn nonblock(mut self, on: bool) -> Self {
-        self.nonblock = on;
+    /// Follow a symlink at the path's last component. Only for a path the caller named
+    /// itself (a tensor file in a model directory, which the Hugging Face cache builds from
+    /// symlinks), never for a name in a directory kvr shares with other processes (block,
+    /// slot, region and temp files). The FIFO and regular-file guards still apply.
+    pub const fn follow_symlinks(mut self) -> Self {
+        self.follow = true;
         self
     }
 
-    /// When `on`, refuse anything but a regular file after opening it (one `fstat`), with
-    /// the error [`not_regular`] makes.
-    pub const fn regular_only(mut self, on: bool) -> Self {
-        self.regular_only = on;
-        self
-    }
-
-    /// The `open(2)` flags beyond the access mode and creation.
+    /// The `open(2)` flags beyond the access mode and creation. `O_NONBLOCK` only while
+    /// opening an existing file: [`OpenNoFollow::open`] clears it once the file is known to
+    /// be regular (io_uring would otherwise return `EAGAIN` instead of waiting).
     const fn custom_flags(&self) -> libc::c_int {
-        let mut f = libc::O_NOFOLLOW | libc::O_CLOEXEC;
+        let mut f = libc::O_CLOEXEC;
+        if !self.follow {
+            f |= libc::O_NOFOLLOW;
+        }
         if self.direct {
             f |= libc::O_DIRECT;
         }
-        if self.nonblock {
+        if !self.create_new {
             f |= libc::O_NONBLOCK;
         }
         f
@@ -106,11 +111,36 @@ impl OpenNoFollow {
         o
     }
 
-    /// Opens `path`. A symlink there fails with `ELOOP`.
+    /// Opens `path`. A symlink there fails with `ELOOP` (unless followed); anything but a
+    /// regular file (a FIFO, a socket, a device, a directory) fails at once with the error
+    /// [`not_regular`] makes.
     pub fn open(&self, path: &Path) -> io::Result<File> {
-        let file = self.options(0).open(path)?;
-        if self.regular_only {
+        let file = match self.options(0).open(path) {
+            Ok(f) => f,
+            // The open itself can fail on a non-regular file: a FIFO without a reader
+            // (for writing) or a socket (ENXIO), O_DIRECT on a FIFO (EINVAL), a directory
+            // opened for writing (EISDIR). Report what is there, not the errno.
+            Err(e)
+                if matches!(
+                    e.raw_os_error(),
+                    Some(libc::ENXIO) | Some(libc::EINVAL) | Some(libc::EISDIR)
+                ) =>
+            {
+                return Err(match std::fs::symlink_metadata(path) {
+                    Ok(m) if !m.is_file() && !m.file_type().is_symlink() => not_regular(&m),
+                    _ => e,
+                })
+            }
+            Err(e) => return Err(e),
+        };
+        if !self.create_new {
             check_regular(&file.metadata()?)?;
+            let keep = if self.direct { libc::O_DIRECT } else { 0 };
+            // SAFETY: plain syscall on a descriptor `file` owns; F_SETFL sets only the
+            // status flags (O_NONBLOCK cleared, O_DIRECT kept as opened).
+            if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_SETFL, keep) } != 0 {
+                return Err(io::Error::last_os_error());
+            }
         }
         Ok(file)
     }
@@ -125,11 +155,14 @@ impl OpenNoFollow {
 }
 
 /// The error for a path that names something other than a regular file (a FIFO, a device,
-/// a directory): `InvalidInput`, never `NotFound`, so that it is not taken for "absent".
+/// a directory, a symlink): `InvalidInput`, never `NotFound`, so that it is not taken for
+/// "absent"; [`is_not_regular`] recognizes it.
 pub fn not_regular(m: &Metadata) -> io::Error {
     let t = m.file_type();
     let what = if t.is_dir() {
         "a directory"
+    } else if t.is_symlink() {
+        "a symlink"
     } else if t.is_fifo() {
         "a FIFO"
     } else if t.is_socket() {
@@ -141,8 +174,43 @@ pub fn not_regular(m: &Metadata) -> io::Error {
     };
     io::Error::new(
         io::ErrorKind::InvalidInput,
-        format!("not a regular file ({what})"),
+        format!("{NOT_REGULAR} ({what})"),
     )
+}
+
+const NOT_REGULAR: &str = "not a regular file";
+
+/// What a non-regular entry is, in words ("a FIFO", "a directory", ...).
+pub fn describe_type(m: &Metadata) -> String {
+    let e = not_regular(m).to_string();
+    e.trim_start_matches(NOT_REGULAR)
+        .trim_matches([' ', '(', ')'])
+        .to_string()
+}
+
+/// Whether `e` is [`not_regular`]'s error, or the `ELOOP` of a symlink opened with
+/// `O_NOFOLLOW`: the path exists but names no regular file.
+pub fn is_not_regular(e: &io::Error) -> bool {
+    e.raw_os_error() == Some(libc::ELOOP)
+        || (e.kind() == io::ErrorKind::InvalidInput && e.to_string().starts_with(NOT_REGULAR))
+}
+
+/// What `path` names when it is there but is no regular file (not followed: a symlink is
+/// one); `None` for a regular file or nothing.
+pub fn non_regular_entry(path: &Path) -> Option<Metadata> {
+    std::fs::symlink_metadata(path)
+        .ok()
+        .filter(|m| !m.is_file())
+}
+
+/// Unlinks a non-regular entry (a FIFO, a symlink, a socket, a device) planted at a name
+/// kvr owns, if `path` still names one; never a regular file, nor a directory (which
+/// `unlink` cannot remove; it is left for its owner). Returns whether it was removed.
+pub fn remove_non_regular(path: &Path) -> bool {
+    match non_regular_entry(path) {
+        Some(m) if !m.is_dir() => std::fs::remove_file(path).is_ok(),
+        _ => false,
+    }
 }
 
 /// `Ok` for a regular file, else [`not_regular`].
@@ -212,20 +280,55 @@ mod tests {
     }
 
     #[test]
-    fn regular_only_refuses_fifos_without_blocking() {
+    fn refuses_fifos_and_other_non_regular_files_without_blocking() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
         let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
         // SAFETY: a valid NUL-terminated path.
         assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
-        let guarded = OpenNoFollow::read_only().nonblock(true).regular_only(true);
-        let e = guarded.open(&fifo).unwrap_err();
-        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
-        assert!(e.to_string().contains("FIFO"), "{e}");
-        assert!(guarded.open(d.path()).is_err(), "a directory");
+        for how in [
+            OpenNoFollow::read_only(),
+            OpenNoFollow::write_only(),
+            OpenNoFollow::read_write(),
+            OpenNoFollow::read_only().follow_symlinks(),
+            OpenNoFollow::read_only().direct(true),
+        ] {
+            let e = how.open(&fifo).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{how:?}");
+            assert!(e.to_string().contains("FIFO"), "{e}");
+            assert!(is_not_regular(&e));
+        }
+        assert!(
+            OpenNoFollow::read_only().open(d.path()).is_err(),
+            "a directory"
+        );
         let f = d.path().join("f");
         std::fs::write(&f, b"x").unwrap();
-        guarded.open(&f).unwrap();
+        let opened = OpenNoFollow::read_only().open(&f).unwrap();
+        // SAFETY: plain syscall on an open descriptor.
+        let flags = unsafe { libc::fcntl(opened.as_raw_fd(), libc::F_GETFL) };
+        assert_eq!(flags & libc::O_NONBLOCK, 0, "blocking again once checked");
+        let link = d.path().join("link");
+        std::os::unix::fs::symlink(&f, &link).unwrap();
+        let e = OpenNoFollow::read_only().open(&link).unwrap_err();
+        assert!(is_not_regular(&e));
+        OpenNoFollow::read_only()
+            .follow_symlinks()
+            .open(&link)
+            .unwrap();
+        assert_eq!(describe_type(&non_regular_entry(&fifo).unwrap()), "a FIFO");
+        assert_eq!(
+            describe_type(&non_regular_entry(&link).unwrap()),
+            "a symlink"
+        );
+        assert!(non_regular_entry(&f).is_none());
+        assert!(
+            !remove_non_regular(&f) && f.exists(),
+            "never a regular file"
+        );
+        assert!(!remove_non_regular(d.path()), "nor a directory");
+        assert!(remove_non_regular(&fifo) && !fifo.exists());
+        assert!(remove_non_regular(&link) && !link.exists() && f.exists());
     }
 
     #[test]

@@ -85,6 +85,17 @@ pub fn try_lock_byte0(file: &File, mode: LockMode) -> io::Result<bool> {
     }
 }
 
+/// Releases this open file description's OFD lock on byte 0 (if any).
+pub fn unlock_byte0(file: &File) -> io::Result<()> {
+    let fl = byte0(libc::F_UNLCK);
+    // SAFETY: a valid descriptor and a valid flock struct for the duration of the call.
+    if unsafe { libc::fcntl(file.as_raw_fd(), libc::F_OFD_SETLK, &fl) } == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Whether any other open file description holds an OFD lock on byte 0 (asks; takes
 /// nothing).
 pub fn byte0_locked_by_others(file: &File) -> io::Result<bool> {
@@ -151,5 +162,8 @@ mod tests {
         );
         drop(a);
         assert!(try_lock_byte0(&b, LockMode::Exclusive).unwrap());
+        unlock_byte0(&b).unwrap();
+        let c = File::options().read(true).open(&p).unwrap();
+        assert!(!byte0_locked_by_others(&c).unwrap(), "unlocked");
     }
 }

@@ -14,7 +14,10 @@ use std::os::fd::AsRawFd;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
-use super::file::{parent_dir, OpenNoFollow};
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+
+use super::file::{is_not_regular, parent_dir, remove_non_regular, same_inode, OpenNoFollow};
+use super::lock::{try_lock, LockMode};
 
 /// A file under construction; see the module docs. Dropping it removes its temporary name,
 /// if it still has one.
@@ -151,22 +154,68 @@ fn link_unnamed(file: &File, dest: &Path) -> io::Result<()> {
     }
 }
 
-/// Whether `dir` supports unnamed files end to end: one opened with `how`, linked under a
-/// probe name, which is then removed.
+/// Name prefix of the file [`probe_unnamed`] links in.
+pub const UNNAMED_PROBE_PREFIX: &str = ".kvr_tmpfile_probe.";
+
+/// Whether `dir` supports unnamed files end to end: one opened with `how`, `flock`ed (so
+/// that a cleaner knows its prober lives), linked under a unique probe name, which is then
+/// removed. Probe files of killed probers are removed first.
 pub fn probe_unnamed(dir: &Path, how: OpenNoFollow) -> bool {
+    remove_abandoned(dir, |name| name.starts_with(UNNAMED_PROBE_PREFIX));
     let Ok(mut f) = TempFile::create_unnamed(dir, how) else {
         return false;
     };
-    let name = dir.join(format!(
-        ".kvr_tmpfile_probe.{}.{:?}",
-        std::process::id(),
-        std::thread::current().id()
-    ));
-    let linked = matches!(f.link_new(&name), Ok(true));
-    if linked {
-        let _ = std::fs::remove_file(&name);
+    if !matches!(try_lock(f.file(), LockMode::Exclusive), Ok(true)) {
+        return false; // a fresh unnamed file no one else can open: cannot be held
     }
-    linked
+    static SEQ: AtomicU64 = AtomicU64::new(0);
+    for _ in 0..16 {
+        let name = dir.join(format!(
+            "{UNNAMED_PROBE_PREFIX}{}.{}",
+            std::process::id(),
+            SEQ.fetch_add(1, Relaxed)
+        ));
+        match f.link_new(&name) {
+            Ok(true) => {
+                if same_inode(f.file(), &name) {
+                    let _ = std::fs::remove_file(&name);
+                }
+                return true;
+            }
+            Ok(false) => continue, // the name is taken: the next one
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
+/// Removes `path` if it is a regular file no live process holds a `flock` on (the writers
+/// of kvr's temp and probe files lock them for as long as they use them, and the kernel
+/// drops the lock of a killed one), or a non-regular entry planted at a name kvr reserves
+/// (see [`remove_non_regular`]). Returns whether it is gone.
+pub fn remove_if_abandoned(path: &Path) -> bool {
+    match OpenNoFollow::read_only().open(path) {
+        Ok(f) => {
+            matches!(try_lock(&f, LockMode::Exclusive), Ok(true))
+                && same_inode(&f, path)
+                && std::fs::remove_file(path).is_ok()
+        }
+        Err(e) if is_not_regular(&e) => remove_non_regular(path),
+        Err(_) => false,
+    }
+}
+
+/// Removes every entry of `dir` whose name `matches` and that [`remove_if_abandoned`]
+/// finds abandoned; returns how many went. An unreadable directory removes nothing.
+pub fn remove_abandoned(dir: &Path, matches: impl Fn(&str) -> bool) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .flatten()
+        .filter(|e| e.file_name().to_str().is_some_and(&matches))
+        .filter(|e| remove_if_abandoned(&e.path()))
+        .count()
 }
 
 /// Flushes a directory's entries (a link or rename just made in it) to stable storage.
@@ -178,6 +227,27 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 mod tests {
     use super::*;
     use std::os::unix::fs::FileExt;
+
+    #[test]
+    fn abandoned_files_go_and_held_ones_stay() {
+        let d = tempfile::tempdir().unwrap();
+        let name = |n: &str| d.path().join(format!(".x.{n}"));
+        std::fs::write(name("dead"), b"").unwrap();
+        let held = File::create(name("live")).unwrap();
+        assert!(try_lock(&held, LockMode::Exclusive).unwrap());
+        let fifo = std::ffi::CString::new(name("fifo").to_str().unwrap()).unwrap();
+        // SAFETY: a valid NUL-terminated path.
+        assert_eq!(unsafe { libc::mkfifo(fifo.as_ptr(), 0o600) }, 0);
+        std::fs::create_dir(name("dir")).unwrap();
+        std::fs::write(d.path().join("other"), b"").unwrap();
+        let gone = remove_abandoned(d.path(), |n| n.starts_with(".x."));
+        assert_eq!(gone, 2, "the dead writer's file and the FIFO");
+        assert!(!name("dead").exists() && !name("fifo").exists());
+        assert!(name("live").exists() && name("dir").exists());
+        assert!(d.path().join("other").exists(), "not matched");
+        drop(held);
+        assert!(remove_if_abandoned(&name("live")));
+    }
 
     #[test]
     fn named_files_link_without_replacing_and_clean_up() {

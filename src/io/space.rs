@@ -6,7 +6,10 @@ use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
+use std::path::Path;
+use std::time::{Duration, Instant};
 
+use super::lock::{try_lock, LockMode};
 use super::{align_up, AlignedBuf};
 
 /// What [`reserve`] does where the file system has no `fallocate(2)` (it returns
@@ -65,12 +68,28 @@ fn reserve_with(
                 Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
             ) =>
         {
+            note_no_fallocate(&e, unsupported);
             match unsupported {
                 Unsupported::Skip => Ok(Reserved::Skipped),
                 Unsupported::ZeroFill => zero_fill(file, len).map(|()| Reserved::ZeroFilled),
             }
         }
         Err(e) => Err(e),
+    }
+}
+
+/// Logs the fallback once per process at warning level (then at debug: the fs store meets it
+/// on every block).
+fn note_no_fallocate(e: &io::Error, unsupported: Unsupported) {
+    static WARNED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let how = match unsupported {
+        Unsupported::Skip => "the data writes allocate the space",
+        Unsupported::ZeroFill => "zero-filling instead",
+    };
+    if WARNED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+        log::debug!(target: "kvr::io", "fallocate unsupported ({e}); {how}");
+    } else {
+        log::warn!(target: "kvr::io", "this file system has no fallocate ({e}); {how}");
     }
 }
 
@@ -129,6 +148,45 @@ pub fn free_bytes(file: &File) -> Option<u64> {
         return None;
     }
     Some((st.f_bavail as u64).saturating_mul(st.f_frsize as u64))
+}
+
+/// One process's turn to reserve space in a directory: while it is held, no other kvr
+/// process can be between its free-space check and its reservation there, so two files
+/// that do not both fit never both pass the check and then both fail half-allocated (of
+/// two regions on a `/dev/shm` that fits one, exactly one is created). An exclusive `flock`
+/// on the directory itself: no lock file is left behind, and the kernel drops it with a
+/// killed holder. Released on drop.
+#[derive(Debug)]
+pub struct ReserveTurn {
+    _dir: Option<File>,
+}
+
+/// Waits up to `wait` for the turn to reserve space in `dir`; `None` if another holder
+/// kept it that long (a stuck or hostile process: the caller reports a timeout rather
+/// than waiting forever). A directory this process cannot open gives an unlocked turn:
+/// the reservation then works as it would without it.
+pub fn take_turn(dir: &Path, wait: Duration) -> Option<ReserveTurn> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let Ok(d) = File::options()
+        .read(true)
+        .custom_flags(libc::O_DIRECTORY | libc::O_CLOEXEC)
+        .open(dir)
+    else {
+        return Some(ReserveTurn { _dir: None });
+    };
+    let deadline = Instant::now() + wait;
+    let mut backoff = Duration::from_micros(200);
+    loop {
+        match try_lock(&d, LockMode::Exclusive) {
+            Ok(true) => return Some(ReserveTurn { _dir: Some(d) }),
+            Ok(false) if Instant::now() < deadline => {
+                std::thread::sleep(backoff);
+                backoff = (backoff * 2).min(Duration::from_millis(10));
+            }
+            Ok(false) => return None,
+            Err(_) => return Some(ReserveTurn { _dir: None }),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -201,6 +259,23 @@ mod tests {
         assert!(is_out_of_space(&e));
         let kind = crate::Error::io("reserving", e).kind();
         assert_eq!(kind, crate::ErrorKind::NoSpace);
+    }
+
+    #[test]
+    fn one_turn_at_a_time_per_directory() {
+        let d = tempfile::tempdir().unwrap();
+        let first = take_turn(d.path(), Duration::ZERO).expect("free");
+        let t = Instant::now();
+        assert!(take_turn(d.path(), Duration::from_millis(30)).is_none());
+        assert!(t.elapsed() >= Duration::from_millis(30), "waited");
+        drop(first);
+        assert!(take_turn(d.path(), Duration::ZERO).is_some(), "released");
+        assert!(take_turn(&d.path().join("missing"), Duration::ZERO).is_some());
+        assert_eq!(
+            std::fs::read_dir(d.path()).unwrap().count(),
+            0,
+            "no lock file"
+        );
     }
 
     #[test]

@@ -1,12 +1,14 @@
 //! The shared host region: one `MAP_SHARED` file holding every TP worker's slice of every
 //! KV block, created once per engine instance, attached by each worker, optionally pinned.
 
+mod fork;
 pub mod layout;
+mod metrics;
 pub mod shm;
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use memmap2::{MmapOptions, MmapRaw};
@@ -101,12 +103,26 @@ pub struct RegionInfo {
 /// An open region. Views handed out borrow it; dropping it unpins, unmaps, releases the
 /// lock and removes the file if this was the last holder.
 pub struct Region {
-    // Field order is drop order: unregister from CUDA, then unmap, then release the file.
+    // Field order is drop order: leave the fork handler's list, unregister from CUDA, then
+    // unmap, then release the file.
+    _fork: fork::Registration,
     _pin: Option<HostRegistration>,
     map: MmapRaw,
     file: RegionFile,
     packer: Mutex<ViewPacker>,
     info: RegionInfo,
+    /// Listed in `kvr_metrics_text` while open (its gauges live in the registration).
+    _metrics: (Arc<metrics::RegionGauges>, crate::metrics::Registration),
+}
+
+impl Drop for Region {
+    fn drop(&mut self) {
+        // The fields drop next, in order; the file's close protocol must not release the
+        // lock of a description this handle shares with the process it came from.
+        if self._fork.shares_parent_lock() {
+            self.file.leave_lock_alone();
+        }
+    }
 }
 
 impl std::fmt::Debug for Region {
@@ -188,7 +204,24 @@ impl Region {
             pin_time,
             path,
         };
+        // From here on a forked child gives this region its own description (see `fork`).
+        let fork = fork::register(
+            std::os::fd::AsRawFd::as_raw_fd(file.file()),
+            map.as_mut_ptr(),
+            map.len(),
+        );
+
+        let gauges = Arc::new(metrics::RegionGauges {
+            name: cfg.name.clone(),
+            path: info.path.display().to_string(),
+            blocks: layout.num_blocks,
+            bytes: layout.data_len(),
+            pinned: info.pinned,
+        });
+        let registration = crate::metrics::register(&gauges);
         Ok(Region {
+            _fork: fork,
+            _metrics: (gauges, registration),
             _pin: pin,
             map,
             file,

@@ -11,8 +11,14 @@
 //! - A new file is built under a temporary name (space reserved, header written, read lock
 //!   taken) and published with `link(2)`, which fails if the name exists: an attacher
 //!   never sees a half-built header and two creators never both win.
-//! - On close, a process that can convert its read lock into the write lock is the last holder
-//!   and unlinks the file.
+//! - On close, a process releases its read lock, then tries to take the write lock: it gets
+//!   it only if no one holds a lock, and then unlinks the file. Of processes closing at the
+//!   same instant, the last to release its read lock finds none left (or an earlier closer
+//!   holding the write lock, which unlinks): the last one out always removes the file.
+//!   (Converting the read lock in place, instead, fails for every closer while another
+//!   closer still holds its own.)
+//! - A forked child gives its inherited handles their own descriptions (`region::fork`),
+//!   so a parent's lock never outlives the parent's close through the child.
 
 use std::fs::File;
 use std::io;
@@ -21,7 +27,9 @@ use std::time::{Duration, Instant};
 
 use super::layout::{Layout, HEADER_LEN};
 use crate::io::file::{parent_dir, same_inode, OpenNoFollow};
-use crate::io::lock::{byte0_locked_by_others as held_by_others, try_lock_byte0, LockMode};
+use crate::io::lock::{
+    byte0_locked_by_others as held_by_others, try_lock_byte0, unlock_byte0, LockMode,
+};
 use crate::io::publish::{sibling_path, TempFile};
 use crate::io::space::{self, Unsupported};
 use crate::io::vectored::{read_exact_at, write_all_at};
@@ -125,6 +133,8 @@ pub struct RegionFile {
     file: File,
     path: PathBuf,
     created: bool,
+    /// Close without touching the lock (it belongs to another process too).
+    shared_lock: bool,
 }
 
 impl RegionFile {
@@ -141,13 +151,20 @@ impl RegionFile {
         self.created
     }
 
+    /// Makes dropping this handle only close its descriptor: no lock released, no file
+    /// removed. For a handle whose open file description another process shares (see
+    /// `region::fork`), whose lock is that process's too.
+    pub fn leave_lock_alone(&mut self) {
+        self.shared_lock = true;
+    }
+
     /// Opens the region at `path`: attaches to a live one, replaces a stale one (if `create`),
     /// or creates it (if `create`). Without `create`, waits up to `timeout` for a creator.
     pub fn open(path: &Path, layout: &Layout, create: bool, timeout: Duration) -> Result<Self> {
         let deadline = Instant::now() + timeout;
         let mut backoff = Duration::from_micros(200);
         loop {
-            match try_open_once(path, layout, create)? {
+            match try_open_once(path, layout, create, deadline)? {
                 Attempt::Done(f) => return Ok(f),
                 Attempt::Retry(why) => {
                     if Instant::now() >= deadline {
@@ -169,13 +186,17 @@ impl RegionFile {
 
 impl Drop for RegionFile {
     fn drop(&mut self) {
-        // Converting our read lock to the write lock succeeds only if no one else holds it.
-        if matches!(try_lock_byte0(&self.file, LockMode::Exclusive), Ok(true))
+        // Our read lock first, then the write lock, which only a last holder gets (see the
+        // module docs). An attacher that finds the file unlocked in between takes it for
+        // stale, as it is: every holder has gone.
+        if !self.shared_lock
+            && unlock_byte0(&self.file).is_ok()
+            && matches!(try_lock_byte0(&self.file, LockMode::Exclusive), Ok(true))
             && same_inode(&self.file, &self.path)
         {
             let _ = std::fs::remove_file(&self.path);
         }
-        // Closing the descriptor (when `file` drops) releases the lock.
+        // Closing the descriptor (when `file` drops) releases the write lock.
     }
 }
 
@@ -187,14 +208,14 @@ enum Attempt {
     RetryNow,
 }
 
-fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> {
+fn try_open_once(path: &Path, layout: &Layout, create: bool, deadline: Instant) -> Result<Attempt> {
     let file = match OpenNoFollow::read_write().open(path) {
         Ok(f) => f,
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => {
             if !create {
                 return Ok(Attempt::Retry("no creator has published it yet".into()));
             }
-            return create_and_publish(path, layout);
+            return create_and_publish(path, layout, deadline);
         }
         Err(e) if e.raw_os_error() == Some(libc::ELOOP) => {
             return Err(err!(
@@ -264,6 +285,7 @@ fn try_open_once(path: &Path, layout: &Layout, create: bool) -> Result<Attempt> 
         file,
         path: path.to_owned(),
         created: false,
+        shared_lock: false,
     }))
 }
 
@@ -276,11 +298,12 @@ fn replace_stale(file: File, path: &Path) -> io::Result<Attempt> {
                 Err(e)
             }
         })?;
+        log::info!(target: "kvr::region", "removed stale region file {} (its processes died)", path.display());
     }
     Ok(Attempt::RetryNow)
 }
 
-fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
+fn create_and_publish(path: &Path, layout: &Layout, deadline: Instant) -> Result<Attempt> {
     let dir = parent_dir(path);
     let file_name = path
         .file_name()
@@ -307,6 +330,13 @@ fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
     if !try_lock_byte0(temp.file(), LockMode::Shared).map_err(lock_err)? {
         return Ok(Attempt::RetryNow);
     }
+    let wait = deadline.saturating_duration_since(Instant::now());
+    let Some(_turn) = space::take_turn(dir, wait) else {
+        return Ok(Attempt::Retry(format!(
+            "another process kept the turn to reserve space in {}",
+            dir.display()
+        )));
+    };
     reserve(temp.file(), dir, path, layout.file_len())?;
     let header = encode_header(layout, pid, now_ns);
     write_all_at(temp.file(), &header, 0)
@@ -329,11 +359,13 @@ fn create_and_publish(path: &Path, layout: &Layout) -> Result<Attempt> {
         file: temp.into_file(),
         path: path.to_owned(),
         created: true,
+        shared_lock: false,
     }))
 }
 
 /// Checks free space, then reserves every byte so a full `/dev/shm` fails here, not as a
 /// SIGBUS on first touch. Where the file system has no `fallocate`, the file is zero-filled.
+/// The caller holds the directory's [`space::ReserveTurn`].
 fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
     if let Some(free) = space::free_bytes(file) {
         if free < len {

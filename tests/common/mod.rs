@@ -3,6 +3,7 @@
 // Each test file is its own crate and uses only some of these.
 #![allow(dead_code)]
 
+pub mod bounded;
 pub mod files;
 
 use std::ffi::CStr;

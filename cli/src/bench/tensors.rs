@@ -17,7 +17,9 @@
 //!   vs written from contiguous memory; without fsync (the gather against the page cache)
 //!   and with fsync (what a caller waits for).
 //!
-//! Also times open + get of one tensor of a 1000-tensor file of `--bytes` (header parse only).
+//! Also times open + get of one tensor of a 1000-tensor file of `--bytes` (header parse only),
+//! and reading that one tensor cold through the mapping (open + get + a load per page)
+//! against `read_into` of it.
 
 use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
@@ -298,6 +300,42 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<(Vec<Row>, Vec<Timing>)> {
                 "open + get 1 of {N} tensors, {} file, {}",
                 crate::report::human_bytes(len),
                 if cold { "cache dropped" } else { "warm" }
+            ),
+            &us,
+        ));
+    }
+    // One tensor read cold, zero-copy (open + get + every byte read through the pointer)
+    // against a copy (open + read_into): the zero-copy path must be no slower.
+    let mut buf = AlignedBuf::new(block as usize)?;
+    for zero_copy in [true, false] {
+        let mut us = Vec::new();
+        for i in 0..31 {
+            evict(path)?;
+            let name = &names[(i * 37) % N as usize];
+            let t0 = Instant::now();
+            let f = TensorFile::open(path)?;
+            if zero_copy {
+                let r = f.get(Some(name))?;
+                // One load per page faults every page in, as a consumer's read would.
+                let sum: u64 = r.data.iter().step_by(4096).map(|&b| b as u64).sum();
+                std::hint::black_box(sum);
+            } else {
+                f.read_into(Some(name), buf.as_mut_slice())?;
+                std::hint::black_box(buf.as_slice()[0]);
+            }
+            us.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        timings.push(Timing::new(
+            "tensors",
+            &format!(
+                "{} 1 of {N} tensors ({}), {} file, cache dropped",
+                if zero_copy {
+                    "open + get + read through the pointer,"
+                } else {
+                    "open + read_into,"
+                },
+                crate::report::human_bytes(block),
+                crate::report::human_bytes(len),
             ),
             &us,
         ));

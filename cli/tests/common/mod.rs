@@ -10,6 +10,10 @@ use std::process::{Command, Output};
 #[path = "../../../tests/common/files.rs"]
 pub mod files;
 
+/// The crate's helpers for bounded runs, shared by path rather than copied.
+#[path = "../../../tests/common/bounded.rs"]
+pub mod bounded;
+
 /// Runs the `kvr` binary with `args`.
 pub fn kvr(args: &[&str]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_kvr"))
