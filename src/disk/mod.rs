@@ -44,7 +44,7 @@ use std::time::Instant;
 
 pub use crate::io::vectored::RawSegment;
 pub use batch::{RawRead, RawWrite, ReadItem, WriteItem};
-pub use check::{inspect, verify, BadEntry, SlotFileReport, VerifyReport};
+pub use check::{entry_keys, inspect, verify, BadEntry, EntryKey, SlotFileReport, VerifyReport};
 pub use format::{Geometry, Key, MAX_META};
 
 use crate::io::{direct, BouncePool, DirectIo, IoPool};
