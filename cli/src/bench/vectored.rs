@@ -48,7 +48,7 @@ fn segments(buf: *mut u8, i: usize, layered: bool) -> Vec<RawSegment> {
 
 /// The shapes of one run, in this run's order: (name, layered).
 fn shapes(run: usize) -> [(&'static str, bool); 2] {
-    if run % 2 == 0 {
+    if run.is_multiple_of(2) {
         [("one", false), ("layers", true)]
     } else {
         [("layers", true), ("one", false)]
@@ -97,14 +97,11 @@ fn fs_run(
                 segments: &segs[i],
             })
             .collect();
-        // SAFETY: `src` outlives the job, which is finished before this closure returns.
         out[col][0] = gb
             / timed(|| {
-                finish(
-                    unsafe { s.submit_store_items(&items) },
-                    n,
-                    "vectored fs store",
-                )
+                // SAFETY: `src` outlives the job, which is finished before this closure returns.
+                let job = unsafe { s.submit_store_items(&items) };
+                finish(job, n, "vectored fs store")
             })?;
         let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(dst_ptr, i, layered)).collect();
         let items: Vec<LoadItem> = (0..n)
@@ -113,14 +110,11 @@ fn fs_run(
                 segments: &segs[i],
             })
             .collect();
-        // SAFETY: `dst` outlives the job and is not touched until it finished.
         out[col][1] = gb
             / timed(|| {
-                finish(
-                    unsafe { s.submit_load_items(&items) },
-                    n,
-                    "vectored fs load",
-                )
+                // SAFETY: `dst` outlives the job and is not touched until it finished.
+                let job = unsafe { s.submit_load_items(&items) };
+                finish(job, n, "vectored fs load")
             })?;
         check_same(src, dst, n, shape)?;
     }
@@ -159,14 +153,11 @@ fn disk_run(
                 meta: none,
             })
             .collect();
-        // SAFETY: `src` outlives the job, which is finished before this closure returns.
         out[col][0] = gb
             / timed(|| {
-                finish(
-                    unsafe { d.submit_write_items(&items) },
-                    n,
-                    "vectored disk write",
-                )
+                // SAFETY: `src` outlives the job, which is finished before this closure returns.
+                let job = unsafe { d.submit_write_items(&items) };
+                finish(job, n, "vectored disk write")
             })?;
         let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(dst_ptr, i, layered)).collect();
         let items: Vec<ReadItem> = (0..n)
@@ -177,14 +168,11 @@ fn disk_run(
                 meta_len_out: std::ptr::null_mut(),
             })
             .collect();
-        // SAFETY: `dst` outlives the job and is not touched until it finished.
         out[col][1] = gb
             / timed(|| {
-                finish(
-                    unsafe { d.submit_read_items(&items) },
-                    n,
-                    "vectored disk read",
-                )
+                // SAFETY: `dst` outlives the job and is not touched until it finished.
+                let job = unsafe { d.submit_read_items(&items) };
+                finish(job, n, "vectored disk read")
             })?;
         check_same(src, dst, n, shape)?;
     }
