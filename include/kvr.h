@@ -773,6 +773,19 @@ typedef struct kvr_fs_stats {
    * True when O_DIRECT is in use, false for buffered I/O.
    */
   bool direct_io;
+  /**
+   * True when blocks are written into unnamed `O_TMPFILE` files; false for named,
+   * `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`:
+   * NFS, FUSE mounts such as GlusterFS). Added after `direct_io`: a caller built
+   * against an older header passes a smaller `struct_size` and does not receive it.
+   */
+  bool unnamed_temp_files;
+  /**
+   * True once the directory scan started at open has finished (`blocks`/`bytes` count
+   * the whole store; the capacity is enforced). Open returns without waiting for the
+   * scan of a large store.
+   */
+  bool scan_complete;
 } kvr_fs_stats;
 
 /**

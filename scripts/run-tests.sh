@@ -14,6 +14,23 @@ cargo clippy --locked --workspace --all-targets -- -D warnings
 echo "== cargo test"
 cargo test --locked --workspace
 
+echo "== fs store on GlusterFS: one brick, two FUSE mounts as two hosts (scripts/glusterfs.sh)"
+gluster_rc=0
+gluster_env=$(scripts/glusterfs.sh start) || gluster_rc=$?
+if [ "$gluster_rc" -eq 77 ]; then
+  echo "skipped: this machine cannot run the GlusterFS test bed (reason above)"
+elif [ "$gluster_rc" -ne 0 ]; then
+  scripts/glusterfs.sh stop
+  exit "$gluster_rc"
+else
+  trap 'scripts/glusterfs.sh stop' EXIT
+  # One test at a time: they share one brick, and the kill test times its signals.
+  env $gluster_env KVR_REQUIRE_GLUSTER=1 \
+    cargo test --locked --test gluster_two_hosts -- --test-threads=1
+  scripts/glusterfs.sh stop
+  trap - EXIT
+fi
+
 # The committed include/kvr.h is checked by tests/header.rs: with CI set, build.rs never
 # rewrites it, so a stale committed header fails `cargo test` there.
 

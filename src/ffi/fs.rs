@@ -112,6 +112,15 @@ pub struct kvr_fs_stats {
     pub evictions: u64,
     /// True when O_DIRECT is in use, false for buffered I/O.
     pub direct_io: bool,
+    /// True when blocks are written into unnamed `O_TMPFILE` files; false for named,
+    /// `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`:
+    /// NFS, FUSE mounts such as GlusterFS). Added after `direct_io`: a caller built
+    /// against an older header passes a smaller `struct_size` and does not receive it.
+    pub unnamed_temp_files: bool,
+    /// True once the directory scan started at open has finished (`blocks`/`bytes` count
+    /// the whole store; the capacity is enforced). Open returns without waiting for the
+    /// scan of a large store.
+    pub scan_complete: bool,
 }
 
 /// One block of an async store batch.
@@ -403,6 +412,8 @@ pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) ->
             dedup_hits: st.dedup_hits,
             evictions: st.evictions,
             direct_io: st.direct_io,
+            unnamed_temp_files: st.unnamed_temp_files,
+            scan_complete: st.scan_complete,
         };
         // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
         unsafe { write_sized_out(out, full, "out") }

@@ -82,7 +82,8 @@ impl FsConfig {
 /// Counters of one open store (this process's view).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct FsStats {
-    /// Blocks this process knows of (scanned at open, plus its own stores, minus removals).
+    /// Blocks this process knows of (found by the scan started at open, plus its own
+    /// stores, minus removals; partial until `scan_complete`).
     pub blocks: u64,
     /// File bytes of those blocks (headers included).
     pub bytes: u64,
@@ -104,6 +105,13 @@ pub struct FsStats {
     pub evictions: u64,
     /// True when O_DIRECT is in use, false for buffered I/O.
     pub direct_io: bool,
+    /// True when blocks are written into unnamed `O_TMPFILE` files; false for named,
+    /// `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`, such
+    /// as NFS and FUSE mounts like GlusterFS, or `unnamed_temp_files = false`).
+    pub unnamed_temp_files: bool,
+    /// True once the directory scan started at open has finished: `blocks` and `bytes`
+    /// then count the whole store (as this process knows it), and the capacity is enforced.
+    pub scan_complete: bool,
 }
 
 /// One block to store in an async batch: `len` bytes at `src`.

@@ -10,19 +10,44 @@ use super::path::Key;
 pub struct Index {
     map: HashMap<Key, (u64, u64)>, // key -> (file bytes, tick)
     order: BTreeMap<u64, Key>,     // tick -> key, oldest first
+    /// Ticks of this process's own uses: from [`USED_TICKS`] up.
     tick: u64,
+    /// Ticks of blocks found by the directory scan: below [`USED_TICKS`], so older than
+    /// anything used since the store opened.
+    scanned_tick: u64,
     bytes: u64,
     reserved: u64,
 }
+
+/// Where the ticks of blocks used by this process start; the scan's are below.
+const USED_TICKS: u64 = 1 << 63;
 
 impl Index {
     /// Records `key` (of `size` file bytes) as most recently used; replaces a previous entry.
     pub fn insert(&mut self, key: Key, size: u64) {
         self.remove(&key);
-        self.tick += 1;
-        self.map.insert(key, (size, self.tick));
-        self.order.insert(self.tick, key);
+        let tick = self.next_tick();
+        self.map.insert(key, (size, tick));
+        self.order.insert(tick, key);
         self.bytes += size;
+    }
+
+    /// Records a block found by the directory scan (called oldest first) as older than any
+    /// block used since the store opened; a key already known is left as it is.
+    pub fn insert_scanned(&mut self, key: Key, size: u64) {
+        if self.map.contains_key(&key) {
+            return;
+        }
+        let tick = self.scanned_tick;
+        self.scanned_tick += 1;
+        self.map.insert(key, (size, tick));
+        self.order.insert(tick, key);
+        self.bytes += size;
+    }
+
+    fn next_tick(&mut self) -> u64 {
+        self.tick = self.tick.max(USED_TICKS) + 1;
+        self.tick
     }
 
     /// Marks `key` as used now; returns false if it is not known.
@@ -31,7 +56,7 @@ impl Index {
             return false;
         };
         self.order.remove(&entry.1);
-        self.tick += 1;
+        self.tick = self.tick.max(USED_TICKS) + 1;
         entry.1 = self.tick;
         self.order.insert(self.tick, *key);
         true
@@ -115,6 +140,14 @@ mod tests {
         assert_eq!(ix.remove(&k(3)), None);
         assert_eq!(ix.pop_lru(), None);
         assert_eq!(ix.bytes(), 0);
+        // Scanned blocks are older than used ones, in the order scanned; known keys stay.
+        ix.insert(k(4), 4);
+        ix.insert_scanned(k(5), 5);
+        ix.insert_scanned(k(6), 6);
+        ix.insert_scanned(k(4), 40);
+        assert_eq!(ix.pop_lru(), Some((k(5), 5)));
+        assert_eq!(ix.pop_lru(), Some((k(6), 6)));
+        assert_eq!(ix.pop_lru(), Some((k(4), 4)));
         ix.reserve(5);
         ix.reserve(7);
         ix.unreserve(5);

@@ -33,13 +33,14 @@ impl Inner {
         let p = path::block_path(&self.dir, &name);
         let len = crate::io::vectored::payload_len_mut(dst)
             .map_err(|e| e.context(format!("loading block {}", p.display())))?;
+        let missing = || -> Result<u64> {
+            self.counters.misses.fetch_add(1, Relaxed);
+            self.lock_index().remove(&name);
+            Err(err!(NotFound, "block {name} not found ({})", p.display()))
+        };
         let file = match OpenNoFollow::read_only().direct(self.direct).open(&p) {
             Ok(f) => f,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                self.counters.misses.fetch_add(1, Relaxed);
-                self.lock_index().remove(&name);
-                return Err(err!(NotFound, "block {name} not found ({})", p.display()));
-            }
+            Err(e) if vanished(&e) => return missing(),
             Err(e) if is_not_regular(&e) => {
                 // Planted or left by someone else (a FIFO, a symlink, a directory): never
                 // read or waited on; removed unless it is a directory.
@@ -76,6 +77,10 @@ impl Inner {
                 log::warn!(target: "kvr::fs", "dropped corrupt block {}: {e}", p.display());
                 Err(e.context(format!("block {} is corrupt and was removed", p.display())))
             }
+            // Removed (by gc, eviction or another host) after our open: on file systems that
+            // defer the real open to the first read (GlusterFS's open-behind) or whose
+            // handles go stale when the name goes (NFS), the read fails instead. A miss.
+            Err(e) if e.os_error().is_some_and(vanished) => missing(),
             Err(e) => {
                 self.counters.misses.fetch_add(1, Relaxed);
                 Err(e.context(format!("loading block {}", p.display())))
@@ -190,4 +195,10 @@ impl Inner {
         }
         Ok(())
     }
+}
+
+/// Whether an I/O error means the block file is gone: `ENOENT`, or `ESTALE` (the handle of a
+/// file another host removed, on GlusterFS and NFS).
+fn vanished(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE)
 }

@@ -19,7 +19,8 @@
 //! - O_DIRECT is probed at open (buffered fallback); unaligned caller buffers and tails go
 //!   through pooled aligned bounce buffers.
 //! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
-//!   reading); the LRU order is rebuilt from a directory scan at open, which also removes the
+//!   reading); the LRU order is rebuilt by a directory scan that starts at open and runs in
+//!   the background ([`scan`]: open does not grow with the store), which also removes the
 //!   temp files of dead writers (their `flock` is gone).
 //! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
 //!   supports it, so its 256 fan-out directories spread over ext4's block groups.
@@ -34,11 +35,10 @@ pub mod maintenance;
 mod metrics;
 pub mod path;
 mod pipeline;
+mod scan;
 mod store;
 mod temp;
 
-use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -55,6 +55,7 @@ use crate::io::vectored::{RawSegment, SegmentBatch};
 use crate::io::{direct, BouncePool, IoPool, Job};
 use crate::{err, Error, Result};
 use index::Index;
+use scan::ScanState;
 use temp::{clean_temp, DirCache};
 
 #[derive(Default)]
@@ -90,6 +91,8 @@ struct Inner {
     /// This process's id, for temp file names (a forked child that keeps using the store
     /// shares it; its names are still unique thanks to `create_new` + retry).
     pid: u32,
+    /// The background scan started at open.
+    scan_state: ScanState,
 }
 
 /// An open fs block store. Cheap to share between threads (`&FsStore` is `Sync`).
@@ -99,14 +102,26 @@ pub struct FsStore {
     // work, and their tasks hold their own `Arc<Inner>`.
     readers: IoPool,
     writers: IoPool,
+    /// The background scan's thread, stopped and joined on drop.
+    scanner: Option<std::thread::JoinHandle<()>>,
     /// Listed in `kvr_metrics_text` while open.
     _metrics: crate::metrics::Registration,
 }
 
+impl Drop for FsStore {
+    fn drop(&mut self) {
+        self.inner.scan_state.cancel();
+        if let Some(t) = self.scanner.take() {
+            let _ = t.join();
+        }
+    }
+}
+
 impl FsStore {
-    /// Opens (creating directories as needed) a store; probes O_DIRECT, scans the store's
-    /// directory to rebuild the block index and LRU order, removes temp files left by dead
-    /// writers, and evicts down to the capacity.
+    /// Opens (creating directories as needed) a store and probes O_DIRECT and `O_TMPFILE`.
+    /// A background scan ([`scan`]) then rebuilds the block index and LRU order, removes temp
+    /// files left by dead writers and evicts down to the capacity; open waits for it only
+    /// briefly (a small store is fully scanned when open returns).
     pub fn open(cfg: &FsConfig) -> Result<FsStore> {
         let dir = path::store_dir(&cfg.root, &cfg.namespace, cfg.rank)?;
         std::fs::create_dir_all(&dir)
@@ -153,16 +168,21 @@ impl FsStore {
             dirs: DirCache::default(),
             unnamed_temps,
             pid: std::process::id(),
+            scan_state: ScanState::default(),
         });
-        inner.scan()?;
-        inner.create_fanout_dirs();
-        if inner.capacity > 0 {
-            let mut ix = inner.lock_index();
-            inner.evict_until(&mut ix, 0);
+        let present = scan::fanout_dirs(&inner.dir)?;
+        for &i in &present {
+            inner.dirs.set(i);
         }
+        inner.create_fanout_dirs();
+        let readers = IoPool::new("kvr-fs-read", cfg.read_threads)?;
+        let writers = IoPool::with_idle("kvr-fs-write", cfg.write_threads, pipeline::flush)?;
+        let scanner = scan::spawn(inner.clone(), present)?;
+        inner.scan_state.wait(Some(scan::OPEN_WAIT));
         Ok(FsStore {
-            readers: IoPool::new("kvr-fs-read", cfg.read_threads)?,
-            writers: IoPool::with_idle("kvr-fs-write", cfg.write_threads, pipeline::flush)?,
+            readers,
+            writers,
+            scanner: Some(scanner),
             _metrics: crate::metrics::register(&inner),
             inner,
         })
@@ -187,6 +207,13 @@ impl FsStore {
     /// Whether O_DIRECT is in use.
     pub fn direct_io(&self) -> bool {
         self.inner.direct
+    }
+
+    /// Waits until the scan started at open has indexed the store (and, with a capacity,
+    /// evicted down to it), or `timeout` has passed (`None`: no limit); returns whether it
+    /// is done. Stores into a capacity-bounded store wait for it by themselves.
+    pub fn wait_for_scan(&self, timeout: Option<std::time::Duration>) -> bool {
+        self.inner.scan_state.wait(timeout)
     }
 
     /// Stores `data` as a `U8` block under the 16-byte `key`, unless a block of that key
@@ -500,6 +527,8 @@ impl Inner {
             dedup_hits: c.dedup.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
             direct_io: self.direct,
+            unnamed_temp_files: self.unnamed_temps,
+            scan_complete: self.scan_state.is_done(),
         }
     }
 
@@ -521,59 +550,6 @@ impl Inner {
             let _ = std::fs::remove_file(path::block_path(&self.dir, &key));
             self.counters.evictions.fetch_add(1, Relaxed);
         }
-    }
-
-    /// Rebuilds the index from the directory tree (LRU order from the files' access and
-    /// modification times) and removes temp files whose writers are gone.
-    fn scan(&self) -> Result<()> {
-        let mut found: Vec<(i64, Key, u64)> = Vec::new();
-        let read = |d: &Path| -> Result<Vec<std::fs::DirEntry>> {
-            match std::fs::read_dir(d) {
-                Ok(it) => Ok(it.filter_map(|e| e.ok()).collect()),
-                // Gone, or replaced by a file, since it was listed.
-                Err(e)
-                    if e.kind() == io::ErrorKind::NotFound
-                        || e.raw_os_error() == Some(libc::ENOTDIR) =>
-                {
-                    Ok(Vec::new())
-                }
-                Err(e) => Err(Error::io(format!("scanning {}", d.display()), e)),
-            }
-        };
-        for a in read(&self.dir)? {
-            let an = a.file_name();
-            let Some(hi) = an.to_str().filter(|n| path::is_fanout_dir(n)) else {
-                continue;
-            };
-            // A stray file or symlink named like a fan-out directory is skipped (`kvr fs
-            // inspect` and `verify` report it): one bad entry must not fail every open.
-            if !a.file_type().is_ok_and(|t| t.is_dir()) {
-                continue;
-            }
-            self.dirs
-                .set(usize::from_str_radix(hi, 16).expect("two hex digits"));
-            for f in read(&a.path())? {
-                let name = f.file_name();
-                let Some(name) = name.to_str() else { continue };
-                match path::classify(name) {
-                    path::Entry::Block(key) => {
-                        if let Ok(m) = std::fs::symlink_metadata(f.path()) {
-                            if m.is_file() {
-                                found.push((m.atime().max(m.mtime()), key, m.len()));
-                            }
-                        }
-                    }
-                    path::Entry::Temp => clean_temp(&f.path()),
-                    path::Entry::Other => {}
-                }
-            }
-        }
-        found.sort();
-        let mut ix = self.lock_index();
-        for (_, key, size) in found {
-            ix.insert(key, size);
-        }
-        Ok(())
     }
 }
 

@@ -230,6 +230,8 @@ impl Inner {
         let header = format::encode_header(key, payload_len as u64, sum, spec);
         let file_len = (header.len() + payload_len) as u64;
         let reserved = if self.capacity > 0 {
+            // Evictions need the whole LRU order: wait for the scan started at open.
+            self.scan_state.wait(None);
             if file_len > self.capacity {
                 return Err(err!(
                     TooLarge,
