@@ -295,6 +295,11 @@ typedef enum kvr_status {
    */
   KVR_ERR_PERMISSION = 204,
   /**
+   * A storage server (the object tier's S3 endpoint) is down, too slow or refusing: the
+   * message names the endpoint and the HTTP or OS error. The handle stays usable; retry.
+   */
+  KVR_ERR_UNAVAILABLE = 205,
+  /**
    * A bounded wait ran out.
    */
   KVR_ERR_TIMEOUT = 300,
@@ -346,6 +351,11 @@ typedef struct kvr_fs kvr_fs;
  * Opaque handle of a submitted batch. Free with `kvr_job_free` (which waits for it).
  */
 typedef struct kvr_job kvr_job;
+
+/**
+ * Opaque handle to an open object store (`kvr_obj_open` / `kvr_obj_close`).
+ */
+typedef struct kvr_obj kvr_obj;
 
 /**
  * Opaque handle to an open shared region (`kvr_region_open` / `kvr_region_close`).
@@ -964,6 +974,115 @@ typedef struct kvr_job_progress {
  * may call kvr functions. It must not throw (a C++ callback should be `noexcept`).
  */
 typedef void (*kvr_log_fn)(uint32_t level, const char *target, const char *message, void *user_data);
+
+/**
+ * How to open an object store. Fill with `kvr_obj_config_default`, then set the fields.
+ * String fields left NULL (or "") take the standard `AWS_*` environment variables.
+ */
+typedef struct kvr_obj_config {
+  /**
+   * `sizeof(kvr_obj_config)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * `s3://bucket[/prefix]` (required); blocks live under `<prefix>/<namespace>/<hh>/`.
+   */
+  const char *url;
+  /**
+   * Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+   */
+  const char *namespace_name;
+  /**
+   * `http://host:port` of the S3 server; NULL: `AWS_ENDPOINT_URL`.
+   */
+  const char *endpoint;
+  /**
+   * Region; NULL: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else "us-east-1".
+   */
+  const char *region;
+  /**
+   * Access key id; NULL: `AWS_ACCESS_KEY_ID` (with `AWS_SECRET_ACCESS_KEY`), else
+   * unsigned requests. No profile file or instance metadata is ever read.
+   */
+  const char *access_key_id;
+  /**
+   * Secret access key (with `access_key_id`).
+   */
+  const char *secret_access_key;
+  /**
+   * Session token of temporary credentials, or NULL.
+   */
+  const char *session_token;
+  /**
+   * Most requests in flight at once, over all callers and batches (1..=4096). Default 32.
+   */
+  uint32_t concurrency;
+  /**
+   * Bound on establishing a connection, in milliseconds (non-zero). Default 2000.
+   */
+  uint32_t connect_timeout_ms;
+  /**
+   * Bound on one whole request, in milliseconds (non-zero). Default 30000.
+   */
+  uint32_t request_timeout_ms;
+} kvr_obj_config;
+
+/**
+ * Counters of an open object store, as seen by this process (filled by
+ * `kvr_obj_get_stats`).
+ */
+typedef struct kvr_obj_stats {
+  /**
+   * Set to `sizeof(kvr_obj_stats)` before the call.
+   */
+  uint32_t struct_size;
+  /**
+   * Loads that returned a block.
+   */
+  uint64_t hits;
+  /**
+   * Loads that found no usable block (absent or bad).
+   */
+  uint64_t misses;
+  /**
+   * Bad objects found by loads (kept until `kvr obj verify --repair`).
+   */
+  uint64_t corrupt;
+  /**
+   * Payload bytes loaded.
+   */
+  uint64_t bytes_read;
+  /**
+   * Payload bytes stored.
+   */
+  uint64_t bytes_written;
+  /**
+   * Blocks written.
+   */
+  uint64_t stores;
+  /**
+   * Stores skipped because the object existed (the server's 412).
+   */
+  uint64_t dedup_hits;
+  /**
+   * Blocks removed.
+   */
+  uint64_t removes;
+  /**
+   * Requests that failed because the server was down, too slow or refusing.
+   */
+  uint64_t unavailable;
+} kvr_obj_stats;
+
+/**
+ * One block of an async object store batch (the fs store's item type).
+ */
+typedef struct kvr_fs_store_item kvr_obj_store_item;
+
+/**
+ * One block of an async object load batch (the fs store's item type).
+ */
+typedef struct kvr_fs_load_item kvr_obj_load_item;
 
 /**
  * How to open a region. Fill with `kvr_region_config_default`, then set the fields.
@@ -1610,6 +1729,98 @@ enum kvr_status kvr_namespace_name(const struct kvr_namespace_config *config,
                                    char *buf,
                                    size_t cap,
                                    size_t *needed);
+
+/**
+ * Fills `*config` with the documented defaults (strings NULL).
+ */
+enum kvr_status kvr_obj_config_default(struct kvr_obj_config *config);
+
+/**
+ * Opens an object store at `config->url` / `config->namespace_name`, starting kvr's own
+ * I/O threads (`kvr-obj-*`) with the first store of the process, and makes one request to
+ * check endpoint, bucket and credentials. On success `*out` owns the handle; close it with
+ * `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values),
+ * `KVR_ERR_UNSUPPORTED` (an https:// endpoint: this build speaks plain HTTP),
+ * `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing), `KVR_ERR_PERMISSION`.
+ */
+enum kvr_status kvr_obj_open(const struct kvr_obj_config *config, struct kvr_obj **out);
+
+/**
+ * Closes a store after its async items have finished (each is bounded by the request
+ * timeout); the last store closed stops kvr's object I/O threads. Jobs may be freed before
+ * or after. `kvr_obj_close(NULL)` is a no-op.
+ */
+void kvr_obj_close(struct kvr_obj *obj);
+
+/**
+ * Stores `len` bytes at `src` as the block `*key`, publish-once: a conditional PUT that the
+ * server refuses if the object exists (deduplicated: `KVR_OK`, nothing written).
+ * Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_UNAVAILABLE`, `KVR_ERR_PERMISSION`,
+ * `KVR_ERR_IO`.
+ */
+enum kvr_status kvr_obj_store(const struct kvr_obj *obj,
+                              const struct kvr_block_key *key,
+                              const void *src,
+                              size_t len);
+
+/**
+ * Loads the block `*key` into `len` bytes at `dst`, verifying key, length and checksum.
+ * `KVR_ERR_NOT_FOUND` if absent or bad (a bad object is counted in `corrupt` and left for
+ * `kvr obj verify --repair`; the message says which); `KVR_ERR_LAYOUT_MISMATCH` if the
+ * block is intact but not `len` bytes long; `KVR_ERR_UNAVAILABLE`. On any error the
+ * contents of `dst` are unspecified.
+ */
+enum kvr_status kvr_obj_load(const struct kvr_obj *obj,
+                             const struct kvr_block_key *key,
+                             void *dst,
+                             size_t len);
+
+/**
+ * Sets `*out` to whether an object of `*key` exists (one HEAD request).
+ */
+enum kvr_status kvr_obj_contains(const struct kvr_obj *obj,
+                                 const struct kvr_block_key *key,
+                                 bool *out);
+
+/**
+ * Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix), asking
+ * up to `concurrency` keys at once. `n` may be 0 (then `keys` may be NULL).
+ */
+enum kvr_status kvr_obj_lookup_prefix(const struct kvr_obj *obj,
+                                      const struct kvr_block_key *keys,
+                                      size_t n,
+                                      size_t *hits);
+
+/**
+ * Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none.
+ */
+enum kvr_status kvr_obj_remove(const struct kvr_obj *obj, const struct kvr_block_key *key);
+
+/**
+ * Fills `*out` with this process's counters. Set `out->struct_size = sizeof(kvr_obj_stats)`.
+ */
+enum kvr_status kvr_obj_get_stats(const struct kvr_obj *obj, struct kvr_obj_stats *out);
+
+/**
+ * Submits `n` (>= 1) blocks to store, up to `concurrency` requests in flight; `*out`
+ * receives the job (`kvr_job_*`; an item's bytes are 0 for a deduplicated block). Every item
+ * is checked first (NULL or empty buffers reject the whole batch). The `src` buffers must
+ * stay valid until the job is done.
+ */
+enum kvr_status kvr_obj_submit_store(const struct kvr_obj *obj,
+                                     const kvr_obj_store_item *items,
+                                     size_t n,
+                                     struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) blocks to load, up to `concurrency` requests in flight; per-item
+ * results as for `kvr_obj_load`. The `dst` buffers must stay valid and untouched until the
+ * job is done.
+ */
+enum kvr_status kvr_obj_submit_load(const struct kvr_obj *obj,
+                                    const kvr_obj_load_item *items,
+                                    size_t n,
+                                    struct kvr_job **out);
 
 /**
  * Fills `*config` with the documented defaults (fields required by `kvr_region_open` are

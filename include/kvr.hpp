@@ -681,6 +681,106 @@ class FsStore {
   Handle<kvr_fs, kvr_fs_close> h_;
 };
 
+// ---- S3 object tier: one object per block, shared between hosts ----
+
+struct ObjOptions {
+  std::string url;  // s3://bucket[/prefix], required
+  std::string ns;   // namespace (model + layout digest), required
+  // Empty strings take the AWS_* environment variables (AWS_ENDPOINT_URL, AWS_REGION,
+  // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); no credentials: unsigned.
+  std::string endpoint;  // http://host:port
+  std::string region;
+  std::string access_key_id;
+  std::string secret_access_key;
+  std::string session_token;
+  std::uint32_t concurrency = 32;  // requests in flight
+  std::uint32_t connect_timeout_ms = 2000;
+  std::uint32_t request_timeout_ms = 30000;
+};
+
+/// Blocks in an S3 bucket (kvr_obj_open / kvr_obj_close). A server that is down, too slow or
+/// refusing throws kvr::Error with KVR_ERR_UNAVAILABLE (message: endpoint and error); the
+/// same object works again once the server is back.
+class ObjStore {
+ public:
+  explicit ObjStore(const ObjOptions& o) {
+    kvr_obj_config c;
+    check(kvr_obj_config_default(&c));
+    auto opt = [](const std::string& s) { return s.empty() ? nullptr : s.c_str(); };
+    c.url = o.url.c_str();
+    c.namespace_name = o.ns.c_str();
+    c.endpoint = opt(o.endpoint);
+    c.region = opt(o.region);
+    c.access_key_id = opt(o.access_key_id);
+    c.secret_access_key = opt(o.secret_access_key);
+    c.session_token = opt(o.session_token);
+    c.concurrency = o.concurrency;
+    c.connect_timeout_ms = o.connect_timeout_ms;
+    c.request_timeout_ms = o.request_timeout_ms;
+    kvr_obj* h = nullptr;
+    check(kvr_obj_open(&c, &h));
+    h_.reset(h);
+  }
+  ObjStore(const ObjStore&) = delete;
+  ObjStore& operator=(const ObjStore&) = delete;
+  ObjStore(ObjStore&&) noexcept = default;
+  ObjStore& operator=(ObjStore&&) noexcept = default;
+  ~ObjStore() noexcept = default;
+  /// Stores `len` bytes, publish-once (a no-op if the object exists).
+  void store(const BlockKey& k, const void* src, std::size_t len) {
+    check(kvr_obj_store(h_.get(), &k, src, len));
+  }
+  /// Loads the block into `dst`; false if there is none or it is bad (counted in
+  /// stats().corrupt, left for `kvr obj verify --repair`). Throws kvr::Error otherwise
+  /// (KVR_ERR_LAYOUT_MISMATCH: other length; KVR_ERR_UNAVAILABLE).
+  [[nodiscard]] bool load(const BlockKey& k, void* dst, std::size_t len) {
+    kvr_status s = kvr_obj_load(h_.get(), &k, dst, len);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  [[nodiscard]] bool contains(const BlockKey& k) const {
+    bool yes = false;
+    check(kvr_obj_contains(h_.get(), &k, &yes));
+    return yes;
+  }
+  /// How many leading keys exist (the reusable prompt prefix).
+  [[nodiscard]] std::size_t lookup_prefix(const BlockKey* keys, std::size_t n) const {
+    std::size_t hits = 0;
+    check(kvr_obj_lookup_prefix(h_.get(), keys, n, &hits));
+    return hits;
+  }
+  /// Removes the block; false if there was none.
+  bool remove(const BlockKey& k) {
+    kvr_status s = kvr_obj_remove(h_.get(), &k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  [[nodiscard]] kvr_obj_stats stats() const {
+    kvr_obj_stats s{};
+    s.struct_size = sizeof(s);
+    check(kvr_obj_get_stats(h_.get(), &s));
+    return s;
+  }
+  /// Stores a batch, `concurrency` requests in flight; `items`' buffers must outlive the job.
+  Job submit_store(const kvr_obj_store_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_store(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Loads a batch, `concurrency` requests in flight; `items`' buffers must outlive the job.
+  Job submit_load(const kvr_obj_load_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_load(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  [[nodiscard]] kvr_obj* get() const noexcept { return h_.get(); }
+
+ private:
+  Handle<kvr_obj, kvr_obj_close> h_;
+};
+
 // ---- tensor files (safetensors): writing, lazy reading, lazy directory, region blocks ----
 
 /// Writes `n` tensors (strided views allowed) and `m` metadata entries as a safetensors file,

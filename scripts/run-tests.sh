@@ -11,6 +11,15 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+# The object tier's tests (Rust and ctest) run against a real S3 server: SeaweedFS on
+# 127.0.0.1, installed once into a cache directory, stopped by its watcher when this script
+# exits (also after a failed test).
+echo "== S3 test server (SeaweedFS) for the object tier"
+KVR_SEAWEEDFS_STATE=$(mktemp -d "${TMPDIR:-/tmp}/kvr-seaweedfs.XXXXXX")
+export KVR_SEAWEEDFS_STATE
+eval "$(KVR_SEAWEEDFS_WATCH_PID=$$ scripts/seaweedfs.sh start)"
+echo "KVR_S3_TEST_ENDPOINT=$KVR_S3_TEST_ENDPOINT"
+
 echo "== cargo test"
 cargo test --locked --workspace
 

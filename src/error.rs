@@ -21,6 +21,9 @@ pub enum ErrorKind {
     Permission,
     /// A bounded wait ran out.
     Timeout,
+    /// A storage server (the object tier's S3 endpoint) is down, too slow or refusing; the
+    /// message names the endpoint and the HTTP or OS error. Retrying later may succeed.
+    Unavailable,
     /// The resource is owned by another live process.
     Busy,
     /// The handle was closed or cleaned up; the object is no longer usable.

@@ -9,6 +9,8 @@
 //!   safetensors file per block, atomic rename, checksums, O_DIRECT, LRU capacity).
 //! - [`disk`]: a preallocated file of fixed-size slots for local spill, with an in-memory LRU
 //!   index rebuilt from checksummed slot headers at open, crash-safe across SIGKILL.
+//! - [`obj`]: KV blocks in an S3 object store, one object per block in the fs store's block
+//!   format, shared between hosts; publish-once conditional PUTs, verified loads.
 //! - [`tensors`]: safetensors files written from strided tensors and read lazily (zero-copy),
 //!   a lazy tensor directory, and export/import of region blocks.
 //! - [`namespace`]: canonical namespace names from what makes blocks compatible (model,
@@ -33,6 +35,7 @@ pub mod key;
 pub mod logging;
 pub mod metrics;
 pub mod namespace;
+pub mod obj;
 pub mod region;
 pub mod tensors;
 
@@ -41,6 +44,7 @@ pub use error::{Error, ErrorKind, Result};
 pub use fs::{Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored};
 pub use key::Key;
 pub use namespace::Namespace;
+pub use obj::{ObjConfig, ObjStats, ObjStore};
 pub use region::{Layout, Pinning, Region, RegionConfig, RegionInfo, Role, View};
 pub use tensors::{
     Dtype, LazyTensor, TensorDir, TensorFile, TensorIn, TensorRef, TensorSpec, WriteOptions,

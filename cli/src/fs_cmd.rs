@@ -61,7 +61,7 @@ pub enum FsCommand {
     },
 }
 
-fn parse_bound(s: &str) -> Result<u64, String> {
+pub fn parse_bound(s: &str) -> Result<u64, String> {
     if s.trim() == "0" {
         Ok(0)
     } else {

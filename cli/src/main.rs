@@ -12,6 +12,7 @@ mod bench;
 mod disk_cmd;
 mod fio;
 mod fs_cmd;
+mod obj_cmd;
 mod region_cmd;
 mod report;
 mod stdout;
@@ -48,6 +49,11 @@ enum Command {
         #[command(subcommand)]
         command: fs_cmd::FsCommand,
     },
+    /// S3 object stores: inspect, verify (and repair), trim to a byte bound.
+    Obj {
+        #[command(subcommand)]
+        command: obj_cmd::ObjCommand,
+    },
     /// Shared host regions: list them, remove stale ones.
     Region {
         #[command(subcommand)]
@@ -80,6 +86,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bench(args) => bench::run(&args),
         Command::Fs { command } => fs_cmd::run(&command),
+        Command::Obj { command } => obj_cmd::run(&command),
         Command::Region { command } => region_cmd::run(&command),
         Command::Disk { command } => disk_cmd::run(&command),
         Command::Tensors { command } => tensors_cmd::run(&command),

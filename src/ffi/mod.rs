@@ -20,6 +20,7 @@ pub mod job;
 pub mod log;
 pub mod metrics;
 pub mod namespace;
+pub mod obj;
 pub mod region;
 pub mod status;
 pub mod tensor_dir;

@@ -29,6 +29,9 @@ pub enum kvr_status {
     KVR_ERR_CORRUPT = 203,
     /// Permission denied, or a symlink where none is allowed.
     KVR_ERR_PERMISSION = 204,
+    /// A storage server (the object tier's S3 endpoint) is down, too slow or refusing: the
+    /// message names the endpoint and the HTTP or OS error. The handle stays usable; retry.
+    KVR_ERR_UNAVAILABLE = 205,
     /// A bounded wait ran out.
     KVR_ERR_TIMEOUT = 300,
     /// The resource is owned by another live process.
@@ -86,6 +89,7 @@ status_table! {
     KVR_ERR_NOT_FOUND <= NotFound,
     KVR_ERR_CORRUPT <= Corrupt,
     KVR_ERR_PERMISSION <= Permission,
+    KVR_ERR_UNAVAILABLE <= Unavailable,
     KVR_ERR_TIMEOUT <= Timeout,
     KVR_ERR_BUSY <= Busy,
     KVR_ERR_CLOSED <= Closed,

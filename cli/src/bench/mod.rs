@@ -3,6 +3,7 @@
 pub mod disk;
 pub mod fs;
 pub mod lookup;
+pub mod obj;
 pub mod region;
 pub mod tensors;
 pub mod vectored;
@@ -25,6 +26,9 @@ pub enum Tier {
     Vectored,
     /// Batched per-key lookups of 1,000 keys (fs store from memory and by stat, slot file).
     Lookup,
+    /// The S3 object tier (needs a server: --endpoint; not part of `all`).
+    Obj,
+    /// Every local tier (region, fs, disk, vectored, lookup, tensors).
     All,
 }
 
@@ -54,6 +58,18 @@ pub struct BenchArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     pub json: bool,
+    /// For --tier obj: the S3 endpoint, `http://host:port` (default: KVR_S3_TEST_ENDPOINT,
+    /// else AWS_ENDPOINT_URL).
+    #[arg(long)]
+    pub endpoint: Option<String>,
+    /// For --tier obj: where the benchmark's objects go (under `kvr-bench-<pid>/`, removed
+    /// at the end).
+    #[arg(long, default_value = "s3://kvr-test")]
+    pub obj_url: String,
+    /// For --tier obj: requests in flight, comma-separated (kvr's concurrency and the raw
+    /// HTTP client's threads).
+    #[arg(long, value_delimiter = ',', default_value = "8,32")]
+    pub in_flight: Vec<usize>,
 }
 
 /// Parses "64K", "2M", "4G", "4096".
@@ -114,6 +130,9 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
         let (r, t) = tensors::bench(args)?;
         rows.extend(r);
         timings.extend(t);
+    }
+    if args.tier == Tier::Obj {
+        rows.extend(obj::bench(args)?);
     }
     if args.json {
         let out = serde_json::json!({

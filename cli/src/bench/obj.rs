@@ -1,0 +1,273 @@
+//! Object tier benchmark: async store and load batches with N requests in flight, next to
+//! the same number of plain concurrent HTTP PUTs and GETs of the same bytes to the same
+//! server in the same run (the limit: persistent connections, no SDK, no signing).
+//!
+//! Per block size, in-flight count and run: a fresh namespace receives `bytes / block`
+//! blocks in one `submit_store` batch; one `submit_load` batch reads them back (checked) and
+//! the bytes are compared. Then N threads PUT the same objects' bytes (block header and
+//! payload) to other names with a plain HTTP/1.1 client and GET them back. Everything goes
+//! under `URL/kvr-bench-<pid>/` and is removed at the end. The server must take unsigned
+//! requests (SeaweedFS without identities does: `scripts/seaweedfs.sh start`).
+
+use std::io::Read;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kvr::obj::maintenance::Bucket;
+use kvr::{Key, LoadRequest, ObjConfig, ObjStore, StoreRequest};
+
+use super::{progress, BenchArgs};
+use crate::report::Row;
+
+/// Removes the benchmark's objects on drop, also on errors.
+struct Cleanup(Option<Bucket>);
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        if let Some(b) = &self.0 {
+            let _ = b.gc(None, 0);
+        }
+    }
+}
+
+fn key(block: u64, n_in_flight: usize, run: usize, i: usize) -> Key {
+    let mut seed = [0u8; 32];
+    seed[..8].copy_from_slice(&block.to_le_bytes());
+    seed[8..16].copy_from_slice(&(n_in_flight as u64).to_le_bytes());
+    seed[16..24].copy_from_slice(&(run as u64).to_le_bytes());
+    seed[24..].copy_from_slice(&(i as u64).to_le_bytes());
+    Key(xxhash_rust::xxh3::xxh3_128(&seed).to_le_bytes())
+}
+
+struct Setup<'a> {
+    endpoint: &'a str,
+    url: String,
+    block: usize,
+    n: usize,
+    in_flight: usize,
+    run: usize,
+}
+
+impl Setup<'_> {
+    fn config(&self, namespace: String) -> ObjConfig {
+        let mut c = ObjConfig::new(&self.url, namespace);
+        c.endpoint = Some(self.endpoint.to_string());
+        c.concurrency = self.in_flight;
+        c
+    }
+}
+
+/// One kvr run: (store GB/s, load GB/s).
+fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(f64, f64)> {
+    let (block, n) = (s.block, s.n);
+    let store = ObjStore::open(&s.config(format!("kvr-{block}-{}-{}", s.in_flight, s.run)))?;
+    let k = |i| key(block as u64, s.in_flight, s.run, i);
+    let stores: Vec<StoreRequest> = (0..n)
+        .map(|i| StoreRequest {
+            key: k(i),
+            src: src[i * block..].as_ptr(),
+            len: block,
+        })
+        .collect();
+    let t = Instant::now();
+    // SAFETY: `src` outlives the job, which is waited for and dropped in this function.
+    let job = unsafe { store.submit_store(&stores) };
+    job.wait(None)?;
+    let store_s = t.elapsed().as_secs_f64();
+    for i in 0..n {
+        job.item(i).map_err(|e| e.context("obj bench store"))?;
+    }
+    drop(job);
+    let base = dst.as_mut_ptr();
+    let loads: Vec<LoadRequest> = (0..n)
+        .map(|i| LoadRequest {
+            key: k(i),
+            // SAFETY: i * block < n * block <= dst's length.
+            dst: unsafe { base.add(i * block) },
+            len: block,
+        })
+        .collect();
+    let t = Instant::now();
+    // SAFETY: `dst` outlives the job and is not touched until it completes.
+    let job = unsafe { store.submit_load(&loads) };
+    job.wait(None)?;
+    let load_s = t.elapsed().as_secs_f64();
+    for i in 0..n {
+        job.item(i).map_err(|e| e.context("obj bench load"))?;
+    }
+    drop(job);
+    if dst[..n * block] != src[..n * block] {
+        return Err(kvr::err!(
+            Internal,
+            "obj bench: loaded bytes differ from stored"
+        ));
+    }
+    let bytes = (n * block) as f64;
+    Ok((bytes / store_s / 1e9, bytes / load_s / 1e9))
+}
+
+/// `n` requests over `in_flight` threads sharing one agent (a pool of persistent
+/// connections); the elapsed seconds.
+fn raw_requests(
+    in_flight: usize,
+    n: usize,
+    request: impl Fn(usize) -> kvr::Result<()> + Sync,
+) -> kvr::Result<f64> {
+    let next = AtomicUsize::new(0);
+    let t = Instant::now();
+    std::thread::scope(|sc| {
+        let workers: Vec<_> = (0..in_flight)
+            .map(|_| {
+                sc.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= n {
+                        return Ok(());
+                    }
+                    request(i)?;
+                })
+            })
+            .collect();
+        workers
+            .into_iter()
+            .try_for_each(|w| w.join().expect("raw HTTP worker panicked"))
+    })?;
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn http_err(what: &str, url: &str, e: ureq::Error) -> kvr::Error {
+    kvr::err!(Unavailable, "raw HTTP {what} {url}: {e}")
+}
+
+/// One raw run: (PUT GB/s, GET GB/s) of the same bytes kvr moves (block header + payload).
+fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
+    let (block, n) = (s.block, s.n);
+    let agent = ureq::AgentBuilder::new()
+        .max_idle_connections_per_host(s.in_flight)
+        .timeout(Duration::from_secs(60))
+        .build();
+    let kvr::obj::ObjUrl { bucket, prefix } = kvr::obj::ObjUrl::parse(&s.url)?;
+    let ns = format!("raw-{block}-{}-{}", s.in_flight, s.run);
+    let url = |i: usize| {
+        let name = kvr::obj::object::object_path(&ns, &key(block as u64, s.in_flight, s.run, i));
+        format!("{}/{bucket}/{prefix}/{name}", s.endpoint)
+    };
+    let payload = |i: usize| &src[i * block..(i + 1) * block];
+    let headers: Vec<Vec<u8>> = (0..n)
+        .map(|i| {
+            let p = payload(i);
+            let k = key(block as u64, s.in_flight, s.run, i);
+            let spec = kvr::TensorSpec::bytes(block as u64);
+            kvr::fs::format::encode_header(&k.0, block as u64, kvr::fs::format::checksum(p), &spec)
+        })
+        .collect();
+    let put_s = raw_requests(s.in_flight, n, |i| {
+        let (u, h) = (url(i), &headers[i]);
+        let body = h.as_slice().chain(payload(i));
+        agent
+            .put(&u)
+            .set("Content-Length", &(h.len() + block).to_string())
+            .send(body)
+            .map_err(|e| http_err("PUT", &u, e))?;
+        Ok(())
+    })?;
+    let get_s = raw_requests(s.in_flight, n, |i| {
+        let u = url(i);
+        let resp = agent.get(&u).call().map_err(|e| http_err("GET", &u, e))?;
+        let mut body = Vec::with_capacity(headers[i].len() + block);
+        resp.into_reader()
+            .read_to_end(&mut body)
+            .map_err(|e| kvr::Error::io(format!("raw HTTP GET {u}"), e))?;
+        if body.len() != headers[i].len() + block {
+            return Err(kvr::err!(
+                Internal,
+                "raw HTTP GET {u}: {} bytes",
+                body.len()
+            ));
+        }
+        Ok(())
+    })?;
+    let bytes = (n * block) as f64;
+    Ok((bytes / put_s / 1e9, bytes / get_s / 1e9))
+}
+
+pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
+    let endpoint = args
+        .endpoint
+        .clone()
+        .or_else(|| std::env::var("KVR_S3_TEST_ENDPOINT").ok())
+        .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok())
+        .ok_or_else(|| {
+            kvr::Error::invalid(
+                "--tier obj needs --endpoint (or KVR_S3_TEST_ENDPOINT / AWS_ENDPOINT_URL); \
+                 scripts/seaweedfs.sh start runs a local server",
+            )
+        })?;
+    let endpoint = endpoint.trim_end_matches('/').to_string();
+    let url = format!(
+        "{}/kvr-bench-{}",
+        args.obj_url.trim_end_matches('/'),
+        std::process::id()
+    );
+    let mut cleanup_cfg = ObjConfig::new(&url, "-");
+    cleanup_cfg.endpoint = Some(endpoint.clone());
+    let _cleanup = Cleanup(Some(Bucket::open(&cleanup_cfg)?));
+    let max_block = *args.block_size.iter().max().expect("clap gives one size");
+    let total = args.bytes.max(max_block) as usize;
+    let mut src = vec![0u8; total];
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    for c in src.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        c.copy_from_slice(&x.to_le_bytes()[..c.len()]);
+    }
+    let mut dst = vec![0u8; total];
+    let steps = args.block_size.len() * args.in_flight.len() * args.runs;
+    let pb = progress(steps as u64, "obj");
+    let mut rows = Vec::new();
+    for &block in &args.block_size {
+        for &in_flight in &args.in_flight {
+            if in_flight == 0 {
+                return Err(kvr::Error::invalid("--in-flight values must be at least 1"));
+            }
+            let (mut ks, mut kl, mut rp, mut rg) = (vec![], vec![], vec![], vec![]);
+            for run in 0..args.runs {
+                let setup = Setup {
+                    endpoint: &endpoint,
+                    url: url.clone(),
+                    block: block as usize,
+                    n: (total / block as usize).max(1),
+                    in_flight,
+                    run,
+                };
+                let (s, l) = kvr_run(&setup, &src, &mut dst)?;
+                let (p, g) = raw_run(&setup, &src)?;
+                ks.push(s);
+                kl.push(l);
+                rp.push(p);
+                rg.push(g);
+                pb.inc(1);
+            }
+            rows.push(Row::new(
+                "obj",
+                "store",
+                block,
+                in_flight,
+                &ks,
+                &rp,
+                "raw HTTP PUT, same bytes, same in flight",
+            ));
+            rows.push(Row::new(
+                "obj",
+                "load",
+                block,
+                in_flight,
+                &kl,
+                &rg,
+                "raw HTTP GET, same bytes, same in flight",
+            ));
+        }
+    }
+    pb.finish_and_clear();
+    Ok(rows)
+}

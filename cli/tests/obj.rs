@@ -1,0 +1,102 @@
+//! `kvr obj inspect|verify|gc` end to end against the S3 test server (skipped without one).
+
+mod common;
+#[path = "../../tests/obj_common/mod.rs"]
+mod obj_common;
+
+use common::{json, kvr, text};
+use kvr::{Key, ObjStore};
+
+#[test]
+fn obj_inspect_verify_repair_gc() {
+    let ep = endpoint_or_skip!();
+    let prefix = obj_common::unique_prefix("cli");
+    let url = format!("s3://{}/{prefix}", obj_common::BUCKET);
+    let open = |ns: &str| {
+        let mut c = obj_common::config(&ep, &prefix);
+        c.namespace = ns.into();
+        ObjStore::open(&c).unwrap()
+    };
+    let (a, b) = (open("a"), open("b"));
+    for i in 0..5u8 {
+        a.store(&Key([i; 16]), &vec![i; 10_000]).unwrap();
+    }
+    for i in 0..2u8 {
+        b.store(&Key([i + 50; 16]), &vec![i; 20_000]).unwrap();
+    }
+    // One damaged block and one object that is not a block.
+    let name = a.object_path(&Key([3; 16]));
+    let mut raw = obj_common::get_object(&ep, &prefix, &name).unwrap();
+    *raw.last_mut().unwrap() ^= 1;
+    obj_common::put_object(&ep, &prefix, &name, &raw);
+    obj_common::put_object(&ep, &prefix, "a/notes.txt", b"hello");
+
+    let args = |cmd: &[&str]| -> Vec<String> {
+        let mut v: Vec<String> = vec!["obj".into()];
+        v.extend(cmd.iter().map(|s| s.to_string()));
+        v.extend([url.clone(), "--endpoint".into(), ep.clone()]);
+        v
+    };
+    let run = |cmd: &[&str]| {
+        let a = args(cmd);
+        kvr(&a.iter().map(String::as_str).collect::<Vec<_>>())
+    };
+    let o = run(&["inspect", "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v = json(&o);
+    let ns = v["namespaces"].as_array().unwrap();
+    assert_eq!(ns.len(), 2, "{v}");
+    assert_eq!(
+        (ns[0]["namespace"].as_str(), ns[0]["blocks"].as_u64()),
+        (Some("a"), Some(5))
+    );
+    assert_eq!(ns[0]["other_objects"], 1);
+    assert_eq!(ns[1]["blocks"], 2);
+    assert_eq!(ns[1]["bytes"], 2 * (4096 + 20_000));
+    let o = run(&["inspect"]);
+    assert!(text(&o).0.contains("total"), "{:?}", text(&o));
+
+    let o = run(&["verify"]);
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    let (out, _) = text(&o);
+    assert!(out.contains(&format!("BAD {name}: ")), "{out}");
+    assert!(out.contains("checked 7 blocks"), "{out}");
+    assert!(
+        a.contains(&Key([3; 16])).unwrap(),
+        "verify without --repair keeps it"
+    );
+    let o = run(&["verify", "--repair", "--json"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    assert_eq!(json(&o)["bad"][0]["removed"], true);
+    assert!(!a.contains(&Key([3; 16])).unwrap());
+    assert_eq!(run(&["verify"]).status.code(), Some(0));
+
+    let o = run(&["gc", "--namespace", "b", "--max-bytes", "0", "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v = json(&o);
+    assert_eq!(
+        (v["removed_blocks"].as_u64(), v["bytes_after"].as_u64()),
+        (Some(2), Some(0))
+    );
+    assert!(!b.contains(&Key([50; 16])).unwrap());
+    assert!(
+        a.contains(&Key([0; 16])).unwrap(),
+        "gc of namespace b leaves a alone"
+    );
+    let o = run(&["gc", "--max-bytes", "20K"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v = json(&run(&["inspect", "--json"]));
+    assert!(
+        v["namespaces"][0]["bytes"].as_u64().unwrap() <= 20 * 1024,
+        "{v}"
+    );
+
+    // A server that is not there: one line on stderr naming it, exit 1.
+    let o = kvr(&["obj", "inspect", &url, "--endpoint", "http://127.0.0.1:9"]);
+    assert_eq!(o.status.code(), Some(1));
+    let (_, err) = text(&o);
+    assert!(
+        err.contains("http://127.0.0.1:9") && err.lines().count() == 1,
+        "{err}"
+    );
+}

@@ -1,0 +1,350 @@
+//! C ABI of the S3 object tier (thin layer over [`crate::obj`]).
+
+use std::ffi::{c_char, c_void};
+use std::time::Duration;
+
+use super::fs::{kvr_fs_load_item, kvr_fs_store_item};
+use super::handle::BoxedHandle;
+use super::job::{kvr_job, submit_batch};
+pub use super::kvr_block_key;
+use super::status::{guard, kvr_status};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_slice, arg_str};
+use super::{open_handle, write_out, write_sized_out};
+use crate::fs::{LoadRequest, StoreRequest};
+use crate::obj::{Credentials, ObjConfig, ObjStore};
+use crate::{Error, Key};
+
+/// Opaque handle to an open object store (`kvr_obj_open` / `kvr_obj_close`).
+pub struct kvr_obj {
+    _opaque: [u8; 0],
+}
+
+impl BoxedHandle for kvr_obj {
+    type Rust = ObjStore;
+    const ARG: &'static str = "obj";
+}
+
+/// One block of an async object store batch (the fs store's item type).
+pub type kvr_obj_store_item = kvr_fs_store_item;
+/// One block of an async object load batch (the fs store's item type).
+pub type kvr_obj_load_item = kvr_fs_load_item;
+
+/// How to open an object store. Fill with `kvr_obj_config_default`, then set the fields.
+/// String fields left NULL (or "") take the standard `AWS_*` environment variables.
+#[repr(C)]
+#[derive(Clone, Copy, Debug)]
+pub struct kvr_obj_config {
+    /// `sizeof(kvr_obj_config)`; lets later versions add fields.
+    pub struct_size: u32,
+    /// `s3://bucket[/prefix]` (required); blocks live under `<prefix>/<namespace>/<hh>/`.
+    pub url: *const c_char,
+    /// Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
+    pub namespace_name: *const c_char,
+    /// `http://host:port` of the S3 server; NULL: `AWS_ENDPOINT_URL`.
+    pub endpoint: *const c_char,
+    /// Region; NULL: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else "us-east-1".
+    pub region: *const c_char,
+    /// Access key id; NULL: `AWS_ACCESS_KEY_ID` (with `AWS_SECRET_ACCESS_KEY`), else
+    /// unsigned requests. No profile file or instance metadata is ever read.
+    pub access_key_id: *const c_char,
+    /// Secret access key (with `access_key_id`).
+    pub secret_access_key: *const c_char,
+    /// Session token of temporary credentials, or NULL.
+    pub session_token: *const c_char,
+    /// Most requests in flight at once, over all callers and batches (1..=4096). Default 32.
+    pub concurrency: u32,
+    /// Bound on establishing a connection, in milliseconds (non-zero). Default 2000.
+    pub connect_timeout_ms: u32,
+    /// Bound on one whole request, in milliseconds (non-zero). Default 30000.
+    pub request_timeout_ms: u32,
+}
+
+impl Default for kvr_obj_config {
+    fn default() -> Self {
+        kvr_obj_config {
+            struct_size: std::mem::size_of::<Self>() as u32,
+            url: std::ptr::null(),
+            namespace_name: std::ptr::null(),
+            endpoint: std::ptr::null(),
+            region: std::ptr::null(),
+            access_key_id: std::ptr::null(),
+            secret_access_key: std::ptr::null(),
+            session_token: std::ptr::null(),
+            concurrency: 32,
+            connect_timeout_ms: 2000,
+            request_timeout_ms: 30000,
+        }
+    }
+}
+
+/// Counters of an open object store, as seen by this process (filled by
+/// `kvr_obj_get_stats`).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default)]
+pub struct kvr_obj_stats {
+    /// Set to `sizeof(kvr_obj_stats)` before the call.
+    pub struct_size: u32,
+    /// Loads that returned a block.
+    pub hits: u64,
+    /// Loads that found no usable block (absent or bad).
+    pub misses: u64,
+    /// Bad objects found by loads (kept until `kvr obj verify --repair`).
+    pub corrupt: u64,
+    /// Payload bytes loaded.
+    pub bytes_read: u64,
+    /// Payload bytes stored.
+    pub bytes_written: u64,
+    /// Blocks written.
+    pub stores: u64,
+    /// Stores skipped because the object existed (the server's 412).
+    pub dedup_hits: u64,
+    /// Blocks removed.
+    pub removes: u64,
+    /// Requests that failed because the server was down, too slow or refusing.
+    pub unavailable: u64,
+}
+
+/// An optional string field: NULL or "" means "take the environment's".
+///
+/// # Safety
+/// As [`arg_str`].
+unsafe fn arg_opt_str(ptr: *const c_char, name: &str) -> crate::Result<Option<String>> {
+    if ptr.is_null() {
+        return Ok(None);
+    }
+    // SAFETY: forwarded contract.
+    let s = unsafe { arg_str(ptr, name) }?;
+    Ok((!s.is_empty()).then(|| s.to_string()))
+}
+
+fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
+    // SAFETY: the string fields are NULL or C strings per the config contract.
+    let url = unsafe { arg_str(c.url, "config.url") }?;
+    // SAFETY: as above.
+    let ns = unsafe { arg_str(c.namespace_name, "config.namespace_name") }?;
+    let mut cfg = ObjConfig::new(url, ns);
+    // SAFETY: as above.
+    unsafe {
+        cfg.endpoint = arg_opt_str(c.endpoint, "config.endpoint")?;
+        cfg.region = arg_opt_str(c.region, "config.region")?;
+        let id = arg_opt_str(c.access_key_id, "config.access_key_id")?;
+        let secret = arg_opt_str(c.secret_access_key, "config.secret_access_key")?;
+        let token = arg_opt_str(c.session_token, "config.session_token")?;
+        cfg.credentials = match (id, secret) {
+            (Some(access_key_id), Some(secret_access_key)) => Some(Credentials {
+                access_key_id,
+                secret_access_key,
+                session_token: token,
+            }),
+            (None, None) => None,
+            _ => {
+                return Err(Error::invalid(
+                    "config.access_key_id and config.secret_access_key go together",
+                ))
+            }
+        };
+    }
+    cfg.concurrency = c.concurrency as usize;
+    cfg.connect_timeout = Duration::from_millis(c.connect_timeout_ms.into());
+    cfg.request_timeout = Duration::from_millis(c.request_timeout_ms.into());
+    Ok(cfg)
+}
+
+/// Fills `*config` with the documented defaults (strings NULL).
+#[no_mangle]
+pub extern "C" fn kvr_obj_config_default(config: *mut kvr_obj_config) -> kvr_status {
+    guard(|| {
+        // SAFETY: checked for NULL; the caller provides a writable config struct.
+        unsafe { write_out(config, kvr_obj_config::default(), "config") }
+    })
+}
+
+/// Opens an object store at `config->url` / `config->namespace_name`, starting kvr's own
+/// I/O threads (`kvr-obj-*`) with the first store of the process, and makes one request to
+/// check endpoint, bucket and credentials. On success `*out` owns the handle; close it with
+/// `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values),
+/// `KVR_ERR_UNSUPPORTED` (an https:// endpoint: this build speaks plain HTTP),
+/// `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing), `KVR_ERR_PERMISSION`.
+#[no_mangle]
+pub extern "C" fn kvr_obj_open(
+    config: *const kvr_obj_config,
+    out: *mut *mut kvr_obj,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: `config` is NULL or a config of `struct_size` bytes; `out` NULL or writable.
+        unsafe { open_handle(config, out, |c| ObjStore::open(&to_rust_config(c)?)) }
+    })
+}
+
+/// Closes a store after its async items have finished (each is bounded by the request
+/// timeout); the last store closed stops kvr's object I/O threads. Jobs may be freed before
+/// or after. `kvr_obj_close(NULL)` is a no-op.
+#[no_mangle]
+pub extern "C" fn kvr_obj_close(obj: *mut kvr_obj) {
+    kvr_obj::free(obj)
+}
+
+/// Stores `len` bytes at `src` as the block `*key`, publish-once: a conditional PUT that the
+/// server refuses if the object exists (deduplicated: `KVR_OK`, nothing written).
+/// Errors: `KVR_ERR_INVALID_ARGUMENT`, `KVR_ERR_UNAVAILABLE`, `KVR_ERR_PERMISSION`,
+/// `KVR_ERR_IO`.
+#[no_mangle]
+pub extern "C" fn kvr_obj_store(
+    obj: *const kvr_obj,
+    key: *const kvr_block_key,
+    src: *const c_void,
+    len: usize,
+) -> kvr_status {
+    guard(|| {
+        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
+        // SAFETY: `src` is valid for `len` bytes per the contract.
+        let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
+        s.store(&k, data).map(|_| ())
+    })
+}
+
+/// Loads the block `*key` into `len` bytes at `dst`, verifying key, length and checksum.
+/// `KVR_ERR_NOT_FOUND` if absent or bad (a bad object is counted in `corrupt` and left for
+/// `kvr obj verify --repair`; the message says which); `KVR_ERR_LAYOUT_MISMATCH` if the
+/// block is intact but not `len` bytes long; `KVR_ERR_UNAVAILABLE`. On any error the
+/// contents of `dst` are unspecified.
+#[no_mangle]
+pub extern "C" fn kvr_obj_load(
+    obj: *const kvr_obj,
+    key: *const kvr_block_key,
+    dst: *mut c_void,
+    len: usize,
+) -> kvr_status {
+    guard(|| {
+        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
+        // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
+        let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
+        s.load(&k, out).map(|_| ())
+    })
+}
+
+/// Sets `*out` to whether an object of `*key` exists (one HEAD request).
+#[no_mangle]
+pub extern "C" fn kvr_obj_contains(
+    obj: *const kvr_obj,
+    key: *const kvr_block_key,
+    out: *mut bool,
+) -> kvr_status {
+    guard(|| {
+        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        let v = s.contains(&k)?;
+        // SAFETY: non-null and writable per the contract.
+        unsafe { write_out(out, v, "out") }
+    })
+}
+
+/// Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix), asking
+/// up to `concurrency` keys at once. `n` may be 0 (then `keys` may be NULL).
+#[no_mangle]
+pub extern "C" fn kvr_obj_lookup_prefix(
+    obj: *const kvr_obj,
+    keys: *const kvr_block_key,
+    n: usize,
+    hits: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_obj::try_ref(obj)?;
+        if hits.is_null() {
+            return Err(Error::invalid("hits is NULL"));
+        }
+        // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
+        let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
+        let keys: Vec<Key> = ks.iter().map(|k| Key::from(*k)).collect();
+        let found = s.lookup_prefix(&keys)?;
+        // SAFETY: non-null and writable per the contract.
+        unsafe { write_out(hits, found, "hits") }
+    })
+}
+
+/// Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none.
+#[no_mangle]
+pub extern "C" fn kvr_obj_remove(obj: *const kvr_obj, key: *const kvr_block_key) -> kvr_status {
+    guard(|| {
+        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
+        s.remove(&k)
+    })
+}
+
+/// Fills `*out` with this process's counters. Set `out->struct_size = sizeof(kvr_obj_stats)`.
+#[no_mangle]
+pub extern "C" fn kvr_obj_get_stats(obj: *const kvr_obj, out: *mut kvr_obj_stats) -> kvr_status {
+    guard(|| {
+        let st = kvr_obj::try_ref(obj)?.stats();
+        let full = kvr_obj_stats {
+            struct_size: std::mem::size_of::<kvr_obj_stats>() as u32,
+            hits: st.hits,
+            misses: st.misses,
+            corrupt: st.corrupt,
+            bytes_read: st.bytes_read,
+            bytes_written: st.bytes_written,
+            stores: st.stores,
+            dedup_hits: st.dedup_hits,
+            removes: st.removes,
+            unavailable: st.unavailable,
+        };
+        // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
+        unsafe { write_sized_out(out, full, "out") }
+    })
+}
+
+/// Submits `n` (>= 1) blocks to store, up to `concurrency` requests in flight; `*out`
+/// receives the job (`kvr_job_*`; an item's bytes are 0 for a deduplicated block). Every item
+/// is checked first (NULL or empty buffers reject the whole batch). The `src` buffers must
+/// stay valid until the job is done.
+#[no_mangle]
+pub extern "C" fn kvr_obj_submit_store(
+    obj: *const kvr_obj,
+    items: *const kvr_obj_store_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_obj_store_item| {
+        // SAFETY: only checks NULL/zero/overflow here; the buffer is read by the job.
+        unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
+        Ok(StoreRequest {
+            key: Key::from(it.key),
+            src: it.src.cast(),
+            len: it.len,
+        })
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every `src` valid until the job completes.
+        unsafe { submit_batch(obj, items, n, out, request, |s, r| s.submit_store(r)) }
+    })
+}
+
+/// Submits `n` (>= 1) blocks to load, up to `concurrency` requests in flight; per-item
+/// results as for `kvr_obj_load`. The `dst` buffers must stay valid and untouched until the
+/// job is done.
+#[no_mangle]
+pub extern "C" fn kvr_obj_submit_load(
+    obj: *const kvr_obj,
+    items: *const kvr_obj_load_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_obj_load_item| {
+        // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
+        unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
+        Ok(LoadRequest {
+            key: Key::from(it.key),
+            dst: it.dst.cast(),
+            len: it.len,
+        })
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
+        // completes.
+        unsafe { submit_batch(obj, items, n, out, request, |s, r| s.submit_load(r)) }
+    })
+}
