@@ -881,6 +881,75 @@ typedef struct kvr_fs_load_segments_item {
 } kvr_fs_load_segments_item;
 
 /**
+ * One entry of a `kvr_disk_submit_write_items` batch: the fs store item's shape plus the
+ * entry's metadata.
+ */
+typedef struct kvr_disk_write_segments_item {
+  /**
+   * `sizeof(kvr_disk_write_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * The payload's segments, in order, 1..=slot_size bytes in all (the array is copied at
+   * submit; the buffers must stay valid until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+  /**
+   * Metadata (NULL when `meta_len` is 0), valid until the job completes.
+   */
+  const uint8_t *meta;
+  /**
+   * Metadata bytes (at most `KVR_DISK_MAX_META`, less the key's length unless it is 16).
+   */
+  uint64_t meta_len;
+} kvr_disk_write_segments_item;
+
+/**
+ * One entry of a `kvr_disk_submit_read_items` batch: the fs load item's shape plus the
+ * metadata destination; `meta_len` is an output, written when the item finishes (also on
+ * `KVR_ERR_TOO_SMALL`, with the needed length).
+ */
+typedef struct kvr_disk_read_segments_item {
+  /**
+   * `sizeof(kvr_disk_read_segments_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The whole engine key (its bytes are copied at submit).
+   */
+  struct kvr_key key;
+  /**
+   * Destination segments, in order, summing to the entry's payload (the array is copied
+   * at submit; the buffers must stay valid and untouched until the job completes).
+   */
+  const struct kvr_segment *segments;
+  /**
+   * Number of segments (>= 1).
+   */
+  size_t num_segments;
+  /**
+   * Metadata destination (NULL when `meta_cap` is 0).
+   */
+  uint8_t *meta_dst;
+  /**
+   * Its capacity.
+   */
+  uint64_t meta_cap;
+  /**
+   * Output: metadata bytes read (or needed).
+   */
+  uint64_t meta_len;
+} kvr_disk_read_segments_item;
+
+/**
  * Progress of a job.
  */
 typedef struct kvr_job_progress {
@@ -1573,6 +1642,29 @@ enum kvr_status kvr_fs_submit_load_items(const struct kvr_fs *fs,
                                          const struct kvr_fs_load_segments_item *items,
                                          size_t n,
                                          struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented writes to the slot file's I/O threads; `*out`
+ * receives the job: item `i` ends with the payload bytes written or the error
+ * `kvr_disk_write_segments` would return. Every item is checked first (bad keys, NULL or
+ * empty segments, overflowing totals, NULL metadata of non-zero length reject the whole
+ * batch). Every buffer must stay valid until the job completed (`kvr_job_free` waits).
+ */
+enum kvr_status kvr_disk_submit_write_items(const struct kvr_disk *disk,
+                                            const struct kvr_disk_write_segments_item *items,
+                                            size_t n,
+                                            struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented reads to the slot file's I/O threads; `*out`
+ * receives the job: item `i` ends with the payload bytes read or the error
+ * `kvr_disk_read_segments` would return, and `items[i].meta_len` receives the metadata
+ * length. `items` and every buffer must stay valid until the job completed.
+ */
+enum kvr_status kvr_disk_submit_read_items(const struct kvr_disk *disk,
+                                           struct kvr_disk_read_segments_item *items,
+                                           size_t n,
+                                           struct kvr_job **out);
 
 /**
  * Reports progress without blocking.

@@ -17,8 +17,10 @@
 #include <optional>
 #include <stdexcept>
 #include <string>
+#include <string_view>
 #include <type_traits>
 #include <utility>
+#include <vector>
 
 #include "kvr.h"
 
@@ -204,6 +206,66 @@ using BlockKey = kvr_block_key;
   for (int i = 0; i < 16; i++) k.bytes[i] = b[i];
   return k;
 }
+
+/// A whole engine key (1..=KVR_MAX_KEY_LEN bytes), borrowed: its bytes must outlive the call
+/// (a batch item's key is copied at submit). Stored in full in the block and compared on
+/// every load; a 16-byte key is the same block as the BlockKey of those bytes.
+using Key = kvr_key;
+
+/// The key of `n` bytes at `p`.
+[[nodiscard]] inline Key key(const void* p, std::size_t n) noexcept {
+  return Key{static_cast<const std::uint8_t*>(p), n};
+}
+/// The key of a string's bytes (SGLang's hex page hash, an LMCache tuple rendered...).
+[[nodiscard]] inline Key key(std::string_view s) noexcept { return key(s.data(), s.size()); }
+/// The key of a byte vector's bytes (vLLM's block hash + group index...).
+[[nodiscard]] inline Key key(const std::vector<std::uint8_t>& v) noexcept {
+  return key(v.data(), v.size());
+}
+/// The 16-byte key of a BlockKey (the same block in every tier).
+[[nodiscard]] inline Key key(const BlockKey& k) noexcept { return key(k.bytes, sizeof k.bytes); }
+
+/// One buffer of a block (`len` bytes at `ptr`): a block is an ordered list of them, gathered
+/// on store and scattered on load (one per layer, or K and V of a page).
+using Segment = kvr_segment;
+/// A segment list: (pointer, count) of Segments, e.g. `{segs.data(), segs.size()}`.
+using Segments = Span<const Segment>;
+/// A list of keys for lookups.
+using Keys = Span<const Key>;
+
+/// The segment of `n` bytes at `p` (a store only reads it).
+[[nodiscard]] inline Segment segment(const void* p, std::size_t n) noexcept {
+  return Segment{const_cast<void*>(p), n};
+}
+
+/// A kvr_fs_submit_store_items item (struct_size set).
+[[nodiscard]] inline kvr_fs_store_segments_item fs_store_item(Key k, Segments s) noexcept {
+  return kvr_fs_store_segments_item{sizeof(kvr_fs_store_segments_item), k, s.data(), s.size()};
+}
+/// A kvr_fs_submit_load_items item (struct_size set).
+[[nodiscard]] inline kvr_fs_load_segments_item fs_load_item(Key k, Segments s) noexcept {
+  return kvr_fs_load_segments_item{sizeof(kvr_fs_load_segments_item), k, s.data(), s.size()};
+}
+/// A kvr_disk_submit_write_items item (struct_size set).
+[[nodiscard]] inline kvr_disk_write_segments_item disk_write_item(
+    Key k, Segments s, const void* meta = nullptr, std::uint64_t meta_len = 0) noexcept {
+  return kvr_disk_write_segments_item{sizeof(kvr_disk_write_segments_item), k, s.data(),
+                                      s.size(), static_cast<const std::uint8_t*>(meta),
+                                      meta_len};
+}
+/// A kvr_disk_submit_read_items item (struct_size set; its meta_len is filled by the job).
+[[nodiscard]] inline kvr_disk_read_segments_item disk_read_item(
+    Key k, Segments s, void* meta_dst = nullptr, std::uint64_t meta_cap = 0) noexcept {
+  return kvr_disk_read_segments_item{sizeof(kvr_disk_read_segments_item), k, s.data(), s.size(),
+                                     static_cast<std::uint8_t*>(meta_dst), meta_cap, 0};
+}
+
+/// One presence byte per key (1: present), as the *_lookup calls answer.
+struct Presence {
+  std::vector<std::uint8_t> present;
+  std::size_t hits = 0;
+};
+
 
 // ---- namespaces (kvr_namespace_*) ----
 
@@ -411,6 +473,57 @@ class Disk {
     check(kvr_disk_submit_read(h_.get(), items, n, &j));
     return Job(j);
   }
+  /// Stores the concatenation of `segs` (and optional metadata) under the whole key `k`.
+  void write_segments(Key k, Segments segs, const void* meta = nullptr,
+                      std::uint64_t meta_len = 0) {
+    check(kvr_disk_write_segments(h_.get(), k, segs.data(), segs.size(),
+                                  static_cast<const std::uint8_t*>(meta), meta_len));
+  }
+  /// Reads `k`'s entry scattered over `segs` (which must sum to its payload, else
+  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none. `*meta_len` (optional) receives the
+  /// metadata length.
+  [[nodiscard]] bool read_segments(Key k, Segments segs, void* meta = nullptr,
+                                   std::uint64_t meta_cap = 0,
+                                   std::uint64_t* meta_len = nullptr) {
+    kvr_status s = kvr_disk_read_segments(h_.get(), k, segs.data(), segs.size(),
+                                          static_cast<std::uint8_t*>(meta), meta_cap, meta_len);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Per-key presence from the index (no I/O) into `present` (one byte per key); returns
+  /// the number present.
+  std::size_t lookup(Keys keys, std::uint8_t* present) const {
+    std::size_t hits = 0;
+    check(kvr_disk_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
+    return hits;
+  }
+  [[nodiscard]] Presence lookup(Keys keys) const {
+    Presence p;
+    p.present.resize(keys.size());
+    p.hits = lookup(keys, p.present.data());
+    return p;
+  }
+  /// Removes the entry of the whole key `k`; false if there was none.
+  bool remove_key(Key k) {
+    kvr_status s = kvr_disk_remove_key(h_.get(), k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Async batch of whole-key, segmented writes; the buffers must outlive the Job.
+  Job submit_write_items(const kvr_disk_write_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_disk_submit_write_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Async batch of whole-key, segmented reads; `items` (whose meta_len is filled) and the
+  /// buffers must outlive the Job.
+  Job submit_read_items(kvr_disk_read_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_disk_submit_read_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
   [[nodiscard]] kvr_disk* get() const noexcept { return h_.get(); }
 
  private:
@@ -518,6 +631,48 @@ class FsStore {
   Job submit_load(const kvr_fs_load_item* items, std::size_t n) {
     kvr_job* j = nullptr;
     check(kvr_fs_submit_load(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Stores the concatenation of `segs` under the whole key `k` (a no-op if it exists).
+  void store(Key k, Segments segs) { check(kvr_fs_store(h_.get(), k, segs.data(), segs.size())); }
+  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
+  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none.
+  [[nodiscard]] bool load(Key k, Segments segs) {
+    kvr_status s = kvr_fs_load(h_.get(), k, segs.data(), segs.size());
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Per-key presence into `present` (one byte per key); returns the number present. Known
+  /// keys are answered from memory, others cost one stat each.
+  std::size_t lookup(Keys keys, std::uint8_t* present) const {
+    std::size_t hits = 0;
+    check(kvr_fs_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
+    return hits;
+  }
+  [[nodiscard]] Presence lookup(Keys keys) const {
+    Presence p;
+    p.present.resize(keys.size());
+    p.hits = lookup(keys, p.present.data());
+    return p;
+  }
+  /// Removes the block of the whole key `k`; false if there was none.
+  bool remove_key(Key k) {
+    kvr_status s = kvr_fs_remove_key(h_.get(), k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Stores a batch of whole-key, segmented blocks; the buffers must outlive the Job.
+  Job submit_store_items(const kvr_fs_store_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_fs_submit_store_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Loads a batch of whole-key, segmented blocks; the buffers must outlive the Job.
+  Job submit_load_items(const kvr_fs_load_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_fs_submit_load_items(h_.get(), items, n, &j));
     return Job(j);
   }
   [[nodiscard]] kvr_fs* get() const noexcept { return h_.get(); }

@@ -7,6 +7,7 @@ use std::ptr::{null, null_mut};
 
 use kvr::ffi::disk::*;
 use kvr::ffi::fs::*;
+use kvr::ffi::items::*;
 use kvr::ffi::job::*;
 use kvr::ffi::kvr_status::{self, *};
 use kvr::ffi::{kvr_key, kvr_segment};
@@ -298,5 +299,129 @@ fn disk_whole_keys_segments_and_lookup_through_the_c_abi() {
     );
     assert_eq!(kvr_disk_remove_key(disk, key(&k)), KVR_OK);
     assert_eq!(kvr_disk_remove_key(disk, key(&k)), KVR_ERR_NOT_FOUND);
+    kvr_disk_close(disk);
+}
+
+#[test]
+fn disk_item_batches_through_the_c_abi() {
+    let d = tempfile::tempdir().unwrap();
+    let path = CString::new(d.path().join("slots").to_str().unwrap()).unwrap();
+    let disk = open_disk(&path);
+    let k = vec![5u8; 40];
+    let (mut a, mut b) = (vec![6u8; 4096], vec![7u8; 904]);
+    let segs = [seg(&mut a), seg(&mut b)];
+    let write = [kvr_disk_write_segments_item {
+        struct_size: std::mem::size_of::<kvr_disk_write_segments_item>() as u32,
+        key: key(&k),
+        segments: segs.as_ptr(),
+        num_segments: 2,
+        meta: b"meta".as_ptr(),
+        meta_len: 4,
+    }];
+    let mut job = null_mut();
+    assert_eq!(
+        kvr_disk_submit_write_items(disk, write.as_ptr(), 1, &mut job),
+        KVR_OK
+    );
+    assert_eq!(kvr_job_wait(job, -1), KVR_OK);
+    let mut bytes = 0u64;
+    assert_eq!(kvr_job_item_status(job, 0, &mut bytes), KVR_OK);
+    assert_eq!(bytes, 5000);
+    kvr_job_free(job);
+
+    let mut out = vec![0u8; 5000];
+    let (x, y) = out.split_at_mut(1000);
+    let outs = [seg(x), seg(y)];
+    let mut meta = [0u8; 8];
+    let mut read = [kvr_disk_read_segments_item {
+        struct_size: std::mem::size_of::<kvr_disk_read_segments_item>() as u32,
+        key: key(&k),
+        segments: outs.as_ptr(),
+        num_segments: 2,
+        meta_dst: meta.as_mut_ptr(),
+        meta_cap: 8,
+        meta_len: 0,
+    }];
+    let mut job = null_mut();
+    assert_eq!(
+        kvr_disk_submit_read_items(disk, read.as_mut_ptr(), 1, &mut job),
+        KVR_OK
+    );
+    assert_eq!(kvr_job_wait(job, -1), KVR_OK);
+    assert_eq!(kvr_job_item_status(job, 0, &mut bytes), KVR_OK);
+    kvr_job_free(job);
+    assert_eq!(
+        (bytes, read[0].meta_len, &meta[..4]),
+        (5000, 4, &b"meta"[..])
+    );
+    assert!(out[..4096].iter().all(|&v| v == 6) && out[4096..].iter().all(|&v| v == 7));
+
+    // A wrong total fails its item, not the batch.
+    let one = [outs[0]];
+    read[0].segments = one.as_ptr();
+    read[0].num_segments = 1;
+    assert_eq!(
+        kvr_disk_submit_read_items(disk, read.as_mut_ptr(), 1, &mut job),
+        KVR_OK
+    );
+    assert_eq!(kvr_job_wait(job, -1), KVR_OK);
+    assert_eq!(
+        kvr_job_item_status(job, 0, null_mut()),
+        KVR_ERR_LAYOUT_MISMATCH
+    );
+    kvr_job_free(job);
+
+    // Bad items reject the whole batch before anything is queued.
+    let long = [0u8; 257];
+    let null_seg = [kvr_segment {
+        ptr: null_mut(),
+        len: 4,
+    }];
+    let mut bads = Vec::new();
+    for f in [
+        &(|w: &mut kvr_disk_write_segments_item| w.struct_size = 4)
+            as &dyn Fn(&mut kvr_disk_write_segments_item),
+        &|w| w.key = key(b""),
+        &|w| w.key = key(&long),
+        &|w| {
+            w.key = kvr_key {
+                bytes: null(),
+                len: 3,
+            }
+        },
+        &|w| w.num_segments = 0,
+        &|w| w.segments = null(),
+        &|w| {
+            w.segments = null_seg.as_ptr();
+            w.num_segments = 1
+        },
+        &|w| w.meta = null(),
+    ] {
+        let mut w = write;
+        f(&mut w[0]);
+        bads.push(w);
+    }
+    for w in &bads {
+        let mut job = null_mut();
+        assert_eq!(
+            kvr_disk_submit_write_items(disk, w.as_ptr(), 1, &mut job),
+            KVR_ERR_INVALID_ARGUMENT
+        );
+        assert!(job.is_null());
+    }
+    let mut bad = read;
+    bad[0].meta_dst = null_mut();
+    assert_eq!(
+        kvr_disk_submit_read_items(disk, bad.as_mut_ptr(), 1, &mut job),
+        KVR_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        kvr_disk_submit_write_items(disk, null(), 1, &mut job),
+        KVR_ERR_INVALID_ARGUMENT
+    );
+    assert_eq!(
+        kvr_disk_submit_write_items(null(), write.as_ptr(), 1, &mut job),
+        KVR_ERR_INVALID_ARGUMENT
+    );
     kvr_disk_close(disk);
 }

@@ -17,6 +17,10 @@ pub enum DiskCommand {
     Inspect {
         /// The slot file.
         path: PathBuf,
+        /// Also list every live entry with its whole engine key (one read of its slot's
+        /// header page each: version-2 entries keep keys that are not 16 bytes there).
+        #[arg(long)]
+        keys: bool,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -86,17 +90,61 @@ fn print_summary(r: &SlotFileReport) -> kvr::Result<()> {
     Ok(())
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn entry_json(e: &disk::EntryKey) -> serde_json::Value {
+    serde_json::json!({
+        "slot": e.slot,
+        "name": e.header.key.to_hex(),
+        "version": e.version(),
+        "key": e.key.as_deref().map(hex),
+        "key_len": e.key.as_ref().map(Vec::len),
+        "len": e.header.len,
+        "meta_len": e.header.meta_len,
+        "seq": e.header.seq,
+    })
+}
+
+fn print_entry(e: &disk::EntryKey) -> kvr::Result<()> {
+    let key = match &e.key {
+        Some(k) => format!(
+            "v{} key {}",
+            e.version().unwrap_or(0),
+            kvr::Key::display_bytes(k)
+        ),
+        None => format!("name {} (slot header page does not decode)", e.header.key),
+    };
+    out!(
+        "slot {:>6}  {}  payload {}  meta {}",
+        e.slot,
+        key,
+        human_bytes(e.header.len),
+        e.header.meta_len
+    )
+}
+
 pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
     match cmd {
-        DiskCommand::Inspect { path, json } => {
+        DiskCommand::Inspect { path, keys, json } => {
             let r = disk::inspect(path)?;
+            let listed = if *keys {
+                disk::entry_keys(path, &r)?
+            } else {
+                Vec::new()
+            };
             if *json {
-                out!(
-                    "{}",
-                    serde_json::to_string_pretty(&summary_json(&r)).unwrap()
-                )?;
+                let mut v = summary_json(&r);
+                if *keys {
+                    v["live"] = listed.iter().map(entry_json).collect();
+                }
+                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
             } else {
                 print_summary(&r)?;
+                for e in &listed {
+                    print_entry(e)?;
+                }
             }
             Ok(0)
         }

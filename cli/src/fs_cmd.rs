@@ -29,7 +29,14 @@ pub enum FsCommand {
     /// directories, which `verify` lists) per namespace and rank, and each namespace's
     /// manifest (NAMESPACE.json: the model, dtype, geometry and parallel position it was
     /// made of).
-    Inspect(Target),
+    Inspect {
+        #[command(flatten)]
+        target: Target,
+        /// Also list every block with the whole engine key its header holds (reads each
+        /// block's header; version-2 blocks keep keys that are not 16 bytes there).
+        #[arg(long)]
+        keys: bool,
+    },
     /// Check every block file's header, key, length and checksum in parallel (streaming, a
     /// bounded buffer per thread), and list what is in the way of blocks (FIFOs, symlinks,
     /// directories at block paths, files at fan-out paths); exit 3 if any remain.
@@ -78,15 +85,84 @@ fn store_name(l: &maintenance::StoreLocation) -> String {
     }
 }
 
+/// One block file and what its header says (or why it does not decode).
+struct BlockKey {
+    path: PathBuf,
+    header: kvr::Result<kvr::fs::format::Header>,
+}
+
+impl BlockKey {
+    fn json(&self) -> serde_json::Value {
+        match &self.header {
+            Ok(h) => json!({
+                "path": self.path,
+                "version": h.version,
+                "key": h.key.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+                "key_len": h.key.len(),
+                "payload_len": h.payload_len,
+            }),
+            Err(e) => json!({"path": self.path, "error": e.to_string()}),
+        }
+    }
+
+    fn line(&self) -> String {
+        let name = self.path.file_name().unwrap_or_default().to_string_lossy();
+        match &self.header {
+            Ok(h) => format!(
+                "{name}  v{}  key {}  payload {}",
+                h.version,
+                kvr::Key::display_bytes(&h.key),
+                human_bytes(h.payload_len)
+            ),
+            Err(e) => format!("{name}  header does not decode: {e}"),
+        }
+    }
+}
+
+/// Reads the header of every block file of the store directory `dir`.
+fn block_keys(dir: &std::path::Path) -> kvr::Result<Vec<BlockKey>> {
+    let mut blocks = maintenance::scan_store(dir)?.blocks;
+    blocks.sort_by(|a, b| a.path.cmp(&b.path));
+    Ok(blocks
+        .into_iter()
+        .map(|b| BlockKey {
+            header: read_header(&b.path),
+            path: b.path,
+        })
+        .collect())
+}
+
+fn read_header(path: &std::path::Path) -> kvr::Result<kvr::fs::format::Header> {
+    use std::io::Read;
+    use std::os::unix::fs::FileExt;
+    let io = |e| kvr::Error::io(format!("reading {}", path.display()), e);
+    let mut f = std::fs::File::open(path).map_err(io)?;
+    let mut prefix = [0u8; 8];
+    f.read_exact(&mut prefix).map_err(io)?;
+    let n = kvr::fs::format::header_len(&prefix)?;
+    let mut bytes = vec![0u8; n];
+    f.read_exact_at(&mut bytes, 0).map_err(io)?;
+    kvr::fs::format::decode_header(&bytes)
+}
+
 pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
     match cmd {
-        FsCommand::Inspect(t) => {
+        FsCommand::Inspect { target: t, keys } => {
             let stores = maintenance::inspect(&t.root, t.namespace.as_deref())?;
+            let listed: Vec<Vec<BlockKey>> = if *keys {
+                stores
+                    .iter()
+                    .map(|s| block_keys(&s.location.dir))
+                    .collect::<kvr::Result<_>>()?
+            } else {
+                stores.iter().map(|_| Vec::new()).collect()
+            };
             if t.json {
                 let v: Vec<_> = stores
                     .iter()
-                    .map(|s| {
-                        json!({
+                    .zip(&listed)
+                    .map(|(s, blocks)| {
+                        let mut v = json!({
                             "namespace": s.location.namespace,
                             "rank": s.location.rank,
                             "dir": s.location.dir,
@@ -96,7 +172,11 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                             "strays": s.strays,
                             "last_used": s.last_used.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
                             "manifest": manifest(&t.root, &s.location.namespace),
-                        })
+                        });
+                        if *keys {
+                            v["block_list"] = blocks.iter().map(BlockKey::json).collect();
+                        }
+                        v
                     })
                     .collect();
                 out!(
@@ -131,6 +211,14 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                 by += s.bytes;
             }
             out!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by))?;
+            for (s, blocks) in stores.iter().zip(&listed) {
+                if *keys {
+                    out!("\nblocks of {}:", store_name(&s.location))?;
+                }
+                for b in blocks {
+                    out!("  {}", b.line())?;
+                }
+            }
             let mut shown = std::collections::BTreeSet::new();
             for s in &stores {
                 let ns = &s.location.namespace;

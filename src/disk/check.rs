@@ -220,6 +220,47 @@ pub fn inspect(path: &Path) -> Result<SlotFileReport> {
     inspect_file(&file, path, owned)
 }
 
+/// A live entry with the whole engine key its slot's header page holds (see [`entry_keys`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EntryKey {
+    /// Slot index.
+    pub slot: u32,
+    /// The table entry (its `key` is the block name).
+    pub header: SlotHeader,
+    /// The whole engine key; `None` when the slot's header page does not decode as the
+    /// table entry's (then [`verify`] reports the slot).
+    pub key: Option<Vec<u8>>,
+}
+
+impl EntryKey {
+    /// The entry version: 1 for 16-byte keys (their own name), 2 for every other length.
+    pub fn version(&self) -> Option<u32> {
+        self.key.as_ref().map(|k| if k.len() == 16 { 1 } else { 2 })
+    }
+}
+
+/// The whole engine keys of `report`'s live entries: one read of each live slot's header
+/// page (the table holds only block names; a version-2 entry keeps its whole key in the
+/// page). Read-only, no lock, like [`inspect`]. Errors: `NotFound`, `Permission`, `Io`.
+pub fn entry_keys(path: &Path, report: &SlotFileReport) -> Result<Vec<EntryKey>> {
+    let file = open_ro(path, false)
+        .map_err(|e| Error::io(format!("opening slot file {}", path.display()), e))?;
+    let g = report.geometry;
+    let mut page = vec![0u8; PAGE as usize];
+    report
+        .live
+        .iter()
+        .map(|&(slot, header)| {
+            read_exact_at(&file, &mut page, g.slot_offset(slot))
+                .map_err(|e| Error::io(format!("reading slot {slot} of {}", path.display()), e))?;
+            let key = format::decode_slot_header(&page, slot, g.slot_size)
+                .filter(|h| *h == header)
+                .map(|h| format::slot_key_and_meta(&page, &h).0.to_vec());
+            Ok(EntryKey { slot, header, key })
+        })
+        .collect()
+}
+
 /// Checks one live entry's slot against its table entry (pure): `page` is the slot's header
 /// page, `payload` its payload bytes.
 pub fn check_slot(

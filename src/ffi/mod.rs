@@ -15,6 +15,7 @@ pub mod disk;
 pub mod export;
 pub mod fs;
 mod handle;
+pub mod items;
 pub mod job;
 pub mod log;
 pub mod metrics;

@@ -26,7 +26,7 @@ use crate::fio::{self, FioJob, FioTarget};
 use crate::report::Row;
 
 /// Removes the benchmark's directories on drop, also on errors.
-struct Cleanup(Vec<PathBuf>);
+pub(super) struct Cleanup(pub(super) Vec<PathBuf>);
 
 impl Drop for Cleanup {
     fn drop(&mut self) {

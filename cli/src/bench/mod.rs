@@ -2,9 +2,11 @@
 
 pub mod disk;
 pub mod fs;
+pub mod lookup;
 pub mod obj;
 pub mod region;
 pub mod tensors;
+pub mod vectored;
 
 use std::path::PathBuf;
 
@@ -20,9 +22,13 @@ pub enum Tier {
     Fs,
     Disk,
     Tensors,
+    /// 2 MiB blocks as 64 segments of 32 KiB against one buffer (fs store and slot file).
+    Vectored,
+    /// Batched per-key lookups of 1,000 keys (fs store from memory and by stat, slot file).
+    Lookup,
     /// The S3 object tier (needs a server: --endpoint; not part of `all`).
     Obj,
-    /// Every local tier (region, fs, disk, tensors).
+    /// Every local tier (region, fs, disk, vectored, lookup, tensors).
     All,
 }
 
@@ -113,6 +119,12 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
     }
     if matches!(args.tier, Tier::Disk | Tier::All) {
         rows.extend(disk::bench(args, &mut notes)?);
+    }
+    if matches!(args.tier, Tier::Vectored | Tier::All) {
+        rows.extend(vectored::bench(args)?);
+    }
+    if matches!(args.tier, Tier::Lookup | Tier::All) {
+        timings.extend(lookup::bench(args)?);
     }
     if matches!(args.tier, Tier::Tensors | Tier::All) {
         let (r, t) = tensors::bench(args)?;
