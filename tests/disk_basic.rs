@@ -113,7 +113,7 @@ fn round_trips(direct: DirectIo) {
 
 #[test]
 fn round_trips_every_size_class_direct() {
-    if !kvr::io::direct::probe(&std::env::temp_dir()) {
+    if !kvr::io::probe(&std::env::temp_dir()) {
         eprintln!("skipping: no O_DIRECT in the temp dir");
         return;
     }

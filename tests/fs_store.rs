@@ -5,7 +5,7 @@ mod common;
 use std::path::Path;
 use std::time::Duration;
 
-use kvr::io::{direct, AlignedBuf, DirectIo};
+use kvr::io::{probe, AlignedBuf, DirectIo};
 use kvr::{
     Dtype, ErrorKind, FsConfig, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
 };
@@ -25,7 +25,7 @@ fn open(dir: &Path, mode: DirectIo) -> FsStore {
 
 fn modes(dir: &Path) -> Vec<DirectIo> {
     let mut m = vec![DirectIo::Off];
-    if direct::probe(dir) {
+    if probe(dir) {
         m.push(DirectIo::On);
     } else {
         println!(

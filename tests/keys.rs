@@ -299,7 +299,7 @@ fn disk_whole_keys_and_segments_round_trip() {
             let mut src = AlignedBuf::new(total).unwrap();
             src.as_mut_slice()[..total].copy_from_slice(&pattern(i as u8, total));
             let src = &src.as_slice()[..total];
-            let meta = vec![i as u8; kvr::disk::format::max_meta(key.len())];
+            let meta = vec![i as u8; kvr::disk::max_meta(key.len())];
             disk.write_segments(key, &split(src, lens), &meta).unwrap();
             let too_much = vec![0u8; meta.len() + 1];
             let e = disk.write_segments(key, &[src], &too_much).unwrap_err();

@@ -348,7 +348,7 @@ fn list_shows_live_and_stale_regions_and_remove_refuses_live_ones() {
     // A stale file: a valid region whose holders are gone (copy of the live one's file).
     std::fs::copy(live.path(), dir.path().join("kvr_stale.mmap")).unwrap();
     std::fs::write(dir.path().join("kvr_junk.mmap"), b"not a region").unwrap();
-    let entries = kvr::region::shm::list(dir.path()).unwrap();
+    let entries = kvr::region::list(dir.path()).unwrap();
     let names: Vec<_> = entries
         .iter()
         .map(|e| (e.name.as_str(), e.live, e.layout.is_ok()))
@@ -361,9 +361,9 @@ fn list_shows_live_and_stale_regions_and_remove_refuses_live_ones() {
             ("stale", false, true)
         ]
     );
-    let e = kvr::region::shm::remove(dir.path(), "live").unwrap_err();
+    let e = kvr::region::remove(dir.path(), "live").unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Busy);
-    kvr::region::shm::remove(dir.path(), "stale").unwrap();
+    kvr::region::remove(dir.path(), "stale").unwrap();
     assert!(!dir.path().join("kvr_stale.mmap").exists());
     drop(live);
     assert!(!dir.path().join("kvr_live.mmap").exists());

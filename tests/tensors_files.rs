@@ -6,7 +6,7 @@ mod common;
 use std::collections::HashMap;
 use std::path::Path;
 
-use kvr::tensors::{header, Dtype, TensorFile, TensorIn, WriteOptions, ALL_DTYPES};
+use kvr::tensors::{nbytes, Dtype, TensorFile, TensorIn, WriteOptions, ALL_DTYPES};
 use kvr::ErrorKind;
 
 use common::Rng;
@@ -64,7 +64,7 @@ fn every_dtype_round_trips_through_kvr_and_the_crate() {
     let datas: Vec<Vec<u8>> = ALL_DTYPES
         .iter()
         .zip(&shapes)
-        .map(|(d, s)| rng.bytes(header::nbytes(*d, s).unwrap() as usize))
+        .map(|(d, s)| rng.bytes(nbytes(*d, s).unwrap() as usize))
         .collect();
     let names: Vec<String> = ALL_DTYPES
         .iter()

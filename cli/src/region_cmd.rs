@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use clap::Subcommand;
-use kvr::region::shm;
+use kvr::region as shm;
 
 use crate::report::human_bytes;
 use crate::stdout::out;

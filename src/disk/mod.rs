@@ -28,11 +28,11 @@
 //! On-disk format: see [`format`].
 
 mod batch;
-pub mod check;
+pub(crate) mod check;
 mod file;
-pub mod format;
-pub mod identity;
-pub mod index;
+pub(crate) mod format;
+pub(crate) mod identity;
+pub(crate) mod index;
 mod metrics;
 mod read;
 mod write;
@@ -45,7 +45,7 @@ use std::time::Instant;
 pub use crate::io::vectored::RawSegment;
 pub use batch::{RawRead, RawWrite, ReadItem, WriteItem};
 pub use check::{entry_keys, inspect, verify, BadEntry, EntryKey, SlotFileReport, VerifyReport};
-pub use format::{Geometry, Key, MAX_META};
+pub use format::{max_meta, Geometry, Key, MAX_META};
 
 use crate::io::{direct, BouncePool, DirectIo, IoPool};
 use crate::{err, Error, Result};

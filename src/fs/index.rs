@@ -89,6 +89,7 @@ impl Index {
     }
 
     /// Whether no block is known.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }

@@ -29,7 +29,7 @@
 
 mod config;
 pub mod format;
-pub mod index;
+pub(crate) mod index;
 mod load;
 pub mod maintenance;
 mod metrics;

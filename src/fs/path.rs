@@ -45,6 +45,7 @@ pub fn store_dir(root: &Path, ns: &str, rank: Option<u32>) -> Result<PathBuf> {
 }
 
 /// The fan-out directory of `key` under `store_dir`: `<hh>`, the key's first byte in hex.
+#[cfg(test)]
 pub fn block_dir(store_dir: &Path, key: &Key) -> PathBuf {
     store_dir.join(&key.to_hex()[0..2])
 }

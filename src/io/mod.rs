@@ -13,24 +13,25 @@
 //! - [`uring`]: one asynchronous write in flight per thread;
 //! - a worker [`pool`] and the async [`job`] handle that batched submits return.
 
-pub mod aligned;
-pub mod bounce;
-pub mod dir;
-pub mod direct;
-pub mod file;
-pub mod job;
-pub mod lock;
-pub mod pool;
-pub mod publish;
-pub mod space;
-pub mod uring;
-pub mod vectored;
+pub(crate) mod aligned;
+pub(crate) mod bounce;
+pub(crate) mod dir;
+pub(crate) mod direct;
+pub(crate) mod file;
+pub(crate) mod job;
+pub(crate) mod lock;
+pub(crate) mod pool;
+pub(crate) mod publish;
+pub(crate) mod space;
+pub(crate) mod uring;
+pub(crate) mod vectored;
 
 pub use aligned::{align_down, align_up, is_aligned, is_aligned_ptr, AlignedBuf};
 pub use bounce::{Bounce, BouncePool};
-pub use direct::{DirectIo, SegmentPlan, TransferPlan};
+pub use direct::{probe, DirectIo, SegmentPlan, TransferPlan};
 pub use job::{Job, JobProgress};
 pub use pool::IoPool;
+pub use vectored::RawSegment;
 
 /// Alignment of every O_DIRECT buffer, offset and length in kvr's file formats.
 pub const IO_ALIGN: usize = 4096;

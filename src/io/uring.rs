@@ -33,6 +33,7 @@ impl WriteRing {
     }
 
     /// Whether a submitted write has not been reaped yet.
+    #[cfg(test)]
     pub fn in_flight(&self) -> bool {
         self.in_flight
     }

@@ -21,7 +21,7 @@ mod client;
 pub mod config;
 pub mod maintenance;
 mod metrics;
-pub mod object;
+pub(crate) mod object;
 mod runtime;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -31,6 +31,7 @@ use tokio::sync::Semaphore;
 
 pub use client::Listed;
 pub use config::{Credentials, ObjConfig, ObjStats, ObjUrl};
+pub use object::object_path;
 
 use crate::fs::format::TensorSpec;
 use crate::fs::path::validate_namespace;

@@ -2,9 +2,11 @@
 //! KV block, created once per engine instance, attached by each worker, optionally pinned.
 
 mod fork;
-pub mod layout;
+pub(crate) mod layout;
 mod metrics;
-pub mod shm;
+pub(crate) mod shm;
+
+pub use shm::{list, remove, RegionEntry};
 
 use std::marker::PhantomData;
 use std::path::{Path, PathBuf};

@@ -6,14 +6,15 @@
 //! safetensors reader (Python, Rust, C++) opens them, and kvr opens theirs.
 
 pub(crate) mod codec;
-pub mod dir;
-pub mod dtype;
-pub mod export;
-pub mod file;
+pub(crate) mod dir;
+pub(crate) mod dtype;
+pub(crate) mod export;
+pub(crate) mod file;
 mod gather;
-pub mod header;
+pub(crate) mod header;
+pub use header::nbytes;
 mod sink;
-pub mod write;
+pub(crate) mod write;
 
 pub use codec::TensorSpec;
 pub use dir::{LazyTensor, TensorDir};

@@ -148,7 +148,7 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
     let kvr::obj::ObjUrl { bucket, prefix } = kvr::obj::ObjUrl::parse(&s.url)?;
     let ns = format!("raw-{block}-{}-{}", s.in_flight, s.run);
     let url = |i: usize| {
-        let name = kvr::obj::object::object_path(&ns, &key(block as u64, s.in_flight, s.run, i));
+        let name = kvr::obj::object_path(&ns, &key(block as u64, s.in_flight, s.run, i));
         format!("{}/{bucket}/{prefix}/{name}", s.endpoint)
     };
     let payload = |i: usize| &src[i * block..(i + 1) * block];

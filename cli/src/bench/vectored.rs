@@ -13,7 +13,7 @@ use std::time::Instant;
 
 use kvr::disk::{ReadItem, WriteItem};
 use kvr::fs::{LoadItem, StoreItem};
-use kvr::io::vectored::RawSegment;
+use kvr::io::RawSegment;
 use kvr::io::{AlignedBuf, DirectIo, Job};
 use kvr::{DiskConfig, FsConfig, FsStore, SlotFile};
 
