@@ -10,7 +10,7 @@ use super::format::{self, Geometry, SlotHeader, PAGE, SLOT_HEADER_LEN};
 use crate::io::file::{parent_dir, same_inode_as, OpenNoFollow};
 use crate::io::lock::{try_lock, LockMode};
 use crate::io::publish::{remove_abandoned, sibling_path, sync_dir, TempFile};
-use crate::io::space::{self, Unsupported};
+use crate::io::space;
 use crate::io::vectored::{read_exact_at, write_all_at};
 use crate::io::AlignedBuf;
 use crate::{err, Error, Result};
@@ -239,7 +239,12 @@ fn create(
             wait.as_secs()
         ));
     };
-    reserve(temp.file(), dir, path, g.file_len())?;
+    space::reserve_all(
+        temp.file(),
+        g.file_len(),
+        &format!("slot file {}", path.display()),
+        dir,
+    )?;
     let mut page = AlignedBuf::new(PAGE as usize)?;
     format::encode_file_header(g, page.as_mut_slice());
     if let Some(name) = identity {
@@ -276,34 +281,6 @@ fn remove_dead_temps(path: &Path) {
     remove_abandoned(parent_dir(path), |n| {
         n.starts_with(&prefix) && n.ends_with(".tmp")
     });
-}
-
-/// Checks free space, then reserves every byte, so a full disk fails at open with `NoSpace`
-/// instead of in the middle of a spill. Where the file system has no `fallocate`, the file
-/// is zero-filled. The caller holds the directory's [`space::ReserveTurn`].
-fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
-    if let Some(free) = space::free_bytes(file) {
-        if free < len {
-            return Err(err!(
-                NoSpace,
-                "slot file {} needs {len} bytes but {} has only {free} bytes free",
-                path.display(),
-                dir.display()
-            ));
-        }
-    }
-    space::reserve(file, len, Unsupported::ZeroFill)
-        .map(drop)
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "reserving {len} bytes for slot file {} in {}",
-                    path.display(),
-                    dir.display()
-                ),
-                e,
-            )
-        })
 }
 
 /// Bytes of the header table per scan read.

@@ -130,6 +130,29 @@ fn zero_fill(file: &File, len: u64) -> io::Result<()> {
     Ok(())
 }
 
+/// Checks free space, then reserves every byte of `what` (e.g. "region /dev/shm/kvr_x.mmap"),
+/// so a full file system fails here with `NoSpace` naming both sizes, not as a SIGBUS or a
+/// failed write later. Where the file system has no `fallocate`, the file is zero-filled.
+pub fn reserve_all(file: &File, len: u64, what: &str, dir: &Path) -> crate::Result<()> {
+    if let Some(free) = free_bytes(file) {
+        if free < len {
+            return Err(crate::err!(
+                NoSpace,
+                "{what} needs {len} bytes but {} has only {free} bytes free",
+                dir.display()
+            ));
+        }
+    }
+    reserve(file, len, Unsupported::ZeroFill)
+        .map(drop)
+        .map_err(|e| {
+            crate::Error::io(
+                format!("reserving {len} bytes for {what} in {}", dir.display()),
+                e,
+            )
+        })
+}
+
 /// Whether `e` means "no room": `ENOSPC`, `EDQUOT` or `EFBIG`.
 pub fn is_out_of_space(e: &io::Error) -> bool {
     matches!(

@@ -31,7 +31,7 @@ use crate::io::lock::{
     byte0_locked_by_others as held_by_others, try_lock_byte0, unlock_byte0, LockMode,
 };
 use crate::io::publish::{sibling_path, TempFile};
-use crate::io::space::{self, Unsupported};
+use crate::io::space;
 use crate::io::vectored::{read_exact_at, write_all_at};
 use crate::{err, Error, Result};
 
@@ -337,7 +337,12 @@ fn create_and_publish(path: &Path, layout: &Layout, deadline: Instant) -> Result
             dir.display()
         )));
     };
-    reserve(temp.file(), dir, path, layout.file_len())?;
+    space::reserve_all(
+        temp.file(),
+        layout.file_len(),
+        &format!("region {}", path.display()),
+        dir,
+    )?;
     let header = encode_header(layout, pid, now_ns);
     write_all_at(temp.file(), &header, 0)
         .map_err(|e| Error::io(format!("writing region header {}", tmp.display()), e))?;
@@ -361,34 +366,6 @@ fn create_and_publish(path: &Path, layout: &Layout, deadline: Instant) -> Result
         created: true,
         shared_lock: false,
     }))
-}
-
-/// Checks free space, then reserves every byte so a full `/dev/shm` fails here, not as a
-/// SIGBUS on first touch. Where the file system has no `fallocate`, the file is zero-filled.
-/// The caller holds the directory's [`space::ReserveTurn`].
-fn reserve(file: &File, dir: &Path, path: &Path, len: u64) -> Result<()> {
-    if let Some(free) = space::free_bytes(file) {
-        if free < len {
-            return Err(err!(
-                NoSpace,
-                "region {} needs {len} bytes but {} has only {free} bytes free",
-                path.display(),
-                dir.display()
-            ));
-        }
-    }
-    space::reserve(file, len, Unsupported::ZeroFill)
-        .map(drop)
-        .map_err(|e| {
-            Error::io(
-                format!(
-                    "reserving {len} bytes for region {} in {}",
-                    path.display(),
-                    dir.display()
-                ),
-                e,
-            )
-        })
 }
 
 /// A region file found in a directory by [`list`].
