@@ -15,9 +15,10 @@ pub struct FioJob<'a> {
     pub size_per_job: u64,
     /// Either a directory (one file per job) or one file shared by all jobs.
     pub target: FioTarget<'a>,
-    /// One new file per block instead of one file per job: `--nrfiles=size/bs
-    /// --filesize=bs --create_on_open=1` (files are created inside the timed phase, as a
-    /// block store creates them).
+    /// One file per block instead of one file per job: `--nrfiles=size/bs --filesize=bs`.
+    /// Writes add `--create_on_open=1` (files are created inside the timed phase, as a block
+    /// store creates them); reads, of the files such a write left, add `--openfiles=1` (each
+    /// file opened, read and closed in turn, as a block store loads them).
     pub new_file_per_block: bool,
 }
 
@@ -82,8 +83,12 @@ fn run_with(job: &FioJob, extra: &[String]) -> kvr::Result<f64> {
         cmd.args([
             format!("--nrfiles={}", (job.size_per_job / job.block_size).max(1)),
             format!("--filesize={}", job.block_size),
-            "--create_on_open=1".to_string(),
         ]);
+        cmd.arg(if job.rw.contains("write") {
+            "--create_on_open=1"
+        } else {
+            "--openfiles=1"
+        });
     }
     match job.target {
         FioTarget::Directory(d) => cmd.arg(format!("--directory={}", d.display())),

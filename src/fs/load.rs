@@ -12,7 +12,8 @@ use super::format::{self, Header};
 use super::{path, Inner, Key};
 use crate::io::direct::scatter;
 use crate::io::file::{
-    describe_type, is_not_regular, non_regular_entry, remove_non_regular, same_inode, OpenNoFollow,
+    check_regular, describe_type, is_not_regular, non_regular_entry, remove_non_regular,
+    same_inode, OpenNoFollow,
 };
 use crate::io::vectored::preadv_all;
 use crate::io::{align_up, is_aligned_ptr, SegmentPlan, IO_ALIGN};
@@ -38,7 +39,10 @@ impl Inner {
             self.lock_index().remove(&name);
             Err(err!(NotFound, "block {name} not found ({})", p.display()))
         };
-        let file = match OpenNoFollow::read_only().direct(self.direct).open(&p) {
+        // Read with plain preadv only (O_NONBLOCK can stay: no fcntl), and no fstat: the
+        // read itself tells the size of a well-formed block (`read_verified`).
+        let how = OpenNoFollow::read_only().direct(self.direct);
+        let file = match how.open_unchecked(&p) {
             Ok(f) => f,
             Err(e) if vanished(&e) => return missing(),
             Err(e) if is_not_regular(&e) => {
@@ -66,6 +70,21 @@ impl Inner {
                 self.lock_index().touch(&name);
                 Ok(len as u64)
             }
+            Err(e) if e.kind() == ErrorKind::Corrupt && !is_regular(&file) => {
+                // A FIFO or directory planted at the name (opened unchecked): as above.
+                let removed = remove_non_regular(&p);
+                self.lock_index().remove(&name);
+                self.counters.corrupt.fetch_add(1, Relaxed);
+                self.counters.misses.fetch_add(1, Relaxed);
+                let fate = if removed { "removed" } else { "left in place" };
+                Err(err!(
+                    Corrupt,
+                    "block path {} holds {}, not a block file ({fate})",
+                    p.display(),
+                    file.metadata()
+                        .map_or_else(|e| e.to_string(), |m| describe_type(&m))
+                ))
+            }
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 // Only remove the file we read, not one a writer has renamed over it since.
                 if same_inode(&file, &p) {
@@ -89,8 +108,14 @@ impl Inner {
     }
 
     /// Reads and validates a block into `dst`'s segments (`len` bytes in all). `Corrupt` for
-    /// a damaged file, `LayoutMismatch` for an intact block whose payload length is not `len`,
-    /// `NotFound` for a block of another key that has the same name.
+    /// a damaged file or one that is no regular file, `LayoutMismatch` for an intact block
+    /// whose payload length is not `len`, `NotFound` for a block of another key that has the
+    /// same name.
+    ///
+    /// The common case takes one `preadv` and no `fstat`: [header page | segments | bounce
+    /// area | one spare page]. A block file of the expected shape ends inside that request,
+    /// so the bytes read are the file's size; anything else (a bigger header, a longer file,
+    /// not a regular file) takes the general path, which asks for the size.
     fn read_verified(
         &self,
         file: &File,
@@ -100,37 +125,45 @@ impl Inner {
         len: usize,
     ) -> Result<()> {
         let io_err = |what: &str, e: io::Error| Error::io(what.to_string(), e);
-        let size = file.metadata().map_err(|e| io_err("stat", e))?.len();
         // An unaligned first segment under O_DIRECT would be bounced whole: the general path
         // below does that in one read whatever the header's size.
         let aligned_dst = !self.direct || is_aligned_ptr(dst[0].as_ptr());
-        if aligned_dst && size == (IO_ALIGN + len) as u64 {
-            // Fast path: one preadv of [header page | segments in place | bounce area].
+        if aligned_dst {
             let plan = SegmentPlan::of_mut(self.direct, dst);
-            // One bounce buffer holds the header page and the bounce area (one pool visit).
-            let mut b = self.bounce.get(IO_ALIGN + plan.bounce_len)?;
-            let (hb, tb) = b.as_mut_slice().split_at_mut(IO_ALIGN);
-            let tail = &mut tb[..plan.bounce_len];
+            // One bounce buffer holds the header page, the bounce area and the spare page.
+            let mut b = self.bounce.get(IO_ALIGN + plan.bounce_len + IO_ALIGN)?;
+            let (hb, rest) = b.as_mut_slice().split_at_mut(IO_ALIGN);
+            let (tail, spare) = rest.split_at_mut(plan.bounce_len);
+            let spare = &mut spare[..IO_ALIGN];
             let got = {
-                let mut parts: Vec<&mut [u8]> = Vec::with_capacity(dst.len() + 2);
+                let mut parts: Vec<&mut [u8]> = Vec::with_capacity(dst.len() + 3);
                 parts.push(&mut hb[..]);
                 parts.extend(plan.in_place_parts_mut(dst));
                 parts.push(&mut tail[..]);
-                preadv_all(file, &mut parts, 0).map_err(|e| io_err("reading", e))?
+                parts.push(&mut spare[..]);
+                match preadv_all(file, &mut parts, 0) {
+                    Err(e) if e.raw_os_error() == Some(libc::EISDIR) => {
+                        return Err(err!(Corrupt, "not a regular file (a directory)"))
+                    }
+                    r => r.map_err(|e| io_err("reading", e))?,
+                }
             };
-            let prefix: [u8; 8] = hb[..8].try_into().expect("8 bytes");
-            if format::header_len(&prefix).ok() == Some(IO_ALIGN) {
+            let size = got as u64;
+            let prefix: Option<[u8; 8]> = hb.get(..8).and_then(|p| p.try_into().ok());
+            let page_header = prefix.is_some_and(|p| format::header_len(&p).ok() == Some(IO_ALIGN));
+            if size == (IO_ALIGN + len) as u64 && page_header {
                 let header = format::decode_header(hb)?;
                 self.check(&header, key, name, size, len)?;
-                if got as u64 != size {
-                    return Err(err!(Corrupt, "short read: {got} of {size} bytes"));
-                }
                 plan.drain_bounce(tail, dst);
                 return self.verify_sum(&header, dst);
             }
-            // A bigger header (or garbage): take the general path below.
+            // Another shape (or garbage): take the general path below.
         }
-        // General path: read the whole file (bounded) into a bounce buffer.
+        // General path: check what the file is, then read it whole (bounded) into a bounce
+        // buffer.
+        let meta = file.metadata().map_err(|e| io_err("stat", e))?;
+        check_regular(&meta).map_err(|e| err!(Corrupt, "{e}"))?;
+        let size = meta.len();
         let want = (size as usize).min(len + format::MAX_HEADER);
         let cap = align_up(want.max(8));
         let mut b = self.bounce.get(cap)?;
@@ -201,4 +234,10 @@ impl Inner {
 /// file another host removed, on GlusterFS and NFS).
 fn vanished(e: &io::Error) -> bool {
     e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(libc::ESTALE)
+}
+
+/// Whether an open file is a regular file (an unreadable one counts as regular: its error is
+/// reported as it is).
+fn is_regular(file: &File) -> bool {
+    file.metadata().map_or(true, |m| m.is_file())
 }

@@ -8,7 +8,9 @@
 //!   (sequential writes into one preallocated file per job: the strict disk limit),
 //! - the same with `--nrfiles=bytes/T/B --filesize=B --create_on_open=1` (one new file per
 //!   block, as the store does: the file-creation limit),
-//! - `fio --rw=read` of the first job's files (one per job).
+//! - `fio --rw=read` of the first job's files (one per job),
+//! - `fio --rw=read` of the second job's files with `--openfiles=1` (open, read and close a
+//!   file per block, as the store's loads do).
 //!
 //! Every fio job writes into its own fresh directory. Everything is removed only at the end
 //! (deleting thousands of files right
@@ -133,7 +135,8 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
         // fio moves the same volume, split over its jobs (whole blocks per job).
         let blocks_per_job = (n / args.threads).max(1) as u64;
         let per_job = blocks_per_job * block;
-        let (mut ks, mut kl, mut fw, mut fnew, mut fr) = (vec![], vec![], vec![], vec![], vec![]);
+        let (mut ks, mut kl, mut fw, mut fnew, mut fr, mut frnew) =
+            (vec![], vec![], vec![], vec![], vec![], vec![]);
         for run in 0..args.runs {
             let (s, l) = kvr_run(&root, args, block as usize, n, run, &src, &mut dst)?;
             ks.push(s);
@@ -161,6 +164,7 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             fr.push(fio::run(&job("read", FioTarget::Directory(&seq), false))?);
             let new = dir("new")?;
             fnew.push(fio::run(&job("write", FioTarget::Directory(&new), true))?);
+            frnew.push(fio::run(&job("read", FioTarget::Directory(&new), true))?);
             pb.inc(1);
         }
         let t = args.threads;
@@ -190,6 +194,15 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             &kl,
             &fr,
             "fio read --direct=1, 1 file per job",
+        ));
+        rows.push(Row::new(
+            "fs",
+            "load",
+            block,
+            t,
+            &kl,
+            &frnew,
+            "fio read --direct=1, open+read+close a file per block",
         ));
     }
     pb.finish_and_clear();
