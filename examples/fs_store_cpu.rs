@@ -11,7 +11,9 @@
 //! file per block (`--nrfiles --filesize=64K --create_on_open=1 --direct=1`, THREADS jobs,
 //! psync), and fio writing them sequentially into one file per job (the strict disk limit),
 //! each timed with `getrusage(RUSAGE_CHILDREN)` (the whole fio process, its start-up
-//! included). Prints microseconds of CPU per block for each, medians over RUNS.
+//! included). Prints microseconds of CPU per block for each, medians over RUNS. Runs write
+//! into fresh directories, removed at the end; give ext4 a minute after a removal of many
+//! files before measuring again (its inode allocator skips recently freed inodes).
 
 use std::path::PathBuf;
 use std::process::Command;
@@ -49,9 +51,12 @@ fn main() -> kvr::Result<()> {
     let (mut kvr_us, mut kvr_user) = (vec![], vec![]);
     let mut fio_us = [vec![], vec![]];
     let mut fio_user = [vec![], vec![]];
+    // Every run writes into fresh directories, all removed only at the end: files deleted
+    // right before thousands are created make ext4's inode allocator crawl over the recently
+    // freed inodes (`recently_deleted`), which would measure the cleanup, not the store.
+    let _ = std::fs::remove_dir_all(&dir);
     for run in 0..runs {
-        let _ = std::fs::remove_dir_all(&dir);
-        let mut c = FsConfig::new(dir.join("kvr"), format!("cpu-{run}"));
+        let mut c = FsConfig::new(dir.join(format!("kvr-{run}")), format!("cpu-{run}"));
         c.direct_io = DirectIo::On;
         c.write_threads = threads;
         let s = FsStore::open(&c)?;

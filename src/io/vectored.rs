@@ -145,6 +145,34 @@ pub fn preadv_all(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Resul
     unsafe { transfer(file, iov, offset, libc::preadv) }
 }
 
+/// One `preadv` into `bufs` from `offset` (retrying only EINTR); returns the bytes read,
+/// which may be fewer than asked for without being the end of the file. For a reader that
+/// asks for more than it expects so that a short count tells it the file's size, and must
+/// not pay a second call (a network round trip on FUSE) to see the end of file.
+pub fn preadv_once(file: &File, bufs: &mut [&mut [u8]], offset: u64) -> io::Result<usize> {
+    let iov: Vec<libc::iovec> = bufs
+        .iter_mut()
+        .filter(|b| !b.is_empty())
+        .map(|b| libc::iovec {
+            iov_base: b.as_mut_ptr() as *mut libc::c_void,
+            iov_len: b.len(),
+        })
+        .collect();
+    let cnt = iov.len().min(libc::UIO_MAXIOV as usize) as libc::c_int;
+    loop {
+        // SAFETY: every iovec points into a live, exclusively borrowed slice of `bufs`;
+        // preadv writes at most iov_len bytes to each.
+        let n = unsafe { libc::preadv(file.as_raw_fd(), iov.as_ptr(), cnt, offset as libc::off_t) };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 /// The positional vectored syscall shape shared by `preadv` and `pwritev`.
 type VectoredOp =
     unsafe extern "C" fn(libc::c_int, *const libc::iovec, libc::c_int, libc::off_t) -> isize;
@@ -278,6 +306,8 @@ mod tests {
         assert!(y.iter().all(|&v| v == 2));
         let mut z = vec![0u8; 10];
         assert_eq!(preadv_all(&f, &mut [&mut z], 5005).unwrap(), 8); // file ends at 5013
+        assert_eq!(preadv_once(&f, &mut [&mut z], 5005).unwrap(), 8);
+        assert_eq!(preadv_once(&f, &mut [&mut z], 6000).unwrap(), 0);
         let e = preadv_exact(&f, &mut [&mut z], 5005).unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::UnexpectedEof);
         let mut iov = vec![
