@@ -1952,9 +1952,13 @@ void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
  * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
  * (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
  * error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
- * Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved names, overflowing
- * shapes, strides out of range), `KVR_ERR_UNSUPPORTED` (unknown dtype code),
- * `KVR_ERR_NO_SPACE`, `KVR_ERR_IO`.
+ *
+ * `path` may also be a URL: `file:///abs/path` (exactly the local path), or
+ * `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+ * `kvr_tensors_write_url`). Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved
+ * names, overflowing shapes, strides out of range, a malformed URL), `KVR_ERR_UNSUPPORTED`
+ * (unknown dtype code, a URL scheme other than file:// and s3://), `KVR_ERR_NO_SPACE`,
+ * `KVR_ERR_IO`, and for s3:// `KVR_ERR_UNAVAILABLE` / `KVR_ERR_PERMISSION`.
  */
 enum kvr_status kvr_tensors_write(const char *path,
                                   const struct kvr_tensor *tensors,
@@ -1964,11 +1968,50 @@ enum kvr_status kvr_tensors_write(const char *path,
                                   uint32_t flags);
 
 /**
+ * `kvr_tensors_write` to a path or URL with explicit S3 settings: `config` (filled with
+ * `kvr_obj_config_default`; its `url` and `namespace_name` are not used) gives endpoint,
+ * region, credentials, concurrency and timeouts; NULL string fields and a NULL `config`
+ * take the `AWS_*` environment variables. An `s3://bucket/key` file is streamed as a
+ * multipart upload (parts of 8 MiB or more, a few in flight: memory stays bounded whatever
+ * the file size) and appears only once complete: after any error no new object is visible
+ * (an existing one is unchanged). `KVR_TENSORS_NO_SYNC` does not apply to objects.
+ */
+enum kvr_status kvr_tensors_write_url(const char *url,
+                                      const struct kvr_obj_config *config,
+                                      const struct kvr_tensor *tensors,
+                                      size_t n,
+                                      const struct kvr_kv *metadata,
+                                      size_t m,
+                                      uint32_t flags);
+
+/**
  * Opens a tensor file: maps it read-only and validates the header only (offsets in bounds,
  * contiguous and non-overlapping, sizes equal to dtype x shape). No tensor data is read.
- * Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is wrong), `KVR_ERR_UNSUPPORTED`.
+ * `path` may also be a URL: `file:///abs/path` (exactly the local path, mapped), or
+ * `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+ * `kvr_tensors_open_url`). Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is
+ * wrong), `KVR_ERR_UNSUPPORTED` (also: a URL scheme other than file:// and s3://),
+ * `KVR_ERR_INVALID_ARGUMENT` (a malformed URL), and for s3:// `KVR_ERR_UNAVAILABLE` /
+ * `KVR_ERR_PERMISSION`.
  */
 enum kvr_status kvr_tensors_open(const char *path, struct kvr_tensor_file **out);
+
+/**
+ * Opens a tensor file at a path or URL with explicit S3 settings (`config` as for
+ * `kvr_tensors_write_url`; NULL: the `AWS_*` environment). An `s3://bucket/key` file is
+ * opened with one HEAD and ranged GETs of its header only (the first 64 KiB, then the rest
+ * of a longer header), validated exactly as a local file's. On such a file:
+ * `kvr_tensors_read_into` and `kvr_tensors_read_into_direct` fetch exactly the tensor's
+ * byte range (ranged GETs straight into `dst`; there is no page cache to bypass);
+ * `kvr_tensors_get` fetches the tensor on its first call into 4096-aligned memory owned by
+ * the handle (later calls return the same pointer; valid until close);
+ * `kvr_tensors_read_into_device` fetches into a temporary host buffer, then copies.
+ * Requests are bounded by the config's timeouts: a server that is down or silent gives
+ * `KVR_ERR_UNAVAILABLE` naming the endpoint.
+ */
+enum kvr_status kvr_tensors_open_url(const char *url,
+                                     const struct kvr_obj_config *config,
+                                     struct kvr_tensor_file **out);
 
 /**
  * Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
@@ -1998,7 +2041,8 @@ enum kvr_status kvr_tensors_metadata_get(const struct kvr_tensor_file *file,
 /**
  * Zero-copy view of tensor `name` (pointer into the mapping, valid until close). A NULL
  * name succeeds only when the file holds exactly one tensor; otherwise `KVR_ERR_NOT_FOUND`
- * with the available names in the message.
+ * with the available names in the message. On an `s3://` file the first call for a tensor
+ * fetches it into memory the handle owns (4096-aligned, valid until close).
  */
 enum kvr_status kvr_tensors_get(const struct kvr_tensor_file *file,
                                 const char *name,

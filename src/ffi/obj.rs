@@ -117,7 +117,7 @@ unsafe fn arg_opt_str(ptr: *const c_char, name: &str) -> crate::Result<Option<St
     Ok((!s.is_empty()).then(|| s.to_string()))
 }
 
-fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
+pub(super) fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
     // SAFETY: the string fields are NULL or C strings per the config contract.
     let url = unsafe { arg_str(c.url, "config.url") }?;
     // SAFETY: as above.

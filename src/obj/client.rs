@@ -83,6 +83,17 @@ impl Client {
         &self.endpoint
     }
 
+    /// The OpenDAL operator, for requests the tier's helpers do not cover (tensor files'
+    /// streaming writes and chunked ranged reads, `tensors/remote.rs`).
+    pub(crate) fn operator(&self) -> &Operator {
+        &self.op
+    }
+
+    /// The bound on one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
+    }
+
     /// Runs one request under the request timeout (the HTTP client has its own; this one
     /// also covers OpenDAL's work around it). A request that fails fast for a transient
     /// reason (a pooled connection the restarted server closed) is tried once more.
@@ -120,7 +131,7 @@ impl Client {
 
     /// The kvr error for a failed request: transport failures, 5xx and throttling are
     /// `Unavailable` (the handle stays usable: retry later).
-    fn failure(&self, what: &str, path: &str, e: opendal::Error) -> Error {
+    pub(crate) fn failure(&self, what: &str, path: &str, e: opendal::Error) -> Error {
         let transport = {
             let mut src = std::error::Error::source(&e);
             let mut found = false;

@@ -17,12 +17,12 @@
 //!   is down, too slow or refusing yields `Unavailable` naming the endpoint and the error,
 //!   never a hang, and the same handle works again once the server is back.
 
-mod client;
+pub(crate) mod client;
 pub mod config;
 pub mod maintenance;
 mod metrics;
 pub(crate) mod object;
-mod runtime;
+pub(crate) mod runtime;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
