@@ -785,19 +785,57 @@ class ObjStore {
 
 /// Writes `n` tensors (strided views allowed) and `m` metadata entries as a safetensors file,
 /// atomically (kvr_tensors_write). `flags`: KVR_TENSORS_ALIGN_4K, KVR_TENSORS_NO_SYNC.
+/// `path` may be a URL: file:///abs/path, or s3://bucket/key (S3 settings from the AWS_*
+/// environment variables; the object appears only once completely uploaded).
 inline void write_tensors(const std::string& path, const kvr_tensor* tensors, std::size_t n,
                           const kvr_kv* metadata = nullptr, std::size_t m = 0,
                           std::uint32_t flags = 0) {
   check(kvr_tensors_write(path.c_str(), tensors, n, metadata, m, flags));
 }
 
+/// The S3 settings of a tensor file URL: `s3`'s endpoint, region, credentials, concurrency
+/// and timeouts (its `url` and `ns` are not used; empty strings take the AWS_* variables).
+/// The pointers in the result point into `s3`, which must outlive its use.
+inline kvr_obj_config tensor_url_config(const ObjOptions& s3) {
+  kvr_obj_config c;
+  check(kvr_obj_config_default(&c));
+  auto opt = [](const std::string& s) { return s.empty() ? nullptr : s.c_str(); };
+  c.endpoint = opt(s3.endpoint);
+  c.region = opt(s3.region);
+  c.access_key_id = opt(s3.access_key_id);
+  c.secret_access_key = opt(s3.secret_access_key);
+  c.session_token = opt(s3.session_token);
+  c.concurrency = s3.concurrency;
+  c.connect_timeout_ms = s3.connect_timeout_ms;
+  c.request_timeout_ms = s3.request_timeout_ms;
+  return c;
+}
+
+/// write_tensors to a path or URL with explicit S3 settings (kvr_tensors_write_url).
+inline void write_tensors(const std::string& url, const ObjOptions& s3, const kvr_tensor* tensors,
+                          std::size_t n, const kvr_kv* metadata = nullptr, std::size_t m = 0,
+                          std::uint32_t flags = 0) {
+  kvr_obj_config c = tensor_url_config(s3);
+  check(kvr_tensors_write_url(url.c_str(), &c, tensors, n, metadata, m, flags));
+}
+
 /// An open tensor file (kvr_tensors_open / kvr_tensors_close): header parsed, data mapped
 /// read-only; views returned by tensor() stay valid while this object lives.
+/// `path` may be a URL: file:///abs/path (the local file, mapped) or s3://bucket/key (the
+/// header fetched with ranged GETs; read_into fetches one tensor's range; tensor() fetches a
+/// tensor once into memory owned by this object).
 class TensorFile {
  public:
   explicit TensorFile(const std::string& path) {
     kvr_tensor_file* f = nullptr;
     check(kvr_tensors_open(path.c_str(), &f));
+    h_.reset(f);
+  }
+  /// Opens a path or URL with explicit S3 settings (kvr_tensors_open_url).
+  TensorFile(const std::string& url, const ObjOptions& s3) {
+    kvr_obj_config c = tensor_url_config(s3);
+    kvr_tensor_file* f = nullptr;
+    check(kvr_tensors_open_url(url.c_str(), &c, &f));
     h_.reset(f);
   }
   TensorFile(const TensorFile&) = delete;
