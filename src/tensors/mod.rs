@@ -4,7 +4,7 @@
 //!
 //! Files live at local paths or, given as `s3://bucket/key`, in an S3 store ([`location`]).
 //!
-//! Files are plain safetensors (see [`header`] for the format and the alignment scheme): any
+//! Files are plain safetensors (see `header` for the format and the alignment scheme): any
 //! safetensors reader (Python, Rust, C++) opens them, and kvr opens theirs.
 
 pub(crate) mod codec;
