@@ -144,7 +144,8 @@ TEST(TensorUrls, S3RoundTripAndContracts) {
               KVR_ERR_CUDA_UNAVAILABLE);
   }
   // A missing object.
-  kvr_obj_config c = kvr::tensor_url_config(s3(ep));
+  const kvr::ObjOptions o = s3(ep);
+  kvr_obj_config c = kvr::tensor_url_config(o);
   kvr_tensor_file* h = nullptr;
   EXPECT_EQ(kvr_tensors_open_url(unique_url("absent").c_str(), &c, &h), KVR_ERR_NOT_FOUND);
   EXPECT_EQ(h, nullptr);

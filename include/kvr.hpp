@@ -810,6 +810,8 @@ inline kvr_obj_config tensor_url_config(const ObjOptions& s3) {
   c.request_timeout_ms = s3.request_timeout_ms;
   return c;
 }
+/// The result would point into a temporary: name the options first.
+kvr_obj_config tensor_url_config(ObjOptions&& s3) = delete;
 
 /// write_tensors to a path or URL with explicit S3 settings (kvr_tensors_write_url).
 inline void write_tensors(const std::string& url, const ObjOptions& s3, const kvr_tensor* tensors,
