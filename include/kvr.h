@@ -2054,8 +2054,9 @@ enum kvr_status kvr_tensor_dir_remove(const struct kvr_tensor_dir *dir,
  * nothing is adopted: `KVR_ERR_NOT_FOUND` (missing file or tensor), `KVR_ERR_CORRUPT`
  * (malformed file), `KVR_ERR_INVALID_ARGUMENT` (NULL or bad fields, a wrong `struct_size`,
  * an id twice in `items`, a file inside this directory). An id already present is replaced,
- * as by `kvr_tensor_dir_put`. Adopted files are opened again, once per file, at the first
- * materialize; they are not the directory's: removal and cleanup never delete them.
+ * as by `kvr_tensor_dir_put`. Adopted files are opened again at the first materialize, once
+ * per file of one call (its items share the mapping); they are not the directory's: removal
+ * and cleanup never delete them.
  * `KVR_ERR_CLOSED` after cleanup.
  */
 enum kvr_status kvr_tensor_dir_adopt(const struct kvr_tensor_dir *dir,

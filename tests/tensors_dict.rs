@@ -223,6 +223,12 @@ fn adopted_items_are_read_lazily_and_their_files_never_deleted() {
     assert_eq!(files_in(dir.path()), 1, "adoption copies nothing");
     assert_eq!(read_x(&dir, "a.x"), [3u8; 8]);
     let y = dir.get_ref("a.y", None).unwrap();
+    let x_file = dir.get_ref("a.x", None).unwrap().load().unwrap();
+    assert!(
+        Arc::ptr_eq(&x_file, &y.load().unwrap()),
+        "one mapping per file of one call"
+    );
+    drop(x_file);
     y.with_view(|t| assert_eq!(t.data, [3, 0, 3, 1])).unwrap();
     // Naming the adopted tensor is fine; another tensor of the same file is not this item.
     assert_eq!(

@@ -160,8 +160,9 @@ impl TensorDir {
     /// validated (and every named tensor looked up) before anything is added: a missing file
     /// or tensor (`NotFound`), a malformed file (`Corrupt`), a duplicate id in `items` or a
     /// file inside this directory (`InvalidArgument`) adopts nothing. An id already present
-    /// is replaced, as by `put`. Files are opened again, once each, at the first
-    /// materialize; they are not the directory's and are never deleted by it.
+    /// is replaced, as by `put`. Files are opened again at the first materialize, once per
+    /// file of one adoption (its items share the mapping); they are not the directory's and
+    /// are never deleted by it.
     pub fn adopt(&self, items: &[Adopt<'_>]) -> Result<()> {
         self.check_open()?;
         let mut seen = HashSet::new();
