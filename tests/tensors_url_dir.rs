@@ -8,7 +8,7 @@ mod obj_common;
 
 use std::path::Path;
 
-use kvr::tensors::{Dtype, TensorDir, TensorIn, WriteOptions};
+use kvr::tensors::{Adopt, Dtype, TensorDir, TensorIn, WriteOptions};
 use kvr::ErrorKind;
 
 use obj_common::{http, unique_prefix, BUCKET};
@@ -114,6 +114,35 @@ fn s3_directory_items_are_objects_with_the_same_lifetime() {
     assert_eq!(rz.materialize_into(&mut out).unwrap(), 4096);
     drop(rz);
     assert!(objects_under(&endpoint, &prefix).is_empty());
+
+    // An object adopted by URL (into a local directory) is read, and never deleted.
+    let external = format!("{parent}/external.safetensors");
+    kvr::tensors::write_to(
+        &external,
+        None,
+        &[TensorIn::contiguous("a", Dtype::U8, &[4096], &a)],
+        &[],
+        opts,
+    )
+    .unwrap();
+    let local = TensorDir::create(None).unwrap();
+    local
+        .adopt(&[Adopt {
+            item_id: "ext",
+            location: &external,
+            tensor: Some("a"),
+        }])
+        .unwrap();
+    out.fill(0);
+    let r = local.get_ref("ext", None).unwrap();
+    assert_eq!(r.materialize_into(&mut out).unwrap(), 4096);
+    assert_eq!(out, a);
+    local.cleanup().unwrap();
+    drop((r, local));
+    assert_eq!(
+        objects_under(&endpoint, &prefix),
+        [format!("{prefix}/external.safetensors")]
+    );
 
     // A bucket without a prefix works as a parent too; a bad bucket name does not.
     let dir = TensorDir::create(Some(Path::new(&format!("s3://{BUCKET}")))).unwrap();
