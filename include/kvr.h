@@ -999,7 +999,8 @@ typedef struct kvr_obj_config {
    */
   const char *namespace_name;
   /**
-   * `http://host:port` of the S3 server; NULL: `AWS_ENDPOINT_URL`.
+   * `http://host:port` or `https://host:port` of the S3 server; NULL:
+   * `AWS_ENDPOINT_URL`, else AWS's regional endpoint.
    */
   const char *endpoint;
   /**
@@ -1031,6 +1032,12 @@ typedef struct kvr_obj_config {
    * Bound on one whole request, in milliseconds (non-zero). Default 30000.
    */
   uint32_t request_timeout_ms;
+  /**
+   * Path of a PEM file of certificates an https endpoint's chain may end in, trusted
+   * besides the built-in public roots (a private CA, a self-signed server certificate);
+   * NULL: `AWS_CA_BUNDLE`, else only the public roots.
+   */
+  const char *ca_bundle;
 } kvr_obj_config;
 
 /**
@@ -1089,6 +1096,18 @@ typedef struct kvr_fs_store_item kvr_obj_store_item;
  * One block of an async object load batch (the fs store's item type).
  */
 typedef struct kvr_fs_load_item kvr_obj_load_item;
+
+/**
+ * One whole-key, segmented block of a `kvr_obj_submit_store_items` batch (the fs store's
+ * item type).
+ */
+typedef struct kvr_fs_store_segments_item kvr_obj_store_segments_item;
+
+/**
+ * One whole-key, segmented block of a `kvr_obj_submit_load_items` batch (the fs store's
+ * item type).
+ */
+typedef struct kvr_fs_load_segments_item kvr_obj_load_segments_item;
 
 /**
  * How to open a region. Fill with `kvr_region_config_default`, then set the fields.
@@ -1769,11 +1788,12 @@ enum kvr_status kvr_obj_config_default(struct kvr_obj_config *config);
  * Opens an object store at `config->url` / `config->namespace_name`, starting kvr's own
  * I/O threads (`kvr-obj-*`) with the first store of the process, and makes one request to
  * check endpoint, bucket and credentials. On success `*out` owns the handle; close it with
- * `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values),
- * `KVR_ERR_UNSUPPORTED` (an https:// endpoint: this build speaks plain HTTP),
- * `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing), `KVR_ERR_PERMISSION`.
+ * `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values, a CA bundle
+ * that cannot be read or holds no PEM certificate), `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing, or an https server whose
+ * certificate is not trusted), `KVR_ERR_PERMISSION`.
  */
-enum kvr_status kvr_obj_open(const struct kvr_obj_config *config, struct kvr_obj **out);
+enum kvr_status kvr_obj_open(const struct kvr_obj_config *config,
+                             struct kvr_obj **out);
 
 /**
  * Closes a store after its async items have finished (each is bounded by the request
@@ -1851,6 +1871,73 @@ enum kvr_status kvr_obj_submit_load(const struct kvr_obj *obj,
                                     const kvr_obj_load_item *items,
                                     size_t n,
                                     struct kvr_job **out);
+
+/**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as a
+ * `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+ * object's header and compared on every load), publish-once as `kvr_obj_store` (a 16-byte
+ * key is the same object as that `kvr_block_key`). The object's name is the fs store's block
+ * file name of the key. Errors: as `kvr_obj_store`, also `KVR_ERR_INVALID_ARGUMENT` for a
+ * NULL, empty or over-long key, a NULL or empty segment, no segments, or lengths that
+ * overflow.
+ */
+enum kvr_status kvr_obj_store_key(const struct kvr_obj *obj,
+                                  struct kvr_key key,
+                                  const struct kvr_segment *segments,
+                                  size_t num_segments);
+
+/**
+ * Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (object kept)
+ * otherwise. `KVR_ERR_NOT_FOUND` when absent or bad (as `kvr_obj_load`), and when the
+ * object of its name holds another key (a name collision: never another key's bytes, and
+ * not counted as corrupt); `KVR_ERR_UNAVAILABLE`. On any error the segments' contents are
+ * unspecified.
+ */
+enum kvr_status kvr_obj_load_key(const struct kvr_obj *obj,
+                                 struct kvr_key key,
+                                 const struct kvr_segment *segments,
+                                 size_t num_segments);
+
+/**
+ * Per-key presence: `present[i]` = 1 when an object of `keys[i]`'s name exists, else 0 (one
+ * byte per key, as `kvr_fs_lookup`); `*hits` (may be NULL) receives how many exist. Every
+ * key costs one HEAD request, all of them concurrent (up to `concurrency` in flight): the
+ * server is the only index, shared with other hosts. Keys that are NULL, empty or over-long
+ * are absent. `n` may be 0. `KVR_ERR_UNAVAILABLE` if the server does not answer.
+ */
+enum kvr_status kvr_obj_lookup(const struct kvr_obj *obj,
+                               const struct kvr_key *keys,
+                               size_t n,
+                               uint8_t *present,
+                               size_t *hits);
+
+/**
+ * Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there
+ * was none.
+ */
+enum kvr_status kvr_obj_remove_key(const struct kvr_obj *obj, struct kvr_key key);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to store, up to `concurrency` requests in
+ * flight; `*out` receives the job (per-item bytes 0 when deduplicated). Every item is checked
+ * first (bad keys, NULL or empty segments, overflowing totals reject the whole batch). The
+ * segments' buffers must stay valid until the job is done.
+ */
+enum kvr_status kvr_obj_submit_store_items(const struct kvr_obj *obj,
+                                           const kvr_obj_store_segments_item *items,
+                                           size_t n,
+                                           struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to load, up to `concurrency` requests in
+ * flight; per-item results as for `kvr_obj_load_key`. The segments' buffers must stay valid
+ * and untouched until the job is done.
+ */
+enum kvr_status kvr_obj_submit_load_items(const struct kvr_obj *obj,
+                                          const kvr_obj_load_segments_item *items,
+                                          size_t n,
+                                          struct kvr_job **out);
 
 /**
  * Fills `*config` with the documented defaults (fields required by `kvr_region_open` are

@@ -689,7 +689,7 @@ struct ObjOptions {
   std::string ns;   // namespace (model + layout digest), required
   // Empty strings take the AWS_* environment variables (AWS_ENDPOINT_URL, AWS_REGION,
   // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); no credentials: unsigned.
-  std::string endpoint;  // http://host:port
+  std::string endpoint;  // http://host:port or https://host:port
   std::string region;
   std::string access_key_id;
   std::string secret_access_key;
@@ -697,6 +697,9 @@ struct ObjOptions {
   std::uint32_t concurrency = 32;  // requests in flight
   std::uint32_t connect_timeout_ms = 2000;
   std::uint32_t request_timeout_ms = 30000;
+  // PEM certificates an https endpoint's chain may end in, trusted besides the public
+  // roots (a private CA, a self-signed server); empty: AWS_CA_BUNDLE.
+  std::string ca_bundle;
 };
 
 /// Blocks in an S3 bucket (kvr_obj_open / kvr_obj_close). A server that is down, too slow or
@@ -718,6 +721,7 @@ class ObjStore {
     c.concurrency = o.concurrency;
     c.connect_timeout_ms = o.connect_timeout_ms;
     c.request_timeout_ms = o.request_timeout_ms;
+    c.ca_bundle = opt(o.ca_bundle);
     kvr_obj* h = nullptr;
     check(kvr_obj_open(&c, &h));
     h_.reset(h);
@@ -774,6 +778,54 @@ class ObjStore {
   Job submit_load(const kvr_obj_load_item* items, std::size_t n) {
     kvr_job* j = nullptr;
     check(kvr_obj_submit_load(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Stores the concatenation of `segs` under the whole key `k`, publish-once (a no-op if
+  /// the object exists). A 16-byte key is the same object as the BlockKey of those bytes.
+  void store(Key k, Segments segs) {
+    check(kvr_obj_store_key(h_.get(), k, segs.data(), segs.size()));
+  }
+  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
+  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none, it is bad, or the object of its name
+  /// holds another key.
+  [[nodiscard]] bool load(Key k, Segments segs) {
+    kvr_status s = kvr_obj_load_key(h_.get(), k, segs.data(), segs.size());
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Per-key presence into `present` (one byte per key); returns the number present. One
+  /// HEAD per key, all concurrent.
+  std::size_t lookup(Keys keys, std::uint8_t* present) const {
+    std::size_t hits = 0;
+    check(kvr_obj_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
+    return hits;
+  }
+  [[nodiscard]] Presence lookup(Keys keys) const {
+    Presence p;
+    p.present.resize(keys.size());
+    p.hits = lookup(keys, p.present.data());
+    return p;
+  }
+  /// Removes the block of the whole key `k`; false if there was none.
+  bool remove_key(Key k) {
+    kvr_status s = kvr_obj_remove_key(h_.get(), k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Stores a batch of whole-key, segmented blocks (items from fs_store_item()); the
+  /// buffers must outlive the Job.
+  Job submit_store_items(const kvr_obj_store_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_store_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Loads a batch of whole-key, segmented blocks (items from fs_load_item()); the buffers
+  /// must outlive the Job.
+  Job submit_load_items(const kvr_obj_load_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_load_items(h_.get(), items, n, &j));
     return Job(j);
   }
   [[nodiscard]] kvr_obj* get() const noexcept { return h_.get(); }
