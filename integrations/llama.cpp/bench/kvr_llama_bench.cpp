@@ -190,8 +190,9 @@ int run_main(const Options& o, const std::string& self) {
 
   {
     PrefixCache cache(s.ctx(), cache_config(s, o, true));
-    std::fprintf(stderr, "namespace %s, %zu bytes per %u-token block\n", cache.namespace_name().c_str(),
-                 cache.block_bytes(), o.block);
+    std::fprintf(stderr, "namespace %s\nengine fingerprint: %s\n%zu bytes per %u-token block (%zu of llama.cpp state)\n",
+                 cache.namespace_name().c_str(), cache.engine_fingerprint().c_str(), cache.block_bytes(), o.block,
+                 cache.block_state_bytes());
     // Cold pass; after each prefill (untimed) the blocks are saved and the state files written.
     for (std::size_t i = 0; i < n; ++i) {
       s.clear();
