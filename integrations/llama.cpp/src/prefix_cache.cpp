@@ -130,10 +130,10 @@ std::string model_meta(const llama_model* model, const std::string& key) {
   return std::string(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
 }
 
-// A float printed exactly (hex float), so two fingerprints differ whenever the values do.
+// A float printed exactly, so two fingerprints differ whenever the values do.
 std::string exact(float v) {
   char b[64];
-  std::snprintf(b, sizeof b, "%a", static_cast<double>(v));
+  std::snprintf(b, sizeof b, "%.9g", static_cast<double>(v));  // 9 digits round-trip a float
   return b;
 }
 
