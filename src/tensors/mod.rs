@@ -2,7 +2,7 @@
 //! 4 KiB-aligned), read lazily and zero-copy from a read-only mapping, a lazy tensor directory
 //! with reference-counted lifetime, and export/import of region blocks.
 //!
-//! Files are plain safetensors (see [`header`] for the format and the alignment scheme): any
+//! Files are plain safetensors (see `header` for the format and the alignment scheme): any
 //! safetensors reader (Python, Rust, C++) opens them, and kvr opens theirs.
 
 pub(crate) mod codec;
