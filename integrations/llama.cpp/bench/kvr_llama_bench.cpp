@@ -7,7 +7,8 @@
 //   fs-fresh   kvr restore from the fs store in a fresh process, block files dropped from the
 //              page cache with posix_fadvise(DONTNEED) first (residency checked with mincore)
 //   statefile  llama.cpp's own llama_state_seq_load_file of the previous prompt's prefix
-//              (the system prompt for the requests and turn 1, the previous turn after that)
+//              (the system prompt for the requests and turn 1, the previous turn after that),
+//              the file dropped from the page cache first (as cold as kvr's O_DIRECT tiers)
 // and the restore GB/s (block bytes / time to load them from the tier, and including putting
 // them into the context). Beside each TTFT, in parentheses, the part of it spent restoring
 // the prefix (kvr: lookups, loads and llama_state_seq_set_data; state file:
@@ -123,33 +124,39 @@ CacheConfig cache_config(const Session& s, const Options& o, bool with_slot) {
   return c;
 }
 
+// Drops one file from the page cache; adds its pages and those still resident afterwards
+// (mincore) to the counts, so the report can say how cold the reads were.
+void drop_file(const fs::path& path, std::size_t* resident, std::size_t* pages) {
+  const long page = sysconf(_SC_PAGESIZE);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    void* m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (m != MAP_FAILED) {
+      const std::size_t n = (static_cast<std::size_t>(st.st_size) + page - 1) / page;
+      std::vector<unsigned char> vec(n);
+      if (::mincore(m, static_cast<std::size_t>(st.st_size), vec.data()) == 0) {
+        for (unsigned char v : vec) *resident += v & 1;
+        *pages += n;
+      }
+      ::munmap(m, static_cast<std::size_t>(st.st_size));
+    }
+  }
+  ::close(fd);
+}
+
 // Drops the fs store's block files from the page cache; returns the fraction of their pages
-// still resident afterwards (mincore), so the report can say how cold the reads were.
+// still resident afterwards.
 double drop_block_files(const fs::path& root, std::size_t* files) {
   std::size_t resident = 0;
   std::size_t pages = 0;
   *files = 0;
-  const long page = sysconf(_SC_PAGESIZE);
   for (const auto& e : fs::recursive_directory_iterator(root)) {
     if (!e.is_regular_file()) continue;
-    const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    struct stat st {};
-    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-      void* m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-      if (m != MAP_FAILED) {
-        const std::size_t n = (static_cast<std::size_t>(st.st_size) + page - 1) / page;
-        std::vector<unsigned char> vec(n);
-        if (::mincore(m, static_cast<std::size_t>(st.st_size), vec.data()) == 0) {
-          for (unsigned char v : vec) resident += v & 1;
-          pages += n;
-        }
-        ::munmap(m, static_cast<std::size_t>(st.st_size));
-      }
-    }
-    ::close(fd);
+    drop_file(e.path(), &resident, &pages);
     ++*files;
   }
   return pages == 0 ? 0.0 : double(resident) / double(pages);
@@ -227,10 +234,14 @@ int run_main(const Options& o, const std::string& self) {
   }
   // llama.cpp's own state file of the prefix.
   std::vector<llama_token> scratch_tokens(kCtx);
+  std::size_t sf_resident = 0;
+  std::size_t sf_pages = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const std::string& path = reqs[i].statefile_prefix == static_cast<std::size_t>(-1)
                                   ? system_state
                                   : state_paths[reqs[i].statefile_prefix];
+    // Cold, like kvr's tiers (O_DIRECT; the fs-fresh block files are dropped too).
+    drop_file(path, &sf_resident, &sf_pages);
     s.clear();
     const auto t0 = Clock::now();
     std::size_t got = 0;
@@ -305,6 +316,8 @@ int run_main(const Options& o, const std::string& self) {
   md << "Of that, restoring the 2,048-token prefix: kvr slot " << fmt("%.1f", slot_restore / 8) << " ms, kvr fs fresh "
      << fmt("%.1f", fresh_restore / 8) << " ms, llama.cpp state file load " << fmt("%.1f", sf_load / 8) << " ms.\n";
   md << "Fresh process: " << fresh_note << "; " << fresh_hits << ".\n";
+  md << "State files dropped from the page cache before each load: resident after drop "
+     << fmt("%.0f", sf_pages == 0 ? 0.0 : 100.0 * double(sf_resident) / double(sf_pages)) << "%.\n";
   std::printf("%s", md.str().c_str());
   if (!o.markdown.empty()) std::ofstream(o.markdown) << md.str();
   return 0;
