@@ -368,6 +368,12 @@ typedef struct kvr_region kvr_region;
 typedef struct kvr_tensor_dir kvr_tensor_dir;
 
 /**
+ * Opaque snapshot of a directory's item ids in insertion order
+ * (`kvr_tensor_dir_snapshot_ids` / `kvr_tensor_dir_ids_free`).
+ */
+typedef struct kvr_tensor_dir_ids kvr_tensor_dir_ids;
+
+/**
  * Opaque handle of an open tensor file (`kvr_tensors_open` / `kvr_tensors_close`).
  */
 typedef struct kvr_tensor_file kvr_tensor_file;
@@ -1282,6 +1288,30 @@ typedef struct kvr_tensor_ref {
   uint64_t nbytes;
 } kvr_tensor_ref;
 
+/**
+ * One entry of `kvr_tensor_dir_adopt`: item `item_id` is tensor `tensor_name` of the
+ * safetensors file at `location` (`tensor_name` NULL: the whole file, its tensors chosen by
+ * name at `kvr_tensor_dir_get_ref` as for a `put` item).
+ */
+typedef struct kvr_tensor_dir_adopt_item {
+  /**
+   * `sizeof(kvr_tensor_dir_adopt_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The item's id (NUL-terminated UTF-8; any string, it never becomes a file name).
+   */
+  const char *item_id;
+  /**
+   * The file's location, as `kvr_tensors_open` takes it (NUL-terminated UTF-8).
+   */
+  const char *location;
+  /**
+   * The tensor's name, or NULL for the whole file.
+   */
+  const char *tensor_name;
+} kvr_tensor_dir_adopt_item;
+
 #ifdef __cplusplus
 extern "C" {
 #endif // __cplusplus
@@ -1947,6 +1977,91 @@ enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
  * and references deletes the directory. NULL is a no-op.
  */
 void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
+
+/**
+ * Sets `*out` to the number of items (0 after cleanup). Other threads may change it at once;
+ * for a consistent list use `kvr_tensor_dir_snapshot_ids`.
+ */
+enum kvr_status kvr_tensor_dir_count(const struct kvr_tensor_dir *dir, size_t *out);
+
+/**
+ * Sets `*out` to whether item `item_id` exists (false after cleanup).
+ */
+enum kvr_status kvr_tensor_dir_contains(const struct kvr_tensor_dir *dir,
+                                        const char *item_id,
+                                        bool *out);
+
+/**
+ * Takes a snapshot of the item ids in insertion order (a replaced item keeps its place, a
+ * removed and re-added one goes last). Index `i` of `kvr_tensor_dir_ids_at` means the
+ * `i`-th id of this moment: puts and removals by other threads afterwards do not change
+ * the snapshot. Free it with `kvr_tensor_dir_ids_free`; it does not keep the directory
+ * alive. Empty after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_snapshot_ids(const struct kvr_tensor_dir *dir,
+                                            struct kvr_tensor_dir_ids **out);
+
+/**
+ * Sets `*out` to the number of ids in the snapshot.
+ */
+enum kvr_status kvr_tensor_dir_ids_count(const struct kvr_tensor_dir_ids *ids, size_t *out);
+
+/**
+ * Copies id `index` of the snapshot and a NUL into `buf` of `cap` bytes. `*needed` (may be
+ * NULL) receives the size including the NUL, also on `KVR_ERR_TOO_SMALL` (then `buf` is
+ * untouched; `buf` may be NULL with `cap` 0 to ask for the size). `KVR_ERR_NOT_FOUND`
+ * when `index >= count`.
+ */
+enum kvr_status kvr_tensor_dir_ids_at(const struct kvr_tensor_dir_ids *ids,
+                                      size_t index,
+                                      char *buf,
+                                      size_t cap,
+                                      size_t *needed);
+
+/**
+ * Releases a snapshot of ids. NULL is a no-op.
+ */
+void kvr_tensor_dir_ids_free(struct kvr_tensor_dir_ids *ids);
+
+/**
+ * Looks up item `item_id`: a lazy reference to its tensor `name` (NULL: the item's only
+ * tensor) in `*out` and `*found` true, or, for a missing item, `KVR_OK` with `*found` false
+ * and `*out` NULL: a miss is not an error. Nothing is read until the reference is
+ * materialized, so a broken file shows there (`KVR_ERR_CORRUPT`, `KVR_ERR_IO`,
+ * `KVR_ERR_NOT_FOUND` for a vanished adopted file), never as a miss. `KVR_ERR_CLOSED` after
+ * cleanup. Free the reference with `kvr_tensor_lazy_free`.
+ */
+enum kvr_status kvr_tensor_dir_find(const struct kvr_tensor_dir *dir,
+                                    const char *item_id,
+                                    const char *name,
+                                    bool *found,
+                                    struct kvr_tensor_lazy **out);
+
+/**
+ * Removes item `item_id`; `*removed` (may be NULL) tells whether it existed (a missing item
+ * is `KVR_OK` with false). Its lazy references keep working until freed; the last one
+ * deletes the item's own file. An adopted file is never deleted. `KVR_ERR_CLOSED` after
+ * cleanup.
+ */
+enum kvr_status kvr_tensor_dir_remove(const struct kvr_tensor_dir *dir,
+                                      const char *item_id,
+                                      bool *removed);
+
+/**
+ * Adds `n` (>= 1) items that are existing safetensors files, or single tensors of them:
+ * the mapping `item_id -> (location, tensor_name)`. Every file is opened and its header
+ * validated, and every named tensor looked up, before anything is added; on any error
+ * nothing is adopted: `KVR_ERR_NOT_FOUND` (missing file or tensor), `KVR_ERR_CORRUPT`
+ * (malformed file), `KVR_ERR_INVALID_ARGUMENT` (NULL or bad fields, a wrong `struct_size`,
+ * an id twice in `items`, a file inside this directory). An id already present is replaced,
+ * as by `kvr_tensor_dir_put`. Adopted files are opened again at the first materialize, once
+ * per file of one call (its items share the mapping); they are not the directory's: removal
+ * and cleanup never delete them.
+ * `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_adopt(const struct kvr_tensor_dir *dir,
+                                     const struct kvr_tensor_dir_adopt_item *items,
+                                     size_t n);
 
 /**
  * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming

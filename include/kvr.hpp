@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -881,10 +882,57 @@ class LazyTensor {
   Handle<kvr_tensor_lazy, kvr_tensor_lazy_free> h_;
 };
 
+/// One entry of TensorDir::adopt: item `item_id` is tensor `tensor` of the safetensors file
+/// at `location` (std::nullopt: the whole file, its tensors chosen by name at get_ref).
+struct AdoptItem {
+  std::string item_id;
+  std::string location;
+  std::optional<std::string> tensor;
+};
+
 /// A lazy tensor directory (kvr_tensor_dir_open / kvr_tensor_dir_close): a fresh private
 /// directory, deleted when this handle and every LazyTensor are gone, or by cleanup().
+/// A dictionary of items: size(), contains(), find(), remove(), adopt(), and range-for over
+/// the item ids in insertion order (each loop walks one snapshot: puts and removals by other
+/// threads meanwhile do not disturb it).
 class TensorDir {
  public:
+  /// Forward iterator over one snapshot of the item ids (ids() at begin()).
+  class iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const std::string*;
+    using reference = const std::string&;
+    iterator() = default;
+    reference operator*() const { return (*ids_)[i_]; }
+    pointer operator->() const { return &(*ids_)[i_]; }
+    iterator& operator++() {
+      ++i_;
+      return *this;
+    }
+    iterator operator++(int) {
+      iterator old = *this;
+      ++i_;
+      return old;
+    }
+    /// Any two iterators at the end are equal (end() has no snapshot).
+    friend bool operator==(const iterator& a, const iterator& b) noexcept {
+      if (a.at_end() || b.at_end()) return a.at_end() && b.at_end();
+      return a.ids_ == b.ids_ && a.i_ == b.i_;
+    }
+    friend bool operator!=(const iterator& a, const iterator& b) noexcept { return !(a == b); }
+
+   private:
+    friend class TensorDir;
+    explicit iterator(std::shared_ptr<const std::vector<std::string>> ids) noexcept
+        : ids_(std::move(ids)) {}
+    [[nodiscard]] bool at_end() const noexcept { return !ids_ || i_ >= ids_->size(); }
+    std::shared_ptr<const std::vector<std::string>> ids_;
+    std::size_t i_ = 0;
+  };
+
   /// `parent` empty: the system temp directory.
   explicit TensorDir(const std::string& parent = "") {
     kvr_tensor_dir* d = nullptr;
@@ -896,16 +944,92 @@ class TensorDir {
   TensorDir(TensorDir&&) noexcept = default;
   TensorDir& operator=(TensorDir&&) noexcept = default;
   ~TensorDir() noexcept = default;
+  /// Writes item `item_id` (replacing one of that id, which keeps its place in the order).
   void put(const std::string& item_id, const kvr_tensor* tensors, std::size_t n,
            const kvr_kv* metadata = nullptr, std::size_t m = 0, std::uint32_t flags = 0) {
     check(kvr_tensor_dir_put(h_.get(), item_id.c_str(), tensors, n, metadata, m, flags));
   }
-  /// `name == nullptr`: the item's only tensor.
+  /// `name == nullptr`: the item's only tensor. Throws KVR_ERR_NOT_FOUND for a missing item.
   [[nodiscard]] LazyTensor get_ref(const std::string& item_id, const char* name = nullptr) const {
     kvr_tensor_lazy* l = nullptr;
     check(kvr_tensor_dir_get_ref(h_.get(), item_id.c_str(), name, &l));
     return LazyTensor(l);
   }
+  /// A lazy reference, or std::nullopt for a missing item (a miss does not throw; a broken
+  /// file throws at materialize, KVR_ERR_CLOSED after cleanup throws here).
+  [[nodiscard]] std::optional<LazyTensor> find(const std::string& item_id,
+                                               const char* name = nullptr) const {
+    bool found = false;
+    kvr_tensor_lazy* l = nullptr;
+    check(kvr_tensor_dir_find(h_.get(), item_id.c_str(), name, &found, &l));
+    if (!found) return std::nullopt;
+    return LazyTensor(l);
+  }
+  /// Number of items (0 after cleanup).
+  [[nodiscard]] std::size_t size() const {
+    std::size_t n = 0;
+    check(kvr_tensor_dir_count(h_.get(), &n));
+    return n;
+  }
+  [[nodiscard]] bool empty() const { return size() == 0; }
+  [[nodiscard]] bool contains(const std::string& item_id) const {
+    bool yes = false;
+    check(kvr_tensor_dir_contains(h_.get(), item_id.c_str(), &yes));
+    return yes;
+  }
+  /// Removes an item; false if there was none. Its LazyTensors keep working until released;
+  /// the last one deletes the item's own file (an adopted file is never deleted).
+  bool remove(const std::string& item_id) {
+    bool removed = false;
+    check(kvr_tensor_dir_remove(h_.get(), item_id.c_str(), &removed));
+    return removed;
+  }
+  /// Adopts existing files (or single tensors of them) as items, all or nothing: every file
+  /// and tensor is validated first. The files stay the caller's: never deleted by kvr.
+  void adopt(const std::vector<AdoptItem>& items) {
+    std::vector<kvr_tensor_dir_adopt_item> c(items.size());
+    for (std::size_t i = 0; i < items.size(); i++) {
+      c[i].struct_size = sizeof(kvr_tensor_dir_adopt_item);
+      c[i].item_id = items[i].item_id.c_str();
+      c[i].location = items[i].location.c_str();
+      c[i].tensor_name = items[i].tensor ? items[i].tensor->c_str() : nullptr;
+    }
+    check(kvr_tensor_dir_adopt(h_.get(), c.data(), c.size()));
+  }
+  /// Adopts one item: tensor `tensor` of the file at `location` (nullptr: the whole file).
+  void adopt(const std::string& item_id, const std::string& location,
+             const char* tensor = nullptr) {
+    kvr_tensor_dir_adopt_item c{sizeof(kvr_tensor_dir_adopt_item), item_id.c_str(),
+                                location.c_str(), tensor};
+    check(kvr_tensor_dir_adopt(h_.get(), &c, 1));
+  }
+  /// The item ids in insertion order, as one snapshot.
+  [[nodiscard]] std::vector<std::string> ids() const {
+    kvr_tensor_dir_ids* raw = nullptr;
+    check(kvr_tensor_dir_snapshot_ids(h_.get(), &raw));
+    Handle<kvr_tensor_dir_ids, kvr_tensor_dir_ids_free> snap(raw);
+    std::size_t n = 0;
+    check(kvr_tensor_dir_ids_count(snap.get(), &n));
+    std::vector<std::string> out;
+    out.reserve(n);
+    std::string buf(64, '\0');
+    for (std::size_t i = 0; i < n; i++) {
+      std::size_t need = 0;
+      kvr_status s = kvr_tensor_dir_ids_at(snap.get(), i, &buf[0], buf.size(), &need);
+      if (s == KVR_ERR_TOO_SMALL) {
+        buf.resize(need);
+        s = kvr_tensor_dir_ids_at(snap.get(), i, &buf[0], buf.size(), &need);
+      }
+      check(s);
+      out.emplace_back(buf.data(), need - 1);
+    }
+    return out;
+  }
+  /// Walks a snapshot of the ids taken now.
+  [[nodiscard]] iterator begin() const {
+    return iterator(std::make_shared<const std::vector<std::string>>(ids()));
+  }
+  [[nodiscard]] iterator end() const noexcept { return iterator(); }
   void cleanup() { check(kvr_tensor_dir_cleanup(h_.get())); }
   [[nodiscard]] std::string path() const {
     const char* p = nullptr;

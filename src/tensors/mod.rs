@@ -17,7 +17,7 @@ mod sink;
 pub(crate) mod write;
 
 pub use codec::TensorSpec;
-pub use dir::{LazyTensor, TensorDir};
+pub use dir::{Adopt, ItemIds, LazyTensor, TensorDir};
 pub use dtype::{Dtype, ALL_DTYPES};
 pub use export::{export_blocks, import_blocks};
 pub use file::{TensorEntry, TensorFile, TensorRef};
