@@ -368,6 +368,12 @@ typedef struct kvr_region kvr_region;
 typedef struct kvr_tensor_dir kvr_tensor_dir;
 
 /**
+ * Opaque snapshot of a directory's item ids in insertion order
+ * (`kvr_tensor_dir_snapshot_ids` / `kvr_tensor_dir_ids_free`).
+ */
+typedef struct kvr_tensor_dir_ids kvr_tensor_dir_ids;
+
+/**
  * Opaque handle of an open tensor file (`kvr_tensors_open` / `kvr_tensors_close`).
  */
 typedef struct kvr_tensor_file kvr_tensor_file;
@@ -993,7 +999,8 @@ typedef struct kvr_obj_config {
    */
   const char *namespace_name;
   /**
-   * `http://host:port` of the S3 server; NULL: `AWS_ENDPOINT_URL`.
+   * `http://host:port` or `https://host:port` of the S3 server; NULL:
+   * `AWS_ENDPOINT_URL`, else AWS's regional endpoint.
    */
   const char *endpoint;
   /**
@@ -1025,6 +1032,12 @@ typedef struct kvr_obj_config {
    * Bound on one whole request, in milliseconds (non-zero). Default 30000.
    */
   uint32_t request_timeout_ms;
+  /**
+   * Path of a PEM file of certificates an https endpoint's chain may end in, trusted
+   * besides the built-in public roots (a private CA, a self-signed server certificate);
+   * NULL: `AWS_CA_BUNDLE`, else only the public roots.
+   */
+  const char *ca_bundle;
 } kvr_obj_config;
 
 /**
@@ -1083,6 +1096,18 @@ typedef struct kvr_fs_store_item kvr_obj_store_item;
  * One block of an async object load batch (the fs store's item type).
  */
 typedef struct kvr_fs_load_item kvr_obj_load_item;
+
+/**
+ * One whole-key, segmented block of a `kvr_obj_submit_store_items` batch (the fs store's
+ * item type).
+ */
+typedef struct kvr_fs_store_segments_item kvr_obj_store_segments_item;
+
+/**
+ * One whole-key, segmented block of a `kvr_obj_submit_load_items` batch (the fs store's
+ * item type).
+ */
+typedef struct kvr_fs_load_segments_item kvr_obj_load_segments_item;
 
 /**
  * How to open a region. Fill with `kvr_region_config_default`, then set the fields.
@@ -1281,6 +1306,30 @@ typedef struct kvr_tensor_ref {
    */
   uint64_t nbytes;
 } kvr_tensor_ref;
+
+/**
+ * One entry of `kvr_tensor_dir_adopt`: item `item_id` is tensor `tensor_name` of the
+ * safetensors file at `location` (`tensor_name` NULL: the whole file, its tensors chosen by
+ * name at `kvr_tensor_dir_get_ref` as for a `put` item).
+ */
+typedef struct kvr_tensor_dir_adopt_item {
+  /**
+   * `sizeof(kvr_tensor_dir_adopt_item)`; lets later versions add fields.
+   */
+  uint32_t struct_size;
+  /**
+   * The item's id (NUL-terminated UTF-8; any string, it never becomes a file name).
+   */
+  const char *item_id;
+  /**
+   * The file's location, as `kvr_tensors_open` takes it (NUL-terminated UTF-8).
+   */
+  const char *location;
+  /**
+   * The tensor's name, or NULL for the whole file.
+   */
+  const char *tensor_name;
+} kvr_tensor_dir_adopt_item;
 
 #ifdef __cplusplus
 extern "C" {
@@ -1739,11 +1788,12 @@ enum kvr_status kvr_obj_config_default(struct kvr_obj_config *config);
  * Opens an object store at `config->url` / `config->namespace_name`, starting kvr's own
  * I/O threads (`kvr-obj-*`) with the first store of the process, and makes one request to
  * check endpoint, bucket and credentials. On success `*out` owns the handle; close it with
- * `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values),
- * `KVR_ERR_UNSUPPORTED` (an https:// endpoint: this build speaks plain HTTP),
- * `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing), `KVR_ERR_PERMISSION`.
+ * `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values, a CA bundle
+ * that cannot be read or holds no PEM certificate), `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing, or an https server whose
+ * certificate is not trusted), `KVR_ERR_PERMISSION`.
  */
-enum kvr_status kvr_obj_open(const struct kvr_obj_config *config, struct kvr_obj **out);
+enum kvr_status kvr_obj_open(const struct kvr_obj_config *config,
+                             struct kvr_obj **out);
 
 /**
  * Closes a store after its async items have finished (each is bounded by the request
@@ -1821,6 +1871,73 @@ enum kvr_status kvr_obj_submit_load(const struct kvr_obj *obj,
                                     const kvr_obj_load_item *items,
                                     size_t n,
                                     struct kvr_job **out);
+
+/**
+ * Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as a
+ * `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+ * object's header and compared on every load), publish-once as `kvr_obj_store` (a 16-byte
+ * key is the same object as that `kvr_block_key`). The object's name is the fs store's block
+ * file name of the key. Errors: as `kvr_obj_store`, also `KVR_ERR_INVALID_ARGUMENT` for a
+ * NULL, empty or over-long key, a NULL or empty segment, no segments, or lengths that
+ * overflow.
+ */
+enum kvr_status kvr_obj_store_key(const struct kvr_obj *obj,
+                                  struct kvr_key key,
+                                  const struct kvr_segment *segments,
+                                  size_t num_segments);
+
+/**
+ * Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+ * whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (object kept)
+ * otherwise. `KVR_ERR_NOT_FOUND` when absent or bad (as `kvr_obj_load`), and when the
+ * object of its name holds another key (a name collision: never another key's bytes, and
+ * not counted as corrupt); `KVR_ERR_UNAVAILABLE`. On any error the segments' contents are
+ * unspecified.
+ */
+enum kvr_status kvr_obj_load_key(const struct kvr_obj *obj,
+                                 struct kvr_key key,
+                                 const struct kvr_segment *segments,
+                                 size_t num_segments);
+
+/**
+ * Per-key presence: `present[i]` = 1 when an object of `keys[i]`'s name exists, else 0 (one
+ * byte per key, as `kvr_fs_lookup`); `*hits` (may be NULL) receives how many exist. Every
+ * key costs one HEAD request, all of them concurrent (up to `concurrency` in flight): the
+ * server is the only index, shared with other hosts. Keys that are NULL, empty or over-long
+ * are absent. `n` may be 0. `KVR_ERR_UNAVAILABLE` if the server does not answer.
+ */
+enum kvr_status kvr_obj_lookup(const struct kvr_obj *obj,
+                               const struct kvr_key *keys,
+                               size_t n,
+                               uint8_t *present,
+                               size_t *hits);
+
+/**
+ * Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there
+ * was none.
+ */
+enum kvr_status kvr_obj_remove_key(const struct kvr_obj *obj, struct kvr_key key);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to store, up to `concurrency` requests in
+ * flight; `*out` receives the job (per-item bytes 0 when deduplicated). Every item is checked
+ * first (bad keys, NULL or empty segments, overflowing totals reject the whole batch). The
+ * segments' buffers must stay valid until the job is done.
+ */
+enum kvr_status kvr_obj_submit_store_items(const struct kvr_obj *obj,
+                                           const kvr_obj_store_segments_item *items,
+                                           size_t n,
+                                           struct kvr_job **out);
+
+/**
+ * Submits `n` (>= 1) whole-key, segmented blocks to load, up to `concurrency` requests in
+ * flight; per-item results as for `kvr_obj_load_key`. The segments' buffers must stay valid
+ * and untouched until the job is done.
+ */
+enum kvr_status kvr_obj_submit_load_items(const struct kvr_obj *obj,
+                                          const kvr_obj_load_segments_item *items,
+                                          size_t n,
+                                          struct kvr_job **out);
 
 /**
  * Fills `*config` with the documented defaults (fields required by `kvr_region_open` are
@@ -1949,12 +2066,101 @@ enum kvr_status kvr_tensor_lazy_view(const struct kvr_tensor_lazy *lazy,
 void kvr_tensor_lazy_free(struct kvr_tensor_lazy *lazy);
 
 /**
+ * Sets `*out` to the number of items (0 after cleanup). Other threads may change it at once;
+ * for a consistent list use `kvr_tensor_dir_snapshot_ids`.
+ */
+enum kvr_status kvr_tensor_dir_count(const struct kvr_tensor_dir *dir, size_t *out);
+
+/**
+ * Sets `*out` to whether item `item_id` exists (false after cleanup).
+ */
+enum kvr_status kvr_tensor_dir_contains(const struct kvr_tensor_dir *dir,
+                                        const char *item_id,
+                                        bool *out);
+
+/**
+ * Takes a snapshot of the item ids in insertion order (a replaced item keeps its place, a
+ * removed and re-added one goes last). Index `i` of `kvr_tensor_dir_ids_at` means the
+ * `i`-th id of this moment: puts and removals by other threads afterwards do not change
+ * the snapshot. Free it with `kvr_tensor_dir_ids_free`; it does not keep the directory
+ * alive. Empty after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_snapshot_ids(const struct kvr_tensor_dir *dir,
+                                            struct kvr_tensor_dir_ids **out);
+
+/**
+ * Sets `*out` to the number of ids in the snapshot.
+ */
+enum kvr_status kvr_tensor_dir_ids_count(const struct kvr_tensor_dir_ids *ids, size_t *out);
+
+/**
+ * Copies id `index` of the snapshot and a NUL into `buf` of `cap` bytes. `*needed` (may be
+ * NULL) receives the size including the NUL, also on `KVR_ERR_TOO_SMALL` (then `buf` is
+ * untouched; `buf` may be NULL with `cap` 0 to ask for the size). `KVR_ERR_NOT_FOUND`
+ * when `index >= count`.
+ */
+enum kvr_status kvr_tensor_dir_ids_at(const struct kvr_tensor_dir_ids *ids,
+                                      size_t index,
+                                      char *buf,
+                                      size_t cap,
+                                      size_t *needed);
+
+/**
+ * Releases a snapshot of ids. NULL is a no-op.
+ */
+void kvr_tensor_dir_ids_free(struct kvr_tensor_dir_ids *ids);
+
+/**
+ * Looks up item `item_id`: a lazy reference to its tensor `name` (NULL: the item's only
+ * tensor) in `*out` and `*found` true, or, for a missing item, `KVR_OK` with `*found` false
+ * and `*out` NULL: a miss is not an error. Nothing is read until the reference is
+ * materialized, so a broken file shows there (`KVR_ERR_CORRUPT`, `KVR_ERR_IO`,
+ * `KVR_ERR_NOT_FOUND` for a vanished adopted file), never as a miss. `KVR_ERR_CLOSED` after
+ * cleanup. Free the reference with `kvr_tensor_lazy_free`.
+ */
+enum kvr_status kvr_tensor_dir_find(const struct kvr_tensor_dir *dir,
+                                    const char *item_id,
+                                    const char *name,
+                                    bool *found,
+                                    struct kvr_tensor_lazy **out);
+
+/**
+ * Removes item `item_id`; `*removed` (may be NULL) tells whether it existed (a missing item
+ * is `KVR_OK` with false). Its lazy references keep working until freed; the last one
+ * deletes the item's own file. An adopted file is never deleted. `KVR_ERR_CLOSED` after
+ * cleanup.
+ */
+enum kvr_status kvr_tensor_dir_remove(const struct kvr_tensor_dir *dir,
+                                      const char *item_id,
+                                      bool *removed);
+
+/**
+ * Adds `n` (>= 1) items that are existing safetensors files, or single tensors of them:
+ * the mapping `item_id -> (location, tensor_name)`. Every file is opened and its header
+ * validated, and every named tensor looked up, before anything is added; on any error
+ * nothing is adopted: `KVR_ERR_NOT_FOUND` (missing file or tensor), `KVR_ERR_CORRUPT`
+ * (malformed file), `KVR_ERR_INVALID_ARGUMENT` (NULL or bad fields, a wrong `struct_size`,
+ * an id twice in `items`, a file inside this directory). An id already present is replaced,
+ * as by `kvr_tensor_dir_put`. Adopted files are opened again at the first materialize, once
+ * per file of one call (its items share the mapping); they are not the directory's: removal
+ * and cleanup never delete them.
+ * `KVR_ERR_CLOSED` after cleanup.
+ */
+enum kvr_status kvr_tensor_dir_adopt(const struct kvr_tensor_dir *dir,
+                                     const struct kvr_tensor_dir_adopt_item *items,
+                                     size_t n);
+
+/**
  * Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
  * (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
  * error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
- * Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved names, overflowing
- * shapes, strides out of range), `KVR_ERR_UNSUPPORTED` (unknown dtype code),
- * `KVR_ERR_NO_SPACE`, `KVR_ERR_IO`.
+ *
+ * `path` may also be a URL: `file:///abs/path` (exactly the local path), or
+ * `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+ * `kvr_tensors_write_url`). Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved
+ * names, overflowing shapes, strides out of range, a malformed URL), `KVR_ERR_UNSUPPORTED`
+ * (unknown dtype code, a URL scheme other than file:// and s3://), `KVR_ERR_NO_SPACE`,
+ * `KVR_ERR_IO`, and for s3:// `KVR_ERR_UNAVAILABLE` / `KVR_ERR_PERMISSION`.
  */
 enum kvr_status kvr_tensors_write(const char *path,
                                   const struct kvr_tensor *tensors,
@@ -1964,11 +2170,50 @@ enum kvr_status kvr_tensors_write(const char *path,
                                   uint32_t flags);
 
 /**
+ * `kvr_tensors_write` to a path or URL with explicit S3 settings: `config` (filled with
+ * `kvr_obj_config_default`; its `url` and `namespace_name` are not used) gives endpoint,
+ * region, credentials, concurrency and timeouts; NULL string fields and a NULL `config`
+ * take the `AWS_*` environment variables. An `s3://bucket/key` file is streamed as a
+ * multipart upload (parts of 8 MiB or more, a few in flight: memory stays bounded whatever
+ * the file size) and appears only once complete: after any error no new object is visible
+ * (an existing one is unchanged). `KVR_TENSORS_NO_SYNC` does not apply to objects.
+ */
+enum kvr_status kvr_tensors_write_url(const char *url,
+                                      const struct kvr_obj_config *config,
+                                      const struct kvr_tensor *tensors,
+                                      size_t n,
+                                      const struct kvr_kv *metadata,
+                                      size_t m,
+                                      uint32_t flags);
+
+/**
  * Opens a tensor file: maps it read-only and validates the header only (offsets in bounds,
  * contiguous and non-overlapping, sizes equal to dtype x shape). No tensor data is read.
- * Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is wrong), `KVR_ERR_UNSUPPORTED`.
+ * `path` may also be a URL: `file:///abs/path` (exactly the local path, mapped), or
+ * `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+ * `kvr_tensors_open_url`). Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is
+ * wrong), `KVR_ERR_UNSUPPORTED` (also: a URL scheme other than file:// and s3://),
+ * `KVR_ERR_INVALID_ARGUMENT` (a malformed URL), and for s3:// `KVR_ERR_UNAVAILABLE` /
+ * `KVR_ERR_PERMISSION`.
  */
 enum kvr_status kvr_tensors_open(const char *path, struct kvr_tensor_file **out);
+
+/**
+ * Opens a tensor file at a path or URL with explicit S3 settings (`config` as for
+ * `kvr_tensors_write_url`; NULL: the `AWS_*` environment). An `s3://bucket/key` file is
+ * opened with one HEAD and ranged GETs of its header only (the first 64 KiB, then the rest
+ * of a longer header), validated exactly as a local file's. On such a file:
+ * `kvr_tensors_read_into` and `kvr_tensors_read_into_direct` fetch exactly the tensor's
+ * byte range (ranged GETs straight into `dst`; there is no page cache to bypass);
+ * `kvr_tensors_get` fetches the tensor on its first call into 4096-aligned memory owned by
+ * the handle (later calls return the same pointer; valid until close);
+ * `kvr_tensors_read_into_device` fetches into a temporary host buffer, then copies.
+ * Requests are bounded by the config's timeouts: a server that is down or silent gives
+ * `KVR_ERR_UNAVAILABLE` naming the endpoint.
+ */
+enum kvr_status kvr_tensors_open_url(const char *url,
+                                     const struct kvr_obj_config *config,
+                                     struct kvr_tensor_file **out);
 
 /**
  * Closes a tensor file; every pointer obtained from it becomes invalid. NULL is a no-op.
@@ -1998,7 +2243,8 @@ enum kvr_status kvr_tensors_metadata_get(const struct kvr_tensor_file *file,
 /**
  * Zero-copy view of tensor `name` (pointer into the mapping, valid until close). A NULL
  * name succeeds only when the file holds exactly one tensor; otherwise `KVR_ERR_NOT_FOUND`
- * with the available names in the message.
+ * with the available names in the message. On an `s3://` file the first call for a tensor
+ * fetches it into memory the handle owns (4096-aligned, valid until close).
  */
 enum kvr_status kvr_tensors_get(const struct kvr_tensor_file *file,
                                 const char *name,

@@ -12,6 +12,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <functional>
+#include <iterator>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -688,7 +689,7 @@ struct ObjOptions {
   std::string ns;   // namespace (model + layout digest), required
   // Empty strings take the AWS_* environment variables (AWS_ENDPOINT_URL, AWS_REGION,
   // AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN); no credentials: unsigned.
-  std::string endpoint;  // http://host:port
+  std::string endpoint;  // http://host:port or https://host:port
   std::string region;
   std::string access_key_id;
   std::string secret_access_key;
@@ -696,6 +697,9 @@ struct ObjOptions {
   std::uint32_t concurrency = 32;  // requests in flight
   std::uint32_t connect_timeout_ms = 2000;
   std::uint32_t request_timeout_ms = 30000;
+  // PEM certificates an https endpoint's chain may end in, trusted besides the public
+  // roots (a private CA, a self-signed server); empty: AWS_CA_BUNDLE.
+  std::string ca_bundle;
 };
 
 /// Blocks in an S3 bucket (kvr_obj_open / kvr_obj_close). A server that is down, too slow or
@@ -717,6 +721,7 @@ class ObjStore {
     c.concurrency = o.concurrency;
     c.connect_timeout_ms = o.connect_timeout_ms;
     c.request_timeout_ms = o.request_timeout_ms;
+    c.ca_bundle = opt(o.ca_bundle);
     kvr_obj* h = nullptr;
     check(kvr_obj_open(&c, &h));
     h_.reset(h);
@@ -775,6 +780,54 @@ class ObjStore {
     check(kvr_obj_submit_load(h_.get(), items, n, &j));
     return Job(j);
   }
+  /// Stores the concatenation of `segs` under the whole key `k`, publish-once (a no-op if
+  /// the object exists). A 16-byte key is the same object as the BlockKey of those bytes.
+  void store(Key k, Segments segs) {
+    check(kvr_obj_store_key(h_.get(), k, segs.data(), segs.size()));
+  }
+  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
+  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none, it is bad, or the object of its name
+  /// holds another key.
+  [[nodiscard]] bool load(Key k, Segments segs) {
+    kvr_status s = kvr_obj_load_key(h_.get(), k, segs.data(), segs.size());
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Per-key presence into `present` (one byte per key); returns the number present. One
+  /// HEAD per key, all concurrent.
+  std::size_t lookup(Keys keys, std::uint8_t* present) const {
+    std::size_t hits = 0;
+    check(kvr_obj_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
+    return hits;
+  }
+  [[nodiscard]] Presence lookup(Keys keys) const {
+    Presence p;
+    p.present.resize(keys.size());
+    p.hits = lookup(keys, p.present.data());
+    return p;
+  }
+  /// Removes the block of the whole key `k`; false if there was none.
+  bool remove_key(Key k) {
+    kvr_status s = kvr_obj_remove_key(h_.get(), k);
+    if (s == KVR_ERR_NOT_FOUND) return false;
+    check(s);
+    return true;
+  }
+  /// Stores a batch of whole-key, segmented blocks (items from fs_store_item()); the
+  /// buffers must outlive the Job.
+  Job submit_store_items(const kvr_obj_store_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_store_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
+  /// Loads a batch of whole-key, segmented blocks (items from fs_load_item()); the buffers
+  /// must outlive the Job.
+  Job submit_load_items(const kvr_obj_load_segments_item* items, std::size_t n) {
+    kvr_job* j = nullptr;
+    check(kvr_obj_submit_load_items(h_.get(), items, n, &j));
+    return Job(j);
+  }
   [[nodiscard]] kvr_obj* get() const noexcept { return h_.get(); }
 
  private:
@@ -785,19 +838,59 @@ class ObjStore {
 
 /// Writes `n` tensors (strided views allowed) and `m` metadata entries as a safetensors file,
 /// atomically (kvr_tensors_write). `flags`: KVR_TENSORS_ALIGN_4K, KVR_TENSORS_NO_SYNC.
+/// `path` may be a URL: file:///abs/path, or s3://bucket/key (S3 settings from the AWS_*
+/// environment variables; the object appears only once completely uploaded).
 inline void write_tensors(const std::string& path, const kvr_tensor* tensors, std::size_t n,
                           const kvr_kv* metadata = nullptr, std::size_t m = 0,
                           std::uint32_t flags = 0) {
   check(kvr_tensors_write(path.c_str(), tensors, n, metadata, m, flags));
 }
 
+/// The S3 settings of a tensor file URL: `s3`'s endpoint, region, credentials, concurrency
+/// and timeouts (its `url` and `ns` are not used; empty strings take the AWS_* variables).
+/// The pointers in the result point into `s3`, which must outlive its use.
+inline kvr_obj_config tensor_url_config(const ObjOptions& s3) {
+  kvr_obj_config c;
+  check(kvr_obj_config_default(&c));
+  auto opt = [](const std::string& s) { return s.empty() ? nullptr : s.c_str(); };
+  c.endpoint = opt(s3.endpoint);
+  c.region = opt(s3.region);
+  c.access_key_id = opt(s3.access_key_id);
+  c.secret_access_key = opt(s3.secret_access_key);
+  c.session_token = opt(s3.session_token);
+  c.concurrency = s3.concurrency;
+  c.connect_timeout_ms = s3.connect_timeout_ms;
+  c.request_timeout_ms = s3.request_timeout_ms;
+  return c;
+}
+/// The result would point into a temporary: name the options first.
+kvr_obj_config tensor_url_config(ObjOptions&& s3) = delete;
+
+/// write_tensors to a path or URL with explicit S3 settings (kvr_tensors_write_url).
+inline void write_tensors(const std::string& url, const ObjOptions& s3, const kvr_tensor* tensors,
+                          std::size_t n, const kvr_kv* metadata = nullptr, std::size_t m = 0,
+                          std::uint32_t flags = 0) {
+  kvr_obj_config c = tensor_url_config(s3);
+  check(kvr_tensors_write_url(url.c_str(), &c, tensors, n, metadata, m, flags));
+}
+
 /// An open tensor file (kvr_tensors_open / kvr_tensors_close): header parsed, data mapped
 /// read-only; views returned by tensor() stay valid while this object lives.
+/// `path` may be a URL: file:///abs/path (the local file, mapped) or s3://bucket/key (the
+/// header fetched with ranged GETs; read_into fetches one tensor's range; tensor() fetches a
+/// tensor once into memory owned by this object).
 class TensorFile {
  public:
   explicit TensorFile(const std::string& path) {
     kvr_tensor_file* f = nullptr;
     check(kvr_tensors_open(path.c_str(), &f));
+    h_.reset(f);
+  }
+  /// Opens a path or URL with explicit S3 settings (kvr_tensors_open_url).
+  TensorFile(const std::string& url, const ObjOptions& s3) {
+    kvr_obj_config c = tensor_url_config(s3);
+    kvr_tensor_file* f = nullptr;
+    check(kvr_tensors_open_url(url.c_str(), &c, &f));
     h_.reset(f);
   }
   TensorFile(const TensorFile&) = delete;
@@ -881,10 +974,57 @@ class LazyTensor {
   Handle<kvr_tensor_lazy, kvr_tensor_lazy_free> h_;
 };
 
+/// One entry of TensorDir::adopt: item `item_id` is tensor `tensor` of the safetensors file
+/// at `location` (std::nullopt: the whole file, its tensors chosen by name at get_ref).
+struct AdoptItem {
+  std::string item_id;
+  std::string location;
+  std::optional<std::string> tensor;
+};
+
 /// A lazy tensor directory (kvr_tensor_dir_open / kvr_tensor_dir_close): a fresh private
 /// directory, deleted when this handle and every LazyTensor are gone, or by cleanup().
+/// A dictionary of items: size(), contains(), find(), remove(), adopt(), and range-for over
+/// the item ids in insertion order (each loop walks one snapshot: puts and removals by other
+/// threads meanwhile do not disturb it).
 class TensorDir {
  public:
+  /// Forward iterator over one snapshot of the item ids (ids() at begin()).
+  class iterator {
+   public:
+    using iterator_category = std::forward_iterator_tag;
+    using value_type = std::string;
+    using difference_type = std::ptrdiff_t;
+    using pointer = const std::string*;
+    using reference = const std::string&;
+    iterator() = default;
+    reference operator*() const { return (*ids_)[i_]; }
+    pointer operator->() const { return &(*ids_)[i_]; }
+    iterator& operator++() {
+      ++i_;
+      return *this;
+    }
+    iterator operator++(int) {
+      iterator old = *this;
+      ++i_;
+      return old;
+    }
+    /// Any two iterators at the end are equal (end() has no snapshot).
+    friend bool operator==(const iterator& a, const iterator& b) noexcept {
+      if (a.at_end() || b.at_end()) return a.at_end() && b.at_end();
+      return a.ids_ == b.ids_ && a.i_ == b.i_;
+    }
+    friend bool operator!=(const iterator& a, const iterator& b) noexcept { return !(a == b); }
+
+   private:
+    friend class TensorDir;
+    explicit iterator(std::shared_ptr<const std::vector<std::string>> ids) noexcept
+        : ids_(std::move(ids)) {}
+    [[nodiscard]] bool at_end() const noexcept { return !ids_ || i_ >= ids_->size(); }
+    std::shared_ptr<const std::vector<std::string>> ids_;
+    std::size_t i_ = 0;
+  };
+
   /// `parent` empty: the system temp directory.
   explicit TensorDir(const std::string& parent = "") {
     kvr_tensor_dir* d = nullptr;
@@ -896,16 +1036,92 @@ class TensorDir {
   TensorDir(TensorDir&&) noexcept = default;
   TensorDir& operator=(TensorDir&&) noexcept = default;
   ~TensorDir() noexcept = default;
+  /// Writes item `item_id` (replacing one of that id, which keeps its place in the order).
   void put(const std::string& item_id, const kvr_tensor* tensors, std::size_t n,
            const kvr_kv* metadata = nullptr, std::size_t m = 0, std::uint32_t flags = 0) {
     check(kvr_tensor_dir_put(h_.get(), item_id.c_str(), tensors, n, metadata, m, flags));
   }
-  /// `name == nullptr`: the item's only tensor.
+  /// `name == nullptr`: the item's only tensor. Throws KVR_ERR_NOT_FOUND for a missing item.
   [[nodiscard]] LazyTensor get_ref(const std::string& item_id, const char* name = nullptr) const {
     kvr_tensor_lazy* l = nullptr;
     check(kvr_tensor_dir_get_ref(h_.get(), item_id.c_str(), name, &l));
     return LazyTensor(l);
   }
+  /// A lazy reference, or std::nullopt for a missing item (a miss does not throw; a broken
+  /// file throws at materialize, KVR_ERR_CLOSED after cleanup throws here).
+  [[nodiscard]] std::optional<LazyTensor> find(const std::string& item_id,
+                                               const char* name = nullptr) const {
+    bool found = false;
+    kvr_tensor_lazy* l = nullptr;
+    check(kvr_tensor_dir_find(h_.get(), item_id.c_str(), name, &found, &l));
+    if (!found) return std::nullopt;
+    return LazyTensor(l);
+  }
+  /// Number of items (0 after cleanup).
+  [[nodiscard]] std::size_t size() const {
+    std::size_t n = 0;
+    check(kvr_tensor_dir_count(h_.get(), &n));
+    return n;
+  }
+  [[nodiscard]] bool empty() const { return size() == 0; }
+  [[nodiscard]] bool contains(const std::string& item_id) const {
+    bool yes = false;
+    check(kvr_tensor_dir_contains(h_.get(), item_id.c_str(), &yes));
+    return yes;
+  }
+  /// Removes an item; false if there was none. Its LazyTensors keep working until released;
+  /// the last one deletes the item's own file (an adopted file is never deleted).
+  bool remove(const std::string& item_id) {
+    bool removed = false;
+    check(kvr_tensor_dir_remove(h_.get(), item_id.c_str(), &removed));
+    return removed;
+  }
+  /// Adopts existing files (or single tensors of them) as items, all or nothing: every file
+  /// and tensor is validated first. The files stay the caller's: never deleted by kvr.
+  void adopt(const std::vector<AdoptItem>& items) {
+    std::vector<kvr_tensor_dir_adopt_item> c(items.size());
+    for (std::size_t i = 0; i < items.size(); i++) {
+      c[i].struct_size = sizeof(kvr_tensor_dir_adopt_item);
+      c[i].item_id = items[i].item_id.c_str();
+      c[i].location = items[i].location.c_str();
+      c[i].tensor_name = items[i].tensor ? items[i].tensor->c_str() : nullptr;
+    }
+    check(kvr_tensor_dir_adopt(h_.get(), c.data(), c.size()));
+  }
+  /// Adopts one item: tensor `tensor` of the file at `location` (nullptr: the whole file).
+  void adopt(const std::string& item_id, const std::string& location,
+             const char* tensor = nullptr) {
+    kvr_tensor_dir_adopt_item c{sizeof(kvr_tensor_dir_adopt_item), item_id.c_str(),
+                                location.c_str(), tensor};
+    check(kvr_tensor_dir_adopt(h_.get(), &c, 1));
+  }
+  /// The item ids in insertion order, as one snapshot.
+  [[nodiscard]] std::vector<std::string> ids() const {
+    kvr_tensor_dir_ids* raw = nullptr;
+    check(kvr_tensor_dir_snapshot_ids(h_.get(), &raw));
+    Handle<kvr_tensor_dir_ids, kvr_tensor_dir_ids_free> snap(raw);
+    std::size_t n = 0;
+    check(kvr_tensor_dir_ids_count(snap.get(), &n));
+    std::vector<std::string> out;
+    out.reserve(n);
+    std::string buf(64, '\0');
+    for (std::size_t i = 0; i < n; i++) {
+      std::size_t need = 0;
+      kvr_status s = kvr_tensor_dir_ids_at(snap.get(), i, &buf[0], buf.size(), &need);
+      if (s == KVR_ERR_TOO_SMALL) {
+        buf.resize(need);
+        s = kvr_tensor_dir_ids_at(snap.get(), i, &buf[0], buf.size(), &need);
+      }
+      check(s);
+      out.emplace_back(buf.data(), need - 1);
+    }
+    return out;
+  }
+  /// Walks a snapshot of the ids taken now.
+  [[nodiscard]] iterator begin() const {
+    return iterator(std::make_shared<const std::vector<std::string>>(ids()));
+  }
+  [[nodiscard]] iterator end() const noexcept { return iterator(); }
   void cleanup() { check(kvr_tensor_dir_cleanup(h_.get())); }
   [[nodiscard]] std::string path() const {
     const char* p = nullptr;

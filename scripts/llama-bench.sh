@@ -11,6 +11,11 @@ work=${2:-${TMPDIR:-/tmp}/kvr-llama-bench}
 jobs=$(nproc 2>/dev/null || echo 2)
 
 eval "$(scripts/llama-env.sh)"
+# llama.cpp's CPU back end runs on OpenMP, whose idle threads spin after every parallel
+# region; on a small or shared machine the spinning threads starve each other and kvr's I/O
+# threads (a tiny-model prefill measured 16x slower at load 10 on 2 cores). Passive waiting
+# unless the caller chose otherwise.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 model="$LLAMA_VENV/models/bench-seed1.gguf"
 if [ ! -e "$model" ]; then
   mkdir -p "$(dirname "$model")"

@@ -16,6 +16,10 @@
 # default: ${TMPDIR:-/tmp}/kvr-seaweedfs-$UID. Tests that stop their own server use their own.
 # KVR_SEAWEEDFS_S3_CONFIG names an S3 identities file (`weed -s3.config`): the server then
 # refuses unsigned and wrongly signed requests (the outage test's refusing server).
+# KVR_SEAWEEDFS_TLS_CERT and KVR_SEAWEEDFS_TLS_KEY name a PEM certificate and its key: S3
+# is then also served over https on a port of its own, and `start` prints a second line,
+# `export KVR_S3_TEST_HTTPS_ENDPOINT=https://127.0.0.1:<port>` (the https test makes a
+# self-signed certificate for 127.0.0.1 and trusts it through kvr's CA bundle setting).
 # With KVR_SEAWEEDFS_WATCH_PID set, `start` also leaves a watcher that stops the server when
 # that process exits (the test driver's way to tear down after a failed test too).
 # Without identities SeaweedFS accepts unsigned (and any signed) requests, as the tests and
@@ -59,6 +63,16 @@ EOF
 }
 
 endpoint() { echo "http://127.0.0.1:$(cat "$STATE/s3.port")"; }
+
+tls() { [ -n "${KVR_SEAWEEDFS_TLS_CERT:-}" ] && [ -n "${KVR_SEAWEEDFS_TLS_KEY:-}" ]; }
+
+# The export lines `start` and `env` print.
+exports() {
+    echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+    if [ -f "$STATE/s3.https.port" ]; then
+        echo "export KVR_S3_TEST_HTTPS_ENDPOINT=https://127.0.0.1:$(cat "$STATE/s3.https.port")"
+    fi
+}
 
 running() { [ -f "$STATE/pid" ] && kill -0 "$(cat "$STATE/pid")" 2>/dev/null; }
 
@@ -105,10 +119,28 @@ EOF
     exit 1
 }
 
+# Waits until the https port (if any) accepts connections; 20 s at most.
+wait_https() {
+    [ -f "$STATE/s3.https.port" ] || return 0
+    local port; port=$(cat "$STATE/s3.https.port")
+    for _ in $(seq 1 40); do
+        python3 -c 'import socket, sys; socket.create_connection(("127.0.0.1", int(sys.argv[1])), 1)' \
+            "$port" 2>/dev/null && return 0
+        sleep 0.5
+    done
+    echo "seaweedfs.sh: https port $port did not open within 20 s" >&2
+    return 1
+}
+
 launch() {
-    local m v f s
-    read -r m v f s < "$STATE/ports"
+    local m v f s h tls_args=()
+    read -r m v f s h < "$STATE/ports"
     echo "$s" > "$STATE/s3.port"
+    if [ -n "$h" ]; then
+        echo "$h" > "$STATE/s3.https.port"
+        tls_args=(-s3.port.https="$h" -s3.cert.file="$KVR_SEAWEEDFS_TLS_CERT"
+            -s3.key.file="$KVR_SEAWEEDFS_TLS_KEY")
+    fi
     # setsid: the server has its own process group, so stop/down end every process of it
     # (and only those).
     # TMPDIR: weed puts its gRPC sockets and logs there; they go with the state.
@@ -120,6 +152,7 @@ launch() {
         -filer.localSocket="$STATE/filer.sock" \
         -s3 -s3.port="$s" -s3.port.grpc=$((s + 10000)) -s3.localSocket="$STATE/s3.sock" \
         -s3.port.iceberg=0 -s3.port.lance=0 ${KVR_SEAWEEDFS_S3_CONFIG:+-s3.config="$KVR_SEAWEEDFS_S3_CONFIG"} \
+        "${tls_args[@]}" \
         >> "$STATE/weed.log" 2>&1 < /dev/null &
     echo $! > "$STATE/pid"
 }
@@ -143,7 +176,7 @@ kill_server() {
 case "${1:-}" in
 start)
     install_weed
-    if running; then echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"; exit 0; fi
+    if running; then exports; exit 0; fi
     if [ -n "${KVR_SEAWEEDFS_WATCH_PID:-}" ]; then
         # Stop the server once that process (a test driver) is gone, however it ended.
         setsid bash -c 'while kill -0 "$1" 2>/dev/null; do sleep 1; done; "$2" stop' \
@@ -152,10 +185,10 @@ start)
     for attempt in 1 2 3; do
         rm -rf "$STATE"
         mkdir -p "$STATE/data"
-        free_ports 4 > "$STATE/ports"
+        if tls; then free_ports 5; else free_ports 4; fi > "$STATE/ports"
         launch
-        if wait_ready; then
-            echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+        if wait_ready && wait_https; then
+            exports
             exit 0
         fi
         kill_server
@@ -182,7 +215,7 @@ resume)
     ;;
 env)
     running || { echo "seaweedfs.sh: no server running (state $STATE)" >&2; exit 1; }
-    echo "export KVR_S3_TEST_ENDPOINT=$(endpoint)"
+    exports
     ;;
 *)
     echo "usage: $0 start|stop|down|up|pause|resume|env" >&2

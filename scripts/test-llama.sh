@@ -9,6 +9,11 @@ prefix=${1:?usage: scripts/test-llama.sh KVR_PREFIX}
 jobs=$(nproc 2>/dev/null || echo 2)
 
 eval "$(scripts/llama-env.sh)"
+# llama.cpp's CPU back end runs on OpenMP, whose idle threads spin after every parallel
+# region; on a small or shared machine the spinning threads starve each other and kvr's I/O
+# threads (a tiny-model prefill measured 16x slower at load 10 on 2 cores). Passive waiting
+# unless the caller chose otherwise.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive}
 build=$(mktemp -d "${TMPDIR:-/tmp}/kvr-llama-tests.XXXXXX")
 trap 'rm -rf "$build"' EXIT
 

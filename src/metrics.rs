@@ -5,7 +5,7 @@
 //!   close) unregisters it. The registry keeps only [`Weak`] references: it never keeps a
 //!   handle alive, and [`render`] upgrades each one for the time it samples it, so a handle
 //!   closing concurrently is either sampled whole or skipped, never read after it is freed.
-//! - The hot path pays atomics only: [`Histogram::record`] is three relaxed `fetch_add`s on
+//! - The hot path pays atomics only: `Histogram::record` is three relaxed `fetch_add`s on
 //!   fixed log2 buckets, no lock, no allocation. Rendering (rare) does the rest.
 //! - The text is produced by the `prometheus-client` crate's encoder, not formatted here.
 

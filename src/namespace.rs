@@ -281,8 +281,8 @@ impl Namespace {
 const MAX_MANIFEST: u64 = 1 << 20;
 
 /// Reads a manifest (`Corrupt` if it is not JSON of an object). Opened as every file in a
-/// store directory is ([`OpenNoFollow`]: a FIFO or a symlink planted there fails at once)
-/// and read up to [`MAX_MANIFEST`] bytes.
+/// store directory is (`OpenNoFollow`: a FIFO or a symlink planted there fails at once)
+/// and read up to `MAX_MANIFEST` bytes.
 pub fn read_manifest(path: &Path) -> Result<serde_json::Value> {
     let ctx = |e| Error::io(format!("reading namespace manifest {}", path.display()), e);
     let mut text = String::new();

@@ -86,8 +86,25 @@ fn c_abi_round_trip_jobs_stats_and_threads() {
         assert_eq!(st, KVR_ERR_INVALID_ARGUMENT, "{what}: {}", last_error());
         assert!(o.is_null());
     }
+    // https is spoken (TLS through rustls): nothing listens there either.
     let (st, _) = open(&offline, |c| c.endpoint = c"https://127.0.0.1:9".as_ptr());
-    assert_eq!(st, KVR_ERR_UNSUPPORTED, "{}", last_error());
+    assert_eq!(st, KVR_ERR_UNAVAILABLE, "{}", last_error());
+    assert!(
+        last_error().contains("https://127.0.0.1:9"),
+        "{}",
+        last_error()
+    );
+    // A CA bundle that cannot be read, or holds no certificate, is the config's mistake.
+    let (st, o) = open(&offline, |c| c.ca_bundle = c"/nonexistent/ca.pem".as_ptr());
+    assert_eq!(st, KVR_ERR_INVALID_ARGUMENT, "{}", last_error());
+    assert!(
+        last_error().contains("/nonexistent/ca.pem"),
+        "{}",
+        last_error()
+    );
+    assert!(o.is_null());
+    let (st, _) = open(&offline, |c| c.ca_bundle = c"/dev/null".as_ptr());
+    assert_eq!(st, KVR_ERR_INVALID_ARGUMENT, "{}", last_error());
     // Nothing listens on port 9 (discard): refused at once, the message names the endpoint.
     let (st, _) = open(&offline, |_| {});
     assert_eq!(st, KVR_ERR_UNAVAILABLE, "{}", last_error());

@@ -164,7 +164,9 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
                     .map(|b| {
                         serde_json::json!({
                             "slot": b.slot,
-                            "key": b.key.as_ref().map(kvr::Key::to_hex),
+                            "name": b.name.as_ref().map(kvr::Key::to_hex),
+                            "key": b.key.as_deref().map(hex),
+                            "key_len": b.key.as_ref().map(Vec::len),
                             "reason": b.reason,
                         })
                     })
@@ -179,12 +181,20 @@ pub fn run(cmd: &DiskCommand) -> kvr::Result<u8> {
             } else {
                 print_summary(&v.inspect)?;
                 for b in &v.bad {
-                    let key = b
-                        .key
+                    let name = b
+                        .name
                         .as_ref()
                         .map(kvr::Key::to_hex)
                         .unwrap_or_else(|| "?".into());
-                    out!("BAD slot {} key {key}: {}", b.slot, b.reason)?;
+                    match &b.key {
+                        Some(k) => out!(
+                            "BAD slot {} name {name} key {}: {}",
+                            b.slot,
+                            kvr::Key::display_bytes(k),
+                            b.reason
+                        )?,
+                        None => out!("BAD slot {} name {name}: {}", b.slot, b.reason)?,
+                    }
                 }
                 out!(
                     "verified {} entries ({}): {} bad",

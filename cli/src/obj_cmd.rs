@@ -1,7 +1,8 @@
 //! `kvr obj inspect|verify|gc URL`: a thin layer over `kvr::obj::maintenance`.
 
 use clap::{Args, Subcommand};
-use kvr::obj::maintenance::Bucket;
+use kvr::fs::format::Header;
+use kvr::obj::maintenance::{BlockObject, Bucket};
 use kvr::ObjConfig;
 use serde_json::json;
 
@@ -16,10 +17,15 @@ pub struct Target {
     /// Only this namespace (default: every namespace under URL).
     #[arg(long)]
     pub namespace: Option<String>,
-    /// The S3 endpoint, `http://host:port` (default: AWS_ENDPOINT_URL). Credentials and
-    /// region come from the AWS_* variables; without credentials requests are unsigned.
+    /// The S3 endpoint, `http://host:port` or `https://host:port` (default:
+    /// AWS_ENDPOINT_URL). Credentials and region come from the AWS_* variables; without
+    /// credentials requests are unsigned.
     #[arg(long)]
     pub endpoint: Option<String>,
+    /// A PEM file of certificates to trust for an https endpoint besides the public roots
+    /// (default: AWS_CA_BUNDLE).
+    #[arg(long)]
+    pub ca_bundle: Option<std::path::PathBuf>,
     /// Requests in flight (verify).
     #[arg(long, default_value_t = 16)]
     pub concurrency: usize,
@@ -31,7 +37,15 @@ pub struct Target {
 #[derive(Subcommand, Debug)]
 pub enum ObjCommand {
     /// Block objects and bytes per namespace, and objects that are not blocks.
-    Inspect(Target),
+    Inspect {
+        #[command(flatten)]
+        target: Target,
+        /// Also list every block object with the whole engine key its header holds (one
+        /// ranged GET of each object's header; version-2 blocks keep keys that are not 16
+        /// bytes there).
+        #[arg(long)]
+        keys: bool,
+    },
     /// Fetch every block object and check its header, key, length and checksum; exit 3 if
     /// bad objects remain.
     Verify {
@@ -55,25 +69,74 @@ pub enum ObjCommand {
 fn open(t: &Target) -> kvr::Result<Bucket> {
     let mut c = ObjConfig::new(&t.url, "-");
     c.endpoint = t.endpoint.clone();
+    c.ca_bundle = t.ca_bundle.clone();
     c.concurrency = t.concurrency;
     Bucket::open(&c)
 }
 
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// A block object and what its header says, as JSON.
+fn block_json(b: &BlockObject, h: &kvr::Result<Header>) -> serde_json::Value {
+    match h {
+        Ok(h) => json!({
+            "path": b.path,
+            "size": b.size,
+            "version": h.version,
+            "key": hex(&h.key),
+            "key_len": h.key.len(),
+            "payload_len": h.payload_len,
+        }),
+        Err(e) => json!({"path": b.path, "size": b.size, "error": e.to_string()}),
+    }
+}
+
+/// A block object and what its header says, as a line: the whole key in hex.
+fn block_line(b: &BlockObject, h: &kvr::Result<Header>) -> String {
+    let name = b.path.rsplit('/').next().unwrap_or(&b.path);
+    match h {
+        Ok(h) => format!(
+            "{name}  v{}  key {} ({} bytes)  payload {}",
+            h.version,
+            hex(&h.key),
+            h.key.len(),
+            human_bytes(h.payload_len)
+        ),
+        Err(e) => format!("{name}  header does not decode: {e}"),
+    }
+}
+
 pub fn run(cmd: &ObjCommand) -> kvr::Result<u8> {
     match cmd {
-        ObjCommand::Inspect(t) => {
-            let spaces = open(t)?.inspect(t.namespace.as_deref())?;
+        ObjCommand::Inspect { target: t, keys } => {
+            let bucket = open(t)?;
+            let spaces = bucket.inspect(t.namespace.as_deref())?;
+            let listed = if *keys {
+                bucket.headers(t.namespace.as_deref())?
+            } else {
+                Vec::new()
+            };
             if t.json {
                 let v: Vec<_> = spaces
                     .iter()
                     .map(|s| {
-                        json!({
+                        let mut v = json!({
                             "namespace": s.namespace,
                             "blocks": s.blocks,
                             "bytes": s.bytes,
                             "other_objects": s.other_objects,
                             "modified": s.modified.map(|(lo, hi)| json!({"oldest": lo, "newest": hi})),
-                        })
+                        });
+                        if *keys {
+                            v["block_list"] = listed
+                                .iter()
+                                .filter(|(b, _)| b.namespace == s.namespace)
+                                .map(|(b, h)| block_json(b, h))
+                                .collect();
+                        }
+                        v
                     })
                     .collect();
                 let v = json!({ "url": t.url, "namespaces": v });
@@ -104,6 +167,12 @@ pub fn run(cmd: &ObjCommand) -> kvr::Result<u8> {
                 by += s.bytes;
             }
             out!("{:<40} {:>10} {:>10}", "total", nb, human_bytes(by))?;
+            for s in spaces.iter().filter(|_| *keys) {
+                out!("\nblocks of {}:", s.namespace)?;
+                for (b, h) in listed.iter().filter(|(b, _)| b.namespace == s.namespace) {
+                    out!("  {}", block_line(b, h))?;
+                }
+            }
             Ok(0)
         }
         ObjCommand::Verify { target: t, repair } => {
@@ -113,14 +182,24 @@ pub fn run(cmd: &ObjCommand) -> kvr::Result<u8> {
                 let bad: Vec<_> = r
                     .bad
                     .iter()
-                    .map(|b| json!({"path": b.path, "reason": b.reason, "removed": b.removed}))
+                    .map(|b| {
+                        json!({
+                            "path": b.path,
+                            "key": b.key.as_deref().map(hex),
+                            "reason": b.reason,
+                            "removed": b.removed,
+                        })
+                    })
                     .collect();
                 let v = json!({"checked": r.checked, "bytes": r.bytes, "bad": bad});
                 out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
             } else {
                 for b in &r.bad {
                     let what = if b.removed { "REMOVED" } else { "BAD" };
-                    out!("{what} {}: {}", b.path, b.reason)?;
+                    match &b.key {
+                        Some(k) => out!("{what} {}: {} [key {}]", b.path, b.reason, hex(k))?,
+                        None => out!("{what} {}: {}", b.path, b.reason)?,
+                    }
                 }
                 out!(
                     "checked {} blocks ({}): {} bad, {} removed",

@@ -6,6 +6,7 @@ mod common;
 
 use kvr::{DiskConfig, FsConfig, FsStore, SlotFile};
 
+use common::files::flip_byte;
 use common::{bench_smoke, json, kvr, stderr};
 
 fn hex(b: &[u8]) -> String {
@@ -85,6 +86,53 @@ fn disk_inspect_lists_whole_keys_and_verify_checks_v2_entries() {
     let o = kvr(&["disk", "verify", p]);
     assert_eq!(o.status.code(), Some(0), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("verified 2 entries"));
+}
+
+/// A damaged version-2 entry is reported by its whole engine key (what the engine knows),
+/// next to its 16-byte block name.
+#[test]
+fn disk_verify_names_a_bad_v2_entry_by_its_whole_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("spill.slots");
+    let g = {
+        let d = SlotFile::open(&DiskConfig::new(&path, 8192, 4)).unwrap();
+        d.write_segments(LONG, &[&[1u8; 4096], &[2u8; 100]], b"md")
+            .unwrap();
+        d.write_segments(SHORT, &[&[3u8; 10]], b"").unwrap();
+        d.geometry()
+    };
+    let r = kvr::disk::inspect(&path).unwrap();
+    let name = kvr::disk::entry_keys(&path, &r)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.key.as_deref() == Some(LONG))
+        .unwrap();
+    flip_byte(&path, g.slot_offset(name.slot) + 4096 + 50); // a payload byte
+    let p = path.to_str().unwrap();
+    let o = kvr(&["disk", "verify", p, "--json"]);
+    assert_eq!(o.status.code(), Some(3), "{}", stderr(&o));
+    let v = json(&o);
+    let bad = v["bad"].as_array().unwrap();
+    assert_eq!(bad.len(), 1, "{v}");
+    assert_eq!(bad[0]["slot"], name.slot);
+    assert_eq!(bad[0]["key"], hex(LONG));
+    assert_eq!(bad[0]["key_len"], LONG.len());
+    assert_eq!(bad[0]["name"], name.header.key.to_hex());
+    assert!(
+        bad[0]["reason"].as_str().unwrap().contains("checksum"),
+        "{v}"
+    );
+    let o = kvr(&["disk", "verify", p]);
+    let text = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        text.contains(&format!(
+            "BAD slot {} name {} key {}",
+            name.slot,
+            name.header.key.to_hex(),
+            hex(LONG)
+        )),
+        "{text}"
+    );
 }
 
 #[test]

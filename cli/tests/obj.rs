@@ -100,3 +100,48 @@ fn obj_inspect_verify_repair_gc() {
         "{err}"
     );
 }
+
+#[test]
+fn obj_inspect_and_verify_show_whole_keys() {
+    let ep = endpoint_or_skip!();
+    let prefix = obj_common::unique_prefix("cli-keys");
+    let url = format!("s3://{}/{prefix}", obj_common::BUCKET);
+    let s = ObjStore::open(&obj_common::config(&ep, &prefix)).unwrap();
+    let long = b"a 64-character SGLang page hash, or any engine key of 1..=256 b";
+    s.store_segments(long, &[&[1u8; 3000]], None).unwrap();
+    s.store(&Key([0xab; 16]), &[2u8; 100]).unwrap();
+    let long_hex: String = long.iter().map(|b| format!("{b:02x}")).collect();
+    let run = |cmd: &[&str]| {
+        let mut a = vec!["obj"];
+        a.extend_from_slice(cmd);
+        a.extend([url.as_str(), "--endpoint", ep.as_str()]);
+        kvr(&a)
+    };
+    let o = run(&["inspect", "--keys", "--json"]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v = json(&o);
+    let blocks = v["namespaces"][0]["block_list"].as_array().unwrap().clone();
+    assert_eq!(blocks.len(), 2, "{v}");
+    let by_version = |ver: u64| blocks.iter().find(|b| b["version"] == ver).unwrap().clone();
+    assert_eq!(by_version(2)["key"], long_hex.as_str());
+    assert_eq!(by_version(2)["key_len"], long.len());
+    assert_eq!(by_version(2)["payload_len"], 3000);
+    assert_eq!(by_version(1)["key"], "ab".repeat(16).as_str());
+    let (out, _) = text(&run(&["inspect", "--keys"]));
+    assert!(
+        out.contains(&format!("key {long_hex} ({} bytes)", long.len())),
+        "{out}"
+    );
+    // A damaged v2 object: verify shows the whole key its header holds.
+    let name = s.object_path_of(long);
+    let mut raw = obj_common::get_object(&ep, &prefix, &name).unwrap();
+    *raw.last_mut().unwrap() ^= 1;
+    obj_common::put_object(&ep, &prefix, &name, &raw);
+    let o = run(&["verify"]);
+    assert_eq!(o.status.code(), Some(3), "{:?}", text(&o));
+    let (out, _) = text(&o);
+    assert!(out.contains(&format!("BAD {name}: ")), "{out}");
+    assert!(out.contains(&format!("[key {long_hex}]")), "{out}");
+    let v = json(&run(&["verify", "--json"]));
+    assert_eq!(v["bad"][0]["key"], long_hex.as_str());
+}

@@ -58,8 +58,12 @@ pub struct SlotFileReport {
 pub struct BadEntry {
     /// Slot index.
     pub slot: u32,
-    /// The entry's key, when its table entry decodes.
-    pub key: Option<Key>,
+    /// The entry's block name (the 16-byte key for a 16-byte engine key, else the
+    /// 128-bit hash of the whole key), when its table entry decodes.
+    pub name: Option<Key>,
+    /// The whole engine key kept in the slot's header page, when that page decodes (it
+    /// does not for a damaged header or table entry).
+    pub key: Option<Vec<u8>>,
     /// What is wrong.
     pub reason: String,
 }
@@ -352,9 +356,13 @@ pub fn verify(path: &Path, threads: usize) -> Result<VerifyReport> {
                     let page = &b[..PAGE as usize];
                     let payload = &b[PAGE as usize..PAGE as usize + h.len as usize];
                     if let Some(reason) = check_slot(slot, &h, page, payload, g.slot_size) {
+                        // The whole key names the bad entry the way the engine knows it.
+                        let key = format::decode_slot_header(page, slot, g.slot_size)
+                            .map(|sh| format::slot_key_and_meta(page, &sh).0.to_vec());
                         bad.lock().unwrap().push(BadEntry {
                             slot,
-                            key: Some(h.key),
+                            name: Some(h.key),
+                            key,
                             reason,
                         });
                     }
@@ -370,6 +378,7 @@ pub fn verify(path: &Path, threads: usize) -> Result<VerifyReport> {
         .iter()
         .map(|&slot| BadEntry {
             slot,
+            name: None,
             key: None,
             reason: "header table entry is damaged (checksum or fields)".into(),
         })

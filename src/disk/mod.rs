@@ -19,7 +19,7 @@
 //! - **Never serves bad bytes**: headers carry their own xxh3-64, the payload and metadata
 //!   another (checked on read unless [`DiskConfig::verify`] is off); a mismatch drops the
 //!   entry, frees its slot and returns `Corrupt`.
-//! - **O(1) per operation** (hash map + intrusive LRU list, see [`index`]); I/O never holds the
+//! - **O(1) per operation** (hash map + intrusive LRU list, see `index`); I/O never holds the
 //!   index lock, so reads and writes of different keys run in parallel; a slot being read is
 //!   pinned and never reused under the read.
 //! - **Single owner**: an exclusive `flock` on the file (released by the kernel when the

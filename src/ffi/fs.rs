@@ -477,7 +477,7 @@ pub extern "C" fn kvr_fs_submit_load(
 ///
 /// # Safety
 /// Every segment must be valid for reads of its length for `'a`.
-unsafe fn read_slices<'a>(segs: &[RawSegment]) -> Vec<&'a [u8]> {
+pub(super) unsafe fn read_slices<'a>(segs: &[RawSegment]) -> Vec<&'a [u8]> {
     segs.iter()
         // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
         .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
@@ -488,7 +488,7 @@ unsafe fn read_slices<'a>(segs: &[RawSegment]) -> Vec<&'a [u8]> {
 ///
 /// # Safety
 /// Every segment must be valid for unaliased writes of its length for `'a`.
-unsafe fn write_slices<'a>(segs: &[RawSegment]) -> Vec<&'a mut [u8]> {
+pub(super) unsafe fn write_slices<'a>(segs: &[RawSegment]) -> Vec<&'a mut [u8]> {
     segs.iter()
         // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
         .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })

@@ -42,7 +42,7 @@ pub struct kvr_fs_load_segments_item {
 }
 
 /// Checks an item's `struct_size` (this version's size: items are an array of them).
-fn check_item_size(size: u32, want: usize, i: usize) -> crate::Result<()> {
+pub(super) fn check_item_size(size: u32, want: usize, i: usize) -> crate::Result<()> {
     if size as usize != want {
         return Err(Error::invalid(format!(
             "items[{i}].struct_size is {size}, this library's item is {want} bytes"
@@ -172,7 +172,7 @@ pub struct kvr_disk_read_segments_item {
 ///
 /// # Safety
 /// The key's bytes and the segment array must be valid per the item's contract.
-unsafe fn item_key_and_segments(
+pub(super) unsafe fn item_key_and_segments(
     i: usize,
     key: &kvr_key,
     segments: *const kvr_segment,

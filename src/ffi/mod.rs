@@ -2,7 +2,7 @@
 //!
 //! Conventions (see README "C API"): every fallible call returns `kvr_status`; outputs are
 //! written only on success; pointers and sizes are checked before any work; every body runs
-//! inside [`status::guard`], so a panic becomes `KVR_ERR_INTERNAL` instead of unwinding into C.
+//! inside `status::guard`, so a panic becomes `KVR_ERR_INTERNAL` instead of unwinding into C.
 
 #![allow(non_camel_case_types)]
 // C names: kvr_ prefix, snake_case, as the header shows them

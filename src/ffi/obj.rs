@@ -3,14 +3,17 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use super::fs::{kvr_fs_load_item, kvr_fs_store_item};
+use super::fs::{kvr_fs_load_item, kvr_fs_store_item, read_slices, write_slices};
 use super::handle::BoxedHandle;
+use super::items::{check_item_size, item_key_and_segments};
+use super::items::{kvr_fs_load_segments_item, kvr_fs_store_segments_item};
 use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_key, arg_slice, arg_str};
-use super::{open_handle, write_out, write_sized_out};
-use crate::fs::{LoadRequest, StoreRequest};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_lookup_keys, arg_segments, arg_slice};
+use super::{arg_str, arg_whole_key, kvr_key, kvr_segment};
+use super::{open_handle, write_opt, write_out, write_sized_out};
+use crate::fs::{LoadItem, LoadRequest, StoreItem, StoreRequest};
 use crate::obj::{Credentials, ObjConfig, ObjStore};
 use crate::{Error, Key};
 
@@ -28,6 +31,12 @@ impl BoxedHandle for kvr_obj {
 pub type kvr_obj_store_item = kvr_fs_store_item;
 /// One block of an async object load batch (the fs store's item type).
 pub type kvr_obj_load_item = kvr_fs_load_item;
+/// One whole-key, segmented block of a `kvr_obj_submit_store_items` batch (the fs store's
+/// item type).
+pub type kvr_obj_store_segments_item = kvr_fs_store_segments_item;
+/// One whole-key, segmented block of a `kvr_obj_submit_load_items` batch (the fs store's
+/// item type).
+pub type kvr_obj_load_segments_item = kvr_fs_load_segments_item;
 
 /// How to open an object store. Fill with `kvr_obj_config_default`, then set the fields.
 /// String fields left NULL (or "") take the standard `AWS_*` environment variables.
@@ -40,7 +49,8 @@ pub struct kvr_obj_config {
     pub url: *const c_char,
     /// Namespace, e.g. model + layout digest (required): no `/`, `..`, NUL, leading `.`.
     pub namespace_name: *const c_char,
-    /// `http://host:port` of the S3 server; NULL: `AWS_ENDPOINT_URL`.
+    /// `http://host:port` or `https://host:port` of the S3 server; NULL:
+    /// `AWS_ENDPOINT_URL`, else AWS's regional endpoint.
     pub endpoint: *const c_char,
     /// Region; NULL: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else "us-east-1".
     pub region: *const c_char,
@@ -57,6 +67,10 @@ pub struct kvr_obj_config {
     pub connect_timeout_ms: u32,
     /// Bound on one whole request, in milliseconds (non-zero). Default 30000.
     pub request_timeout_ms: u32,
+    /// Path of a PEM file of certificates an https endpoint's chain may end in, trusted
+    /// besides the built-in public roots (a private CA, a self-signed server certificate);
+    /// NULL: `AWS_CA_BUNDLE`, else only the public roots.
+    pub ca_bundle: *const c_char,
 }
 
 impl Default for kvr_obj_config {
@@ -73,6 +87,7 @@ impl Default for kvr_obj_config {
             concurrency: 32,
             connect_timeout_ms: 2000,
             request_timeout_ms: 30000,
+            ca_bundle: std::ptr::null(),
         }
     }
 }
@@ -117,7 +132,7 @@ unsafe fn arg_opt_str(ptr: *const c_char, name: &str) -> crate::Result<Option<St
     Ok((!s.is_empty()).then(|| s.to_string()))
 }
 
-fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
+pub(super) fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
     // SAFETY: the string fields are NULL or C strings per the config contract.
     let url = unsafe { arg_str(c.url, "config.url") }?;
     // SAFETY: as above.
@@ -147,6 +162,8 @@ fn to_rust_config(c: &kvr_obj_config) -> crate::Result<ObjConfig> {
     cfg.concurrency = c.concurrency as usize;
     cfg.connect_timeout = Duration::from_millis(c.connect_timeout_ms.into());
     cfg.request_timeout = Duration::from_millis(c.request_timeout_ms.into());
+    // SAFETY: as above.
+    cfg.ca_bundle = unsafe { arg_opt_str(c.ca_bundle, "config.ca_bundle") }?.map(Into::into);
     Ok(cfg)
 }
 
@@ -162,9 +179,9 @@ pub extern "C" fn kvr_obj_config_default(config: *mut kvr_obj_config) -> kvr_sta
 /// Opens an object store at `config->url` / `config->namespace_name`, starting kvr's own
 /// I/O threads (`kvr-obj-*`) with the first store of the process, and makes one request to
 /// check endpoint, bucket and credentials. On success `*out` owns the handle; close it with
-/// `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values),
-/// `KVR_ERR_UNSUPPORTED` (an https:// endpoint: this build speaks plain HTTP),
-/// `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing), `KVR_ERR_PERMISSION`.
+/// `kvr_obj_close`. Errors: `KVR_ERR_INVALID_ARGUMENT` (URL, namespace, values, a CA bundle
+/// that cannot be read or holds no PEM certificate), `KVR_ERR_UNAVAILABLE` (server down, too slow or refusing, or an https server whose
+/// certificate is not trusted), `KVR_ERR_PERMISSION`.
 #[no_mangle]
 pub extern "C" fn kvr_obj_open(
     config: *const kvr_obj_config,
@@ -346,5 +363,174 @@ pub extern "C" fn kvr_obj_submit_load(
         // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
         // completes.
         unsafe { submit_batch(obj, items, n, out, request, |s, r| s.submit_load(r)) }
+    })
+}
+
+/// Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as a
+/// `U8` block under the whole engine `key` (1..=`KVR_MAX_KEY_LEN` bytes, stored in the
+/// object's header and compared on every load), publish-once as `kvr_obj_store` (a 16-byte
+/// key is the same object as that `kvr_block_key`). The object's name is the fs store's block
+/// file name of the key. Errors: as `kvr_obj_store`, also `KVR_ERR_INVALID_ARGUMENT` for a
+/// NULL, empty or over-long key, a NULL or empty segment, no segments, or lengths that
+/// overflow.
+#[no_mangle]
+pub extern "C" fn kvr_obj_store_key(
+    obj: *const kvr_obj,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_obj::try_ref(obj)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        // SAFETY: every segment is readable for its length per the contract.
+        let data = unsafe { read_slices(&segs) };
+        s.store_segments(k, &data, None).map(|_| ())
+    })
+}
+
+/// Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
+/// whose lengths must sum to the block's payload: `KVR_ERR_LAYOUT_MISMATCH` (object kept)
+/// otherwise. `KVR_ERR_NOT_FOUND` when absent or bad (as `kvr_obj_load`), and when the
+/// object of its name holds another key (a name collision: never another key's bytes, and
+/// not counted as corrupt); `KVR_ERR_UNAVAILABLE`. On any error the segments' contents are
+/// unspecified.
+#[no_mangle]
+pub extern "C" fn kvr_obj_load_key(
+    obj: *const kvr_obj,
+    key: kvr_key,
+    segments: *const kvr_segment,
+    num_segments: usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_obj::try_ref(obj)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        // SAFETY: `segments` points to `num_segments` segments per the contract.
+        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
+        // SAFETY: every segment is writable and unaliased for its length per the contract.
+        let mut dst = unsafe { write_slices(&segs) };
+        s.load_segments(k, &mut dst).map(|_| ())
+    })
+}
+
+/// Per-key presence: `present[i]` = 1 when an object of `keys[i]`'s name exists, else 0 (one
+/// byte per key, as `kvr_fs_lookup`); `*hits` (may be NULL) receives how many exist. Every
+/// key costs one HEAD request, all of them concurrent (up to `concurrency` in flight): the
+/// server is the only index, shared with other hosts. Keys that are NULL, empty or over-long
+/// are absent. `n` may be 0. `KVR_ERR_UNAVAILABLE` if the server does not answer.
+#[no_mangle]
+pub extern "C" fn kvr_obj_lookup(
+    obj: *const kvr_obj,
+    keys: *const kvr_key,
+    n: usize,
+    present: *mut u8,
+    hits: *mut usize,
+) -> kvr_status {
+    guard(|| {
+        let s = kvr_obj::try_ref(obj)?;
+        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
+        let ks = unsafe { arg_lookup_keys(keys, n) }?;
+        let out: &mut [u8] = if n == 0 {
+            &mut []
+        } else {
+            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
+            unsafe { arg_bytes_mut(present, n, "present") }?
+        };
+        let found = s.lookup(&ks, out)?;
+        // SAFETY: `hits` is NULL or writable per the contract.
+        unsafe { write_opt(hits, found) };
+        Ok(())
+    })
+}
+
+/// Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there
+/// was none.
+#[no_mangle]
+pub extern "C" fn kvr_obj_remove_key(obj: *const kvr_obj, key: kvr_key) -> kvr_status {
+    guard(|| {
+        let s = kvr_obj::try_ref(obj)?;
+        // SAFETY: the key's bytes are valid per the contract.
+        let k = unsafe { arg_whole_key(&key, "key") }?;
+        s.remove_key(k)
+    })
+}
+
+/// Submits `n` (>= 1) whole-key, segmented blocks to store, up to `concurrency` requests in
+/// flight; `*out` receives the job (per-item bytes 0 when deduplicated). Every item is checked
+/// first (bad keys, NULL or empty segments, overflowing totals reject the whole batch). The
+/// segments' buffers must stay valid until the job is done.
+#[no_mangle]
+pub extern "C" fn kvr_obj_submit_store_items(
+    obj: *const kvr_obj,
+    items: *const kvr_obj_store_segments_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_obj_store_segments_item| {
+        check_item_size(
+            it.struct_size,
+            std::mem::size_of::<kvr_obj_store_segments_item>(),
+            i,
+        )?;
+        // SAFETY: the key's bytes and the segment array are valid per the contract.
+        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every buffer valid until the job completes.
+        unsafe {
+            submit_batch(obj, items, n, out, request, |s, r| {
+                let items: Vec<StoreItem> = r
+                    .iter()
+                    .map(|(k, segs)| StoreItem {
+                        key: k,
+                        segments: segs,
+                    })
+                    .collect();
+                s.submit_store_items(&items)
+            })
+        }
+    })
+}
+
+/// Submits `n` (>= 1) whole-key, segmented blocks to load, up to `concurrency` requests in
+/// flight; per-item results as for `kvr_obj_load_key`. The segments' buffers must stay valid
+/// and untouched until the job is done.
+#[no_mangle]
+pub extern "C" fn kvr_obj_submit_load_items(
+    obj: *const kvr_obj,
+    items: *const kvr_obj_load_segments_item,
+    n: usize,
+    out: *mut *mut kvr_job,
+) -> kvr_status {
+    let request = |i: usize, it: &kvr_obj_load_segments_item| {
+        check_item_size(
+            it.struct_size,
+            std::mem::size_of::<kvr_obj_load_segments_item>(),
+            i,
+        )?;
+        // SAFETY: the key's bytes and the segment array are valid per the contract.
+        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
+    };
+    guard(|| {
+        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
+        // (caller's contract); the caller keeps every buffer valid and unaliased until the
+        // job completes.
+        unsafe {
+            submit_batch(obj, items, n, out, request, |s, r| {
+                let items: Vec<LoadItem> = r
+                    .iter()
+                    .map(|(k, segs)| LoadItem {
+                        key: k,
+                        segments: segs,
+                    })
+                    .collect();
+                s.submit_load_items(&items)
+            })
+        }
     })
 }

@@ -4,8 +4,10 @@
 use std::ffi::{c_char, c_void};
 
 use super::handle::BoxedHandle;
+use super::obj::{kvr_obj_config, to_rust_config};
 use super::status::{guard, kvr_status};
-use super::{arg_bytes_mut, arg_str, hand_out, write_opt, write_out};
+use super::{arg_bytes_mut, arg_str, hand_out, read_config, write_opt, write_out};
+use crate::obj::ObjConfig;
 use crate::tensors::header::nbytes;
 use crate::tensors::write::extent;
 use crate::tensors::{Dtype, TensorEntry, TensorFile, TensorIn, WriteOptions};
@@ -305,12 +307,36 @@ pub(super) unsafe fn opt_name<'a>(name: *const c_char) -> Result<Option<&'a str>
     }
 }
 
+/// The S3 settings of a URL open or write: `config` NULL means the `AWS_*` environment
+/// variables (as `kvr_obj_config_default` + NULL strings would); its `url` and
+/// `namespace_name` are not used and may be NULL.
+///
+/// # Safety
+/// `config` is NULL or points to a config of at least `struct_size` bytes.
+unsafe fn url_config(config: *const kvr_obj_config) -> Result<Option<ObjConfig>> {
+    if config.is_null() {
+        return Ok(None);
+    }
+    let min = std::mem::size_of::<kvr_obj_config>();
+    // SAFETY: forwarded contract (NULL handled above, struct_size checked inside).
+    let mut c = unsafe { read_config(config, kvr_obj_config::default(), min, "config") }?;
+    // The object tier's conversion wants a store URL and namespace, which a tensor file has
+    // no use for: give it placeholders (the file's own URL replaces them).
+    c.url = c"s3://kvr-tensor-file".as_ptr();
+    c.namespace_name = c"unused".as_ptr();
+    to_rust_config(&c).map(Some)
+}
+
 /// Writes `n` tensors and `m` metadata entries as a safetensors file at `path`: streaming
 /// (strided tensors gathered through a bounded buffer), atomically (temp file + rename; on
 /// error no file is left). `flags`: `KVR_TENSORS_ALIGN_4K`, `KVR_TENSORS_NO_SYNC`.
-/// Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved names, overflowing
-/// shapes, strides out of range), `KVR_ERR_UNSUPPORTED` (unknown dtype code),
-/// `KVR_ERR_NO_SPACE`, `KVR_ERR_IO`.
+///
+/// `path` may also be a URL: `file:///abs/path` (exactly the local path), or
+/// `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+/// `kvr_tensors_write_url`). Errors: `KVR_ERR_INVALID_ARGUMENT` (NULLs, duplicate or reserved
+/// names, overflowing shapes, strides out of range, a malformed URL), `KVR_ERR_UNSUPPORTED`
+/// (unknown dtype code, a URL scheme other than file:// and s3://), `KVR_ERR_NO_SPACE`,
+/// `KVR_ERR_IO`, and for s3:// `KVR_ERR_UNAVAILABLE` / `KVR_ERR_PERMISSION`.
 #[no_mangle]
 pub extern "C" fn kvr_tensors_write(
     path: *const c_char,
@@ -325,13 +351,46 @@ pub extern "C" fn kvr_tensors_write(
         let path = unsafe { arg_str(path, "path") }?;
         // SAFETY: `n` descriptors and `m` entries per the contract.
         let (t, md, opts) = unsafe { write_args(tensors, n, metadata, m, flags) }?;
-        crate::tensors::write(path.as_ref(), &t, &md, opts).map(|_| ())
+        crate::tensors::write_to(path, None, &t, &md, opts).map(|_| ())
+    })
+}
+
+/// `kvr_tensors_write` to a path or URL with explicit S3 settings: `config` (filled with
+/// `kvr_obj_config_default`; its `url` and `namespace_name` are not used) gives endpoint,
+/// region, credentials, concurrency and timeouts; NULL string fields and a NULL `config`
+/// take the `AWS_*` environment variables. An `s3://bucket/key` file is streamed as a
+/// multipart upload (parts of 8 MiB or more, a few in flight: memory stays bounded whatever
+/// the file size) and appears only once complete: after any error no new object is visible
+/// (an existing one is unchanged). `KVR_TENSORS_NO_SYNC` does not apply to objects.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_write_url(
+    url: *const c_char,
+    config: *const kvr_obj_config,
+    tensors: *const kvr_tensor,
+    n: usize,
+    metadata: *const kvr_kv,
+    m: usize,
+    flags: u32,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a C string (caller's contract).
+        let url = unsafe { arg_str(url, "url") }?;
+        // SAFETY: NULL or a config of `struct_size` bytes.
+        let cfg = unsafe { url_config(config) }?;
+        // SAFETY: `n` descriptors and `m` entries per the contract.
+        let (t, md, opts) = unsafe { write_args(tensors, n, metadata, m, flags) }?;
+        crate::tensors::write_to(url, cfg.as_ref(), &t, &md, opts).map(|_| ())
     })
 }
 
 /// Opens a tensor file: maps it read-only and validates the header only (offsets in bounds,
 /// contiguous and non-overlapping, sizes equal to dtype x shape). No tensor data is read.
-/// Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is wrong), `KVR_ERR_UNSUPPORTED`.
+/// `path` may also be a URL: `file:///abs/path` (exactly the local path, mapped), or
+/// `s3://bucket/key` with the S3 settings of the `AWS_*` environment variables (see
+/// `kvr_tensors_open_url`). Errors: `KVR_ERR_NOT_FOUND`, `KVR_ERR_CORRUPT` (with what is
+/// wrong), `KVR_ERR_UNSUPPORTED` (also: a URL scheme other than file:// and s3://),
+/// `KVR_ERR_INVALID_ARGUMENT` (a malformed URL), and for s3:// `KVR_ERR_UNAVAILABLE` /
+/// `KVR_ERR_PERMISSION`.
 #[no_mangle]
 pub extern "C" fn kvr_tensors_open(
     path: *const c_char,
@@ -341,7 +400,37 @@ pub extern "C" fn kvr_tensors_open(
         // SAFETY: NULL or a C string.
         let path = unsafe { arg_str(path, "path") }?;
         // SAFETY: `out` is NULL (rejected) or writable per the contract.
-        unsafe { hand_out(out, || TensorFile::open(path.as_ref())) }
+        unsafe { hand_out(out, || TensorFile::open_location(path, None)) }
+    })
+}
+
+/// Opens a tensor file at a path or URL with explicit S3 settings (`config` as for
+/// `kvr_tensors_write_url`; NULL: the `AWS_*` environment). An `s3://bucket/key` file is
+/// opened with one HEAD and ranged GETs of its header only (the first 64 KiB, then the rest
+/// of a longer header), validated exactly as a local file's. On such a file:
+/// `kvr_tensors_read_into` and `kvr_tensors_read_into_direct` fetch exactly the tensor's
+/// byte range (ranged GETs straight into `dst`; there is no page cache to bypass);
+/// `kvr_tensors_get` fetches the tensor on its first call into 4096-aligned memory owned by
+/// the handle (later calls return the same pointer; valid until close);
+/// `kvr_tensors_read_into_device` fetches into a temporary host buffer, then copies.
+/// Requests are bounded by the config's timeouts: a server that is down or silent gives
+/// `KVR_ERR_UNAVAILABLE` naming the endpoint.
+#[no_mangle]
+pub extern "C" fn kvr_tensors_open_url(
+    url: *const c_char,
+    config: *const kvr_obj_config,
+    out: *mut *mut kvr_tensor_file,
+) -> kvr_status {
+    guard(|| {
+        // SAFETY: NULL or a C string.
+        let url = unsafe { arg_str(url, "url") }?;
+        if out.is_null() {
+            return Err(Error::invalid("out is NULL"));
+        }
+        // SAFETY: NULL or a config of `struct_size` bytes.
+        let cfg = unsafe { url_config(config) }?;
+        // SAFETY: `out` is non-NULL and writable per the contract.
+        unsafe { hand_out(out, || TensorFile::open_location(url, cfg.as_ref())) }
     })
 }
 
@@ -408,7 +497,8 @@ pub extern "C" fn kvr_tensors_metadata_get(
 
 /// Zero-copy view of tensor `name` (pointer into the mapping, valid until close). A NULL
 /// name succeeds only when the file holds exactly one tensor; otherwise `KVR_ERR_NOT_FOUND`
-/// with the available names in the message.
+/// with the available names in the message. On an `s3://` file the first call for a tensor
+/// fetches it into memory the handle owns (4096-aligned, valid until close).
 #[no_mangle]
 pub extern "C" fn kvr_tensors_get(
     file: *const kvr_tensor_file,

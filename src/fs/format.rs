@@ -1,5 +1,5 @@
 //! The block file format (pure encoding and decoding, no I/O), built on the safetensors
-//! header codec ([`crate::tensors::header`]).
+//! header codec (`crate::tensors::header`).
 //!
 //! A block file is a valid safetensors file holding one tensor named `block`:
 //!

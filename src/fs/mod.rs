@@ -121,7 +121,8 @@ impl FsStore {
     /// Opens (creating directories as needed) a store and probes O_DIRECT and `O_TMPFILE`.
     /// A background scan ([`scan`]) then rebuilds the block index and LRU order, removes temp
     /// files left by dead writers and evicts down to the capacity; open waits for it only
-    /// briefly (a small store is fully scanned when open returns).
+    /// while the store looks small (a small store is fully scanned when open returns; a
+    /// large one opens in milliseconds, see [`FsStats::scan_complete`]).
     pub fn open(cfg: &FsConfig) -> Result<FsStore> {
         let dir = path::store_dir(&cfg.root, &cfg.namespace, cfg.rank)?;
         std::fs::create_dir_all(&dir)
@@ -178,7 +179,7 @@ impl FsStore {
         let readers = IoPool::new("kvr-fs-read", cfg.read_threads)?;
         let writers = IoPool::with_idle("kvr-fs-write", cfg.write_threads, pipeline::flush)?;
         let scanner = scan::spawn(inner.clone(), present)?;
-        inner.scan_state.wait(Some(scan::OPEN_WAIT));
+        inner.scan_state.wait_at_open();
         Ok(FsStore {
             readers,
             writers,
@@ -487,7 +488,7 @@ impl FsStore {
 }
 
 /// Checks an async item's segments: at least one, none NULL or empty, a total that fits.
-fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
+pub(crate) fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<()> {
     if segments.is_empty() {
         return Err(err!(InvalidArgument, "{what} item has no segments"));
     }

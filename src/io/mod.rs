@@ -1,17 +1,17 @@
 //! Shared I/O machinery, and the one home of every OS file mechanism the tiers use:
 //!
-//! - [`file`]: opening by path (never through a symlink), regular-file checks, same-inode
+//! - `file`: opening by path (never through a symlink), regular-file checks, same-inode
 //!   checks;
-//! - [`publish`]: building a file under a temporary name, then publishing it atomically;
-//! - [`space`]: reserving a file's space up front (with a fallback where `fallocate` is
+//! - `publish`: building a file under a temporary name, then publishing it atomically;
+//! - `space`: reserving a file's space up front (with a fallback where `fallocate` is
 //!   missing), free space;
-//! - [`lock`]: `flock` and byte-range liveness locks;
-//! - [`vectored`]: positional whole-buffer and vectored reads and writes;
-//! - [`direct`]: O_DIRECT probing and the transfer plan (aligned part in place, the rest
-//!   through a bounce buffer), with [`aligned`] buffers, rounding and the [`bounce`] pool;
-//! - [`dir`]: directory placement hints;
-//! - [`uring`]: one asynchronous write in flight per thread;
-//! - a worker [`pool`] and the async [`job`] handle that batched submits return.
+//! - `lock`: `flock` and byte-range liveness locks;
+//! - `vectored`: positional whole-buffer and vectored reads and writes;
+//! - `direct`: O_DIRECT probing and the transfer plan (aligned part in place, the rest
+//!   through a bounce buffer), with `aligned` buffers, rounding and the `bounce` pool;
+//! - `dir`: directory placement hints;
+//! - `uring`: one asynchronous write in flight per thread;
+//! - a worker `pool` and the async `job` handle that batched submits return.
 
 pub(crate) mod aligned;
 pub(crate) mod bounce;

@@ -30,6 +30,26 @@ pub(crate) struct Client {
     request_timeout: Duration,
 }
 
+/// The certificates of a PEM bundle (`ObjConfig::ca_bundle`, `AWS_CA_BUNDLE`).
+fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
+    // A config mistake, whatever the OS error: not the `NotFound` of a missing bucket.
+    let pem = std::fs::read(path)
+        .map_err(|e| Error::invalid(format!("CA bundle {} cannot be read: {e}", path.display())))?;
+    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
+        Error::invalid(format!(
+            "CA bundle {} is not PEM certificates: {e}",
+            path.display()
+        ))
+    })?;
+    if certs.is_empty() {
+        return Err(Error::invalid(format!(
+            "CA bundle {} holds no certificate",
+            path.display()
+        )));
+    }
+    Ok(certs)
+}
+
 impl Client {
     /// A client for `cfg`; makes no request (the first one connects).
     pub(crate) fn new(cfg: &Resolved) -> Result<Client> {
@@ -61,7 +81,13 @@ impl Client {
             ))
         };
         let op = Operator::new(builder).map_err(invalid)?.finish();
-        let http = reqwest::Client::builder()
+        let mut http = reqwest::Client::builder();
+        if let Some(path) = &cfg.ca_bundle {
+            for cert in read_ca_bundle(path)? {
+                http = http.add_root_certificate(cert);
+            }
+        }
+        let http = http
             .connect_timeout(cfg.connect_timeout)
             .timeout(cfg.request_timeout)
             .pool_max_idle_per_host(cfg.concurrency)
@@ -81,6 +107,17 @@ impl Client {
     /// The endpoint, for messages.
     pub(crate) fn endpoint(&self) -> &str {
         &self.endpoint
+    }
+
+    /// The OpenDAL operator, for requests the tier's helpers do not cover (tensor files'
+    /// streaming writes and chunked ranged reads, `tensors/remote.rs`).
+    pub(crate) fn operator(&self) -> &Operator {
+        &self.op
+    }
+
+    /// The bound on one request.
+    pub(crate) fn request_timeout(&self) -> Duration {
+        self.request_timeout
     }
 
     /// Runs one request under the request timeout (the HTTP client has its own; this one
@@ -120,7 +157,7 @@ impl Client {
 
     /// The kvr error for a failed request: transport failures, 5xx and throttling are
     /// `Unavailable` (the handle stays usable: retry later).
-    fn failure(&self, what: &str, path: &str, e: opendal::Error) -> Error {
+    pub(crate) fn failure(&self, what: &str, path: &str, e: opendal::Error) -> Error {
         let transport = {
             let mut src = std::error::Error::source(&e);
             let mut found = false;

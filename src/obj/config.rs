@@ -2,6 +2,7 @@
 //! region, credentials, concurrency, timeouts), its resolution against the standard `AWS_*`
 //! environment variables, and the counters.
 
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::{Error, Result};
@@ -33,8 +34,8 @@ pub struct ObjConfig {
     pub url: String,
     /// Namespace (model + layout digest chosen by the engine); the fs store's rules apply.
     pub namespace: String,
-    /// `http://host:port` of the S3 server; `None`: `AWS_ENDPOINT_URL`, else AWS's regional
-    /// endpoint.
+    /// `http://host:port` or `https://host:port` of the S3 server; `None`:
+    /// `AWS_ENDPOINT_URL`, else AWS's regional endpoint (https).
     pub endpoint: Option<String>,
     /// Region; `None`: `AWS_REGION`, else `AWS_DEFAULT_REGION`, else `us-east-1`.
     pub region: Option<String>,
@@ -48,6 +49,10 @@ pub struct ObjConfig {
     pub connect_timeout: Duration,
     /// Bound on one whole request (connect, send, receive). Default 30 s.
     pub request_timeout: Duration,
+    /// A PEM file of certificates an `https://` endpoint's chain may end in, trusted besides
+    /// the built-in public roots (a private CA, or a self-signed server certificate); `None`:
+    /// `AWS_CA_BUNDLE`, as the AWS SDKs and CLI read it, else only the public roots.
+    pub ca_bundle: Option<PathBuf>,
 }
 
 impl ObjConfig {
@@ -63,6 +68,7 @@ impl ObjConfig {
             concurrency: 32,
             connect_timeout: Duration::from_secs(2),
             request_timeout: Duration::from_secs(30),
+            ca_bundle: None,
         }
     }
 }
@@ -121,6 +127,7 @@ pub(crate) struct Resolved {
     pub concurrency: usize,
     pub connect_timeout: Duration,
     pub request_timeout: Duration,
+    pub ca_bundle: Option<PathBuf>,
 }
 
 fn env(name: &str) -> Option<String> {
@@ -143,20 +150,15 @@ impl ObjConfig {
             .or_else(|| env("AWS_ENDPOINT_URL"))
             .unwrap_or_else(|| format!("https://s3.{region}.amazonaws.com"));
         let endpoint = endpoint.trim_end_matches('/').to_string();
-        if endpoint.starts_with("https://") {
-            return Err(Error::new(
-                crate::ErrorKind::Unsupported,
-                format!(
-                    "object store endpoint {endpoint}: this build of kvr speaks plain HTTP only \
-                     (no TLS stack); use an http:// endpoint"
-                ),
-            ));
-        }
-        if !endpoint.starts_with("http://") {
+        if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
             return Err(Error::invalid(format!(
-                "object store endpoint {endpoint:?} is not an http:// URL"
+                "object store endpoint {endpoint:?} is not an http:// or https:// URL"
             )));
         }
+        let ca_bundle = self
+            .ca_bundle
+            .clone()
+            .or_else(|| env("AWS_CA_BUNDLE").map(PathBuf::from));
         let credentials = self.credentials.clone().or_else(|| {
             Some(Credentials {
                 access_key_id: env("AWS_ACCESS_KEY_ID")?,
@@ -183,6 +185,7 @@ impl ObjConfig {
             concurrency: self.concurrency,
             connect_timeout: self.connect_timeout,
             request_timeout: self.request_timeout,
+            ca_bundle,
         })
     }
 }
@@ -234,7 +237,7 @@ mod tests {
     }
 
     #[test]
-    fn config_checks_values_and_refuses_tls() {
+    fn config_checks_values_and_takes_tls_endpoints() {
         let mut c = ObjConfig::new("s3://kvr-test/p", "ns");
         c.endpoint = Some("http://127.0.0.1:1/".into());
         c.region = Some("r".into());
@@ -250,9 +253,14 @@ mod tests {
         assert!(c.resolve().is_err());
         c.request_timeout = Duration::from_secs(1);
         c.endpoint = Some("https://127.0.0.1:1".into());
+        c.ca_bundle = Some("/some/ca.pem".into());
+        let r = c.resolve().unwrap();
+        assert_eq!(r.endpoint, "https://127.0.0.1:1");
+        assert_eq!(r.ca_bundle, Some(PathBuf::from("/some/ca.pem")));
+        c.endpoint = Some("ftp://127.0.0.1:1".into());
         assert_eq!(
             c.resolve().unwrap_err().kind(),
-            crate::ErrorKind::Unsupported
+            crate::ErrorKind::InvalidArgument
         );
         let creds = Credentials {
             access_key_id: "id".into(),

@@ -11,8 +11,9 @@ use tokio::sync::Semaphore;
 
 use super::client::{Client, Listed};
 use super::config::ObjConfig;
-use super::object::key_of;
+use super::object::name_of;
 use super::runtime::RuntimeHandle;
+use crate::fs::format::{self, Header};
 use crate::fs::maintenance::check_block_bytes;
 use crate::fs::path::validate_namespace;
 use crate::{err, Key, Result};
@@ -22,8 +23,9 @@ use crate::{err, Key, Result};
 pub struct BlockObject {
     /// Its namespace.
     pub namespace: String,
-    /// The key its name says.
-    pub key: Key,
+    /// The block name its object name says (the key itself for a 16-byte key, else the
+    /// hash of namespace and key: [`crate::key::block_name`]; the whole key is in its header).
+    pub name: Key,
     /// Its name relative to the URL's prefix.
     pub path: String,
     /// Object bytes (header included).
@@ -54,6 +56,8 @@ pub struct BadObject {
     pub path: String,
     /// What is wrong with it.
     pub reason: String,
+    /// The whole key its header holds, where the header decodes.
+    pub key: Option<Vec<u8>>,
     /// Whether it was removed (`repair`).
     pub removed: bool,
 }
@@ -124,10 +128,10 @@ impl Bucket {
             let Some((ns, rest)) = path.split_once('/') else {
                 continue; // an object beside the namespaces: not a store's
             };
-            match key_of(rest) {
-                Some(key) => blocks.push(BlockObject {
+            match name_of(rest) {
+                Some(name) => blocks.push(BlockObject {
                     namespace: ns.to_string(),
-                    key,
+                    name,
                     path: path.clone(),
                     size: l.size,
                     modified: l.modified,
@@ -162,6 +166,41 @@ impl Bucket {
                 s
             })
             .collect())
+    }
+
+    /// Every block object of `namespace` (all if `None`), sorted by name, with its decoded
+    /// header (the whole key, format version, payload length) or why it does not decode:
+    /// one ranged `GET` of the header per object, up to `concurrency` at once.
+    pub fn headers(&self, namespace: Option<&str>) -> Result<Vec<(BlockObject, Result<Header>)>> {
+        let (blocks, _) = self.blocks(namespace)?;
+        let client = self.client.clone();
+        let limit = Arc::new(Semaphore::new(self.concurrency));
+        self.runtime.run(async move {
+            let tasks: Vec<_> = blocks
+                .into_iter()
+                .map(|b| {
+                    let (client, limit) = (client.clone(), limit.clone());
+                    tokio::spawn(async move {
+                        let _slot = limit.acquire_owned().await;
+                        let h = read_header(&client, &b).await;
+                        (b, h)
+                    })
+                })
+                .collect();
+            let mut out = Vec::new();
+            for t in tasks {
+                let (b, h) = t
+                    .await
+                    .map_err(|e| err!(Internal, "header task failed: {e}"))?;
+                // A request failure aborts (as `verify`); a bad header is the object's.
+                match h {
+                    Err(e) if e.kind() == crate::ErrorKind::NotFound => {} // removed meanwhile
+                    Err(e) if e.kind() != crate::ErrorKind::Corrupt => return Err(e),
+                    h => out.push((b, h)),
+                }
+            }
+            Ok(out)
+        })
     }
 
     /// Fetches every block object and checks header, key, length and checksum, up to
@@ -233,6 +272,38 @@ impl Bucket {
     }
 }
 
+/// The decoded header of block object `b`: its first page (the header of any ordinary shape
+/// fits), then the rest of a longer header. `Corrupt` if it does not decode.
+async fn read_header(client: &Client, b: &BlockObject) -> Result<Header> {
+    let first = (crate::io::IO_ALIGN as u64).min(b.size);
+    let short = || {
+        err!(
+            Corrupt,
+            "object is {} bytes, shorter than a block header",
+            b.size
+        )
+    };
+    let Some(buf) = client.get(&b.path, 0..first).await? else {
+        return Err(err!(NotFound, "{} was removed meanwhile", b.path));
+    };
+    let mut bytes = buf.to_bytes();
+    let prefix: [u8; 8] = bytes
+        .get(..8)
+        .and_then(|p| p.try_into().ok())
+        .ok_or_else(short)?;
+    let n = format::header_len(&prefix)?;
+    if n as u64 > b.size {
+        return Err(short());
+    }
+    if n > bytes.len() {
+        let Some(buf) = client.get(&b.path, 0..n as u64).await? else {
+            return Err(err!(NotFound, "{} was removed meanwhile", b.path));
+        };
+        bytes = buf.to_bytes();
+    }
+    format::decode_header(bytes.get(..n).ok_or_else(short)?)
+}
+
 async fn verify_one(client: &Client, b: &BlockObject, repair: bool) -> Result<Option<BadObject>> {
     // The listing's size bounds the read: an object longer than its header says is bad
     // without being read whole.
@@ -240,7 +311,8 @@ async fn verify_one(client: &Client, b: &BlockObject, repair: bool) -> Result<Op
         return Ok(None); // removed meanwhile
     };
     let bytes = buf.to_bytes();
-    let reason = match check_block_bytes(&bytes, &b.namespace, &b.key) {
+    let key = format::decode_header(&bytes).ok().map(|h| h.key);
+    let reason = match check_block_bytes(&bytes, &b.namespace, &b.name) {
         Ok(_) if bytes.len() as u64 == b.size => return Ok(None),
         Ok(_) => format!(
             "object is {} bytes but was listed with {}",
@@ -253,6 +325,7 @@ async fn verify_one(client: &Client, b: &BlockObject, repair: bool) -> Result<Op
     Ok(Some(BadObject {
         path: b.path.clone(),
         reason,
+        key,
         removed,
     }))
 }

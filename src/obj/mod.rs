@@ -1,11 +1,17 @@
 //! The S3 object tier: KV blocks shared between hosts through an S3 object store, one
 //! object per block.
 //!
-//! - A block of key `k` in namespace `ns` is the object `<prefix>/<ns>/<hh>/<hex>.kvb` of the
-//!   bucket `s3://bucket/prefix` names ([`object`]); its bytes are exactly an fs block file
-//!   (a safetensors file with the key, payload length and xxh3-64 checksum in its header),
-//!   built and checked with the fs store's codec. A block stored here can be copied into an
-//!   fs store and back unchanged.
+//! - Keys are the engine's, 1..=256 bytes. A block of key `k` in namespace `ns` is the
+//!   object `<prefix>/<ns>/<hh>/<hex>.kvb` of the bucket `s3://bucket/prefix` names
+//!   ([`object`]), where `hex` is the block name the fs store gives its file
+//!   ([`crate::key::block_name`]: the key itself for a 16-byte key, else the xxh3-128 of
+//!   namespace and key). Its bytes are exactly an fs block file (a safetensors file with the
+//!   whole key, payload length and xxh3-64 checksum in its header), built and checked with
+//!   the fs store's codec: a block stored here can be copied into an fs store and back
+//!   unchanged. Loads compare the whole key: an object of another key with the same name is
+//!   a miss, never that key's bytes.
+//! - A block is a list of segments, gathered into the request body on store and scattered
+//!   from the response on load; one contiguous buffer is a list of one.
 //! - Store is publish-once: a conditional `PUT` with `If-None-Match: *`; the server's `412`
 //!   means another writer published the key first, a dedup, not an error.
 //! - Load fetches the object in one ranged `GET` and verifies key, length and checksum while
@@ -17,12 +23,12 @@
 //!   is down, too slow or refusing yields `Unavailable` naming the endpoint and the error,
 //!   never a hang, and the same handle works again once the server is back.
 
-mod client;
+pub(crate) mod client;
 pub mod config;
 pub mod maintenance;
 mod metrics;
 pub(crate) mod object;
-mod runtime;
+pub(crate) mod runtime;
 
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
@@ -35,8 +41,9 @@ pub use object::object_path;
 
 use crate::fs::format::TensorSpec;
 use crate::fs::path::validate_namespace;
-use crate::fs::{LoadRequest, StoreRequest, Stored};
+use crate::fs::{check_raw_segments, LoadItem, LoadRequest, StoreItem, StoreRequest, Stored};
 use crate::io::job::Completer;
+use crate::io::vectored::{payload_len, payload_len_mut, RawSegment, SegmentBatch};
 use crate::io::Job;
 use crate::{err, Error, ErrorKind, Key, Result};
 use client::Client;
@@ -95,12 +102,40 @@ impl<F: FnMut()> Drop for Defer<F> {
     }
 }
 
-/// A raw pointer that may cross to a runtime thread; the batch contracts keep it valid.
-struct SendPtr<T>(*mut T);
-// SAFETY: the pointer is only dereferenced by the one task it was handed to, while the
-// caller keeps the buffer valid and unaliased until the job completes (the contract of
-// `submit_store` / `submit_load`).
-unsafe impl<T> Send for SendPtr<T> {}
+/// A blocking load's destination segments, crossing to a runtime thread.
+struct SendSegments(Vec<RawSegment>);
+// SAFETY: the segments are only written by the one future they were handed to, while
+// `load_segments` holds their mutable borrow (it blocks until that future is done).
+unsafe impl Send for SendSegments {}
+
+impl SendSegments {
+    /// The segments as slices.
+    ///
+    /// # Safety
+    /// Every segment must be valid for unaliased writes of its length for `'a`.
+    unsafe fn slices_mut<'a>(&self) -> Vec<&'a mut [u8]> {
+        self.0
+            .iter()
+            // SAFETY: the caller's contract.
+            .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+            .collect()
+    }
+}
+
+/// An async batch's keys and segment lists, copied at submit (the fs store's
+/// [`SegmentBatch`]), with each item's part.
+struct SendBatch {
+    batch: SegmentBatch,
+    entries: Vec<crate::io::vectored::BatchEntry>,
+}
+
+impl SendBatch {
+    fn of<'a>(items: impl Iterator<Item = (&'a [u8], &'a [RawSegment])>) -> SendBatch {
+        let mut batch = SegmentBatch::default();
+        let entries = items.map(|(k, s)| batch.push(k, s)).collect();
+        SendBatch { batch, entries }
+    }
+}
 
 impl ObjStore {
     /// Opens a store: checks the config, starts the runtime if no store holds it, and makes
@@ -147,49 +182,85 @@ impl ObjStore {
         self.inner.client.endpoint()
     }
 
-    /// The object name of `key`'s block, relative to the URL's prefix.
+    /// The object name of the 16-byte `key`'s block, relative to the URL's prefix.
     pub fn object_path(&self, key: &Key) -> String {
         object::object_path(&self.inner.namespace, key)
     }
 
-    /// Stores `data` as a `U8` block under `key`, unless an object of that key exists.
+    /// The object name of the whole engine `key`'s block, relative to the URL's prefix
+    /// (whether or not it exists): the fs store's block file name, under the namespace.
+    pub fn object_path_of(&self, key: &[u8]) -> String {
+        object::object_path(&self.inner.namespace, &self.inner.name(key))
+    }
+
+    /// Stores `data` as a `U8` block under the 16-byte `key`, unless an object of that key
+    /// exists.
     pub fn store(&self, key: &Key, data: &[u8]) -> Result<Stored> {
-        self.store_tensor(key, data, &TensorSpec::bytes(data.len() as u64))
+        self.store_segments(&key.0, &[data], None)
     }
 
     /// Stores `data` recording the tensor's dtype and shape in the object's header.
     pub fn store_tensor(&self, key: &Key, data: &[u8], tensor: &TensorSpec) -> Result<Stored> {
-        let body = self.inner.prepare(key, data, tensor)?;
-        let (inner, key, len) = (self.inner.clone(), *key, data.len() as u64);
+        self.store_segments(&key.0, &[data], Some(tensor))
+    }
+
+    /// Stores the concatenation of `segments` (each non-empty) under the whole engine `key`
+    /// (1..=256 bytes, recorded in the object's header), as a `U8` block or as `tensor`,
+    /// unless an object of that key's name exists (publish-once: `AlreadyPresent`).
+    pub fn store_segments(
+        &self,
+        key: &[u8],
+        segments: &[&[u8]],
+        tensor: Option<&TensorSpec>,
+    ) -> Result<Stored> {
+        let (body, len) = self.inner.prepare(key, segments, tensor)?;
+        let (inner, key) = (self.inner.clone(), key.to_vec());
         self.runtime
             .run(async move { inner.publish(&key, body, len).await })
     }
 
-    /// Loads the block of `key` into `dst`, whose length must equal the stored payload's.
-    /// `NotFound` if absent or bad (a bad object is counted in `corrupt` and kept);
+    /// Loads the block of the 16-byte `key` into `dst`, whose length must equal the stored
+    /// payload's. `NotFound` if absent or bad (a bad object is counted in `corrupt` and kept);
     /// `LayoutMismatch` if it is intact but of another length. On error `dst`'s contents are
     /// unspecified.
     pub fn load(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
         if dst.is_empty() {
             return Err(Error::invalid("load destination is empty"));
         }
-        let (inner, key, len) = (self.inner.clone(), *key, dst.len());
-        let ptr = SendPtr(dst.as_mut_ptr());
+        self.load_segments(&key.0, &mut [dst])
+    }
+
+    /// Loads the block of the whole engine `key` scattered over `segments` (each non-empty),
+    /// whose lengths must sum to the stored payload's (else `LayoutMismatch`). Errors as for
+    /// [`ObjStore::load`]; an object of another key with the same name is `NotFound` (not
+    /// counted as corrupt: it is another key's intact block).
+    pub fn load_segments(&self, key: &[u8], segments: &mut [&mut [u8]]) -> Result<u64> {
+        crate::key::check_key(key)?;
+        payload_len_mut(segments)?;
+        let raw: Vec<RawSegment> = segments
+            .iter_mut()
+            .map(|s| RawSegment {
+                ptr: s.as_mut_ptr(),
+                len: s.len(),
+            })
+            .collect();
+        let segs = SendSegments(raw);
+        let (inner, key) = (self.inner.clone(), key.to_vec());
         self.runtime.run(async move {
-            let ptr = ptr;
-            // SAFETY: `dst` is borrowed mutably for this whole call, and `run` returns only
-            // once this future has finished (or was dropped by a panic), so the slice is
-            // valid and unaliased for as long as the future uses it.
-            let dst = unsafe { std::slice::from_raw_parts_mut(ptr.0, len) };
-            inner.fetch(&key, dst).await
+            let segs = segs;
+            // SAFETY: `segments` are borrowed mutably for this whole call, and `run` returns
+            // only once this future has finished (or was dropped by a panic), so the slices
+            // are valid and unaliased for as long as the future uses them.
+            let mut dst = unsafe { segs.slices_mut() };
+            inner.fetch(&key, &mut dst).await
         })
     }
 
-    /// Whether an object of `key` exists (one `HEAD`).
+    /// Whether an object of the 16-byte `key` exists (one `HEAD`).
     pub fn contains(&self, key: &Key) -> Result<bool> {
         let (inner, key) = (self.inner.clone(), *key);
         let started = std::time::Instant::now();
-        let r = self.runtime.run(async move { inner.exists(&key).await });
+        let r = self.runtime.run(async move { inner.exists(&key.0).await });
         self.inner.latency.lookup.record_since(started);
         r
     }
@@ -204,26 +275,11 @@ impl ObjStore {
             let wave = inner.slots.available_permits().max(1);
             let mut found = 0;
             for chunk in keys.chunks(wave) {
-                let answers: Vec<_> = chunk
-                    .iter()
-                    .map(|k| {
-                        let inner = inner.clone();
-                        let k = *k;
-                        tokio::spawn(async move { inner.exists(&k).await })
-                    })
-                    .collect();
-                let mut all = true;
-                for a in answers {
-                    let present = a
-                        .await
-                        .map_err(|e| err!(Internal, "prefix lookup task failed: {e}"))??;
-                    if all && present {
-                        found += 1;
-                    } else {
-                        all = false;
-                    }
-                }
-                if !all {
+                let keys: Vec<Vec<u8>> = chunk.iter().map(|k| k.0.to_vec()).collect();
+                let answers = inner.clone().exist_all(keys).await?;
+                let leading = answers.iter().take_while(|&&p| p).count();
+                found += leading;
+                if leading < answers.len() {
                     break;
                 }
             }
@@ -231,14 +287,61 @@ impl ObjStore {
         })
     }
 
-    /// Removes the block of `key`; `NotFound` if there was none (a `HEAD`, then the
-    /// `DELETE`).
+    /// Per-key presence of whole engine keys: `present[i]` is set to 1 when an object of
+    /// `keys[i]`'s name exists, else 0; returns how many exist. All keys are asked at once,
+    /// up to `concurrency` `HEAD`s in flight (no key is known without asking: other hosts
+    /// store and remove objects). Keys that are not 1..=256 bytes are absent. A `HEAD` finds
+    /// the name only: a colliding object of another key counts as present here and is a
+    /// miss on load.
+    pub fn lookup(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+        if keys.len() != present.len() {
+            return Err(err!(
+                InvalidArgument,
+                "{} keys but {} presence bytes",
+                keys.len(),
+                present.len()
+            ));
+        }
+        let started = std::time::Instant::now();
+        let _record = Defer(|| self.inner.latency.lookup.record_since(started));
+        present.fill(0);
+        let asked: Vec<usize> = (0..keys.len())
+            .filter(|&i| crate::key::check_key(keys[i]).is_ok())
+            .collect();
+        if asked.is_empty() {
+            return Ok(0);
+        }
+        let inner = self.inner.clone();
+        let owned: Vec<Vec<u8>> = asked.iter().map(|&i| keys[i].to_vec()).collect();
+        let answers = self
+            .runtime
+            .run(async move { inner.exist_all(owned).await })?;
+        for (&i, yes) in asked.iter().zip(answers) {
+            present[i] = yes.into();
+        }
+        Ok(present.iter().filter(|&&p| p != 0).count())
+    }
+
+    /// Removes the block of the 16-byte `key`; `NotFound` if there was none (a `HEAD`, then
+    /// the `DELETE`).
     pub fn remove(&self, key: &Key) -> Result<()> {
-        let (inner, key) = (self.inner.clone(), *key);
+        self.remove_key(&key.0)
+    }
+
+    /// Removes the block of the whole engine `key` (whatever key a colliding object of the
+    /// same name holds); `NotFound` if there was none.
+    pub fn remove_key(&self, key: &[u8]) -> Result<()> {
+        crate::key::check_key(key)?;
+        let (inner, key) = (self.inner.clone(), key.to_vec());
         self.runtime.run(async move {
-            let path = object::object_path(&inner.namespace, &key);
+            let path = inner.path(&key);
             if !inner.exists(&key).await? {
-                return Err(err!(NotFound, "no block {key} in {} ({path})", inner.url));
+                return Err(err!(
+                    NotFound,
+                    "no block {} in {} ({path})",
+                    Key::display_bytes(&key),
+                    inner.url
+                ));
             }
             let _slot = inner.slot().await?;
             inner.count(inner.client.delete(&path).await)?;
@@ -259,25 +362,52 @@ impl ObjStore {
     /// Every `src` must be valid for reads of `len` bytes until the returned job has
     /// completed (dropping the job waits for it).
     pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
+        let segments: Vec<[RawSegment; 1]> = items
+            .iter()
+            .map(|it| {
+                [RawSegment {
+                    ptr: it.src.cast_mut(),
+                    len: it.len,
+                }]
+            })
+            .collect();
+        let items: Vec<StoreItem> = items
+            .iter()
+            .zip(&segments)
+            .map(|(it, s)| StoreItem {
+                key: &it.key.0,
+                segments: s,
+            })
+            .collect();
+        // SAFETY: this function's contract.
+        unsafe { self.submit_store_items(&items) }
+    }
+
+    /// Stores a batch of whole-key, segmented blocks, up to `concurrency` requests in
+    /// flight; each item ends with `Ok(bytes written)` (0 when deduplicated) or its error.
+    /// The keys and segment lists are copied here.
+    ///
+    /// # Safety
+    /// Every segment must be valid for reads of its length until the returned job has
+    /// completed (dropping the job waits for it).
+    pub unsafe fn submit_store_items(&self, items: &[StoreItem]) -> Job {
         let (job, completers) = Job::new(items.len());
-        for (it, done) in items.iter().zip(completers) {
-            let src = SendPtr(it.src.cast_mut());
-            let (key, len) = (it.key, it.len);
+        let batch = Arc::new(SendBatch::of(items.iter().map(|it| (it.key, it.segments))));
+        for (e, done) in batch.entries.iter().copied().zip(completers) {
+            let batch = batch.clone();
             self.spawn_item(done, move |inner| async move {
-                let src = src;
-                if src.0.is_null() || len == 0 {
-                    return Err(Error::invalid("store item has a NULL or empty buffer"));
-                }
-                // SAFETY: valid for reads of `len` bytes until the job completes (this
-                // function's contract); the job cannot complete before this item finishes.
-                let data = unsafe { std::slice::from_raw_parts(src.0.cast_const(), len) };
-                let body = inner.prepare(&key, data, &TensorSpec::bytes(len as u64))?;
-                let stored = inner.publish(&key, body, len as u64).await?;
-                Ok(if stored == Stored::Written {
-                    len as u64
-                } else {
-                    0
-                })
+                let (key, segments) = (batch.batch.key(e), batch.batch.segments(e));
+                check_raw_segments(segments, "store")?;
+                let data: Vec<&[u8]> = segments
+                    .iter()
+                    // SAFETY: valid for reads until the job completes (this function's
+                    // contract; the job cannot complete before this item finishes); checked
+                    // non-null and non-empty above.
+                    .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
+                    .collect();
+                let (body, len) = inner.prepare(key, &data, None)?;
+                let stored = inner.publish(key, body, len).await?;
+                Ok(if stored == Stored::Written { len } else { 0 })
             });
         }
         job
@@ -290,19 +420,50 @@ impl ObjStore {
     /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
     /// until the returned job has completed (dropping the job waits for it).
     pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
+        let segments: Vec<[RawSegment; 1]> = items
+            .iter()
+            .map(|it| {
+                [RawSegment {
+                    ptr: it.dst,
+                    len: it.len,
+                }]
+            })
+            .collect();
+        let items: Vec<LoadItem> = items
+            .iter()
+            .zip(&segments)
+            .map(|(it, s)| LoadItem {
+                key: &it.key.0,
+                segments: s,
+            })
+            .collect();
+        // SAFETY: this function's contract.
+        unsafe { self.submit_load_items(&items) }
+    }
+
+    /// Loads a batch of whole-key, segmented blocks, up to `concurrency` requests in flight;
+    /// each item ends with `Ok(bytes loaded)` or its error (as for
+    /// [`ObjStore::load_segments`]). The keys and segment lists are copied here.
+    ///
+    /// # Safety
+    /// Every segment must be valid for writes of its length, and not accessed by anyone
+    /// else, until the returned job has completed (dropping the job waits for it).
+    pub unsafe fn submit_load_items(&self, items: &[LoadItem]) -> Job {
         let (job, completers) = Job::new(items.len());
-        for (it, done) in items.iter().zip(completers) {
-            let dst = SendPtr(it.dst);
-            let (key, len) = (it.key, it.len);
+        let batch = Arc::new(SendBatch::of(items.iter().map(|it| (it.key, it.segments))));
+        for (e, done) in batch.entries.iter().copied().zip(completers) {
+            let batch = batch.clone();
             self.spawn_item(done, move |inner| async move {
-                let dst = dst;
-                if dst.0.is_null() || len == 0 {
-                    return Err(Error::invalid("load item has a NULL or empty buffer"));
-                }
-                // SAFETY: valid and exclusively ours for `len` bytes until the job completes
-                // (this function's contract).
-                let dst = unsafe { std::slice::from_raw_parts_mut(dst.0, len) };
-                inner.fetch(&key, dst).await
+                let (key, segments) = (batch.batch.key(e), batch.batch.segments(e));
+                check_raw_segments(segments, "load")?;
+                crate::key::check_key(key)?;
+                let mut dst: Vec<&mut [u8]> = segments
+                    .iter()
+                    // SAFETY: valid and exclusively ours until the job completes (this
+                    // function's contract); checked non-null and non-empty above.
+                    .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
+                    .collect();
+                inner.fetch(key, &mut dst).await
             });
         }
         job
@@ -382,18 +543,35 @@ impl Inner {
         r
     }
 
-    /// The object's bytes for a store call (checks the tensor against the payload).
-    fn prepare(&self, key: &Key, data: &[u8], tensor: &TensorSpec) -> Result<opendal::Buffer> {
-        if data.is_empty() {
-            return Err(Error::invalid("store payload is empty"));
-        }
-        tensor.check(data.len() as u64)?;
-        Ok(object::encode(key, data, tensor))
+    /// The block name of a whole engine key in this store's namespace.
+    fn name(&self, key: &[u8]) -> Key {
+        crate::key::block_name(self.namespace.as_bytes(), key)
+    }
+
+    /// The object name of a whole engine key's block.
+    fn path(&self, key: &[u8]) -> String {
+        object::object_path(&self.namespace, &self.name(key))
+    }
+
+    /// The object's bytes and payload length for a store call (checks the key, the
+    /// segments and the tensor against the payload; no tensor: `U8` bytes).
+    fn prepare(
+        &self,
+        key: &[u8],
+        segments: &[&[u8]],
+        tensor: Option<&TensorSpec>,
+    ) -> Result<(opendal::Buffer, u64)> {
+        crate::key::check_key(key)?;
+        let len = payload_len(segments)?;
+        let bytes = TensorSpec::bytes(len as u64);
+        let tensor = tensor.unwrap_or(&bytes);
+        tensor.check(len as u64)?;
+        Ok((object::encode(key, segments, len, tensor), len as u64))
     }
 
     /// Publishes a prepared object once: `Written`, or `AlreadyPresent` on the server's 412.
-    async fn publish(&self, key: &Key, body: opendal::Buffer, len: u64) -> Result<Stored> {
-        let path = object::object_path(&self.namespace, key);
+    async fn publish(&self, key: &[u8], body: opendal::Buffer, len: u64) -> Result<Stored> {
+        let path = self.path(key);
         let _slot = self.slot().await?;
         let started = std::time::Instant::now();
         let created = self.count(self.client.put_new(&path, body).await);
@@ -410,14 +588,33 @@ impl Inner {
         }
     }
 
-    async fn exists(&self, key: &Key) -> Result<bool> {
-        let path = object::object_path(&self.namespace, key);
+    async fn exists(&self, key: &[u8]) -> Result<bool> {
+        let path = self.path(key);
         let _slot = self.slot().await?;
         Ok(self.count(self.client.head(&path).await)?.is_some())
     }
 
-    /// Fetches and verifies `key`'s block into `dst`, counting the outcome.
-    async fn fetch(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
+    /// Whether each of `keys` exists, asked concurrently (up to `concurrency` in flight).
+    async fn exist_all(self: Arc<Self>, keys: Vec<Vec<u8>>) -> Result<Vec<bool>> {
+        let answers: Vec<_> = keys
+            .into_iter()
+            .map(|k| {
+                let inner = self.clone();
+                tokio::spawn(async move { inner.exists(&k).await })
+            })
+            .collect();
+        let mut out = Vec::with_capacity(answers.len());
+        for a in answers {
+            out.push(
+                a.await
+                    .map_err(|e| err!(Internal, "lookup task failed: {e}"))??,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Fetches and verifies `key`'s block into `dst`'s segments, counting the outcome.
+    async fn fetch(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
         let c = &self.counters;
         let started = std::time::Instant::now();
         let r = self.fetch_checked(key, dst).await;
@@ -435,11 +632,13 @@ impl Inner {
         r
     }
 
-    async fn fetch_checked(&self, key: &Key, dst: &mut [u8]) -> Result<u64> {
-        let path = object::object_path(&self.namespace, key);
-        let miss = || err!(NotFound, "no block {key} in {} ({path})", self.url);
+    async fn fetch_checked(&self, key: &[u8], dst: &mut [&mut [u8]]) -> Result<u64> {
+        let len = payload_len_mut(dst)?;
+        let path = self.path(key);
+        let shown = Key::display_bytes(key);
+        let miss = || err!(NotFound, "no block {shown} in {} ({path})", self.url);
         let _slot = self.slot().await?;
-        let mut want = object::first_fetch(dst.len());
+        let mut want = object::first_fetch(len);
         let mut complete = false;
         loop {
             let fetched = match self.client.get(&path, 0..want).await {
@@ -459,9 +658,18 @@ impl Inner {
             let Some(buf) = fetched else {
                 return Err(miss());
             };
-            let checked = object::check_into(&buf, complete, key, dst);
+            let checked = object::check_into(&buf, complete, &self.namespace, key, dst, len);
             match checked {
                 Ok(Checked::Loaded(h)) => return Ok(h.payload_len),
+                Ok(Checked::OtherKey(other)) => {
+                    return Err(err!(
+                        NotFound,
+                        "no block {shown} in {}: the object of its name ({path}) holds another \
+                         key ({}), a name collision",
+                        self.url,
+                        Key::display_bytes(&other)
+                    ))
+                }
                 Ok(Checked::FetchWhole(n)) if !complete && n > want => want = n,
                 Ok(Checked::FetchWhole(_)) => {
                     return Err(self.bad(&path, key, "the object ends before its header does"))
@@ -476,10 +684,9 @@ impl Inner {
                     }
                     return Err(err!(
                         LayoutMismatch,
-                        "block {key} in {} holds {payload_len} payload bytes, the destination \
-                         has {}",
-                        self.url,
-                        dst.len()
+                        "block {shown} in {} holds {payload_len} payload bytes, the \
+                         destination has {len}",
+                        self.url
                     ));
                 }
                 Err(e) if e.kind() == ErrorKind::Corrupt => {
@@ -491,12 +698,13 @@ impl Inner {
     }
 
     /// A bad object: counted, kept, reported as a miss.
-    fn bad(&self, path: &str, key: &Key, why: &str) -> Error {
+    fn bad(&self, path: &str, key: &[u8], why: &str) -> Error {
         self.counters.corrupt.fetch_add(1, Relaxed);
         err!(
             NotFound,
-            "block {key} in {} is bad and was treated as a miss ({path}: {why}); \
+            "block {} in {} is bad and was treated as a miss ({path}: {why}); \
              `kvr obj verify --repair` removes it",
+            Key::display_bytes(key),
             self.url
         )
     }

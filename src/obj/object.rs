@@ -1,6 +1,7 @@
-//! A block as an object: its name (`<namespace>/<hh>/<key hex>.kvb` under the store's
-//! prefix, the fs store's layout) and its bytes (exactly an fs block file, built and checked
-//! with the fs store's codec, [`crate::fs::format`]).
+//! A block as an object: its name (`<namespace>/<hh>/<name hex>.kvb` under the store's
+//! prefix, the fs store's layout and naming: the block name of [`crate::key::block_name`],
+//! the key itself for a 16-byte key) and its bytes (exactly an fs block file, built and
+//! checked with the fs store's codec, [`crate::fs::format`]: the whole key is in its header).
 
 use bytes::Bytes;
 use opendal::Buffer;
@@ -9,25 +10,38 @@ use crate::fs::format::{self, Header, TensorSpec};
 use crate::fs::path::BLOCK_EXT;
 use crate::{err, Key, Result};
 
-/// The object name of `key`'s block in `namespace`, relative to the store's prefix.
-pub fn object_path(namespace: &str, key: &Key) -> String {
-    let hex = key.to_hex();
+/// The object name of the block named `name` (see [`crate::key::block_name`]; a 16-byte
+/// key is its own name) in `namespace`, relative to the store's prefix.
+pub fn object_path(namespace: &str, name: &Key) -> String {
+    let hex = name.to_hex();
     format!("{namespace}/{}/{hex}{BLOCK_EXT}", &hex[..2])
 }
 
-/// The key an object name (relative to its namespace directory: `<hh>/<hex>.kvb`) stands
-/// for; `None` for a name that is not a block's.
-pub fn key_of(name_in_namespace: &str) -> Option<Key> {
+/// The block name an object name (relative to its namespace directory: `<hh>/<hex>.kvb`)
+/// stands for; `None` for a name that is not a block's.
+pub fn name_of(name_in_namespace: &str) -> Option<Key> {
     let (dir, file) = name_in_namespace.split_once('/')?;
     let key = Key::from_hex(file.strip_suffix(BLOCK_EXT)?)?;
     (dir == &key.to_hex()[..2]).then_some(key)
 }
 
-/// The object's bytes: the block file header, then the payload (copied once into the
-/// request body, which the HTTP client owns until the request ends).
-pub fn encode(key: &Key, data: &[u8], tensor: &TensorSpec) -> Buffer {
-    let header = format::encode_header(&key.0, data.len() as u64, format::checksum(data), tensor);
-    Buffer::from(vec![Bytes::from(header), Bytes::copy_from_slice(data)])
+/// The object's bytes: the block file header of the whole engine `key`, then the payload
+/// gathered from `segments` (copied once into the request body, which the HTTP client owns
+/// until the request ends). `len` is the segments' total.
+pub fn encode(key: &[u8], segments: &[&[u8]], len: usize, tensor: &TensorSpec) -> Buffer {
+    let sum = format::checksum_segments(segments);
+    let header = format::encode_header(key, len as u64, sum, tensor);
+    let payload = match segments {
+        [one] => Bytes::copy_from_slice(one),
+        _ => {
+            let mut body = Vec::with_capacity(len);
+            for s in segments {
+                body.extend_from_slice(s);
+            }
+            Bytes::from(body)
+        }
+    };
+    Buffer::from(vec![Bytes::from(header), payload])
 }
 
 /// How many bytes a load of a `payload_len` block fetches in one request: the header of any
@@ -46,6 +60,9 @@ pub enum Checked {
     /// The header asks for more bytes than were fetched (a header longer than a page, or a
     /// payload longer than the destination): fetch this many and check again.
     FetchWhole(u64),
+    /// The object holds the block of another key with the same name (a name collision):
+    /// intact, but never this key's bytes.
+    OtherKey(Vec<u8>),
     /// The header announces another payload length than the destination's: the block is
     /// intact but of another layout if the object is `object_len` bytes long.
     OtherLength {
@@ -56,10 +73,18 @@ pub enum Checked {
     },
 }
 
-/// Checks a fetched object (`fetched` bytes of it, from offset 0) against `key` and copies
-/// its payload into `dst` while checksumming it. `Corrupt` with the reason if it is bad;
-/// `dst`'s contents are unspecified then. `complete`: `fetched` is the whole object.
-pub fn check_into(fetched: &Buffer, complete: bool, key: &Key, dst: &mut [u8]) -> Result<Checked> {
+/// Checks a fetched object (`fetched` bytes of it, from offset 0) against the whole engine
+/// `key` of `namespace` and scatters its payload over `dst`'s segments (`len` bytes in all)
+/// while checksumming it. `Corrupt` with the reason if it is bad; `dst`'s contents are
+/// unspecified then. `complete`: `fetched` is the whole object.
+pub fn check_into(
+    fetched: &Buffer,
+    complete: bool,
+    namespace: &str,
+    key: &[u8],
+    dst: &mut [&mut [u8]],
+    len: usize,
+) -> Result<Checked> {
     let total = fetched.len();
     let prefix_len = total.min(format::MAX_HEADER);
     let head = fetched.slice(0..prefix_len).to_bytes();
@@ -80,19 +105,24 @@ pub fn check_into(fetched: &Buffer, complete: bool, key: &Key, dst: &mut [u8]) -
                 "object is {total} bytes, its header says {header_len}"
             ))
         } else {
-            Ok(Checked::FetchWhole(header_len as u64 + dst.len() as u64))
+            Ok(Checked::FetchWhole(header_len as u64 + len as u64))
         };
     }
     let h = format::decode_header(&head[..header_len])?;
-    if h.key != key.0 {
+    if h.key != key {
+        let ns = namespace.as_bytes();
+        let name = crate::key::block_name(ns, key);
+        if crate::key::block_name(ns, &h.key) == name {
+            return Ok(Checked::OtherKey(h.key));
+        }
         return Err(err!(
             Corrupt,
-            "object holds key {} but is named for {key}",
+            "object holds key {} but is named for {name}",
             Key::display_bytes(&h.key)
         ));
     }
     let want = h.data_offset as u64 + h.payload_len;
-    if h.payload_len != dst.len() as u64 {
+    if h.payload_len != len as u64 {
         return Ok(Checked::OtherLength {
             payload_len: h.payload_len,
             object_len: want,
@@ -110,11 +140,10 @@ pub fn check_into(fetched: &Buffer, complete: bool, key: &Key, dst: &mut [u8]) -
         ));
     }
     let mut sum = xxhash_rust::xxh3::Xxh3::new();
-    let mut at = 0;
+    let mut out = Scatter::new(dst);
     for chunk in fetched.slice(h.data_offset..total) {
-        dst[at..at + chunk.len()].copy_from_slice(&chunk);
+        out.copy(&chunk);
         sum.update(&chunk);
-        at += chunk.len();
     }
     let sum = sum.digest();
     if sum != h.checksum {
@@ -125,6 +154,39 @@ pub fn check_into(fetched: &Buffer, complete: bool, key: &Key, dst: &mut [u8]) -
         ));
     }
     Ok(Checked::Loaded(h))
+}
+
+/// Copies a byte stream, chunk by chunk, over a list of destination segments in order.
+struct Scatter<'a, 'b> {
+    dst: &'a mut [&'b mut [u8]],
+    segment: usize,
+    at: usize,
+}
+
+impl<'a, 'b> Scatter<'a, 'b> {
+    fn new(dst: &'a mut [&'b mut [u8]]) -> Self {
+        Scatter {
+            dst,
+            segment: 0,
+            at: 0,
+        }
+    }
+
+    /// Copies `chunk` to the current position (the segments have room for every chunk: the
+    /// caller checked the total).
+    fn copy(&mut self, mut chunk: &[u8]) {
+        while !chunk.is_empty() {
+            let seg = &mut self.dst[self.segment];
+            let n = chunk.len().min(seg.len() - self.at);
+            seg[self.at..self.at + n].copy_from_slice(&chunk[..n]);
+            chunk = &chunk[n..];
+            self.at += n;
+            if self.at == seg.len() {
+                self.segment += 1;
+                self.at = 0;
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -140,29 +202,43 @@ mod tests {
     fn names_round_trip() {
         let p = object_path("ns", &key());
         assert_eq!(p, format!("ns/ab/{}.kvb", key().to_hex()));
-        assert_eq!(key_of(p.strip_prefix("ns/").unwrap()), Some(key()));
-        assert_eq!(key_of(&format!("ac/{}.kvb", key().to_hex())), None);
-        assert_eq!(key_of("ab/xyz.kvb"), None);
-        assert_eq!(key_of(&format!("ab/{}.tmp", key().to_hex())), None);
+        assert_eq!(name_of(p.strip_prefix("ns/").unwrap()), Some(key()));
+        assert_eq!(name_of(&format!("ac/{}.kvb", key().to_hex())), None);
+        assert_eq!(name_of("ab/xyz.kvb"), None);
+        assert_eq!(name_of(&format!("ab/{}.tmp", key().to_hex())), None);
+        // A whole key is named as the fs store names its block file.
+        let long = [5u8; 40];
+        let name = crate::key::block_name(b"ns", &long);
+        let hex = name.to_hex();
+        assert_eq!(
+            object_path("ns", &name),
+            format!("ns/{}/{hex}.kvb", &hex[..2])
+        );
+    }
+
+    /// `check_into` of one contiguous destination.
+    fn check(obj: &Buffer, complete: bool, key: &[u8], dst: &mut [u8]) -> Result<Checked> {
+        let len = dst.len();
+        check_into(obj, complete, "ns", key, &mut [dst], len)
     }
 
     #[test]
     fn objects_are_block_files_and_are_checked() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let obj = encode(&key(), &data, &TensorSpec::bytes(data.len() as u64));
+        let obj = encode(&key().0, &[&data], data.len(), &TensorSpec::bytes(10_000));
         let bytes = obj.to_bytes();
         // Exactly the fs store's block file: its own checker accepts it.
         crate::fs::maintenance::check_block_bytes(&bytes, "ns", &key()).unwrap();
         let mut dst = vec![0u8; data.len()];
         assert!(matches!(
-            check_into(&obj, true, &key(), &mut dst).unwrap(),
+            check(&obj, true, &key().0, &mut dst).unwrap(),
             Checked::Loaded(_)
         ));
         assert_eq!(dst, data);
         // A shorter destination: another length, nothing claimed to be loaded.
         let mut short = vec![0u8; 10];
         assert!(matches!(
-            check_into(&obj, false, &key(), &mut short).unwrap(),
+            check(&obj, false, &key().0, &mut short).unwrap(),
             Checked::OtherLength {
                 payload_len: 10_000,
                 object_len: 14_096
@@ -171,26 +247,48 @@ mod tests {
         // A truncated first fetch of a longer object asks for the rest.
         let part = obj.slice(0..4096 + 10_000 - 1);
         assert!(matches!(
-            check_into(&part, false, &key(), &mut dst).unwrap(),
+            check(&part, false, &key().0, &mut dst).unwrap(),
             Checked::FetchWhole(14_096)
         ));
         // Damage: a flipped payload bit, a truncation, another key.
         let mut bad = bytes.to_vec();
         *bad.last_mut().unwrap() ^= 1;
         let bad = Buffer::from(bad);
-        let e = check_into(&bad, true, &key(), &mut dst).err().unwrap();
+        let e = check(&bad, true, &key().0, &mut dst).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
         assert!(e.to_string().contains("checksum"), "{e}");
         let cut = obj.slice(0..obj.len() - 1);
-        let e = check_into(&cut, true, &key(), &mut dst).err().unwrap();
+        let e = check(&cut, true, &key().0, &mut dst).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
-        let e = check_into(&obj, true, &Key([1; 16]), &mut dst)
-            .err()
-            .unwrap();
+        let e = check(&obj, true, &[1; 16], &mut dst).err().unwrap();
         assert!(e.to_string().contains("named for"), "{e}");
-        let e = check_into(&Buffer::new(), true, &key(), &mut dst)
+        let e = check(&Buffer::new(), true, &key().0, &mut dst)
             .err()
             .unwrap();
+        assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
+
+    #[test]
+    fn whole_keys_are_gathered_scattered_and_compared_in_full() {
+        let long: Vec<u8> = (0..200u8).collect();
+        let parts: [&[u8]; 3] = [&[1; 3000], &[2; 5000], &[3; 100]];
+        let obj = encode(&long, &parts, 8100, &TensorSpec::bytes(8100));
+        let bytes = obj.to_bytes();
+        let name = crate::key::block_name(b"ns", &long);
+        let h = crate::fs::maintenance::check_block_bytes(&bytes, "ns", &name).unwrap();
+        assert_eq!((h.version, h.key.as_slice()), (2, long.as_slice()));
+        // Scattered over segments that cut the parts elsewhere.
+        let (mut a, mut b) = (vec![0u8; 1], vec![0u8; 8099]);
+        let got = check_into(&obj, true, "ns", &long, &mut [&mut a, &mut b], 8100).unwrap();
+        assert!(matches!(got, Checked::Loaded(_)));
+        let whole: Vec<u8> = parts.concat();
+        assert_eq!([a, b].concat(), whole);
+        // Another key, named elsewhere: an object holding `long` cannot be its block (a
+        // forced name collision, where it is a plain miss, is tested in tests/obj_keys.rs).
+        let mut other = long.clone();
+        other[199] ^= 1;
+        let mut dst = vec![0u8; 8100];
+        let e = check(&obj, true, &other, &mut dst).err().unwrap();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
     }
 }

@@ -1,5 +1,7 @@
 //! Lazy reading: map the file read-only, parse and validate only the header, hand out
-//! zero-copy views and targeted copies of single tensors.
+//! zero-copy views and targeted copies of single tensors. A file in an S3 store
+//! (`s3://bucket/key`) is read the same way through ranged `GET`s (`tensors/remote.rs`):
+//! the header only at open, one tensor's bytes per read.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -13,10 +15,13 @@ use std::sync::OnceLock;
 use memmap2::{Advice, Mmap, MmapOptions};
 
 use super::header::{self, Parsed, ParsedTensor};
+use super::location::Location;
+use super::remote::{FetchStats, RemoteObject};
 use super::Dtype;
 use crate::io::aligned::is_aligned;
 use crate::io::file::OpenNoFollow;
 use crate::io::{AlignedBuf, IO_ALIGN};
+use crate::obj::ObjConfig;
 use crate::{err, Error, Result};
 
 /// One tensor of an open file.
@@ -54,14 +59,15 @@ pub struct TensorRef<'a> {
     pub data: &'a [u8],
 }
 
-/// An open tensor file: a read-only mapping plus the validated header.
+/// An open tensor file: a read-only mapping (or, for an object of an S3 store, ranged reads)
+/// plus the validated header.
 ///
 /// Like every mmap reader, the file must not be truncated or rewritten in place while open
 /// (kvr itself only ever replaces files by rename, which is safe).
 pub struct TensorFile {
     path: PathBuf,
-    file: File,
-    map: Mmap,
+    len: u64,
+    backing: Backing,
     tensors: Vec<TensorEntry>,
     padding: Vec<ParsedTensor>,
     data_start: u64,
@@ -69,11 +75,27 @@ pub struct TensorFile {
     /// hashing every name, and the common "open, get one tensor" stays fast).
     index: OnceLock<HashMap<String, usize>>,
     lookups: AtomicBool,
-    /// A second descriptor opened with O_DIRECT on first use of `read_into_direct`
-    /// (`None` when the file system refuses O_DIRECT).
-    direct: OnceLock<Option<File>>,
     metadata: Vec<(String, String)>,
     metadata_c: Vec<CString>,
+}
+
+/// Where an open file's bytes come from.
+enum Backing {
+    /// A local file and its read-only mapping.
+    Mapped {
+        file: File,
+        map: Mmap,
+        /// A second descriptor opened with O_DIRECT on first use of `read_into_direct`
+        /// (`None` when the file system refuses O_DIRECT).
+        direct: OnceLock<Option<File>>,
+    },
+    /// An object of an S3 store.
+    Remote {
+        object: RemoteObject,
+        /// Each tensor's bytes once [`TensorFile::get`] fetched them (4096-aligned, owned by
+        /// the handle until close), by tensor position.
+        fetched: Vec<OnceLock<AlignedBuf>>,
+    },
 }
 
 impl std::fmt::Debug for TensorFile {
@@ -91,20 +113,27 @@ pub const DIRECT_BOUNCE: usize = 4 << 20;
 /// First read of the header: enough for the headers of files of a few hundred tensors.
 const HEAD_READ: u64 = 64 << 10;
 
-/// The header bytes of a file of `len >= 8` bytes, read with `pread` rather than through
-/// the mapping: a first fault on the mapping reads the file's whole readahead window around
-/// it synchronously (16 MiB on a disk with 8 MiB readahead under `POSIX_FADV_SEQUENTIAL`),
-/// which made a cold open + get of one tensor cost that read.
-fn read_head(file: &File, len: u64) -> Result<Vec<u8>> {
+/// The header bytes of a file of `len >= 8` bytes, read with `read_at(buf, offset, what)`:
+/// the first 64 KiB (or the whole file if shorter), then the rest of a longer header. For a
+/// local file that is `pread` rather than the mapping: a first fault on the mapping reads
+/// the file's whole readahead window around it synchronously (16 MiB on a disk with 8 MiB
+/// readahead under `POSIX_FADV_SEQUENTIAL`), which made a cold open + get of one tensor cost
+/// that read. For an object it is one or two ranged `GET`s.
+fn read_head(
+    len: u64,
+    mut read_at: impl FnMut(&mut [u8], u64, String) -> Result<()>,
+) -> Result<Vec<u8>> {
     let first = len.min(HEAD_READ) as usize;
     let mut buf = vec![0u8; first];
-    file.read_exact_at(&mut buf, 0)
-        .map_err(|e| Error::io(format!("reading the first {first} bytes"), e))?;
+    read_at(&mut buf, 0, format!("reading the first {first} bytes"))?;
     let need = header::head_len(buf[..8].try_into().expect("len >= 8"), len) as usize;
     if need > first {
         buf.resize(need, 0);
-        file.read_exact_at(&mut buf[first..], first as u64)
-            .map_err(|e| Error::io(format!("reading the {need}-byte header"), e))?;
+        read_at(
+            &mut buf[first..],
+            first as u64,
+            format!("reading the {need}-byte header"),
+        )?;
     }
     Ok(buf)
 }
@@ -149,12 +178,76 @@ impl TensorFile {
         // get + read of one 512 KiB tensor cost 20 ms against 2 ms for `read_into`).
         // `get` asks for exactly the tensor's pages instead. A hint: failure is harmless.
         let _ = map.advise(Advice::Random);
+        let head = read_head(len, |buf, at, what| {
+            file.read_exact_at(buf, at).map_err(|e| Error::io(what, e))
+        })
+        .map_err(ctx)?;
+        let parsed = header::parse_head(&head, len).map_err(ctx)?;
+        let backing = Backing::Mapped {
+            file,
+            map,
+            direct: OnceLock::new(),
+        };
+        Ok(TensorFile::from_header(
+            path.to_path_buf(),
+            len,
+            backing,
+            parsed,
+        ))
+    }
+
+    /// Opens a tensor file at a path or URL (see [`Location::parse`]): a path or `file://`
+    /// URL exactly as [`TensorFile::open`]; `s3://bucket/key` with one `HEAD` (the size) and
+    /// ranged `GET`s of the header (the first 64 KiB, then the rest of a longer header),
+    /// validated exactly as a local file's. `cfg` gives the S3 endpoint, region, credentials
+    /// and timeouts (its `url` and `namespace` are not used); `None`: the `AWS_*` environment.
+    ///
+    /// On an object: [`TensorFile::read_into`] (and `read_into_direct`) fetch exactly the
+    /// tensor's byte range; [`TensorFile::get`] fetches the tensor once into memory the handle
+    /// owns until it is dropped; `read_into_device` fetches into a temporary host buffer.
+    pub fn open_location(location: &str, cfg: Option<&ObjConfig>) -> Result<TensorFile> {
+        let ctx = |e: Error| e.context(format!("opening tensor file {location}"));
+        match Location::parse(location).map_err(ctx)? {
+            Location::Local(path) => TensorFile::open(&path),
+            Location::S3 { bucket, key } => {
+                let object = RemoteObject::new(&bucket, &key, cfg).map_err(ctx)?;
+                TensorFile::open_remote(object)
+            }
+        }
+    }
+
+    fn open_remote(object: RemoteObject) -> Result<TensorFile> {
+        let url = object.url().to_string();
+        let ctx = |e: Error| e.context(format!("opening tensor file {url}"));
+        let len = object.size().map_err(ctx)?;
+        if len < 8 {
+            return Err(ctx(err!(
+                Corrupt,
+                "file is {len} bytes, shorter than the 8-byte header length"
+            )));
+        }
+        let head = read_head(len, |buf, at, what| {
+            object.read_exact_at(buf, at).map_err(|e| e.context(what))
+        })
+        .map_err(ctx)?;
+        let parsed = header::parse_head(&head, len).map_err(ctx)?;
+        let fetched = (0..parsed.tensors.len()).map(|_| OnceLock::new()).collect();
+        let backing = Backing::Remote { object, fetched };
+        Ok(TensorFile::from_header(
+            PathBuf::from(url),
+            len,
+            backing,
+            parsed,
+        ))
+    }
+
+    fn from_header(path: PathBuf, len: u64, backing: Backing, parsed: Parsed) -> TensorFile {
         let Parsed {
             tensors,
             padding,
             metadata,
             data_start,
-        } = header::parse_head(&read_head(&file, len).map_err(ctx)?, len).map_err(ctx)?;
+        } = parsed;
         let tensors: Vec<TensorEntry> = tensors
             .into_iter()
             .map(|t| TensorEntry {
@@ -168,24 +261,37 @@ impl TensorFile {
             })
             .collect();
         let metadata_c = metadata.iter().map(|(_, v)| c_lossy(v)).collect();
-        Ok(TensorFile {
-            path: path.to_path_buf(),
-            file,
-            map,
+        TensorFile {
+            path,
+            len,
+            backing,
             tensors,
             padding,
             data_start,
             index: OnceLock::new(),
             lookups: AtomicBool::new(false),
-            direct: OnceLock::new(),
             metadata,
             metadata_c,
-        })
+        }
     }
 
-    /// The file's path.
+    /// The file's path (for an object: its `s3://bucket/key` URL).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Whether the file is an object of an S3 store (read through ranged `GET`s).
+    pub fn is_remote(&self) -> bool {
+        matches!(self.backing, Backing::Remote { .. })
+    }
+
+    /// For an object: the ranged `GET`s made and bytes received so far (the open's
+    /// included); `None` for a local file.
+    pub fn fetched(&self) -> Option<FetchStats> {
+        match &self.backing {
+            Backing::Remote { object, .. } => Some(object.fetched()),
+            Backing::Mapped { .. } => None,
+        }
     }
 
     /// Number of tensors (padding tensors of aligned files excluded).
@@ -216,7 +322,7 @@ impl TensorFile {
 
     /// File size in bytes.
     pub fn file_len(&self) -> u64 {
-        self.map.len() as u64
+        self.len
     }
 
     /// `__metadata__` entries sorted by key.
@@ -243,9 +349,14 @@ impl TensorFile {
     /// Finds a tensor by name. `None` succeeds only when the file holds exactly one tensor;
     /// otherwise the `NotFound` error lists the available names.
     pub fn find(&self, name: Option<&str>) -> Result<&TensorEntry> {
+        self.find_index(name).map(|i| &self.tensors[i])
+    }
+
+    /// [`TensorFile::find`], by position.
+    fn find_index(&self, name: Option<&str>) -> Result<usize> {
         let found = match name {
-            Some(n) => self.position(n).map(|i| &self.tensors[i]),
-            None if self.tensors.len() == 1 => Some(&self.tensors[0]),
+            Some(n) => self.position(n),
+            None if self.tensors.len() == 1 => Some(0),
             None => None,
         };
         found.ok_or_else(|| {
@@ -302,26 +413,60 @@ impl TensorFile {
     /// Zero-copy view of a tensor (see [`TensorFile::find`] for `name`). The first `get` of a
     /// tensor starts reading its pages (`MADV_WILLNEED` of its range), so reading it cold
     /// through the view costs about what [`TensorFile::read_into`] does.
+    ///
+    /// On an object, the first `get` of a tensor fetches its bytes (ranged `GET`s) into a
+    /// 4096-aligned buffer the handle owns until it is dropped; later `get`s return that copy.
     pub fn get(&self, name: Option<&str>) -> Result<TensorRef<'_>> {
-        let entry = self.find(name)?;
+        let index = self.find_index(name)?;
+        let entry = &self.tensors[index];
+        let map = match &self.backing {
+            Backing::Mapped { map, .. } => map,
+            Backing::Remote { object, fetched } => {
+                let len = entry.len as usize;
+                if len == 0 {
+                    return Ok(TensorRef { entry, data: &[] });
+                }
+                let cell = &fetched[index];
+                if cell.get().is_none() {
+                    let mut buf = AlignedBuf::new(len)?;
+                    object
+                        .read_exact_at(&mut buf.as_mut_slice()[..len], entry.offset)
+                        .map_err(|e| self.tensor_context(e, entry))?;
+                    // Two threads racing on a first get both fetch; one copy is kept.
+                    let _ = cell.set(buf);
+                }
+                let data = &cell.get().expect("set above").as_slice()[..len];
+                return Ok(TensorRef { entry, data });
+            }
+        };
         let (start, len) = (entry.offset as usize, entry.len as usize);
         if len > 0 && !entry.prefetched.swap(true, Ordering::Relaxed) {
             // Start reading the tensor's pages, all of them and only them, in large
             // requests; the faults of the caller's first touches then wait for that I/O
             // rather than each reading one page (the mapping has no readahead, see `open`).
-            let _ = self.map.advise_range(Advice::WillNeed, start, len);
+            let _ = map.advise_range(Advice::WillNeed, start, len);
         }
-        let data = &self.map[start..start + len];
+        let data = &map[start..start + len];
         Ok(TensorRef { entry, data })
     }
 
     /// Copies one tensor into `dst` (at least its size; `TooSmall` names the size needed)
     /// with positioned reads of that tensor's bytes only. Returns the bytes copied.
+    ///
+    /// On an object: ranged `GET`s of exactly the tensor's bytes, straight into `dst`.
     pub fn read_into(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
         let entry = self.find(name)?;
         let len = room_for(entry, dst)?;
-        self.file
-            .read_exact_at(&mut dst[..len], entry.offset)
+        let file = match &self.backing {
+            Backing::Mapped { file, .. } => file,
+            Backing::Remote { object, .. } => {
+                object
+                    .read_exact_at(&mut dst[..len], entry.offset)
+                    .map_err(|e| self.tensor_context(e, entry))?;
+                return Ok(len);
+            }
+        };
+        file.read_exact_at(&mut dst[..len], entry.offset)
             .map_err(|e| {
                 Error::io(
                     format!(
@@ -345,9 +490,14 @@ impl TensorFile {
     ///
     /// Use it for large loads that should not evict other data from the page cache, or when
     /// the file was just written and its pages are not worth keeping. Returns the bytes copied.
+    ///
+    /// On an object there is no page cache to bypass: it is exactly [`TensorFile::read_into`].
     pub fn read_into_direct(&self, name: Option<&str>, dst: &mut [u8]) -> Result<usize> {
         let entry = self.find(name)?;
-        let direct = self.direct.get_or_init(|| {
+        let Backing::Mapped { direct, .. } = &self.backing else {
+            return self.read_into(name, dst);
+        };
+        let direct = direct.get_or_init(|| {
             OpenNoFollow::read_only()
                 .follow_symlinks()
                 .direct(true)
@@ -406,7 +556,9 @@ impl TensorFile {
     }
 
     /// Copies one tensor into device memory `dst` (a `CUdeviceptr` of `cap` bytes on device
-    /// `device`). `CudaUnavailable` where there is no CUDA driver or device.
+    /// `device`). `CudaUnavailable` where there is no CUDA driver or device (checked before
+    /// anything is read). On an object the tensor is fetched into a temporary host buffer
+    /// (freed before returning), then copied.
     ///
     /// # Safety
     /// `dst` must be a device allocation of at least `cap` bytes on device `device`.
@@ -418,7 +570,28 @@ impl TensorFile {
         device: i32,
     ) -> Result<usize> {
         crate::cuda::available()?;
-        let t = self.get(name)?;
+        let staged;
+        let t = match &self.backing {
+            Backing::Mapped { .. } => self.get(name)?,
+            Backing::Remote { .. } => {
+                let entry = self.find(name)?;
+                if cap < entry.len as usize {
+                    return Err(err!(
+                        TooSmall,
+                        "tensor '{}' is {} bytes, the device buffer holds {cap}",
+                        entry.name,
+                        entry.len
+                    ));
+                }
+                let mut buf = AlignedBuf::new(entry.len as usize)?;
+                let len = self.read_into(name, buf.as_mut_slice())?;
+                staged = buf;
+                TensorRef {
+                    entry,
+                    data: &staged.as_slice()[..len],
+                }
+            }
+        };
         if cap < t.data.len() {
             return Err(err!(
                 TooSmall,
@@ -436,6 +609,19 @@ impl TensorFile {
             ))
         })?;
         Ok(t.data.len())
+    }
+}
+
+impl TensorFile {
+    /// Names the tensor and the file in a read error.
+    fn tensor_context(&self, e: Error, entry: &TensorEntry) -> Error {
+        e.context(format!(
+            "reading tensor '{}' ({} bytes at {}) from {}",
+            entry.name,
+            entry.len,
+            entry.offset,
+            self.path.display()
+        ))
     }
 }
 

@@ -1,6 +1,7 @@
 //! The sink a tensor file is written through: small pieces gathered into a bounded buffer,
 //! large runs written through, and (for files over two buffers) a background writer that
-//! writes each full buffer while the next one is gathered.
+//! writes each full buffer while the next one is gathered. The bytes go to a local file or
+//! to an object store upload ([`Out`]).
 
 use std::fs::File;
 use std::io::Write;
@@ -8,13 +9,34 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use super::gather::Gather;
+use super::remote::RemoteWriter;
 use super::write::{Source, CHUNK};
 use crate::{err, Error, Result};
 use xxhash_rust::xxh3::Xxh3;
 
+/// Where a tensor file's bytes go, in order.
+#[derive(Clone, Copy)]
+pub(super) enum Out<'f> {
+    /// A local (temp) file, at its current position.
+    File(&'f File),
+    /// A streaming upload to an object store.
+    Remote(&'f RemoteWriter<'f>),
+}
+
+impl Out<'_> {
+    fn write_all(self, bytes: &[u8]) -> Result<()> {
+        match self {
+            Out::File(mut f) => f
+                .write_all(bytes)
+                .map_err(|e| Error::io("writing tensor data", e)),
+            Out::Remote(w) => w.write_all(bytes),
+        }
+    }
+}
+
 /// Buffered sink: small pieces gathered into a bounded buffer, large ones written through.
 pub(super) struct Sink<'f> {
-    pub(super) file: &'f File,
+    pub(super) out: Out<'f>,
     pub(super) buf: Vec<u8>,
     /// Bytes written on this thread (the background writer counts its own).
     pub(super) written: u64,
@@ -40,7 +62,7 @@ pub(super) struct Background<'scope> {
 impl<'scope> Background<'scope> {
     pub(super) fn start<'env>(
         scope: &'scope std::thread::Scope<'scope, 'env>,
-        file: &'scope File,
+        out: Out<'scope>,
     ) -> Self {
         let (to_writer, jobs) = crossbeam_channel::unbounded::<Vec<u8>>();
         let (give_back, written_back) = crossbeam_channel::unbounded::<Vec<u8>>();
@@ -51,11 +73,10 @@ impl<'scope> Background<'scope> {
             let mut error = None;
             for mut buf in jobs {
                 if error.is_none() {
-                    let mut f = file;
-                    match f.write_all(&buf) {
+                    match out.write_all(&buf) {
                         Ok(()) => written += buf.len() as u64,
                         Err(e) => {
-                            error = Some(Error::io("writing tensor data", e));
+                            error = Some(e);
                             flag.store(true, Ordering::Release);
                         }
                     }
@@ -143,9 +164,7 @@ impl Sink<'_> {
             self.buf = bg.swap(full)?;
             return Ok(());
         }
-        let mut f = self.file;
-        f.write_all(&self.buf)
-            .map_err(|e| Error::io("writing tensor data", e))?;
+        self.out.write_all(&self.buf)?;
         self.written += self.buf.len() as u64;
         self.buf.clear();
         Ok(())
@@ -166,9 +185,7 @@ impl Sink<'_> {
             if let Some(bg) = self.background.as_mut() {
                 bg.drain()?; // file order: everything queued goes first
             }
-            let mut f = self.file;
-            f.write_all(bytes)
-                .map_err(|e| Error::io("writing tensor data", e))?;
+            self.out.write_all(bytes)?;
             self.written += bytes.len() as u64;
             return Ok(());
         }
@@ -255,7 +272,7 @@ mod tests {
         std::fs::write(&path, b"x").unwrap();
         let read_only = File::open(&path).unwrap();
         std::thread::scope(|scope| {
-            let mut bg = Background::start(scope, &read_only);
+            let mut bg = Background::start(scope, Out::File(&read_only));
             let mut next = bg.swap(vec![1u8; 100]).unwrap();
             // The writer fails on its first buffer; later hand-overs report it.
             let mut error = None;
@@ -279,7 +296,7 @@ mod tests {
             );
         });
         std::thread::scope(|scope| {
-            let mut bg = Background::start(scope, &read_only);
+            let mut bg = Background::start(scope, Out::File(&read_only));
             let _ = bg.swap(vec![1u8; 100]).unwrap();
             assert!(bg.drain().is_err());
         });
@@ -294,10 +311,10 @@ mod tests {
         let big = vec![9u8; CHUNK + 5];
         let written = std::thread::scope(|scope| {
             let mut sink = Sink {
-                file: &file,
+                out: Out::File(&file),
                 buf: Vec::new(),
                 written: 0,
-                background: Some(Background::start(scope, &file)),
+                background: Some(Background::start(scope, Out::File(&file))),
             };
             for round in 0..3u8 {
                 for i in 0..(CHUNK / 1000 + 7) {

@@ -8,7 +8,9 @@
 //! gather into a second one meanwhile (the sink: `tensors/sink.rs`), so the element-wise
 //! gather of a transposed tensor overlaps with the write. Nothing else is buffered.
 //! The file appears atomically: a temp file in the same directory, fsync, rename, fsync of
-//! the directory; on any error the temp file is removed.
+//! the directory; on any error the temp file is removed. An `s3://` location streams the
+//! same bytes as a multipart upload that completes (and so appears) only at the end
+//! (`tensors/remote.rs`).
 
 use std::cell::RefCell;
 use std::path::Path;
@@ -16,12 +18,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use super::gather::Gather;
 use super::header::{self, NamedTensor, Piece, Plan};
-use super::sink::{Background, Sink};
+use super::location::Location;
+use super::remote::RemoteObject;
+use super::sink::{Background, Out, Sink};
 use super::Dtype;
 use super::TensorSpec;
 use crate::io::file::OpenNoFollow;
 use crate::io::publish::{sibling_path, sync_dir, TempFile};
 use crate::io::space::{self, Unsupported};
+use crate::obj::ObjConfig;
 use crate::{err, Error, Result};
 
 pub use super::gather::extent;
@@ -131,7 +136,22 @@ pub fn write(
     opts: WriteOptions,
 ) -> Result<u64> {
     let sources: Vec<Source<'_>> = tensors.iter().map(|t| Source::Strided(*t)).collect();
-    let specs: Vec<NamedTensor> = tensors
+    write_sources(path, &specs_of(tensors), &sources, metadata, opts)
+}
+
+/// The gather plan of each strided source (checks every tensor before a byte is written).
+fn plan_gathers(sources: &[Source<'_>]) -> Result<Vec<Option<Gather>>> {
+    sources
+        .iter()
+        .map(|s| match s {
+            Source::Strided(t) => Gather::new(t).map(Some),
+            Source::Rows { .. } | Source::Bytes(_) | Source::Hashes(_) => Ok(None),
+        })
+        .collect()
+}
+
+fn specs_of(tensors: &[TensorIn<'_>]) -> Vec<NamedTensor> {
+    tensors
         .iter()
         .map(|t| NamedTensor {
             name: t.name.to_string(),
@@ -140,8 +160,7 @@ pub fn write(
                 shape: t.shape.to_vec(),
             },
         })
-        .collect();
-    write_sources(path, &specs, &sources, metadata, opts)
+        .collect()
 }
 
 /// Writes tensors from arbitrary sources (strided tensors or region rows).
@@ -154,14 +173,7 @@ pub(crate) fn write_sources(
 ) -> Result<u64> {
     let ctx = |e: Error| e.context(format!("writing tensor file {}", path.display()));
     let plan: Plan = header::plan(specs, metadata, opts.align_4k).map_err(ctx)?;
-    let gathers: Vec<Option<Gather>> = sources
-        .iter()
-        .map(|s| match s {
-            Source::Strided(t) => Gather::new(t).map(Some),
-            Source::Rows { .. } | Source::Bytes(_) | Source::Hashes(_) => Ok(None),
-        })
-        .collect::<Result<_>>()
-        .map_err(ctx)?;
+    let gathers = plan_gathers(sources).map_err(ctx)?;
     let mut tmp = create_temp(path).map_err(ctx)?;
     // Reserve the space up front so a full disk fails here, not half-way (only a lack of
     // space is an error: the writes allocate too).
@@ -173,43 +185,7 @@ pub(crate) fn write_sources(
             )));
         }
     }
-    let produce = |sink: &mut Sink<'_>| -> Result<u64> {
-        sink.put(&plan.header).map_err(ctx)?;
-        for piece in &plan.pieces {
-            match *piece {
-                Piece::Tensor { index, .. } => sink
-                    .source(&sources[index], gathers[index].as_ref())
-                    .map_err(|e| ctx(e.context(format!("tensor '{}'", specs[index].name))))?,
-                Piece::Pad { len } => sink.zeros(len).map_err(ctx)?,
-            }
-        }
-        sink.finish().map_err(ctx)
-    };
-    let buf = Vec::with_capacity(CHUNK.min(plan.file_len as usize));
-    // Files of more than two buffers get a background writer (a thread per file write).
-    let written = if plan.file_len as usize > 2 * CHUNK {
-        let file = tmp.file();
-        std::thread::scope(|scope| {
-            let mut sink = Sink {
-                file,
-                buf,
-                written: 0,
-                background: Some(Background::start(scope, file)),
-            };
-            let r = produce(&mut sink);
-            if let Some(bg) = sink.background.as_mut() {
-                let _ = bg.finish(); // after an error: stop the writer before leaving
-            }
-            r
-        })?
-    } else {
-        produce(&mut Sink {
-            file: tmp.file(),
-            buf,
-            written: 0,
-            background: None,
-        })?
-    };
+    let written = stream(Out::File(tmp.file()), &plan, specs, sources, &gathers, &ctx)?;
     if written != plan.file_len {
         return Err(ctx(err!(
             Internal,
@@ -235,5 +211,104 @@ pub(crate) fn write_sources(
             let _ = sync_dir(dir);
         }
     }
+    Ok(plan.file_len)
+}
+
+/// Produces the planned file (header, tensors, padding) into `out`; the bytes written.
+fn stream(
+    out: Out<'_>,
+    plan: &Plan,
+    specs: &[NamedTensor],
+    sources: &[Source<'_>],
+    gathers: &[Option<Gather>],
+    ctx: &dyn Fn(Error) -> Error,
+) -> Result<u64> {
+    let produce = |sink: &mut Sink<'_>| -> Result<u64> {
+        sink.put(&plan.header).map_err(ctx)?;
+        for piece in &plan.pieces {
+            match *piece {
+                Piece::Tensor { index, .. } => sink
+                    .source(&sources[index], gathers[index].as_ref())
+                    .map_err(|e| ctx(e.context(format!("tensor '{}'", specs[index].name))))?,
+                Piece::Pad { len } => sink.zeros(len).map_err(ctx)?,
+            }
+        }
+        sink.finish().map_err(ctx)
+    };
+    let buf = Vec::with_capacity(CHUNK.min(plan.file_len as usize));
+    // Files of more than two buffers get a background writer (a thread per file write).
+    if plan.file_len as usize > 2 * CHUNK {
+        std::thread::scope(|scope| {
+            let mut sink = Sink {
+                out,
+                buf,
+                written: 0,
+                background: Some(Background::start(scope, out)),
+            };
+            let r = produce(&mut sink);
+            if let Some(bg) = sink.background.as_mut() {
+                let _ = bg.finish(); // after an error: stop the writer before leaving
+            }
+            r
+        })
+    } else {
+        produce(&mut Sink {
+            out,
+            buf,
+            written: 0,
+            background: None,
+        })
+    }
+}
+
+/// Writes `tensors` and `metadata` as a safetensors file at `location`: a path, a `file://`
+/// URL (exactly [`write`] of its path) or `s3://bucket/key`. An object is streamed as a
+/// multipart upload of bounded parts and appears only once whole (on any error the upload is
+/// aborted and no object appears; an existing object stays as it was). `cfg` gives the
+/// endpoint, region, credentials and timeouts of S3 locations (its `url` and `namespace`
+/// are not used); `None`: the `AWS_*` environment variables. Returns the file size.
+pub fn write_to(
+    location: &str,
+    cfg: Option<&ObjConfig>,
+    tensors: &[TensorIn<'_>],
+    metadata: &[(&str, &str)],
+    opts: WriteOptions,
+) -> Result<u64> {
+    let sources: Vec<Source<'_>> = tensors.iter().map(|t| Source::Strided(*t)).collect();
+    let specs = specs_of(tensors);
+    let loc = Location::parse(location)
+        .map_err(|e| e.context(format!("writing tensor file {location}")))?;
+    write_sources_at(&loc, cfg, &specs, &sources, metadata, opts)
+}
+
+/// [`write_sources`] at a path or an S3 object.
+pub(crate) fn write_sources_at(
+    loc: &Location,
+    cfg: Option<&ObjConfig>,
+    specs: &[NamedTensor],
+    sources: &[Source<'_>],
+    metadata: &[(&str, &str)],
+    opts: WriteOptions,
+) -> Result<u64> {
+    let (bucket, key) = match loc {
+        Location::Local(path) => return write_sources(path, specs, sources, metadata, opts),
+        Location::S3 { bucket, key } => (bucket, key),
+    };
+    let object = RemoteObject::new(bucket, key, cfg)?;
+    let ctx = |e: Error| e.context(format!("writing tensor file {}", object.url()));
+    let plan: Plan = header::plan(specs, metadata, opts.align_4k).map_err(ctx)?;
+    let gathers = plan_gathers(sources).map_err(ctx)?;
+    // `opts.sync` has nothing to do here: a completed upload is the store's to keep.
+    let upload = object.writer(plan.file_len).map_err(ctx)?;
+    let written = stream(Out::Remote(&upload), &plan, specs, sources, &gathers, &ctx)?;
+    if written != plan.file_len {
+        return Err(ctx(err!(
+            Internal,
+            "wrote {} bytes, planned {}",
+            written,
+            plan.file_len
+        )));
+    }
+    upload.finish().map_err(ctx)?;
     Ok(plan.file_len)
 }

@@ -7,9 +7,12 @@
 //   fs-fresh   kvr restore from the fs store in a fresh process, block files dropped from the
 //              page cache with posix_fadvise(DONTNEED) first (residency checked with mincore)
 //   statefile  llama.cpp's own llama_state_seq_load_file of the previous prompt's prefix
-//              (the system prompt for the requests and turn 1, the previous turn after that)
+//              (the system prompt for the requests and turn 1, the previous turn after that),
+//              the file dropped from the page cache first (as cold as kvr's O_DIRECT tiers)
 // and the restore GB/s (block bytes / time to load them from the tier, and including putting
-// them into the context).
+// them into the context). Beside each TTFT, in parentheses, the part of it spent restoring
+// the prefix (kvr: lookups, loads and llama_state_seq_set_data; state file:
+// llama_state_seq_load_file), the rest being the decode of the uncached tokens.
 //
 // Usage: kvr-llama-bench --model M.gguf --dir D [--block 256] [--markdown OUT.md]
 #include <fcntl.h>
@@ -60,6 +63,7 @@ struct Request {
 // One timed restore + decode.
 struct Timing {
   double ttft_ms = 0;
+  double restore_ms = 0;  // of ttft_ms: finding, loading and applying the cached blocks
   std::size_t cached_tokens = 0;
   double load_gbps = 0;   // block bytes / load time
   double apply_gbps = 0;  // block bytes / (load + apply) time
@@ -102,6 +106,7 @@ Timing timed_restore(Session& s, PrefixCache& cache, const std::vector<llama_tok
   const double bytes = double(after.bytes_restored - before.bytes_restored);
   const double load_ns = double(after.restore_load_ns - before.restore_load_ns);
   const double apply_ns = double(after.restore_apply_ns - before.restore_apply_ns);
+  t.restore_ms = (load_ns + apply_ns) / 1e6;
   if (load_ns > 0) t.load_gbps = bytes / load_ns;
   if (load_ns + apply_ns > 0) t.apply_gbps = bytes / (load_ns + apply_ns);
   return t;
@@ -119,33 +124,39 @@ CacheConfig cache_config(const Session& s, const Options& o, bool with_slot) {
   return c;
 }
 
+// Drops one file from the page cache; adds its pages and those still resident afterwards
+// (mincore) to the counts, so the report can say how cold the reads were.
+void drop_file(const fs::path& path, std::size_t* resident, std::size_t* pages) {
+  const long page = sysconf(_SC_PAGESIZE);
+  const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
+  if (fd < 0) return;
+  ::fdatasync(fd);
+  ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
+  struct stat st {};
+  if (::fstat(fd, &st) == 0 && st.st_size > 0) {
+    void* m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
+    if (m != MAP_FAILED) {
+      const std::size_t n = (static_cast<std::size_t>(st.st_size) + page - 1) / page;
+      std::vector<unsigned char> vec(n);
+      if (::mincore(m, static_cast<std::size_t>(st.st_size), vec.data()) == 0) {
+        for (unsigned char v : vec) *resident += v & 1;
+        *pages += n;
+      }
+      ::munmap(m, static_cast<std::size_t>(st.st_size));
+    }
+  }
+  ::close(fd);
+}
+
 // Drops the fs store's block files from the page cache; returns the fraction of their pages
-// still resident afterwards (mincore), so the report can say how cold the reads were.
+// still resident afterwards.
 double drop_block_files(const fs::path& root, std::size_t* files) {
   std::size_t resident = 0;
   std::size_t pages = 0;
   *files = 0;
-  const long page = sysconf(_SC_PAGESIZE);
   for (const auto& e : fs::recursive_directory_iterator(root)) {
     if (!e.is_regular_file()) continue;
-    const int fd = ::open(e.path().c_str(), O_RDONLY | O_CLOEXEC);
-    if (fd < 0) continue;
-    ::fdatasync(fd);
-    ::posix_fadvise(fd, 0, 0, POSIX_FADV_DONTNEED);
-    struct stat st {};
-    if (::fstat(fd, &st) == 0 && st.st_size > 0) {
-      void* m = ::mmap(nullptr, static_cast<std::size_t>(st.st_size), PROT_READ, MAP_SHARED, fd, 0);
-      if (m != MAP_FAILED) {
-        const std::size_t n = (static_cast<std::size_t>(st.st_size) + page - 1) / page;
-        std::vector<unsigned char> vec(n);
-        if (::mincore(m, static_cast<std::size_t>(st.st_size), vec.data()) == 0) {
-          for (unsigned char v : vec) resident += v & 1;
-          pages += n;
-        }
-        ::munmap(m, static_cast<std::size_t>(st.st_size));
-      }
-    }
-    ::close(fd);
+    drop_file(e.path(), &resident, &pages);
     ++*files;
   }
   return pages == 0 ? 0.0 : double(resident) / double(pages);
@@ -165,7 +176,8 @@ int run_fresh(const Options& o) {
     std::size_t unused = 0;
     drop_block_files(fs::path(o.dir) / "fs", &unused);
     const Timing t = timed_restore(s, cache, r.tokens);
-    out << t.ttft_ms << '\t' << t.cached_tokens << '\t' << t.load_gbps << '\t' << t.apply_gbps << '\n';
+    out << t.ttft_ms << '\t' << t.cached_tokens << '\t' << t.load_gbps << '\t' << t.apply_gbps << '\t'
+        << t.restore_ms << '\n';
   }
   out << "# fs hits " << cache.stats().fs_hits << " slot hits " << cache.stats().slot_hits << '\n';
   return 0;
@@ -183,15 +195,16 @@ int run_main(const Options& o, const std::string& self) {
   Session s(o.model, session_params(kCtx, o.block));
   const std::vector<Request> reqs = workload(s.n_vocab());
   const std::size_t n = reqs.size();
-  std::vector<double> cold(n), statefile(n);
+  std::vector<double> cold(n), statefile(n), statefile_load(n);
   std::vector<Timing> slot(n), fresh(n);
   std::vector<std::string> state_paths(n);
   const std::string system_state = (fs::path(o.dir) / "system.state").string();
 
   {
     PrefixCache cache(s.ctx(), cache_config(s, o, true));
-    std::fprintf(stderr, "namespace %s, %zu bytes per %u-token block\n", cache.namespace_name().c_str(),
-                 cache.block_bytes(), o.block);
+    std::fprintf(stderr, "namespace %s\nengine fingerprint: %s\n%zu bytes per %u-token block (%zu of llama.cpp state)\n",
+                 cache.namespace_name().c_str(), cache.engine_fingerprint().c_str(), cache.block_bytes(), o.block,
+                 cache.block_state_bytes());
     // Cold pass; after each prefill (untimed) the blocks are saved and the state files written.
     for (std::size_t i = 0; i < n; ++i) {
       s.clear();
@@ -221,10 +234,14 @@ int run_main(const Options& o, const std::string& self) {
   }
   // llama.cpp's own state file of the prefix.
   std::vector<llama_token> scratch_tokens(kCtx);
+  std::size_t sf_resident = 0;
+  std::size_t sf_pages = 0;
   for (std::size_t i = 0; i < n; ++i) {
     const std::string& path = reqs[i].statefile_prefix == static_cast<std::size_t>(-1)
                                   ? system_state
                                   : state_paths[reqs[i].statefile_prefix];
+    // Cold, like kvr's tiers (O_DIRECT; the fs-fresh block files are dropped too).
+    drop_file(path, &sf_resident, &sf_pages);
     s.clear();
     const auto t0 = Clock::now();
     std::size_t got = 0;
@@ -233,6 +250,7 @@ int run_main(const Options& o, const std::string& self) {
       std::fprintf(stderr, "llama_state_seq_load_file(%s) failed\n", path.c_str());
       return 1;
     }
+    statefile_load[i] = ms_since(t0);
     s.decode_from(reqs[i].tokens, got);
     statefile[i] = ms_since(t0);
   }
@@ -260,35 +278,46 @@ int run_main(const Options& o, const std::string& self) {
       fresh_hits = line.substr(2);
     } else if (k < n) {
       std::istringstream f(line);
-      f >> fresh[k].ttft_ms >> fresh[k].cached_tokens >> fresh[k].load_gbps >> fresh[k].apply_gbps;
+      f >> fresh[k].ttft_ms >> fresh[k].cached_tokens >> fresh[k].load_gbps >> fresh[k].apply_gbps >>
+          fresh[k].restore_ms;
       ++k;
     }
   }
 
   std::ostringstream md;
-  md << "| request | prompt tokens | kvr cached | cold ms | kvr slot ms | kvr fs fresh ms | state file ms "
-        "| slot speedup | fs speedup | slot load / +apply GB/s | fs fresh load / +apply GB/s |\n";
+  md << "| request | prompt tokens | kvr cached | cold ms | kvr slot ms (restore) | kvr fs fresh ms (restore) "
+        "| state file ms (load) | slot speedup | fs speedup | slot load / +apply GB/s | fs fresh load / +apply GB/s |\n";
   md << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n";
   for (std::size_t i = 0; i < n; ++i) {
     md << "| " << reqs[i].name << " | " << reqs[i].tokens.size() << " | " << slot[i].cached_tokens << " | "
-       << fmt("%.0f", cold[i]) << " | " << fmt("%.1f", slot[i].ttft_ms) << " | " << fmt("%.1f", fresh[i].ttft_ms)
-       << " | " << fmt("%.1f", statefile[i]) << " | " << fmt("%.1fx", cold[i] / slot[i].ttft_ms) << " | "
+       << fmt("%.0f", cold[i]) << " | " << fmt("%.1f", slot[i].ttft_ms) << fmt(" (%.1f)", slot[i].restore_ms)
+       << " | " << fmt("%.1f", fresh[i].ttft_ms) << fmt(" (%.1f)", fresh[i].restore_ms) << " | "
+       << fmt("%.1f", statefile[i]) << fmt(" (%.1f)", statefile_load[i]) << " | "
+       << fmt("%.1fx", cold[i] / slot[i].ttft_ms) << " | "
        << fmt("%.1fx", cold[i] / fresh[i].ttft_ms) << " | " << fmt("%.2f", slot[i].load_gbps) << " / "
        << fmt("%.2f", slot[i].apply_gbps) << " | " << fmt("%.2f", fresh[i].load_gbps) << " / "
        << fmt("%.2f", fresh[i].apply_gbps) << " |\n";
   }
   double cold_sum = 0, slot_sum = 0, fresh_sum = 0, sf_sum = 0;
+  double slot_restore = 0, fresh_restore = 0, sf_load = 0;
   for (std::size_t i = 0; i < kRequests; ++i) {
     cold_sum += cold[i];
     slot_sum += slot[i].ttft_ms;
     fresh_sum += fresh[i].ttft_ms;
     sf_sum += statefile[i];
+    slot_restore += slot[i].restore_ms;
+    fresh_restore += fresh[i].restore_ms;
+    sf_load += statefile_load[i];
   }
   md << "\nMean over the 8 requests sharing the 2,048-token system prompt: cold " << fmt("%.0f", cold_sum / 8)
      << " ms, kvr slot " << fmt("%.1f", slot_sum / 8) << " ms (" << fmt("%.1fx", cold_sum / slot_sum)
      << "), kvr fs fresh " << fmt("%.1f", fresh_sum / 8) << " ms (" << fmt("%.1fx", cold_sum / fresh_sum)
      << "), llama.cpp state file " << fmt("%.1f", sf_sum / 8) << " ms.\n";
+  md << "Of that, restoring the 2,048-token prefix: kvr slot " << fmt("%.1f", slot_restore / 8) << " ms, kvr fs fresh "
+     << fmt("%.1f", fresh_restore / 8) << " ms, llama.cpp state file load " << fmt("%.1f", sf_load / 8) << " ms.\n";
   md << "Fresh process: " << fresh_note << "; " << fresh_hits << ".\n";
+  md << "State files dropped from the page cache before each load: resident after drop "
+     << fmt("%.0f", sf_pages == 0 ? 0.0 : 100.0 * double(sf_resident) / double(sf_pages)) << "%.\n";
   std::printf("%s", md.str().c_str());
   if (!o.markdown.empty()) std::ofstream(o.markdown) << md.str();
   return 0;

@@ -1,4 +1,5 @@
-// prefix_cache.cpp: how a block's bytes are cut from and put back into a llama.cpp context.
+// prefix_cache.cpp: how a block's bytes are cut from and put back into a llama.cpp context,
+// and how they are named and stored in kvr.
 //
 // Cut (save): positions [i*N, (i+1)*N) of the sequence are copied to the scratch sequence
 // (llama_memory_seq_cp: in a unified KV buffer that only tags the cells, no data moves), the
@@ -9,21 +10,30 @@
 // then llama_memory_seq_cp tags those cells with the target sequence and the scratch
 // sequence is removed. K is stored after RoPE at the block's absolute positions, which is why
 // a block is keyed by every token before it and restored at the same positions.
+//
+// A stored block is one buffer: llama.cpp serialises a sequence's cells into one contiguous
+// byte stream (cell metadata, then per layer the K rows and the V rows) and has no per-layer
+// views of it, so there is nothing to scatter; the buffer is 4096-aligned in address and
+// length, so kvr reads and writes it with O_DIRECT in place (no bounce copy).
 #include "kvr_llama/prefix_cache.hpp"
 
 #include <fcntl.h>
 #include <unistd.h>
 
 #include <algorithm>
+#include <array>
 #include <cerrno>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
+#include <optional>
 #include <stdexcept>
 #include <vector>
 
-#include "hash128.hpp"
-#include "kvr.h"
+#include <kvr.hpp>
+
+#include "sha256.hpp"
 
 #ifndef KVR_LLAMA_CPP_COMMIT
 #define KVR_LLAMA_CPP_COMMIT "unknown"
@@ -32,22 +42,29 @@
 namespace kvr_llama {
 namespace {
 
-constexpr char kBlockMagic[8] = {'K', 'V', 'R', 'L', 'L', 'A', 'M', '1'};
-constexpr std::uint32_t kBlockFormatVersion = 1;
+constexpr char kBlockMagic[8] = {'K', 'V', 'R', 'L', 'L', 'A', 'M', '2'};
+constexpr std::uint32_t kBlockFormatVersion = 2;
+constexpr std::size_t kAlign = 4096;  // O_DIRECT: address and length of the block buffer
 
-// Every stored block starts with this header, then the block's token ids, then llama.cpp's
-// state bytes. A restore checks all of it against what it expects, so even a 128-bit key
-// collision cannot put another prefix's state into the context.
+// A stored block starts with this header and the block's token ids, padded to 4096 bytes,
+// then llama.cpp's state of the block, padded to 4096. kvr already verifies the whole key
+// (the chain over every token) and the namespace; the header and token check makes the
+// block self-describing and keeps even a hash collision from reaching the context.
 struct BlockHeader {
   char magic[8];
   std::uint32_t version;
   std::uint32_t block_tokens;
   std::uint64_t block_index;
   std::uint64_t state_bytes;
-  std::uint8_t namespace_digest[16];
-  std::uint8_t chain[16];  // digest of every token up to the block's end
 };
-static_assert(sizeof(BlockHeader) == 64, "BlockHeader is stored as-is");
+static_assert(sizeof(BlockHeader) == 32, "BlockHeader is stored as-is");
+
+// A block's key: the SHA-256 chain over every token up to its end, then that token count
+// (little-endian u32): 36 bytes, the shape of vLLM's block hash + group index.
+constexpr std::size_t kKeyBytes = 36;
+using BlockKeyBytes = std::array<std::uint8_t, kKeyBytes>;
+
+std::size_t round_up(std::size_t n, std::size_t to) { return (n + to - 1) / to * to; }
 
 std::uint64_t now_ns() {
   return static_cast<std::uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(
@@ -55,15 +72,26 @@ std::uint64_t now_ns() {
                                         .count());
 }
 
-[[noreturn]] void throw_kvr(const std::string& what, kvr_status status) {
-  throw std::runtime_error("kvr_llama: " + what + ": " + kvr_status_str(status) + ": " +
-                           kvr_last_error_message());
-}
+// A 4096-aligned byte buffer that only grows.
+class AlignedBuffer {
+ public:
+  std::uint8_t* reserve(std::size_t bytes) {
+    if (bytes > cap_) {
+      void* p = std::aligned_alloc(kAlign, round_up(bytes, kAlign));
+      if (p == nullptr) throw std::bad_alloc();
+      mem_.reset(static_cast<std::uint8_t*>(p));
+      cap_ = round_up(bytes, kAlign);
+    }
+    return mem_.get();
+  }
+  std::uint8_t* data() const noexcept { return mem_.get(); }
 
-// One block's identity: the chained digest of the tokens up to its end, and its kvr key.
-struct BlockId {
-  Digest128 chain;
-  kvr_block_key key;
+ private:
+  struct Free {
+    void operator()(std::uint8_t* p) const noexcept { std::free(p); }
+  };
+  std::unique_ptr<std::uint8_t, Free> mem_;
+  std::size_t cap_ = 0;
 };
 
 // Learns the state size of an N-cell sequence from a 2-token probe: the state is a fixed
@@ -94,35 +122,56 @@ std::size_t probe_block_state_bytes(llama_context* ctx, llama_seq_id scratch, st
   return one + static_cast<std::size_t>(n - 1) * (two - one);
 }
 
-Digest128 namespace_digest(const CacheConfig& cfg, const std::string& model_digest,
-                           std::size_t state_bytes) {
+// A GGUF metadata string of the model, or "" when absent.
+std::string model_meta(const llama_model* model, const std::string& key) {
+  char buf[512];
+  const int32_t n = llama_model_meta_val_str(model, key.c_str(), buf, sizeof buf);
+  if (n < 0) return {};
+  return std::string(buf, std::min<std::size_t>(static_cast<std::size_t>(n), sizeof buf - 1));
+}
+
+// A float printed exactly, so two fingerprints differ whenever the values do.
+std::string exact(float v) {
+  char b[64];
+  std::snprintf(b, sizeof b, "%.9g", static_cast<double>(v));  // 9 digits round-trip a float
+  return b;
+}
+
+// Everything that changes the bytes of a block's state, or whether llama.cpp accepts them,
+// as one readable string (the namespace's engine fingerprint). Left out on purpose: n_ctx,
+// n_batch, n_seq_max (they size the cache; a cell's bytes do not depend on them), n_ubatch
+// (a different micro-batching changes only the summation order of the prefill, so its
+// blocks are still a valid KV cache of the same tokens, as in any engine's prefix cache)
+// and the thread counts.
+std::string engine_fingerprint_of(const CacheConfig& cfg, const std::string& model_digest) {
   const llama_context_params& p = cfg.context_params;
-  Hasher128 h;
-  const std::string tag = "kvr-llama prefix cache v1";
-  h.update(tag.data(), tag.size());
-  h.update(model_digest.data(), model_digest.size());
-  const std::string commit = KVR_LLAMA_CPP_COMMIT;
-  h.update(commit.data(), commit.size());
-  // Everything in the context parameters that changes the K/V bytes or their layout.
-  h.update_value(static_cast<std::int32_t>(p.type_k));
-  h.update_value(static_cast<std::int32_t>(p.type_v));
-  h.update_value(static_cast<std::int32_t>(p.flash_attn_type));
-  h.update_value(static_cast<std::int32_t>(p.ctx_type));
-  h.update_value(static_cast<std::int32_t>(p.rope_scaling_type));
-  h.update_value(static_cast<std::int32_t>(p.attention_type));
-  h.update_value(p.rope_freq_base);
-  h.update_value(p.rope_freq_scale);
-  h.update_value(p.yarn_ext_factor);
-  h.update_value(p.yarn_attn_factor);
-  h.update_value(p.yarn_beta_fast);
-  h.update_value(p.yarn_beta_slow);
-  h.update_value(p.yarn_orig_ctx);
-  h.update_value(static_cast<std::uint8_t>(p.swa_full));
-  h.update_value(static_cast<std::uint8_t>(p.kv_unified));
-  h.update_value(cfg.block_tokens);
-  h.update_value(static_cast<std::uint64_t>(state_bytes));
-  h.update(cfg.extra_fingerprint.data(), cfg.extra_fingerprint.size());
-  return h.finish();
+  std::string f = "kvr-llama block v" + std::to_string(kBlockFormatVersion);
+  f += "; gguf sha256 " + model_digest;
+  f += "; llama.cpp " KVR_LLAMA_CPP_COMMIT;
+  f += std::string("; type_k ") + ggml_type_name(p.type_k) + "; type_v " + ggml_type_name(p.type_v);
+  // V is stored transposed without flash attention: another layout of the same values.
+  f += std::string("; flash_attn ") + llama_flash_attn_type_name(p.flash_attn_type);
+  f += "; swa_full " + std::to_string(p.swa_full) + "; kv_unified " + std::to_string(p.kv_unified);
+  f += "; ctx_type " + std::to_string(static_cast<int>(p.ctx_type));
+  f += "; attention_type " + std::to_string(static_cast<int>(p.attention_type));
+  // RoPE/YaRN overrides change K (stored after RoPE).
+  f += "; rope_scaling_type " + std::to_string(static_cast<int>(p.rope_scaling_type));
+  f += "; rope_freq " + exact(p.rope_freq_base) + " " + exact(p.rope_freq_scale);
+  f += "; yarn " + exact(p.yarn_ext_factor) + " " + exact(p.yarn_attn_factor) + " " + exact(p.yarn_beta_fast) +
+       " " + exact(p.yarn_beta_slow) + " " + std::to_string(p.yarn_orig_ctx);
+  if (!cfg.extra_fingerprint.empty()) f += "; extra " + cfg.extra_fingerprint;
+  return f;
+}
+
+// "f16" when K and V share a type, else "kq8_0-vf16".
+std::string kv_dtype_of(const llama_context_params& p) {
+  if (p.type_k == p.type_v) return ggml_type_name(p.type_k);
+  return std::string("k") + ggml_type_name(p.type_k) + "-v" + ggml_type_name(p.type_v);
+}
+
+std::string file_name_of(const std::string& path) {
+  const std::size_t slash = path.find_last_of('/');
+  return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 }  // namespace
@@ -130,7 +179,7 @@ Digest128 namespace_digest(const CacheConfig& cfg, const std::string& model_dige
 std::string file_digest_hex(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
   if (fd < 0) throw std::runtime_error("kvr_llama: cannot open " + path + ": " + std::strerror(errno));
-  Hasher128 h;
+  Sha256 h;
   std::vector<std::uint8_t> buf(4 << 20);
   for (;;) {
     const ssize_t got = ::read(fd, buf.data(), buf.size());
@@ -144,35 +193,36 @@ std::string file_digest_hex(const std::string& path) {
     h.update(buf.data(), static_cast<std::size_t>(got));
   }
   ::close(fd);
-  return to_hex(h.finish());
+  const Digest256 d = h.finish();
+  return to_hex(d.data(), d.size());
 }
 
 class PrefixCache::Impl {
  public:
   Impl(llama_context* ctx, const CacheConfig& config);
-  ~Impl();
 
   std::size_t restore(llama_context* ctx, llama_seq_id seq, const std::vector<llama_token>& tokens);
   std::size_t save(llama_context* ctx, llama_seq_id seq, const std::vector<llama_token>& tokens);
 
   CacheConfig cfg;
-  Digest128 ns_digest{};
+  kvr::Namespace ns;
   std::string ns_name;
   std::size_t state_bytes = 0;    // llama.cpp's state of one block
-  std::size_t payload_bytes = 0;  // header + tokens + state
-  kvr_fs* fs = nullptr;
-  kvr_disk* disk = nullptr;
+  std::size_t header_bytes = 0;   // header + tokens, padded to 4096
+  std::size_t payload_bytes = 0;  // header page(s) + state, padded to 4096
+  std::optional<kvr::FsStore> fs;
+  std::optional<kvr::Disk> disk;
   CacheStats stats;
-  std::vector<std::uint8_t> staging;  // restore: blocks as loaded; save: one block
 
  private:
-  std::vector<BlockId> block_ids(const std::vector<llama_token>& tokens, std::size_t n_blocks) const;
+  std::vector<BlockKeyBytes> block_keys(const std::vector<llama_token>& tokens, std::size_t n_blocks) const;
   void open_slot_file();
-  std::size_t load_blocks(const std::vector<BlockId>& ids, std::size_t n, std::vector<char>& from_slot);
-  bool block_is_valid(const std::uint8_t* payload, std::size_t index, const BlockId& id,
-                      const llama_token* block_tokens) const;
-  std::uint8_t* cut_block(llama_context* ctx, llama_seq_id seq, std::size_t index, const BlockId& id,
-                          const llama_token* block_tokens);
+  std::size_t load_blocks(const std::vector<kvr::Key>& keys, std::size_t n, std::vector<char>& from_slot);
+  bool block_is_valid(const std::uint8_t* payload, std::size_t index, const llama_token* block_tokens) const;
+  bool cut_block(llama_context* ctx, llama_seq_id seq, std::size_t index, const llama_token* block_tokens,
+                 std::uint8_t* dst);
+
+  AlignedBuffer staging_;  // restore: the blocks as loaded; save: the blocks to store
 };
 
 PrefixCache::Impl::Impl(llama_context* ctx, const CacheConfig& config) : cfg(config) {
@@ -185,131 +235,189 @@ PrefixCache::Impl::Impl(llama_context* ctx, const CacheConfig& config) : cfg(con
     throw std::runtime_error("kvr_llama: scratch_seq must be below the context's n_seq_max");
   }
   state_bytes = probe_block_state_bytes(ctx, cfg.scratch_seq, cfg.block_tokens);
-  payload_bytes = sizeof(BlockHeader) + sizeof(llama_token) * cfg.block_tokens + state_bytes;
-  ns_digest = namespace_digest(cfg, file_digest_hex(cfg.model_path), state_bytes);
-  ns_name = "llama-" + to_hex(ns_digest);
+  header_bytes = round_up(sizeof(BlockHeader) + sizeof(llama_token) * cfg.block_tokens, kAlign);
+  payload_bytes = header_bytes + round_up(state_bytes, kAlign);
+
+  const llama_model* model = llama_get_model(ctx);
+  ns.model_id = cfg.model_id;
+  if (ns.model_id.empty()) ns.model_id = model_meta(model, "general.name");
+  if (ns.model_id.empty()) ns.model_id = file_name_of(cfg.model_path);
+  ns.model_revision = model_meta(model, "general.version");
+  ns.kv_dtype = kv_dtype_of(cfg.context_params);
+  ns.tokens_per_block = cfg.block_tokens;
+  ns.num_layers = static_cast<std::uint32_t>(llama_model_n_layer(model));
+  ns.num_kv_heads = static_cast<std::uint32_t>(llama_model_n_head_kv(model));
+  const std::string arch = model_meta(model, "general.architecture");
+  const std::string key_length = model_meta(model, arch + ".attention.key_length");
+  const int32_t n_head = llama_model_n_head(model);
+  ns.head_dim = !key_length.empty() ? static_cast<std::uint32_t>(std::strtoul(key_length.c_str(), nullptr, 10))
+                : n_head > 0        ? static_cast<std::uint32_t>(llama_model_n_embd(model) / n_head)
+                                    : 0;
+  ns.bytes_per_block = payload_bytes;
+  ns.engine_fingerprint = engine_fingerprint_of(cfg, file_digest_hex(cfg.model_path));
+  ns.tenant_salt = cfg.tenant_salt;
+  try {
+    ns_name = ns.name();
+  } catch (const kvr::Error& e) {
+    throw std::runtime_error(std::string("kvr_llama: building the namespace: ") + e.what());
+  }
 
   if (!cfg.fs_root.empty()) {
-    kvr_fs_config fc;
-    kvr_fs_config_default(&fc);
-    fc.root = cfg.fs_root.c_str();
-    fc.namespace_name = ns_name.c_str();
-    const kvr_status s = kvr_fs_open(&fc, &fs);
-    if (s != KVR_OK) throw_kvr("opening the fs store " + cfg.fs_root, s);
+    kvr::FsOptions o;
+    o.root = cfg.fs_root;
+    o.ns = ns_name;
+    o.manifest = ns;  // <root>/<ns>/NAMESPACE.json records the fields (kvr fs inspect)
+    try {
+      fs.emplace(o);
+    } catch (const kvr::Error& e) {
+      throw std::runtime_error("kvr_llama: opening the fs store " + cfg.fs_root + ": " + e.what());
+    }
   }
   if (!cfg.slot_file.empty()) open_slot_file();
 }
 
 void PrefixCache::Impl::open_slot_file() {
-  kvr_disk_config dc;
-  kvr_disk_config_default(&dc);
-  dc.path = cfg.slot_file.c_str();
-  dc.slot_size = payload_bytes;
-  dc.num_slots = cfg.slot_count;
-  kvr_status s = kvr_disk_open(&dc, &disk);
-  if (s == KVR_ERR_LAYOUT_MISMATCH) {
-    // A slot file of another geometry (another model or block size): it is this process's
-    // spill, so it is replaced rather than shared.
-    ::unlink(cfg.slot_file.c_str());
-    s = kvr_disk_open(&dc, &disk);
-  }
-  if (s != KVR_OK) {
-    kvr_fs_close(fs);
-    fs = nullptr;
-    throw_kvr("opening the slot file " + cfg.slot_file, s);
+  kvr::DiskOptions o;
+  o.path = cfg.slot_file;
+  o.slot_size = payload_bytes;
+  o.num_slots = cfg.slot_count;
+  o.ns = ns_name;  // the file's identity: blocks of another namespace never come out of it
+  try {
+    try {
+      disk.emplace(o);
+    } catch (const kvr::Error& e) {
+      if (e.status() != KVR_ERR_LAYOUT_MISMATCH) throw;
+      // A slot file of another namespace or geometry: it is this process's spill, so it is
+      // replaced rather than shared.
+      ::unlink(cfg.slot_file.c_str());
+      disk.emplace(o);
+    }
+  } catch (const kvr::Error& e) {
+    throw std::runtime_error("kvr_llama: opening the slot file " + cfg.slot_file + ": " + e.what());
   }
 }
 
-PrefixCache::Impl::~Impl() {
-  kvr_disk_close(disk);
-  kvr_fs_close(fs);
-}
-
-std::vector<BlockId> PrefixCache::Impl::block_ids(const std::vector<llama_token>& tokens,
-                                                  std::size_t n_blocks) const {
-  std::vector<BlockId> ids(n_blocks);
-  Hasher128 chain;  // runs over every token so far: block i's chain covers all before its end
+std::vector<BlockKeyBytes> PrefixCache::Impl::block_keys(const std::vector<llama_token>& tokens,
+                                                         std::size_t n_blocks) const {
+  std::vector<BlockKeyBytes> keys(n_blocks);
+  // chain(i) = SHA-256(chain(i-1) || tokens of block i): block i's key covers every token
+  // before its end. The namespace is kvr's (the fs directory, the slot file's identity).
+  Digest256 chain{};
   for (std::size_t i = 0; i < n_blocks; ++i) {
-    chain.update(tokens.data() + i * cfg.block_tokens, sizeof(llama_token) * cfg.block_tokens);
-    ids[i].chain = chain.finish();
-    Hasher128 key;
-    key.update(ns_digest.data(), ns_digest.size());
-    key.update(ids[i].chain.data(), ids[i].chain.size());
-    const Digest128 k = key.finish();
-    std::memcpy(ids[i].key.bytes, k.data(), k.size());
+    Sha256 h;
+    h.update(chain.data(), chain.size());
+    h.update(tokens.data() + i * cfg.block_tokens, sizeof(llama_token) * cfg.block_tokens);
+    chain = h.finish();
+    const auto end = static_cast<std::uint32_t>((i + 1) * cfg.block_tokens);
+    std::memcpy(keys[i].data(), chain.data(), chain.size());
+    for (int b = 0; b < 4; ++b) keys[i][chain.size() + b] = static_cast<std::uint8_t>(end >> (8 * b));
   }
-  return ids;
+  return keys;
 }
 
 bool PrefixCache::Impl::block_is_valid(const std::uint8_t* payload, std::size_t index,
-                                       const BlockId& id, const llama_token* block_tokens) const {
+                                       const llama_token* block_tokens) const {
   BlockHeader h;
   std::memcpy(&h, payload, sizeof h);
-  return std::memcmp(h.magic, kBlockMagic, sizeof kBlockMagic) == 0 &&
-         h.version == kBlockFormatVersion && h.block_tokens == cfg.block_tokens &&
-         h.block_index == index && h.state_bytes == state_bytes &&
-         std::memcmp(h.namespace_digest, ns_digest.data(), 16) == 0 &&
-         std::memcmp(h.chain, id.chain.data(), 16) == 0 &&
+  return std::memcmp(h.magic, kBlockMagic, sizeof kBlockMagic) == 0 && h.version == kBlockFormatVersion &&
+         h.block_tokens == cfg.block_tokens && h.block_index == index && h.state_bytes == state_bytes &&
          std::memcmp(payload + sizeof h, block_tokens, sizeof(llama_token) * cfg.block_tokens) == 0;
 }
 
-// Loads blocks 0.. of `ids` into `staging` (block i at i * payload_bytes), each from the slot
-// file if it has it, else from the fs store, and returns how many leading blocks loaded.
-std::size_t PrefixCache::Impl::load_blocks(const std::vector<BlockId>& ids, std::size_t n,
+// Finds the longest prefix of blocks 0..n that the two tiers hold together (one presence
+// lookup per tier), loads it into the staging buffer (block i at i * payload_bytes) with one
+// batch per tier, both in flight at once, and returns how many leading blocks loaded.
+std::size_t PrefixCache::Impl::load_blocks(const std::vector<kvr::Key>& keys, std::size_t n,
                                            std::vector<char>& from_slot) {
-  staging.resize(n * payload_bytes);
   from_slot.assign(n, 0);
-  std::vector<char> loaded(n, 0);
-  if (disk != nullptr && n > 0) {
-    std::vector<kvr_disk_read_item> ops(n);
+  std::vector<std::uint8_t> in_slot(n, 0);
+  std::vector<std::uint8_t> in_fs(n, 0);
+  if (disk && kvr_disk_lookup(disk->get(), keys.data(), n, in_slot.data(), nullptr) != KVR_OK) {
+    std::fill(in_slot.begin(), in_slot.end(), 0);
+  }
+  if (fs) {
+    // Only the blocks the slot file lacks: each one the fs store has not seen costs a stat.
+    std::vector<kvr::Key> ask;
+    std::vector<std::size_t> ask_block;
     for (std::size_t i = 0; i < n; ++i) {
-      ops[i] = kvr_disk_read_item{};
-      ops[i].key = ids[i].key;
-      ops[i].dst = staging.data() + i * payload_bytes;
-      ops[i].dst_cap = payload_bytes;
+      if (in_slot[i]) continue;
+      ask.push_back(keys[i]);
+      ask_block.push_back(i);
     }
-    kvr_job* job = nullptr;
-    if (kvr_disk_submit_read(disk, ops.data(), n, &job) == KVR_OK) {
-      kvr_job_wait(job, -1);
-      for (std::size_t i = 0; i < n; ++i) {
-        const kvr_status s = kvr_job_item_status(job, i, nullptr);
-        if (s == KVR_OK && ops[i].len == payload_bytes) {
-          loaded[i] = from_slot[i] = 1;
-        } else if (s == KVR_ERR_CORRUPT) {
-          ++stats.rejected;  // kvr dropped the entry; the fs store may still have the block
-        }
-      }
+    std::vector<std::uint8_t> present(ask.size(), 0);
+    if (!ask.empty() && kvr_fs_lookup(fs->get(), ask.data(), ask.size(), present.data(), nullptr) == KVR_OK) {
+      for (std::size_t j = 0; j < ask.size(); ++j) in_fs[ask_block[j]] = present[j];
     }
-    kvr_job_free(job);
   }
-  // The prefix the two tiers cover together, then the fs loads it needs, in one batch.
   std::size_t end = 0;
-  std::vector<kvr_fs_load_item> items;
-  std::vector<std::size_t> item_block;
-  for (; end < n; ++end) {
-    if (loaded[end]) continue;
-    bool present = false;
-    if (fs == nullptr || kvr_fs_contains(fs, &ids[end].key, &present) != KVR_OK || !present) break;
-    items.push_back(kvr_fs_load_item{ids[end].key, staging.data() + end * payload_bytes, payload_bytes});
-    item_block.push_back(end);
+  while (end < n && (in_slot[end] || in_fs[end])) ++end;
+  if (end == 0) return 0;
+
+  std::uint8_t* base = staging_.reserve(end * payload_bytes);
+  std::vector<kvr::Segment> segs(end);
+  for (std::size_t i = 0; i < end; ++i) segs[i] = kvr::segment(base + i * payload_bytes, payload_bytes);
+  std::vector<kvr_disk_read_segments_item> slot_items;
+  std::vector<std::size_t> slot_block;
+  std::vector<kvr_fs_load_segments_item> fs_items;
+  std::vector<std::size_t> fs_block;
+  for (std::size_t i = 0; i < end; ++i) {
+    if (in_slot[i]) {
+      slot_items.push_back(kvr::disk_read_item(keys[i], {&segs[i], 1}));
+      slot_block.push_back(i);
+    } else {
+      fs_items.push_back(kvr::fs_load_item(keys[i], {&segs[i], 1}));
+      fs_block.push_back(i);
+    }
   }
-  if (!items.empty()) {
-    kvr_job* job = nullptr;
-    if (kvr_fs_submit_load(fs, items.data(), items.size(), &job) == KVR_OK) {
-      kvr_job_wait(job, -1);
-      for (std::size_t j = 0; j < items.size(); ++j) {
-        const kvr_status s = kvr_job_item_status(job, j, nullptr);
-        if (s == KVR_OK) {
-          loaded[item_block[j]] = 1;
-        } else if (s != KVR_ERR_NOT_FOUND) {
-          ++stats.rejected;  // corrupt (kvr removed the file) or of another length
-        }
+  kvr_job* slot_job = nullptr;
+  kvr_job* fs_job = nullptr;
+  const bool slot_submitted =
+      !slot_items.empty() &&
+      kvr_disk_submit_read_items(disk->get(), slot_items.data(), slot_items.size(), &slot_job) == KVR_OK;
+  const bool fs_submitted =
+      !fs_items.empty() && kvr_fs_submit_load_items(fs->get(), fs_items.data(), fs_items.size(), &fs_job) == KVR_OK;
+  const kvr::Job slot_owner(slot_job);  // frees the jobs (waiting first) on every path
+  const kvr::Job fs_owner(fs_job);
+
+  std::vector<char> loaded(end, 0);
+  std::vector<std::size_t> retry_from_fs;
+  if (slot_submitted) {
+    kvr_job_wait(slot_job, -1);
+    for (std::size_t j = 0; j < slot_items.size(); ++j) {
+      std::uint64_t bytes = 0;
+      const kvr_status s = kvr_job_item_status(slot_job, j, &bytes);
+      if (s == KVR_OK && bytes == payload_bytes) {
+        loaded[slot_block[j]] = from_slot[slot_block[j]] = 1;
+        continue;
+      }
+      if (s == KVR_ERR_CORRUPT) ++stats.rejected;  // kvr dropped the entry
+      retry_from_fs.push_back(slot_block[j]);      // the fs store may still have the block
+    }
+  }
+  if (fs_submitted) {
+    kvr_job_wait(fs_job, -1);
+    for (std::size_t j = 0; j < fs_items.size(); ++j) {
+      const kvr_status s = kvr_job_item_status(fs_job, j, nullptr);
+      if (s == KVR_OK) {
+        loaded[fs_block[j]] = 1;
+      } else if (s != KVR_ERR_NOT_FOUND) {
+        ++stats.rejected;  // corrupt (kvr removed the file) or of another length
       }
     }
-    kvr_job_free(job);
   }
   std::size_t good = 0;
   while (good < end && loaded[good]) ++good;
+  // A slot entry that failed inside the prefix: its fs copy, if any (rare: one at a time).
+  for (std::size_t i : retry_from_fs) {
+    if (!fs || i > good) break;
+    const kvr_status s = kvr_fs_load(fs->get(), keys[i], &segs[i], 1);
+    if (s == KVR_OK) {
+      loaded[i] = 1;
+      while (good < end && loaded[good]) ++good;
+    } else if (s != KVR_ERR_NOT_FOUND) {
+      ++stats.rejected;
+    }
+  }
   return good;
 }
 
@@ -320,28 +428,28 @@ std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
   if (tokens.empty()) return 0;
   // Leave at least one token to decode: the caller needs the logits after the prompt.
   const std::size_t candidates = (tokens.size() - 1) / cfg.block_tokens;
-  if (candidates == 0 || (fs == nullptr && disk == nullptr)) {
+  if (candidates == 0 || (!fs && !disk)) {
     ++stats.misses;
     return 0;
   }
-  const std::vector<BlockId> ids = block_ids(tokens, candidates);
-
   const std::uint64_t t0 = now_ns();
+  const std::vector<BlockKeyBytes> key_bytes = block_keys(tokens, candidates);
+  std::vector<kvr::Key> keys(candidates);
+  for (std::size_t i = 0; i < candidates; ++i) keys[i] = kvr::key(key_bytes[i].data(), kKeyBytes);
   std::vector<char> from_slot;
-  const std::size_t loaded = load_blocks(ids, candidates, from_slot);
+  const std::size_t loaded = load_blocks(keys, candidates, from_slot);
   const std::uint64_t t1 = now_ns();
 
   std::size_t restored = 0;
   for (; restored < loaded; ++restored) {
-    const std::uint8_t* payload = staging.data() + restored * payload_bytes;
+    const std::uint8_t* payload = staging_.data() + restored * payload_bytes;
     const llama_token* expected = tokens.data() + restored * cfg.block_tokens;
-    if (!block_is_valid(payload, restored, ids[restored], expected)) {
+    if (!block_is_valid(payload, restored, expected)) {
       ++stats.rejected;
       break;
     }
-    const std::uint8_t* state = payload + sizeof(BlockHeader) + sizeof(llama_token) * cfg.block_tokens;
     // set_data first empties the scratch sequence; on failure it leaves it empty.
-    if (llama_state_seq_set_data(ctx, state, state_bytes, cfg.scratch_seq) == 0) {
+    if (llama_state_seq_set_data(ctx, payload + header_bytes, state_bytes, cfg.scratch_seq) == 0) {
       ++stats.rejected;
       break;
     }
@@ -361,31 +469,30 @@ std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
   return restored * cfg.block_tokens;
 }
 
-// Writes block `index` of `seq` (header, tokens, state) into `staging`; nullptr on failure.
-std::uint8_t* PrefixCache::Impl::cut_block(llama_context* ctx, llama_seq_id seq, std::size_t index,
-                                           const BlockId& id, const llama_token* block_tokens) {
+// Writes block `index` of `seq` (header, tokens, state, zero padding) to `dst`.
+bool PrefixCache::Impl::cut_block(llama_context* ctx, llama_seq_id seq, std::size_t index,
+                                  const llama_token* block_tokens, std::uint8_t* dst) {
   llama_memory_t mem = llama_get_memory(ctx);
   const auto p0 = static_cast<llama_pos>(index * cfg.block_tokens);
   const auto p1 = static_cast<llama_pos>((index + 1) * cfg.block_tokens);
   llama_memory_seq_rm(mem, cfg.scratch_seq, -1, -1);
   llama_memory_seq_cp(mem, seq, cfg.scratch_seq, p0, p1);
-  staging.resize(payload_bytes);
-  std::uint8_t* state = staging.data() + sizeof(BlockHeader) + sizeof(llama_token) * cfg.block_tokens;
+  std::uint8_t* state = dst + header_bytes;
   const bool ok = llama_state_seq_get_size(ctx, cfg.scratch_seq) == state_bytes &&
                   llama_state_seq_get_data(ctx, state, state_bytes, cfg.scratch_seq) == state_bytes;
   llama_memory_seq_rm(mem, cfg.scratch_seq, -1, -1);
-  if (!ok) return nullptr;
+  if (!ok) return false;
   BlockHeader h{};
   std::memcpy(h.magic, kBlockMagic, sizeof kBlockMagic);
   h.version = kBlockFormatVersion;
   h.block_tokens = cfg.block_tokens;
   h.block_index = index;
   h.state_bytes = state_bytes;
-  std::memcpy(h.namespace_digest, ns_digest.data(), 16);
-  std::memcpy(h.chain, id.chain.data(), 16);
-  std::memcpy(staging.data(), &h, sizeof h);
-  std::memcpy(staging.data() + sizeof h, block_tokens, sizeof(llama_token) * cfg.block_tokens);
-  return staging.data();
+  std::memset(dst, 0, header_bytes);
+  std::memcpy(dst, &h, sizeof h);
+  std::memcpy(dst + sizeof h, block_tokens, sizeof(llama_token) * cfg.block_tokens);
+  std::memset(state + state_bytes, 0, payload_bytes - header_bytes - state_bytes);
+  return true;
 }
 
 std::size_t PrefixCache::Impl::save(llama_context* ctx, llama_seq_id seq,
@@ -394,33 +501,78 @@ std::size_t PrefixCache::Impl::save(llama_context* ctx, llama_seq_id seq,
   if (llama_memory_seq_pos_min(mem, seq) != 0) return 0;  // empty, or not a prefix from 0
   const auto held = static_cast<std::size_t>(llama_memory_seq_pos_max(mem, seq) + 1);
   const std::size_t n_blocks = std::min(tokens.size(), held) / cfg.block_tokens;
-  const std::vector<BlockId> ids = block_ids(tokens, n_blocks);
-  std::size_t written = 0;
+  if (n_blocks == 0 || (!fs && !disk)) return 0;
+  const std::vector<BlockKeyBytes> key_bytes = block_keys(tokens, n_blocks);
+  std::vector<kvr::Key> keys(n_blocks);
+  for (std::size_t i = 0; i < n_blocks; ++i) keys[i] = kvr::key(key_bytes[i].data(), kKeyBytes);
+
+  // What each tier lacks, in one lookup per tier (a tier that is not open lacks nothing).
+  std::vector<std::uint8_t> in_slot(n_blocks, 1);
+  std::vector<std::uint8_t> in_fs(n_blocks, 1);
+  if (disk && kvr_disk_lookup(disk->get(), keys.data(), n_blocks, in_slot.data(), nullptr) != KVR_OK) {
+    std::fill(in_slot.begin(), in_slot.end(), 0);
+  }
+  if (fs && kvr_fs_lookup(fs->get(), keys.data(), n_blocks, in_fs.data(), nullptr) != KVR_OK) {
+    std::fill(in_fs.begin(), in_fs.end(), 0);  // the fs store deduplicates a block that exists
+  }
+  std::vector<std::size_t> todo;
   for (std::size_t i = 0; i < n_blocks; ++i) {
-    bool in_slot = true;
-    bool in_fs = true;
-    if (disk != nullptr && kvr_disk_contains(disk, &ids[i].key, &in_slot) != KVR_OK) in_slot = false;
-    if (fs != nullptr && kvr_fs_contains(fs, &ids[i].key, &in_fs) != KVR_OK) in_fs = false;
-    if (in_slot && in_fs) continue;
-    const llama_token* block_tokens = tokens.data() + i * cfg.block_tokens;
-    const std::uint8_t* payload = cut_block(ctx, seq, i, ids[i], block_tokens);
-    if (payload == nullptr) {
+    if (!in_slot[i] || !in_fs[i]) todo.push_back(i);
+  }
+  if (todo.empty()) return 0;
+
+  // Cut every missing block into the staging buffer, then store them in one batch per tier.
+  std::uint8_t* base = staging_.reserve(todo.size() * payload_bytes);
+  std::vector<kvr::Segment> segs;
+  for (std::size_t j = 0; j < todo.size(); ++j) {
+    std::uint8_t* dst = base + j * payload_bytes;
+    if (!cut_block(ctx, seq, todo[j], tokens.data() + todo[j] * cfg.block_tokens, dst)) {
       ++stats.store_errors;
+      todo.resize(j);
       break;
     }
-    bool stored = false;
-    if (!in_slot) {
-      const kvr_status s = kvr_disk_write(disk, &ids[i].key, payload, payload_bytes, nullptr, 0);
-      stored = stored || s == KVR_OK;
-      if (s != KVR_OK) ++stats.store_errors;
-    }
-    if (!in_fs) {
-      const kvr_status s = kvr_store_block(fs, &ids[i].key, payload, payload_bytes);
-      stored = stored || s == KVR_OK;
-      if (s != KVR_OK) ++stats.store_errors;
-    }
-    if (stored) ++written;
+    segs.push_back(kvr::segment(dst, payload_bytes));
   }
+  std::vector<kvr_disk_write_segments_item> slot_items;
+  std::vector<std::size_t> slot_todo;
+  std::vector<kvr_fs_store_segments_item> fs_items;
+  std::vector<std::size_t> fs_todo;
+  for (std::size_t j = 0; j < todo.size(); ++j) {
+    if (!in_slot[todo[j]]) {
+      slot_items.push_back(kvr::disk_write_item(keys[todo[j]], {&segs[j], 1}));
+      slot_todo.push_back(j);
+    }
+    if (!in_fs[todo[j]]) {
+      fs_items.push_back(kvr::fs_store_item(keys[todo[j]], {&segs[j], 1}));
+      fs_todo.push_back(j);
+    }
+  }
+  kvr_job* slot_job = nullptr;
+  kvr_job* fs_job = nullptr;
+  const bool slot_submitted =
+      !slot_items.empty() &&
+      kvr_disk_submit_write_items(disk->get(), slot_items.data(), slot_items.size(), &slot_job) == KVR_OK;
+  const bool fs_submitted = !fs_items.empty() && kvr_fs_submit_store_items(fs->get(), fs_items.data(),
+                                                                           fs_items.size(), &fs_job) == KVR_OK;
+  const kvr::Job slot_owner(slot_job);
+  const kvr::Job fs_owner(fs_job);
+  if (!slot_items.empty() && !slot_submitted) stats.store_errors += slot_items.size();
+  if (!fs_items.empty() && !fs_submitted) stats.store_errors += fs_items.size();
+
+  std::vector<char> stored(todo.size(), 0);
+  auto collect = [&](kvr_job* job, const std::vector<std::size_t>& which) {
+    kvr_job_wait(job, -1);
+    for (std::size_t k = 0; k < which.size(); ++k) {
+      if (kvr_job_item_status(job, k, nullptr) == KVR_OK) {
+        stored[which[k]] = 1;
+      } else {
+        ++stats.store_errors;  // the block stays unsaved in that tier
+      }
+    }
+  };
+  if (slot_submitted) collect(slot_job, slot_todo);
+  if (fs_submitted) collect(fs_job, fs_todo);
+  const auto written = static_cast<std::size_t>(std::count(stored.begin(), stored.end(), 1));
   stats.blocks_saved += written;
   return written;
 }
@@ -440,7 +592,9 @@ std::size_t PrefixCache::save(llama_context* ctx, llama_seq_id seq,
 }
 
 const std::string& PrefixCache::namespace_name() const noexcept { return impl_->ns_name; }
+const std::string& PrefixCache::engine_fingerprint() const noexcept { return impl_->ns.engine_fingerprint; }
 std::size_t PrefixCache::block_bytes() const noexcept { return impl_->payload_bytes; }
+std::size_t PrefixCache::block_state_bytes() const noexcept { return impl_->state_bytes; }
 const CacheStats& PrefixCache::stats() const noexcept { return impl_->stats; }
 
 }  // namespace kvr_llama

@@ -3,7 +3,7 @@
 //   exact DIR MODEL                 restore k blocks + decode the rest == full recompute, bit for bit
 //   store DIR MODEL / reuse DIR MODEL   a second process reuses the first one's fs blocks
 //   corrupt DIR MODEL               a corrupted block (fs file, slot file) is a miss, never loaded
-//   mismatch DIR MODEL OTHER_MODEL  another model file or another KV type never hits
+//   mismatch DIR MODEL OTHER_MODEL  another model file, KV type or tenant never hits
 //   kill-saver DIR MODEL            savers SIGKILLed mid-save: later hits are exact, the rest miss
 #include <poll.h>
 #include <signal.h>
@@ -104,9 +104,11 @@ fs::path fresh_dir(const std::string& dir) {
 bool corrupt_first_block_in(const fs::path& file) {
   std::fstream f(file, std::ios::in | std::ios::out | std::ios::binary);
   std::string bytes((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
-  const std::size_t at = bytes.find("KVRLLAM1");
+  const std::size_t at = bytes.find("KVRLLAM2");
   if (at == std::string::npos) return false;
-  const std::size_t victim = at + 64 + 4 * kBlock + 100;  // inside the K rows of the block
+  // The block's header page (header + kBlock token ids, padded to 4096), then its state:
+  // the byte lands in the first layer's K rows.
+  const std::size_t victim = at + 4096 + 100;
   f.clear();
   f.seekp(static_cast<std::streamoff>(victim));
   const char flipped = static_cast<char>(bytes[victim] ^ 0x5a);
@@ -226,22 +228,34 @@ int test_corrupt(const std::string& dir_arg, const std::string& model) {
 
 int test_mismatch(const std::string& dir_arg, const std::string& model, const std::string& other) {
   const fs::path dir = fresh_dir(dir_arg);
+  // One model id for both files, so only the engine fingerprint (the GGUF digest, the KV
+  // types) and the tenant salt can tell the namespaces apart.
+  auto config = [&](const Session& s) {
+    CacheConfig c = cache_config(s, dir, true, true);
+    c.model_id = "tiny-llama";
+    return c;
+  };
   std::vector<llama_token> p;
   std::string stored_ns;
   {
     Session s(model, session_params(kCtx, kUbatch));
-    PrefixCache cache(s.ctx(), cache_config(s, dir, true, true));
+    PrefixCache cache(s.ctx(), config(s));
     p = prompt(s, 4 * kBlock, 0, 10);
     s.clear();
     s.decode_from(p, 0);
     EXPECT(cache.save(s.ctx(), kMainSeq, p) == 4);
     stored_ns = cache.namespace_name();
+    // kvr's canonical name: readable prefix (model id, KV dtype, parallel position) + digest,
+    // with the fields recorded beside the blocks.
+    EXPECT(stored_ns.rfind("tiny-llama.f16.tp0of1.pp0.cp0.", 0) == 0);
+    EXPECT(fs::exists(dir / "fs" / stored_ns / "NAMESPACE.json"));
+    EXPECT(cache.engine_fingerprint().find("gguf sha256 " + file_digest_hex(model)) != std::string::npos);
   }
-  // Another model file of the same shape: another namespace, no hit (the slot file is
-  // shared on purpose here: its keys differ too).
+  // Another model file of the same shape: another namespace, no hit (the slot file, created
+  // for the first namespace, is replaced: a slot file holds one namespace).
   {
     Session s(other, session_params(kCtx, kUbatch));
-    PrefixCache cache(s.ctx(), cache_config(s, dir, true, true));
+    PrefixCache cache(s.ctx(), config(s));
     EXPECT(cache.namespace_name() != stored_ns);
     std::size_t restored = 0;
     const std::vector<float> got = cached_logits(s, cache, p, &restored);
@@ -251,21 +265,35 @@ int test_mismatch(const std::string& dir_arg, const std::string& model, const st
   // The same model with an F32 K cache: another namespace, no hit.
   {
     Session s(model, session_params(kCtx, kUbatch, GGML_TYPE_F32));
-    PrefixCache cache(s.ctx(), cache_config(s, dir, true, true));
+    PrefixCache cache(s.ctx(), config(s));
     EXPECT(cache.namespace_name() != stored_ns);
+    EXPECT(cache.namespace_name().rfind("tiny-llama.kf32-vf16.", 0) == 0);
     std::size_t restored = 0;
     const std::vector<float> got = cached_logits(s, cache, p, &restored);
     EXPECT(restored == 0);
     EXPECT(same_logits(recompute_logits(s, p), got));
   }
-  // Same model and types again: still hits (the misses above were the namespace's doing).
+  // The same model and types for another tenant: another namespace, no hit.
   {
     Session s(model, session_params(kCtx, kUbatch));
-    PrefixCache cache(s.ctx(), cache_config(s, dir, true, true));
-    EXPECT(cache.namespace_name() == stored_ns);
+    CacheConfig c = config(s);
+    c.tenant_salt = "tenant-b";
+    PrefixCache cache(s.ctx(), c);
+    EXPECT(cache.namespace_name() != stored_ns);
     std::size_t restored = 0;
     cached_logits(s, cache, p, &restored);
+    EXPECT(restored == 0);
+  }
+  // Same model, types and tenant again: still hits (the misses above were the namespace's
+  // doing), from the fs store.
+  {
+    Session s(model, session_params(kCtx, kUbatch));
+    PrefixCache cache(s.ctx(), config(s));
+    EXPECT(cache.namespace_name() == stored_ns);
+    std::size_t restored = 0;
+    const std::vector<float> got = cached_logits(s, cache, p, &restored);
     EXPECT(restored == 4 * kBlock);
+    EXPECT(same_logits(recompute_logits(s, p), got));
   }
   return 0;
 }

@@ -2,10 +2,12 @@
 // tiers: the slot file (this process's local spill) and the fs block store (shared between
 // engine processes and hosts).
 //
-// A prompt is cut into blocks of `block_tokens` tokens. Block i's key covers every token
-// before its end (chained hashes), inside a namespace that fingerprints everything that
-// changes the state bytes (model file, llama.cpp commit, KV cache types, ...), so a block is
-// only ever restored into a context that would have computed the same bytes.
+// A prompt is cut into blocks of `block_tokens` tokens. Block i's key is a whole engine key
+// (36 bytes: the SHA-256 chain over every token up to the block's end, and that token
+// count), inside a kvr namespace (kvr_namespace_config: model id, KV dtype, block geometry
+// and an engine fingerprint of everything that changes the state bytes: the GGUF file's
+// digest, the llama.cpp commit, the KV cache types, ...), so a block is only ever restored
+// into a context that would have computed the same bytes.
 #ifndef KVR_LLAMA_PREFIX_CACHE_HPP
 #define KVR_LLAMA_PREFIX_CACHE_HPP
 
@@ -23,6 +25,8 @@ namespace kvr_llama {
 struct CacheConfig {
   /// The GGUF file the context's model was loaded from (its bytes are fingerprinted).
   std::string model_path;
+  /// The namespace's model id; empty: the GGUF's `general.name`, else the file name.
+  std::string model_id;
   /// The parameters the context was created with (KV types, flash attention, RoPE overrides
   /// and the unified KV buffer go into the fingerprint). `kv_unified` must be true.
   llama_context_params context_params{};
@@ -39,6 +43,9 @@ struct CacheConfig {
   std::uint64_t slot_count = 256;
   /// Anything else the caller knows changes the state bytes (added to the fingerprint).
   std::string extra_fingerprint;
+  /// Tenant salt (any bytes; only its SHA-256 is recorded): tenants with different salts
+  /// never share blocks. Empty: none.
+  std::string tenant_salt;
 };
 
 /// What the cache did, since it was opened.
@@ -76,10 +83,16 @@ class PrefixCache {
   /// stored yet, in every tier. Returns the number of blocks written.
   std::size_t save(llama_context* ctx, llama_seq_id seq, const std::vector<llama_token>& tokens);
 
-  /// The fs store namespace (also the block keys' namespace): "llama-" + 32 hex digits.
+  /// The kvr namespace (`kvr_namespace_name`): the fs store's `namespace_name` and the slot
+  /// file's identity, e.g. "kvr-random-llama-bench-seed1.f16.tp0of1.pp0.cp0.<32 hex>".
   const std::string& namespace_name() const noexcept;
-  /// Bytes of one stored block (header, tokens and llama.cpp's state of the block).
+  /// The namespace's engine fingerprint: every input that changes the state bytes, readable.
+  const std::string& engine_fingerprint() const noexcept;
+  /// Bytes of one stored block (header page with the tokens, llama.cpp's state of the
+  /// block, padding to 4096).
   std::size_t block_bytes() const noexcept;
+  /// Bytes of llama.cpp's state of one block (llama_state_seq_get_data of its cells).
+  std::size_t block_state_bytes() const noexcept;
   /// Counters since open.
   const CacheStats& stats() const noexcept;
 
@@ -89,7 +102,7 @@ class PrefixCache {
   std::unique_ptr<Impl> impl_;
 };
 
-/// 128-bit digest (hex) of a file's bytes, as used for the model fingerprint.
+/// SHA-256 (64 hex digits) of a file's bytes, as used for the model fingerprint.
 std::string file_digest_hex(const std::string& path);
 
 }  // namespace kvr_llama
