@@ -1524,7 +1524,7 @@ enum kvr_status kvr_region_import(const struct kvr_region *region,
 enum kvr_status kvr_fs_config_default(struct kvr_fs_config *config);
 
 /**
- * Opens a store on `config->root` / `config->namespace_name` [/ r<rank>], creating
+ * Opens a store on `config->root` / `config->namespace_name` [/ `r<rank>`], creating
  * directories, probing O_DIRECT, scanning existing blocks and removing dead writers' temp
  * files. On success `*out` owns the handle; close it with `kvr_fs_close`.
  * Errors: `KVR_ERR_INVALID_ARGUMENT` (bad namespace, values), `KVR_ERR_UNSUPPORTED`

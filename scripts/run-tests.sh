@@ -11,6 +11,8 @@ echo "== cargo fmt --check"
 cargo fmt --all -- --check
 echo "== cargo clippy"
 cargo clippy --locked --workspace --all-targets -- -D warnings
+echo "== cargo doc (no broken or private intra-doc links in the public API docs)"
+RUSTDOCFLAGS="-D warnings" cargo doc --locked --no-deps -p kvr
 # The object tier's tests (Rust and ctest) run against a real S3 server: SeaweedFS on
 # 127.0.0.1, installed once into a cache directory, stopped by its watcher when this script
 # exits (also after a failed test).

@@ -25,7 +25,7 @@
 //! - **Single owner**: an exclusive `flock` on the file (released by the kernel when the
 //!   owner dies); a second opener gets `Busy`.
 //!
-//! On-disk format: see [`format`].
+//! On-disk format: see `format.rs`.
 
 mod batch;
 pub(crate) mod check;

@@ -212,7 +212,7 @@ pub extern "C" fn kvr_fs_config_default(config: *mut kvr_fs_config) -> kvr_statu
     })
 }
 
-/// Opens a store on `config->root` / `config->namespace_name` [/ r<rank>], creating
+/// Opens a store on `config->root` / `config->namespace_name` [/ `r<rank>`], creating
 /// directories, probing O_DIRECT, scanning existing blocks and removing dead writers' temp
 /// files. On success `*out` owns the handle; close it with `kvr_fs_close`.
 /// Errors: `KVR_ERR_INVALID_ARGUMENT` (bad namespace, values), `KVR_ERR_UNSUPPORTED`

@@ -4,7 +4,7 @@
 //! - Keys are the engine's, 1..=256 bytes; a block lives at
 //!   `<root>/<namespace>/[r<rank>/]<hh>/<hex of its name>.kvb` ([`path`]; the name is the key
 //!   itself for a 16-byte key, else the xxh3-128 of namespace and key, see [`crate::key`]);
-//!   its file format is in [`format`], which records the whole key, compared on every load.
+//!   its file format is in [`format`](mod@format), which records the whole key, compared on every load.
 //! - A block is a list of segments (gathered on store, scattered on load): zero-copy with
 //!   O_DIRECT when every segment is 4096-aligned in address and length, else through pooled
 //!   bounce buffers; one contiguous buffer is a list of one.
@@ -13,14 +13,14 @@
 //!   temp file, hard-linked into place): readers never see a partial block, a killed writer
 //!   leaves no file behind, and a block that already exists is never rewritten.
 //! - Async batches keep one block write per writer thread in flight on io_uring while the
-//!   thread does the next block's metadata work ([`pipeline`]).
+//!   thread does the next block's metadata work (`pipeline`).
 //! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
 //!   `Corrupt` with its path, never handed to the caller.
 //! - O_DIRECT is probed at open (buffered fallback); unaligned caller buffers and tails go
 //!   through pooled aligned bounce buffers.
 //! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
 //!   reading); the LRU order is rebuilt by a directory scan that starts at open and runs in
-//!   the background ([`scan`]: open does not grow with the store), which also removes the
+//!   the background (`scan`: open does not grow with the store), which also removes the
 //!   temp files of dead writers (their `flock` is gone).
 //! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
 //!   supports it, so its 256 fan-out directories spread over ext4's block groups.
@@ -119,7 +119,7 @@ impl Drop for FsStore {
 
 impl FsStore {
     /// Opens (creating directories as needed) a store and probes O_DIRECT and `O_TMPFILE`.
-    /// A background scan ([`scan`]) then rebuilds the block index and LRU order, removes temp
+    /// A background scan (`scan`) then rebuilds the block index and LRU order, removes temp
     /// files left by dead writers and evicts down to the capacity; open waits for it only
     /// while the store looks small (a small store is fully scanned when open returns; a
     /// large one opens in milliseconds, see [`FsStats::scan_complete`]).

@@ -3,7 +3,7 @@
 //!
 //! - Keys are the engine's, 1..=256 bytes. A block of key `k` in namespace `ns` is the
 //!   object `<prefix>/<ns>/<hh>/<hex>.kvb` of the bucket `s3://bucket/prefix` names
-//!   ([`object`]), where `hex` is the block name the fs store gives its file
+//!   (`object`), where `hex` is the block name the fs store gives its file
 //!   ([`crate::key::block_name`]: the key itself for a 16-byte key, else the xxh3-128 of
 //!   namespace and key). Its bytes are exactly an fs block file (a safetensors file with the
 //!   whole key, payload length and xxh3-64 checksum in its header), built and checked with
@@ -18,7 +18,7 @@
 //!   copying the payload out. A bad object is a miss plus a counter; it stays on the server
 //!   until `kvr obj verify --repair` removes it (a load never deletes what it cannot vouch
 //!   for on a store others share).
-//! - Requests go through Apache OpenDAL on kvr's own async runtime ([`runtime`]), at most
+//! - Requests go through Apache OpenDAL on kvr's own async runtime (`runtime`), at most
 //!   `concurrency` in flight, each bounded by the connect and request timeouts: a server that
 //!   is down, too slow or refusing yields `Unavailable` naming the endpoint and the error,
 //!   never a hang, and the same handle works again once the server is back.

@@ -485,7 +485,7 @@ impl TensorFile {
     /// a 4096-aligned file offset (every tensor of a file written with `align_4k`) and the
     /// file system accepts O_DIRECT, its bytes are read with O_DIRECT straight into `dst`
     /// when `dst` is 4096-aligned, else through a 4096-aligned bounce buffer of at most
-    /// [`DIRECT_BOUNCE`] bytes; a final partial page always goes through a one-page bounce
+    /// `DIRECT_BOUNCE` bytes; a final partial page always goes through a one-page bounce
     /// buffer. Otherwise (unaligned tensor, tmpfs ...) it falls back to `read_into`.
     ///
     /// Use it for large loads that should not evict other data from the page cache, or when

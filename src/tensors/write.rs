@@ -66,10 +66,10 @@ impl<'a> TensorIn<'a> {
     }
 }
 
-/// Options of [`write`].
+/// Options of [`write()`].
 #[derive(Clone, Copy, Debug)]
 pub struct WriteOptions {
-    /// Start every tensor's data at a 4096-aligned file offset (see [`super::header`]).
+    /// Start every tensor's data at a 4096-aligned file offset (see the `header` module).
     pub align_4k: bool,
     /// fsync the file and its directory before returning (default true).
     pub sync: bool,
@@ -262,7 +262,7 @@ fn stream(
 }
 
 /// Writes `tensors` and `metadata` as a safetensors file at `location`: a path, a `file://`
-/// URL (exactly [`write`] of its path) or `s3://bucket/key`. An object is streamed as a
+/// URL (exactly [`write()`] of its path) or `s3://bucket/key`. An object is streamed as a
 /// multipart upload of bounded parts and appears only once whole (on any error the upload is
 /// aborted and no object appears; an existing object stays as it was). `cfg` gives the
 /// endpoint, region, credentials and timeouts of S3 locations (its `url` and `namespace`
