@@ -7,7 +7,7 @@ use super::handle::BoxedHandle;
 use super::job::{kvr_job, submit_batch};
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, kvr_block_key, write_out};
-use super::{arg_lookup_keys, arg_segments, arg_whole_key, kvr_key, kvr_segment, write_opt};
+use super::{arg_segments, arg_whole_key, kvr_key, kvr_segment, lookup_into, write_opt};
 use super::{direct_io_from_c, open_handle, write_sized_out, KVR_DIRECT_IO_AUTO};
 use crate::disk::{DiskConfig, RawRead, RawWrite, SlotFile};
 use crate::{Error, Key};
@@ -499,18 +499,9 @@ pub extern "C" fn kvr_disk_lookup(
 ) -> kvr_status {
     guard(|| {
         let d = kvr_disk::try_ref(disk)?;
-        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
-        let ks = unsafe { arg_lookup_keys(keys, n) }?;
-        let out: &mut [u8] = if n == 0 {
-            &mut []
-        } else {
-            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
-            unsafe { arg_bytes_mut(present, n, "present") }?
-        };
-        let found = d.lookup(&ks, out)?;
-        // SAFETY: `hits` is NULL or writable per the contract.
-        unsafe { write_opt(hits, found) };
-        Ok(())
+        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
+        // contract above.
+        unsafe { lookup_into(keys, n, present, hits, |ks, out| d.lookup(ks, out)) }
     })
 }
 

@@ -7,7 +7,7 @@ use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
-use super::{arg_lookup_keys, arg_segments, arg_whole_key, kvr_key, kvr_segment};
+use super::{arg_segments, arg_whole_key, kvr_key, kvr_segment, lookup_into};
 use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
 use crate::fs::{FsConfig, FsStore, LoadRequest, StoreRequest};
 use crate::io::vectored::RawSegment;
@@ -559,18 +559,9 @@ pub extern "C" fn kvr_fs_lookup(
 ) -> kvr_status {
     guard(|| {
         let s = kvr_fs::try_ref(fs)?;
-        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
-        let ks = unsafe { arg_lookup_keys(keys, n) }?;
-        let out: &mut [u8] = if n == 0 {
-            &mut []
-        } else {
-            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
-            unsafe { arg_bytes_mut(present, n, "present") }?
-        };
-        let found = s.lookup(&ks, out)?;
-        // SAFETY: `hits` is NULL or writable per the contract.
-        unsafe { write_opt(hits, found) };
-        Ok(())
+        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
+        // contract above.
+        unsafe { lookup_into(keys, n, present, hits, |ks, out| s.lookup(ks, out)) }
     })
 }
 

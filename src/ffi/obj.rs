@@ -10,9 +10,9 @@ use super::items::{kvr_fs_load_segments_item, kvr_fs_store_segments_item};
 use super::job::{kvr_job, submit_batch};
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_key, arg_lookup_keys, arg_segments, arg_slice};
+use super::{arg_bytes, arg_bytes_mut, arg_key, arg_segments, arg_slice, lookup_into};
 use super::{arg_str, arg_whole_key, kvr_key, kvr_segment};
-use super::{open_handle, write_opt, write_out, write_sized_out};
+use super::{open_handle, write_out, write_sized_out};
 use crate::fs::{LoadItem, LoadRequest, StoreItem, StoreRequest};
 use crate::obj::{Credentials, ObjConfig, ObjStore};
 use crate::{Error, Key};
@@ -432,18 +432,9 @@ pub extern "C" fn kvr_obj_lookup(
 ) -> kvr_status {
     guard(|| {
         let s = kvr_obj::try_ref(obj)?;
-        // SAFETY: `keys` is NULL or points to `n` valid keys per the contract.
-        let ks = unsafe { arg_lookup_keys(keys, n) }?;
-        let out: &mut [u8] = if n == 0 {
-            &mut []
-        } else {
-            // SAFETY: `present` is writable for `n` bytes per the contract (NULL rejected).
-            unsafe { arg_bytes_mut(present, n, "present") }?
-        };
-        let found = s.lookup(&ks, out)?;
-        // SAFETY: `hits` is NULL or writable per the contract.
-        unsafe { write_opt(hits, found) };
-        Ok(())
+        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
+        // contract above.
+        unsafe { lookup_into(keys, n, present, hits, |ks, out| s.lookup(ks, out)) }
     })
 }
 
