@@ -12,6 +12,7 @@ command -v pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 command -v fio >/dev/null 2>&1 || need+=(fio)
 have_pkg libgtest-dev || need+=(libgtest-dev)
 have_pkg libssl-dev || need+=(libssl-dev) # SHA-256 (libcrypto) for the llama.cpp integration's block keys
+command -v openssl >/dev/null 2>&1 || need+=(openssl) # the https object-tier test makes its certificate with it
 
 if [ ${#need[@]} -eq 0 ]; then
   exit 0
