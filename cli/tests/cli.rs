@@ -304,8 +304,24 @@ fn bench_fs_smoke_json() {
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 6, "3 rows per block size (64K, 2M)");
+    assert_eq!(rows.len(), 8, "4 rows per block size (64K, 2M)");
     assert_rows_measured(rows, "fs");
+    // Each block size: store against fio's one file per job and new file per block, load
+    // against fio's one file per job and open+read+close of a file per block.
+    let ops: Vec<(&str, bool)> = rows
+        .iter()
+        .map(|r| {
+            let limit = r["limit"].as_str().unwrap();
+            (r["op"].as_str().unwrap(), limit.contains("per block"))
+        })
+        .collect();
+    let per_size = [
+        ("store", false),
+        ("store", true),
+        ("load", false),
+        ("load", true),
+    ];
+    assert_eq!(ops, [per_size, per_size].concat(), "{rows:?}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),
         0,
