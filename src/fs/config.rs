@@ -156,3 +156,48 @@ pub struct LoadItem<'a> {
     /// must stay valid and unaliased until the job completes.
     pub segments: &'a [RawSegment],
 }
+
+/// Whole-block requests seen as items of one segment each, for the tiers whose batches take
+/// segment lists (the fs store and the object tier): `f` gets the items.
+pub(crate) fn as_store_items<R>(reqs: &[StoreRequest], f: impl FnOnce(&[StoreItem]) -> R) -> R {
+    let segments: Vec<[RawSegment; 1]> = reqs
+        .iter()
+        .map(|r| {
+            [RawSegment {
+                ptr: r.src.cast_mut(),
+                len: r.len,
+            }]
+        })
+        .collect();
+    let items: Vec<StoreItem> = reqs
+        .iter()
+        .zip(&segments)
+        .map(|(r, s)| StoreItem {
+            key: &r.key.0,
+            segments: s,
+        })
+        .collect();
+    f(&items)
+}
+
+/// [`as_store_items`] for loads.
+pub(crate) fn as_load_items<R>(reqs: &[LoadRequest], f: impl FnOnce(&[LoadItem]) -> R) -> R {
+    let segments: Vec<[RawSegment; 1]> = reqs
+        .iter()
+        .map(|r| {
+            [RawSegment {
+                ptr: r.dst,
+                len: r.len,
+            }]
+        })
+        .collect();
+    let items: Vec<LoadItem> = reqs
+        .iter()
+        .zip(&segments)
+        .map(|(r, s)| LoadItem {
+            key: &r.key.0,
+            segments: s,
+        })
+        .collect();
+    f(&items)
+}

@@ -43,6 +43,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+pub(crate) use config::{as_load_items, as_store_items};
 pub use config::{Durability, FsConfig, FsStats, LoadItem, LoadRequest, StoreItem, StoreRequest};
 pub use format::{Header, TensorSpec};
 pub use path::Key;
@@ -374,25 +375,8 @@ impl FsStore {
     /// Every `src` must be valid for reads of `len` bytes until the returned job has
     /// completed (dropping the job waits for it).
     pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
-        let segments: Vec<[RawSegment; 1]> = items
-            .iter()
-            .map(|it| {
-                [RawSegment {
-                    ptr: it.src.cast_mut(),
-                    len: it.len,
-                }]
-            })
-            .collect();
-        let items: Vec<StoreItem> = items
-            .iter()
-            .zip(&segments)
-            .map(|(it, s)| StoreItem {
-                key: &it.key.0,
-                segments: s,
-            })
-            .collect();
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store_items(&items) }
+        // SAFETY: the items' segments are the requests' buffers: this function's contract.
+        as_store_items(items, |items| unsafe { self.submit_store_items(items) })
     }
 
     /// Stores a batch of whole-key, segmented blocks on the write pool; each item ends with
@@ -433,25 +417,8 @@ impl FsStore {
     /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
     /// until the returned job has completed (dropping the job waits for it).
     pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
-        let segments: Vec<[RawSegment; 1]> = items
-            .iter()
-            .map(|it| {
-                [RawSegment {
-                    ptr: it.dst,
-                    len: it.len,
-                }]
-            })
-            .collect();
-        let items: Vec<LoadItem> = items
-            .iter()
-            .zip(&segments)
-            .map(|(it, s)| LoadItem {
-                key: &it.key.0,
-                segments: s,
-            })
-            .collect();
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load_items(&items) }
+        // SAFETY: the items' segments are the requests' buffers: this function's contract.
+        as_load_items(items, |items| unsafe { self.submit_load_items(items) })
     }
 
     /// Loads a batch of whole-key, segmented blocks on the read pool; each item ends with

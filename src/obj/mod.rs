@@ -362,25 +362,8 @@ impl ObjStore {
     /// Every `src` must be valid for reads of `len` bytes until the returned job has
     /// completed (dropping the job waits for it).
     pub unsafe fn submit_store(&self, items: &[StoreRequest]) -> Job {
-        let segments: Vec<[RawSegment; 1]> = items
-            .iter()
-            .map(|it| {
-                [RawSegment {
-                    ptr: it.src.cast_mut(),
-                    len: it.len,
-                }]
-            })
-            .collect();
-        let items: Vec<StoreItem> = items
-            .iter()
-            .zip(&segments)
-            .map(|(it, s)| StoreItem {
-                key: &it.key.0,
-                segments: s,
-            })
-            .collect();
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store_items(&items) }
+        // SAFETY: the items' segments are the requests' buffers: this function's contract.
+        crate::fs::as_store_items(items, |items| unsafe { self.submit_store_items(items) })
     }
 
     /// Stores a batch of whole-key, segmented blocks, up to `concurrency` requests in
@@ -420,25 +403,8 @@ impl ObjStore {
     /// Every `dst` must be valid for writes of `len` bytes, and not accessed by anyone else,
     /// until the returned job has completed (dropping the job waits for it).
     pub unsafe fn submit_load(&self, items: &[LoadRequest]) -> Job {
-        let segments: Vec<[RawSegment; 1]> = items
-            .iter()
-            .map(|it| {
-                [RawSegment {
-                    ptr: it.dst,
-                    len: it.len,
-                }]
-            })
-            .collect();
-        let items: Vec<LoadItem> = items
-            .iter()
-            .zip(&segments)
-            .map(|(it, s)| LoadItem {
-                key: &it.key.0,
-                segments: s,
-            })
-            .collect();
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load_items(&items) }
+        // SAFETY: the items' segments are the requests' buffers: this function's contract.
+        crate::fs::as_load_items(items, |items| unsafe { self.submit_load_items(items) })
     }
 
     /// Loads a batch of whole-key, segmented blocks, up to `concurrency` requests in flight;
