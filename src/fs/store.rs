@@ -1,7 +1,7 @@
-//! Storing a block, split where the async pipeline needs the seam: [`Inner::stage`] does
-//! everything before the data moves (dedup check, capacity reservation, allocated temp
-//! file, staged header), the caller writes [`Staged::segments`], then [`Staged::finish`]
-//! publishes the block.
+//! Storing a block in three steps: [`Inner::stage`] does everything before the data moves
+//! (dedup check, capacity reservation, temp file, staged header), [`Staged::write_sync`]
+//! writes the file image, then [`Staged::finish`] publishes the block. A [`Staged`] dropped
+//! before it is published undoes the first step.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
@@ -27,17 +27,17 @@ pub enum Stored {
 }
 
 /// What staging a block found.
-pub(super) enum Staging {
+enum Staging {
     /// The block exists already (deduplicated): nothing to write.
     Present,
-    /// The temp file is allocated and the header staged: write, then [`Staged::finish`].
+    /// The temp file is created and the header staged: write, then [`Staged::finish`].
     Write(Staged),
 }
 
 /// A block between its temp file's creation and its publication. Dropping it unpublished
 /// removes a named temp file (an unnamed one just vanishes) and releases the capacity
 /// reservation and the staging buffer.
-pub(super) struct Staged {
+struct Staged {
     inner: Arc<Inner>,
     key: Key,
     final_path: PathBuf,
@@ -61,13 +61,13 @@ pub(super) struct Staged {
 }
 
 impl Staged {
-    pub(super) fn temp(&self) -> &BlockTemp {
+    fn temp(&self) -> &BlockTemp {
         self.temp.as_ref().expect("created in Inner::stage")
     }
 
     /// The file image at offset 0: the staged header, the in-place parts of the payload's
     /// segments `data`, then the staged bounce area (empty parts left out).
-    pub(super) fn segments<'a>(&'a self, data: &[&'a [u8]]) -> Vec<&'a [u8]> {
+    fn segments<'a>(&'a self, data: &[&'a [u8]]) -> Vec<&'a [u8]> {
         let s = self.staging.as_ref().expect("staged").as_slice();
         let mut parts = Vec::with_capacity(data.len() + 2);
         parts.push(&s[..self.head]);
@@ -78,17 +78,12 @@ impl Staged {
         parts
     }
 
-    /// Bytes one write of [`Staged::segments`] moves.
-    pub(super) fn write_len(&self) -> usize {
-        self.head + self.plan.in_place + self.plan.bounce_len
-    }
-
-    pub(super) fn describe(&self) -> String {
+    fn describe(&self) -> String {
         self.temp().describe(&self.final_path)
     }
 
     /// Writes the file image with `pwritev` (`data`: the payload's segments given to `stage`).
-    pub(super) fn write_sync(&self, data: &[&[u8]]) -> Result<()> {
+    fn write_sync(&self, data: &[&[u8]]) -> Result<()> {
         pwritev_all(self.temp().file(), &self.segments(data), 0)
             .map_err(|e| Error::io(format!("writing {}", self.describe()), e))
     }
@@ -108,7 +103,7 @@ impl Staged {
 
     /// After the write: cuts the file to its exact length, syncs as configured, publishes
     /// it under the block's name and records it.
-    pub(super) fn finish(mut self) -> Result<Stored> {
+    fn finish(mut self) -> Result<Stored> {
         let file = self.temp().file();
         if self.file_len % IO_ALIGN as u64 != 0 {
             file.set_len(self.file_len)
@@ -199,7 +194,7 @@ impl Inner {
 
     /// Everything before a block's data moves: validation, the dedup check, the capacity
     /// reservation, the allocated temp file and the staged header. A full disk fails here.
-    pub(super) fn stage(
+    fn stage(
         self: &Arc<Self>,
         key: &[u8],
         data: &[&[u8]],

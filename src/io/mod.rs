@@ -10,7 +10,6 @@
 //! - `direct`: O_DIRECT probing and the transfer plan (aligned part in place, the rest
 //!   through a bounce buffer), with `aligned` buffers, rounding and the `bounce` pool;
 //! - `dir`: directory placement hints;
-//! - `uring`: one asynchronous write in flight per thread;
 //! - a worker `pool` and the async `job` handle that batched submits return.
 
 pub(crate) mod aligned;
@@ -23,7 +22,6 @@ pub(crate) mod lock;
 pub(crate) mod pool;
 pub(crate) mod publish;
 pub(crate) mod space;
-pub(crate) mod uring;
 pub(crate) mod vectored;
 
 pub use aligned::{align_down, align_up, is_aligned, is_aligned_ptr, AlignedBuf};

@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use crossbeam_channel::{unbounded, Sender, TryRecvError};
+use crossbeam_channel::{unbounded, Sender};
 
 use super::job::{Completer, Job};
 use std::thread::JoinHandle;
@@ -18,44 +18,18 @@ pub struct IoPool {
 impl IoPool {
     /// Starts `threads` workers (at least 1) named `<name>-<i>`.
     pub fn new(name: &str, threads: usize) -> crate::Result<Self> {
-        Self::with_idle(name, threads, || {})
-    }
-
-    /// Like [`IoPool::new`], and each worker runs `idle` whenever it finds the queue empty,
-    /// before it sleeps or exits. Tasks may leave work pending on their thread (a write in
-    /// flight) for the next task to overlap with; `idle` finishes it.
-    pub fn with_idle(name: &str, threads: usize, idle: fn()) -> crate::Result<Self> {
         let (tx, rx) = unbounded::<Task>();
         let mut handles = Vec::new();
         for i in 0..threads.max(1) {
             let rx = rx.clone();
-            // A panicking task must not kill the worker; its job records the failure.
-            let run = |f: &mut dyn FnMut()| {
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
-            };
             let h = std::thread::Builder::new()
                 .name(format!("{name}-{i}"))
-                .spawn(move || loop {
-                    let task = match rx.try_recv() {
-                        Ok(task) => task,
-                        Err(TryRecvError::Empty) => {
-                            run(&mut || idle());
-                            match rx.recv() {
-                                Ok(task) => task,
-                                Err(_) => break,
-                            }
-                        }
-                        Err(TryRecvError::Disconnected) => {
-                            run(&mut || idle());
-                            break;
-                        }
-                    };
-                    let mut task = Some(task);
-                    run(&mut || {
-                        if let Some(t) = task.take() {
-                            t()
-                        }
-                    });
+                .spawn(move || {
+                    for task in rx.iter() {
+                        // A panicking task must not kill the worker; its job records the
+                        // failure.
+                        let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(task));
+                    }
                 })
                 .map_err(|e| crate::Error::io("starting I/O thread", e))?;
             handles.push(h);
