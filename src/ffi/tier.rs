@@ -70,22 +70,57 @@ pub(crate) trait BlockTier: KeyedTier {
     unsafe fn queue_load_items(&self, items: &[LoadItem]) -> Job;
 }
 
-impl KeyedTier for FsStore {
-    fn presence(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
-        self.lookup(keys, present)
-    }
-    fn remove_whole_key(&self, key: &[u8]) -> Result<()> {
-        self.remove_key(key)
-    }
+/// Implements [`KeyedTier`] and [`BlockTier`] for a content-addressed tier whose inherent
+/// calls have the fs store's names and shapes; the `{ ... }` methods are the ones that differ.
+macro_rules! content_addressed_tier {
+    ($tier:ty { $($differs:item)* }) => {
+        impl KeyedTier for $tier {
+            fn presence(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
+                self.lookup(keys, present)
+            }
+            fn remove_whole_key(&self, key: &[u8]) -> Result<()> {
+                self.remove_key(key)
+            }
+        }
+
+        impl BlockTier for $tier {
+            fn store_block(&self, key: &Key, data: &[u8]) -> Result<()> {
+                self.store(key, data).map(|_| ())
+            }
+            fn load_block(&self, key: &Key, dst: &mut [u8]) -> Result<()> {
+                self.load(key, dst).map(|_| ())
+            }
+            fn remove_block(&self, key: &Key) -> Result<()> {
+                self.remove(key)
+            }
+            fn store_whole_key(&self, key: &[u8], segments: &[&[u8]]) -> Result<()> {
+                self.store_segments(key, segments, None).map(|_| ())
+            }
+            fn load_whole_key(&self, key: &[u8], segments: &mut [&mut [u8]]) -> Result<()> {
+                self.load_segments(key, segments).map(|_| ())
+            }
+            unsafe fn queue_stores(&self, requests: &[StoreRequest]) -> Job {
+                // SAFETY: this function's contract.
+                unsafe { self.submit_store(requests) }
+            }
+            unsafe fn queue_loads(&self, requests: &[LoadRequest]) -> Job {
+                // SAFETY: this function's contract.
+                unsafe { self.submit_load(requests) }
+            }
+            unsafe fn queue_store_items(&self, items: &[StoreItem]) -> Job {
+                // SAFETY: this function's contract.
+                unsafe { self.submit_store_items(items) }
+            }
+            unsafe fn queue_load_items(&self, items: &[LoadItem]) -> Job {
+                // SAFETY: this function's contract.
+                unsafe { self.submit_load_items(items) }
+            }
+            $($differs)*
+        }
+    };
 }
 
-impl BlockTier for FsStore {
-    fn store_block(&self, key: &Key, data: &[u8]) -> Result<()> {
-        self.store(key, data).map(|_| ())
-    }
-    fn load_block(&self, key: &Key, dst: &mut [u8]) -> Result<()> {
-        self.load(key, dst).map(|_| ())
-    }
+content_addressed_tier!(FsStore {
     fn contains_block(&self, key: &Key) -> Result<bool> {
         Ok(self.contains(key))
     }
@@ -93,81 +128,16 @@ impl BlockTier for FsStore {
         // Each key is timed as one lookup, as `kvr_fs_lookup_prefix` always did.
         Ok(keys.iter().take_while(|k| self.contains(k)).count())
     }
-    fn remove_block(&self, key: &Key) -> Result<()> {
-        self.remove(key)
-    }
-    fn store_whole_key(&self, key: &[u8], segments: &[&[u8]]) -> Result<()> {
-        self.store_segments(key, segments, None).map(|_| ())
-    }
-    fn load_whole_key(&self, key: &[u8], segments: &mut [&mut [u8]]) -> Result<()> {
-        self.load_segments(key, segments).map(|_| ())
-    }
-    unsafe fn queue_stores(&self, requests: &[StoreRequest]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store(requests) }
-    }
-    unsafe fn queue_loads(&self, requests: &[LoadRequest]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load(requests) }
-    }
-    unsafe fn queue_store_items(&self, items: &[StoreItem]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store_items(items) }
-    }
-    unsafe fn queue_load_items(&self, items: &[LoadItem]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load_items(items) }
-    }
-}
+});
 
-impl KeyedTier for ObjStore {
-    fn presence(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {
-        self.lookup(keys, present)
-    }
-    fn remove_whole_key(&self, key: &[u8]) -> Result<()> {
-        self.remove_key(key)
-    }
-}
-
-impl BlockTier for ObjStore {
-    fn store_block(&self, key: &Key, data: &[u8]) -> Result<()> {
-        self.store(key, data).map(|_| ())
-    }
-    fn load_block(&self, key: &Key, dst: &mut [u8]) -> Result<()> {
-        self.load(key, dst).map(|_| ())
-    }
+content_addressed_tier!(ObjStore {
     fn contains_block(&self, key: &Key) -> Result<bool> {
         self.contains(key)
     }
     fn leading_blocks(&self, keys: &[Key]) -> Result<usize> {
         self.lookup_prefix(keys)
     }
-    fn remove_block(&self, key: &Key) -> Result<()> {
-        self.remove(key)
-    }
-    fn store_whole_key(&self, key: &[u8], segments: &[&[u8]]) -> Result<()> {
-        self.store_segments(key, segments, None).map(|_| ())
-    }
-    fn load_whole_key(&self, key: &[u8], segments: &mut [&mut [u8]]) -> Result<()> {
-        self.load_segments(key, segments).map(|_| ())
-    }
-    unsafe fn queue_stores(&self, requests: &[StoreRequest]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store(requests) }
-    }
-    unsafe fn queue_loads(&self, requests: &[LoadRequest]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load(requests) }
-    }
-    unsafe fn queue_store_items(&self, items: &[StoreItem]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_store_items(items) }
-    }
-    unsafe fn queue_load_items(&self, items: &[LoadItem]) -> Job {
-        // SAFETY: this function's contract.
-        unsafe { self.submit_load_items(items) }
-    }
-}
+});
 
 impl KeyedTier for SlotFile {
     fn presence(&self, keys: &[&[u8]], present: &mut [u8]) -> Result<usize> {

@@ -85,23 +85,24 @@ trait SegmentedTier {
     unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job;
 }
 
+/// One batch item per block: `item(key, segments)` of each key and its segments.
+fn per_block<'a, T>(
+    keys: &'a [Vec<u8>],
+    segments: &'a [Vec<RawSegment>],
+    item: impl Fn(&'a [u8], &'a [RawSegment]) -> T,
+) -> Vec<T> {
+    keys.iter().zip(segments).map(|(k, s)| item(k, s)).collect()
+}
+
 impl SegmentedTier for FsStore {
     const OPS: [&'static str; 2] = ["vectored fs store", "vectored fs load"];
     unsafe fn store(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
-        let items: Vec<StoreItem> = keys
-            .iter()
-            .zip(segments)
-            .map(|(key, segments)| StoreItem { key, segments })
-            .collect();
+        let items = per_block(keys, segments, |key, segments| StoreItem { key, segments });
         // SAFETY: this function's contract.
         unsafe { self.submit_store_items(&items) }
     }
     unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
-        let items: Vec<LoadItem> = keys
-            .iter()
-            .zip(segments)
-            .map(|(key, segments)| LoadItem { key, segments })
-            .collect();
+        let items = per_block(keys, segments, |key, segments| LoadItem { key, segments });
         // SAFETY: this function's contract.
         unsafe { self.submit_load_items(&items) }
     }
@@ -116,29 +117,21 @@ const NO_META: RawSegment = RawSegment {
 impl SegmentedTier for SlotFile {
     const OPS: [&'static str; 2] = ["vectored disk write", "vectored disk read"];
     unsafe fn store(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
-        let items: Vec<WriteItem> = keys
-            .iter()
-            .zip(segments)
-            .map(|(key, segments)| WriteItem {
-                key,
-                segments,
-                meta: NO_META,
-            })
-            .collect();
+        let items = per_block(keys, segments, |key, segments| WriteItem {
+            key,
+            segments,
+            meta: NO_META,
+        });
         // SAFETY: this function's contract.
         unsafe { self.submit_write_items(&items) }
     }
     unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
-        let items: Vec<ReadItem> = keys
-            .iter()
-            .zip(segments)
-            .map(|(key, segments)| ReadItem {
-                key,
-                segments,
-                meta_dst: NO_META,
-                meta_len_out: std::ptr::null_mut(),
-            })
-            .collect();
+        let items = per_block(keys, segments, |key, segments| ReadItem {
+            key,
+            segments,
+            meta_dst: NO_META,
+            meta_len_out: std::ptr::null_mut(),
+        });
         // SAFETY: this function's contract.
         unsafe { self.submit_read_items(&items) }
     }
