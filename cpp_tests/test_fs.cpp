@@ -5,7 +5,6 @@
 #include <sys/stat.h>
 
 #include <cstring>
-#include <filesystem>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -16,20 +15,6 @@ using kvr_test::fork_child;
 using kvr_test::wait_child;
 
 namespace {
-
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char tmpl[] = "/tmp/kvr_fs_test_XXXXXX";
-    char* p = mkdtemp(tmpl);
-    if (!p) std::abort();
-    path = p;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
 
 kvr_block_key key(uint64_t i) {
   kvr_block_key k;
@@ -67,7 +52,7 @@ bool exists(const std::string& p) {
 }  // namespace
 
 TEST(Fs, RoundTripsEveryLengthAndCountsStats) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   kvr::FsStore fs(options(d.path));
   const size_t lens[] = {1, 4095, 4096, 4097, 64 * 1024, 2 * 1024 * 1024 + 1};
   uint64_t i = 0;
@@ -97,7 +82,7 @@ TEST(Fs, RoundTripsEveryLengthAndCountsStats) {
 }
 
 TEST(Fs, AsyncBatchesStoreAndLoad) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   kvr::FsStore fs(options(d.path));
   const size_t n = 32, len = 64 * 1024 + 7;
   std::vector<std::vector<uint8_t>> src, dst(n + 1, std::vector<uint8_t>(len));
@@ -130,7 +115,7 @@ TEST(Fs, AsyncBatchesStoreAndLoad) {
 }
 
 TEST(Fs, CorruptBlockIsRemovedAndReported) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   kvr::FsStore fs(options(d.path));
   const size_t len = 10000;
   auto src = content(1, len);
@@ -153,7 +138,7 @@ TEST(Fs, CorruptBlockIsRemovedAndReported) {
 }
 
 TEST(Fs, TwoProcessesShareARoot) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   const size_t len = 128 * 1024;
   pid_t kid = fork_child([&] {
     kvr::FsStore fs(options(d.path));
@@ -174,7 +159,7 @@ TEST(Fs, TwoProcessesShareARoot) {
 }
 
 TEST(Fs, RanksAndNamespacesAreSeparate) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   auto o = options(d.path);
   o.rank = 0;
   kvr::FsStore r0(o);
@@ -188,7 +173,7 @@ TEST(Fs, RanksAndNamespacesAreSeparate) {
 }
 
 TEST(Fs, BadInputsAreRejected) {
-  TempDir d;
+  kvr_test::TempDir d("kvr_fs_test");
   kvr_fs_config c;
   ASSERT_KVR(KVR_OK, kvr_fs_config_default(&c));
   EXPECT_EQ(c.read_threads, 8u);

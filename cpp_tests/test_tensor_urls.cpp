@@ -17,17 +17,6 @@
 
 namespace {
 
-std::string endpoint_or_empty() {
-  const char* e = getenv("KVR_S3_TEST_ENDPOINT");
-  return e ? e : "";
-}
-
-#define ENDPOINT_OR_SKIP(var)                                                   \
-  std::string var = endpoint_or_empty();                                       \
-  if (var.empty()) {                                                           \
-    GTEST_SKIP() << "skipped: no S3 test server (run scripts/seaweedfs.sh)"; \
-  }
-
 std::string unique_url(const char* what) {
   struct timespec ts;
   clock_gettime(CLOCK_REALTIME, &ts);

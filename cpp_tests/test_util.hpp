@@ -89,6 +89,13 @@ struct TempDir {
   TempDir& operator=(const TempDir&) = delete;
 };
 
+/// The S3 test server's endpoint (KVR_S3_TEST_ENDPOINT, set by scripts/run-tests.sh from
+/// scripts/seaweedfs.sh), or "" when there is none.
+inline std::string s3_test_endpoint() {
+  const char* e = std::getenv("KVR_S3_TEST_ENDPOINT");
+  return e ? e : "";
+}
+
 }  // namespace kvr_test
 
 /// EXPECT a kvr call to return `status`, printing the library's message on mismatch.
@@ -104,3 +111,10 @@ struct TempDir {
     ASSERT_EQ(kvr_s_, status) << #call << " -> " << kvr_status_str(kvr_s_) << ": "  \
                               << kvr_last_error_message();                            \
   } while (0)
+
+/// Declares `var` as the S3 test server's endpoint, or skips the test when there is none.
+#define ENDPOINT_OR_SKIP(var)                                                   \
+  std::string var = kvr_test::s3_test_endpoint();                              \
+  if (var.empty()) {                                                           \
+    GTEST_SKIP() << "skipped: no S3 test server (run scripts/seaweedfs.sh)"; \
+  }

@@ -267,6 +267,159 @@ struct Presence {
   std::size_t hits = 0;
 };
 
+namespace detail {
+/// True for KVR_OK, false for KVR_ERR_NOT_FOUND (an expected miss); throws any other failure.
+inline bool found(kvr_status s) {
+  if (s == KVR_ERR_NOT_FOUND) return false;
+  check(s);
+  return true;
+}
+
+/// Runs a kvr_*_submit_* call and owns the job it returns.
+template <typename Tier, typename Item>
+Job submit(kvr_status (*fn)(const Tier*, Item*, std::size_t, kvr_job**), const Tier* tier,
+           Item* items, std::size_t n) {
+  kvr_job* j = nullptr;
+  check(fn(tier, items, n, &j));
+  return Job(j);
+}
+
+/// The C functions of the fs tier, named for BlockTier.
+struct FsCalls {
+  using handle = kvr_fs;
+  using stats = kvr_fs_stats;
+  using store_item = kvr_fs_store_item;
+  using load_item = kvr_fs_load_item;
+  using store_segments_item = kvr_fs_store_segments_item;
+  using load_segments_item = kvr_fs_load_segments_item;
+  static constexpr auto close = kvr_fs_close;
+  static constexpr auto store_block = kvr_store_block;
+  static constexpr auto load_block = kvr_load_block;
+  static constexpr auto contains = kvr_fs_contains;
+  static constexpr auto lookup_prefix = kvr_fs_lookup_prefix;
+  static constexpr auto remove = kvr_fs_remove;
+  static constexpr auto get_stats = kvr_fs_get_stats;
+  static constexpr auto submit_store = kvr_fs_submit_store;
+  static constexpr auto submit_load = kvr_fs_submit_load;
+  static constexpr auto store_key = kvr_fs_store;
+  static constexpr auto load_key = kvr_fs_load;
+  static constexpr auto lookup = kvr_fs_lookup;
+  static constexpr auto remove_key = kvr_fs_remove_key;
+  static constexpr auto submit_store_items = kvr_fs_submit_store_items;
+  static constexpr auto submit_load_items = kvr_fs_submit_load_items;
+};
+
+/// The C functions of the object tier, named for BlockTier.
+struct ObjCalls {
+  using handle = kvr_obj;
+  using stats = kvr_obj_stats;
+  using store_item = kvr_obj_store_item;
+  using load_item = kvr_obj_load_item;
+  using store_segments_item = kvr_obj_store_segments_item;
+  using load_segments_item = kvr_obj_load_segments_item;
+  static constexpr auto close = kvr_obj_close;
+  static constexpr auto store_block = kvr_obj_store;
+  static constexpr auto load_block = kvr_obj_load;
+  static constexpr auto contains = kvr_obj_contains;
+  static constexpr auto lookup_prefix = kvr_obj_lookup_prefix;
+  static constexpr auto remove = kvr_obj_remove;
+  static constexpr auto get_stats = kvr_obj_get_stats;
+  static constexpr auto submit_store = kvr_obj_submit_store;
+  static constexpr auto submit_load = kvr_obj_submit_load;
+  static constexpr auto store_key = kvr_obj_store_key;
+  static constexpr auto load_key = kvr_obj_load_key;
+  static constexpr auto lookup = kvr_obj_lookup;
+  static constexpr auto remove_key = kvr_obj_remove_key;
+  static constexpr auto submit_store_items = kvr_obj_submit_store_items;
+  static constexpr auto submit_load_items = kvr_obj_submit_load_items;
+};
+
+/// The per-key and batch calls FsStore and ObjStore share (their C functions have the same
+/// shapes, named by `C`). Each owner adds its constructor and what only it has.
+template <typename C>
+class BlockTier {
+ public:
+  BlockTier(const BlockTier&) = delete;
+  BlockTier& operator=(const BlockTier&) = delete;
+  /// Stores `len` bytes (a no-op if the block exists).
+  void store(const BlockKey& k, const void* src, std::size_t len) {
+    check(C::store_block(h_.get(), &k, src, len));
+  }
+  /// Loads the block into `dst`; false if there is none. Throws kvr::Error otherwise
+  /// (KVR_ERR_LAYOUT_MISMATCH: other length; see the owner class for its other failures).
+  [[nodiscard]] bool load(const BlockKey& k, void* dst, std::size_t len) {
+    return found(C::load_block(h_.get(), &k, dst, len));
+  }
+  [[nodiscard]] bool contains(const BlockKey& k) const {
+    bool yes = false;
+    check(C::contains(h_.get(), &k, &yes));
+    return yes;
+  }
+  /// How many leading keys exist (the reusable prompt prefix).
+  [[nodiscard]] std::size_t lookup_prefix(const BlockKey* keys, std::size_t n) const {
+    std::size_t hits = 0;
+    check(C::lookup_prefix(h_.get(), keys, n, &hits));
+    return hits;
+  }
+  /// Removes the block; false if there was none.
+  bool remove(const BlockKey& k) { return found(C::remove(h_.get(), &k)); }
+  [[nodiscard]] typename C::stats stats() const {
+    typename C::stats s{};
+    s.struct_size = sizeof(s);
+    check(C::get_stats(h_.get(), &s));
+    return s;
+  }
+  /// Stores a batch (in parallel); `items`' buffers must outlive the job.
+  Job submit_store(const typename C::store_item* items, std::size_t n) {
+    return submit(C::submit_store, h_.get(), items, n);
+  }
+  /// Loads a batch (in parallel); `items`' buffers must outlive the job.
+  Job submit_load(const typename C::load_item* items, std::size_t n) {
+    return submit(C::submit_load, h_.get(), items, n);
+  }
+  /// Stores the concatenation of `segs` under the whole key `k`, publish-once (a no-op if it
+  /// exists). A 16-byte key is the same block as the BlockKey of those bytes.
+  void store(Key k, Segments segs) { check(C::store_key(h_.get(), k, segs.data(), segs.size())); }
+  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
+  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none.
+  [[nodiscard]] bool load(Key k, Segments segs) {
+    return found(C::load_key(h_.get(), k, segs.data(), segs.size()));
+  }
+  /// Per-key presence into `present` (one byte per key); returns the number present.
+  std::size_t lookup(Keys keys, std::uint8_t* present) const {
+    std::size_t hits = 0;
+    check(C::lookup(h_.get(), keys.data(), keys.size(), present, &hits));
+    return hits;
+  }
+  [[nodiscard]] Presence lookup(Keys keys) const {
+    Presence p;
+    p.present.resize(keys.size());
+    p.hits = lookup(keys, p.present.data());
+    return p;
+  }
+  /// Removes the block of the whole key `k`; false if there was none.
+  bool remove_key(Key k) { return found(C::remove_key(h_.get(), k)); }
+  /// Stores a batch of whole-key, segmented blocks (items from fs_store_item()); the buffers
+  /// must outlive the Job.
+  Job submit_store_items(const typename C::store_segments_item* items, std::size_t n) {
+    return submit(C::submit_store_items, h_.get(), items, n);
+  }
+  /// Loads a batch of whole-key, segmented blocks (items from fs_load_item()); the buffers
+  /// must outlive the Job.
+  Job submit_load_items(const typename C::load_segments_item* items, std::size_t n) {
+    return submit(C::submit_load_items, h_.get(), items, n);
+  }
+  [[nodiscard]] typename C::handle* get() const noexcept { return h_.get(); }
+
+ protected:
+  BlockTier() = default;
+  BlockTier(BlockTier&&) noexcept = default;
+  BlockTier& operator=(BlockTier&&) noexcept = default;
+  ~BlockTier() noexcept = default;
+  Handle<typename C::handle, C::close> h_;
+};
+}  // namespace detail
+
 
 // ---- namespaces (kvr_namespace_*) ----
 
@@ -450,12 +603,7 @@ class Disk {
     return b;
   }
   /// Removes `key`'s entry; false if there was none.
-  bool remove(const BlockKey& key) {
-    kvr_status s = kvr_disk_remove(h_.get(), &key);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
+  bool remove(const BlockKey& key) { return detail::found(kvr_disk_remove(h_.get(), &key)); }
   [[nodiscard]] kvr_disk_stats stats() const {
     kvr_disk_stats s{};
     s.struct_size = sizeof(s);
@@ -464,15 +612,11 @@ class Disk {
   }
   /// Async batch of writes; buffers must outlive the returned Job.
   Job submit_write(const kvr_disk_write_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_disk_submit_write(h_.get(), items, n, &j));
-    return Job(j);
+    return detail::submit(kvr_disk_submit_write, h_.get(), items, n);
   }
   /// Async batch of reads; `items` (whose len/meta_len are filled) and buffers must outlive it.
   Job submit_read(kvr_disk_read_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_disk_submit_read(h_.get(), items, n, &j));
-    return Job(j);
+    return detail::submit(kvr_disk_submit_read, h_.get(), items, n);
   }
   /// Stores the concatenation of `segs` (and optional metadata) under the whole key `k`.
   void write_segments(Key k, Segments segs, const void* meta = nullptr,
@@ -486,11 +630,9 @@ class Disk {
   [[nodiscard]] bool read_segments(Key k, Segments segs, void* meta = nullptr,
                                    std::uint64_t meta_cap = 0,
                                    std::uint64_t* meta_len = nullptr) {
-    kvr_status s = kvr_disk_read_segments(h_.get(), k, segs.data(), segs.size(),
-                                          static_cast<std::uint8_t*>(meta), meta_cap, meta_len);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
+    return detail::found(kvr_disk_read_segments(h_.get(), k, segs.data(), segs.size(),
+                                                static_cast<std::uint8_t*>(meta), meta_cap,
+                                                meta_len));
   }
   /// Per-key presence from the index (no I/O) into `present` (one byte per key); returns
   /// the number present.
@@ -506,24 +648,15 @@ class Disk {
     return p;
   }
   /// Removes the entry of the whole key `k`; false if there was none.
-  bool remove_key(Key k) {
-    kvr_status s = kvr_disk_remove_key(h_.get(), k);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
+  bool remove_key(Key k) { return detail::found(kvr_disk_remove_key(h_.get(), k)); }
   /// Async batch of whole-key, segmented writes; the buffers must outlive the Job.
   Job submit_write_items(const kvr_disk_write_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_disk_submit_write_items(h_.get(), items, n, &j));
-    return Job(j);
+    return detail::submit(kvr_disk_submit_write_items, h_.get(), items, n);
   }
   /// Async batch of whole-key, segmented reads; `items` (whose meta_len is filled) and the
   /// buffers must outlive the Job.
   Job submit_read_items(kvr_disk_read_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_disk_submit_read_items(h_.get(), items, n, &j));
-    return Job(j);
+    return detail::submit(kvr_disk_submit_read_items, h_.get(), items, n);
   }
   [[nodiscard]] kvr_disk* get() const noexcept { return h_.get(); }
 
@@ -547,8 +680,10 @@ struct FsOptions {
   std::uint64_t capacity_bytes = 0;  // 0: unbounded
 };
 
-/// A content-addressed block store on a directory (kvr_fs_open / kvr_fs_close).
-class FsStore {
+/// A content-addressed block store on a directory (kvr_fs_open / kvr_fs_close). load() throws
+/// KVR_ERR_CORRUPT for a bad file (which it removed); batches run on the read and write
+/// threads; lookup() answers known keys from memory, others cost one stat each.
+class FsStore : public detail::BlockTier<detail::FsCalls> {
  public:
   explicit FsStore(const FsOptions& o) {
     kvr_fs_config c;
@@ -571,47 +706,6 @@ class FsStore {
     check(kvr_fs_open(&c, &f));
     h_.reset(f);
   }
-  FsStore(const FsStore&) = delete;
-  FsStore& operator=(const FsStore&) = delete;
-  FsStore(FsStore&&) noexcept = default;
-  FsStore& operator=(FsStore&&) noexcept = default;
-  ~FsStore() noexcept = default;
-  /// Stores `len` bytes (a no-op if the block exists).
-  void store(const BlockKey& k, const void* src, std::size_t len) {
-    check(kvr_store_block(h_.get(), &k, src, len));
-  }
-  /// Loads the block into `dst`; false if there is none. Throws kvr::Error otherwise
-  /// (KVR_ERR_CORRUPT: the bad file was removed; KVR_ERR_LAYOUT_MISMATCH: other length).
-  [[nodiscard]] bool load(const BlockKey& k, void* dst, std::size_t len) {
-    kvr_status s = kvr_load_block(h_.get(), &k, dst, len);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  [[nodiscard]] bool contains(const BlockKey& k) const {
-    bool yes = false;
-    check(kvr_fs_contains(h_.get(), &k, &yes));
-    return yes;
-  }
-  /// How many leading keys exist (the reusable prompt prefix).
-  [[nodiscard]] std::size_t lookup_prefix(const BlockKey* keys, std::size_t n) const {
-    std::size_t hits = 0;
-    check(kvr_fs_lookup_prefix(h_.get(), keys, n, &hits));
-    return hits;
-  }
-  /// Removes the block; false if there was none.
-  bool remove(const BlockKey& k) {
-    kvr_status s = kvr_fs_remove(h_.get(), &k);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  [[nodiscard]] kvr_fs_stats stats() const {
-    kvr_fs_stats s{};
-    s.struct_size = sizeof(s);
-    check(kvr_fs_get_stats(h_.get(), &s));
-    return s;
-  }
   /// The path of the block's file (existing or not).
   [[nodiscard]] std::string block_path(const BlockKey& k) const {
     std::size_t need = 0;
@@ -622,64 +716,6 @@ class FsStore {
     p.resize(need - 1);
     return p;
   }
-  /// Stores a batch on the write threads; `items`' buffers must outlive the job.
-  Job submit_store(const kvr_fs_store_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_fs_submit_store(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Loads a batch on the read threads; `items`' buffers must outlive the job.
-  Job submit_load(const kvr_fs_load_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_fs_submit_load(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Stores the concatenation of `segs` under the whole key `k` (a no-op if it exists).
-  void store(Key k, Segments segs) { check(kvr_fs_store(h_.get(), k, segs.data(), segs.size())); }
-  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
-  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none.
-  [[nodiscard]] bool load(Key k, Segments segs) {
-    kvr_status s = kvr_fs_load(h_.get(), k, segs.data(), segs.size());
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  /// Per-key presence into `present` (one byte per key); returns the number present. Known
-  /// keys are answered from memory, others cost one stat each.
-  std::size_t lookup(Keys keys, std::uint8_t* present) const {
-    std::size_t hits = 0;
-    check(kvr_fs_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
-    return hits;
-  }
-  [[nodiscard]] Presence lookup(Keys keys) const {
-    Presence p;
-    p.present.resize(keys.size());
-    p.hits = lookup(keys, p.present.data());
-    return p;
-  }
-  /// Removes the block of the whole key `k`; false if there was none.
-  bool remove_key(Key k) {
-    kvr_status s = kvr_fs_remove_key(h_.get(), k);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  /// Stores a batch of whole-key, segmented blocks; the buffers must outlive the Job.
-  Job submit_store_items(const kvr_fs_store_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_fs_submit_store_items(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Loads a batch of whole-key, segmented blocks; the buffers must outlive the Job.
-  Job submit_load_items(const kvr_fs_load_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_fs_submit_load_items(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  [[nodiscard]] kvr_fs* get() const noexcept { return h_.get(); }
-
- private:
-  Handle<kvr_fs, kvr_fs_close> h_;
 };
 
 // ---- S3 object tier: one object per block, shared between hosts ----
@@ -704,8 +740,11 @@ struct ObjOptions {
 
 /// Blocks in an S3 bucket (kvr_obj_open / kvr_obj_close). A server that is down, too slow or
 /// refusing throws kvr::Error with KVR_ERR_UNAVAILABLE (message: endpoint and error); the
-/// same object works again once the server is back.
-class ObjStore {
+/// same object works again once the server is back. load() answers false also for a bad
+/// object (counted in stats().corrupt, left for `kvr obj verify --repair`) and, for a whole
+/// key, for an object of its name that holds another key; batches and lookup() keep
+/// `concurrency` requests in flight (lookup: one HEAD per key).
+class ObjStore : public detail::BlockTier<detail::ObjCalls> {
  public:
   explicit ObjStore(const ObjOptions& o) {
     kvr_obj_config c;
@@ -726,112 +765,6 @@ class ObjStore {
     check(kvr_obj_open(&c, &h));
     h_.reset(h);
   }
-  ObjStore(const ObjStore&) = delete;
-  ObjStore& operator=(const ObjStore&) = delete;
-  ObjStore(ObjStore&&) noexcept = default;
-  ObjStore& operator=(ObjStore&&) noexcept = default;
-  ~ObjStore() noexcept = default;
-  /// Stores `len` bytes, publish-once (a no-op if the object exists).
-  void store(const BlockKey& k, const void* src, std::size_t len) {
-    check(kvr_obj_store(h_.get(), &k, src, len));
-  }
-  /// Loads the block into `dst`; false if there is none or it is bad (counted in
-  /// stats().corrupt, left for `kvr obj verify --repair`). Throws kvr::Error otherwise
-  /// (KVR_ERR_LAYOUT_MISMATCH: other length; KVR_ERR_UNAVAILABLE).
-  [[nodiscard]] bool load(const BlockKey& k, void* dst, std::size_t len) {
-    kvr_status s = kvr_obj_load(h_.get(), &k, dst, len);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  [[nodiscard]] bool contains(const BlockKey& k) const {
-    bool yes = false;
-    check(kvr_obj_contains(h_.get(), &k, &yes));
-    return yes;
-  }
-  /// How many leading keys exist (the reusable prompt prefix).
-  [[nodiscard]] std::size_t lookup_prefix(const BlockKey* keys, std::size_t n) const {
-    std::size_t hits = 0;
-    check(kvr_obj_lookup_prefix(h_.get(), keys, n, &hits));
-    return hits;
-  }
-  /// Removes the block; false if there was none.
-  bool remove(const BlockKey& k) {
-    kvr_status s = kvr_obj_remove(h_.get(), &k);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  [[nodiscard]] kvr_obj_stats stats() const {
-    kvr_obj_stats s{};
-    s.struct_size = sizeof(s);
-    check(kvr_obj_get_stats(h_.get(), &s));
-    return s;
-  }
-  /// Stores a batch, `concurrency` requests in flight; `items`' buffers must outlive the job.
-  Job submit_store(const kvr_obj_store_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_obj_submit_store(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Loads a batch, `concurrency` requests in flight; `items`' buffers must outlive the job.
-  Job submit_load(const kvr_obj_load_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_obj_submit_load(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Stores the concatenation of `segs` under the whole key `k`, publish-once (a no-op if
-  /// the object exists). A 16-byte key is the same object as the BlockKey of those bytes.
-  void store(Key k, Segments segs) {
-    check(kvr_obj_store_key(h_.get(), k, segs.data(), segs.size()));
-  }
-  /// Loads `k`'s block scattered over `segs` (which must sum to its payload, else
-  /// KVR_ERR_LAYOUT_MISMATCH); false if there is none, it is bad, or the object of its name
-  /// holds another key.
-  [[nodiscard]] bool load(Key k, Segments segs) {
-    kvr_status s = kvr_obj_load_key(h_.get(), k, segs.data(), segs.size());
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  /// Per-key presence into `present` (one byte per key); returns the number present. One
-  /// HEAD per key, all concurrent.
-  std::size_t lookup(Keys keys, std::uint8_t* present) const {
-    std::size_t hits = 0;
-    check(kvr_obj_lookup(h_.get(), keys.data(), keys.size(), present, &hits));
-    return hits;
-  }
-  [[nodiscard]] Presence lookup(Keys keys) const {
-    Presence p;
-    p.present.resize(keys.size());
-    p.hits = lookup(keys, p.present.data());
-    return p;
-  }
-  /// Removes the block of the whole key `k`; false if there was none.
-  bool remove_key(Key k) {
-    kvr_status s = kvr_obj_remove_key(h_.get(), k);
-    if (s == KVR_ERR_NOT_FOUND) return false;
-    check(s);
-    return true;
-  }
-  /// Stores a batch of whole-key, segmented blocks (items from fs_store_item()); the
-  /// buffers must outlive the Job.
-  Job submit_store_items(const kvr_obj_store_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_obj_submit_store_items(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  /// Loads a batch of whole-key, segmented blocks (items from fs_load_item()); the buffers
-  /// must outlive the Job.
-  Job submit_load_items(const kvr_obj_load_segments_item* items, std::size_t n) {
-    kvr_job* j = nullptr;
-    check(kvr_obj_submit_load_items(h_.get(), items, n, &j));
-    return Job(j);
-  }
-  [[nodiscard]] kvr_obj* get() const noexcept { return h_.get(); }
-
- private:
-  Handle<kvr_obj, kvr_obj_close> h_;
 };
 
 // ---- tensor files (safetensors): writing, lazy reading, lazy directory, region blocks ----
@@ -1157,6 +1090,7 @@ KVR_ASSERT_MOVE_ONLY(Region);
 KVR_ASSERT_MOVE_ONLY(Job);
 KVR_ASSERT_MOVE_ONLY(Disk);
 KVR_ASSERT_MOVE_ONLY(FsStore);
+KVR_ASSERT_MOVE_ONLY(ObjStore);
 KVR_ASSERT_MOVE_ONLY(TensorFile);
 KVR_ASSERT_MOVE_ONLY(LazyTensor);
 KVR_ASSERT_MOVE_ONLY(TensorDir);

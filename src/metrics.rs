@@ -130,7 +130,82 @@ pub struct Sample {
     pub latencies: Vec<(&'static str, HistogramSnapshot)>,
 }
 
+/// The counters every block tier keeps (fs store, slot file, object tier), rendered under the
+/// names and help they share.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BlockCounters {
+    /// Loads that returned a block.
+    pub hits: u64,
+    /// Loads that found no usable block.
+    pub misses: u64,
+    /// Payload bytes loaded.
+    pub bytes_read: u64,
+    /// Payload bytes stored.
+    pub bytes_written: u64,
+    /// Blocks written.
+    pub stores: u64,
+}
+
 impl Sample {
+    /// A sample of the handle of `tier` with these labels, holding no values yet.
+    pub fn new(tier: &'static str, namespace: String, path: String) -> Self {
+        Sample {
+            tier,
+            namespace,
+            path,
+            ..Sample::default()
+        }
+    }
+
+    /// Adds the counters every block tier keeps.
+    pub fn block_counters(&mut self, c: BlockCounters) -> &mut Self {
+        self.counter("kvr_hits", "Loads that returned a block", c.hits)
+            .counter("kvr_misses", "Loads that found no usable block", c.misses)
+            .counter("kvr_read_bytes", "Payload bytes loaded", c.bytes_read)
+            .counter("kvr_written_bytes", "Payload bytes stored", c.bytes_written)
+            .counter("kvr_stores", "Blocks written", c.stores)
+    }
+
+    /// Adds the count of stores a content-addressed tier skipped (the block existed).
+    pub fn dedups(&mut self, n: u64) -> &mut Self {
+        self.counter(
+            "kvr_dedups",
+            "Stores skipped because the block already existed",
+            n,
+        )
+    }
+
+    /// Adds what a local tier (fs store, slot file) removed on its own: corrupt blocks it
+    /// found, and least-recently-used ones to stay under its capacity.
+    pub fn removals(&mut self, corrupt_dropped: u64, evictions: u64) -> &mut Self {
+        self.counter(
+            "kvr_corrupt_dropped",
+            "Corrupt blocks found and removed",
+            corrupt_dropped,
+        )
+        .counter(
+            "kvr_evictions",
+            "Blocks removed to stay under the capacity",
+            evictions,
+        )
+    }
+
+    /// Adds what a local tier holds: `blocks`, the `bytes` of storage they take, and whether
+    /// it uses O_DIRECT.
+    pub fn held(&mut self, blocks: u64, bytes: u64, direct_io: bool) -> &mut Self {
+        self.gauge("kvr_blocks", "Blocks held", blocks as i64)
+            .gauge(
+                "kvr_held_bytes",
+                "Bytes of storage the blocks held take",
+                bytes as i64,
+            )
+            .gauge(
+                "kvr_direct_io",
+                "1 when O_DIRECT is in use, 0 for buffered I/O",
+                direct_io as i64,
+            )
+    }
+
     /// Adds a counter.
     pub fn counter(&mut self, name: &'static str, help: &'static str, v: u64) -> &mut Self {
         self.counters.push((name, help, v));

@@ -1,6 +1,9 @@
 //! `kvr_metrics_text` renders every open handle, parsed with a real Prometheus text parser
 //! (Python's `prometheus_client.parser`, installed into a venv under the target directory
-//! when missing), and stays sound while handles open and close during rendering.
+//! when missing), the object tier's on the S3 test server (skipped without one), and stays
+//! sound while handles open and close during rendering.
+
+mod obj_common;
 
 use std::ffi::c_char;
 use std::path::{Path, PathBuf};
@@ -9,7 +12,8 @@ use std::process::Command;
 use kvr::ffi::kvr_status;
 use kvr::ffi::metrics::kvr_metrics_text;
 use kvr::io::DirectIo;
-use kvr::{DiskConfig, FsConfig, FsStore, Key, Layout, Region, RegionConfig, Role, SlotFile};
+use kvr::SlotFile;
+use kvr::{DiskConfig, FsConfig, FsStore, Key, Layout, ObjStore, Region, RegionConfig, Role};
 
 fn metrics_text() -> String {
     let mut need = 0usize;
@@ -161,6 +165,40 @@ fn every_open_handle_is_rendered_and_parses() {
     drop((fs, disk, region));
     let text = metrics_text();
     assert!(!text.contains("metrics-ns") && !text.contains("disk-ns") && !text.contains(&name));
+}
+
+#[test]
+fn an_object_store_is_rendered() {
+    let ep = endpoint_or_skip!();
+    let s = ObjStore::open(&obj_common::config(
+        &ep,
+        &obj_common::unique_prefix("metrics"),
+    ))
+    .unwrap();
+    s.store(&Key([1; 16]), &[1; 4096]).unwrap();
+    s.store(&Key([1; 16]), &[1; 4096]).unwrap(); // dedup
+    let mut out = [0u8; 4096];
+    s.load(&Key([1; 16]), &mut out).unwrap();
+    assert!(s.load(&Key([2; 16]), &mut out).is_err());
+    s.remove(&Key([1; 16])).unwrap();
+
+    let samples = parse(&metrics_text());
+    let l = format!("namespace=ns,path={},tier=obj", s.url());
+    let counter = |n: &str| value(&samples, &format!("counter {n}_total{{{l}}} "));
+    assert_eq!(counter("kvr_stores"), 1.0);
+    assert_eq!(counter("kvr_dedups"), 1.0);
+    assert_eq!(counter("kvr_hits"), 1.0);
+    assert_eq!(counter("kvr_misses"), 1.0);
+    assert_eq!(counter("kvr_read_bytes"), 4096.0);
+    assert_eq!(counter("kvr_written_bytes"), 4096.0);
+    assert_eq!(counter("kvr_removes"), 1.0);
+    assert_eq!(counter("kvr_corrupt"), 0.0);
+    assert_eq!(counter("kvr_unavailable"), 0.0);
+    let store_ops = format!(
+        "histogram kvr_op_latency_seconds_count{{namespace=ns,op=store,path={},tier=obj}} ",
+        s.url()
+    );
+    assert_eq!(value(&samples, &store_ops), 2.0);
 }
 
 #[test]

@@ -6,67 +6,13 @@
 
 mod obj_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvr::fs::LoadRequest;
 use kvr::obj::Credentials;
 use kvr::{ErrorKind, Key, ObjStore};
 
-/// A SeaweedFS of this test's own (its state in a temp dir), stopped on drop, also when the
-/// test fails.
-struct Server {
-    state: tempfile::TempDir,
-    endpoint: String,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seaweedfs.sh")
-}
-
-impl Server {
-    fn start(extra_env: &[(&str, &str)]) -> Server {
-        let state = tempfile::tempdir().unwrap();
-        let mut cmd = Command::new(script());
-        cmd.arg("start").env("KVR_SEAWEEDFS_STATE", state.path());
-        for (k, v) in extra_env {
-            cmd.env(k, v);
-        }
-        let out = cmd.output().unwrap();
-        assert!(
-            out.status.success(),
-            "seaweedfs.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let endpoint = text
-            .trim()
-            .strip_prefix("export KVR_S3_TEST_ENDPOINT=")
-            .unwrap()
-            .to_string();
-        Server { state, endpoint }
-    }
-
-    fn run(&self, what: &str) {
-        let out = Command::new(script())
-            .arg(what)
-            .env("KVR_SEAWEEDFS_STATE", self.state.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "seaweedfs.sh {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.run("stop");
-    }
-}
+use obj_common::server::PrivateServer;
 
 /// Runs `f`, checks it failed with `Unavailable` naming the endpoint, within `bound`.
 fn unavailable<T: std::fmt::Debug>(
@@ -91,8 +37,8 @@ fn unavailable<T: std::fmt::Debug>(
 #[test]
 fn down_slow_and_back_again() {
     let _ = endpoint_or_skip!();
-    let server = Server::start(&[]);
-    let ep = server.endpoint.clone();
+    let server = PrivateServer::start(&[]);
+    let ep = server.endpoint();
     let mut cfg = obj_common::config(&ep, "outage");
     cfg.connect_timeout = Duration::from_secs(1);
     cfg.request_timeout = Duration::from_secs(2);
@@ -166,9 +112,8 @@ fn a_server_refusing_the_credentials_is_a_permission_error_at_open() {
             "secretKey":"kvrtestsecret"}],"actions":["Admin","Read","Write","List"]}]}"#,
     )
     .unwrap();
-    let path = config.path().to_str().unwrap();
-    let server = Server::start(&[("KVR_SEAWEEDFS_S3_CONFIG", path)]);
-    let ep = server.endpoint.clone();
+    let server = PrivateServer::start(&[("KVR_SEAWEEDFS_S3_CONFIG", config.path().as_os_str())]);
+    let ep = server.endpoint();
     let with = |id: Option<(&str, &str)>| {
         let mut c = obj_common::config(&ep, "refusing");
         c.credentials = id.map(|(id, secret)| Credentials {

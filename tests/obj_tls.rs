@@ -12,50 +12,7 @@ use std::process::Command;
 use kvr::fs::Stored;
 use kvr::{ErrorKind, Key, ObjStore};
 
-/// A SeaweedFS of this test's own with an https port, stopped on drop.
-struct TlsServer {
-    state: tempfile::TempDir,
-    https: String,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seaweedfs.sh")
-}
-
-impl TlsServer {
-    fn start(cert: &Path, key: &Path) -> TlsServer {
-        let state = tempfile::tempdir().unwrap();
-        let out = Command::new(script())
-            .arg("start")
-            .env("KVR_SEAWEEDFS_STATE", state.path())
-            .env("KVR_SEAWEEDFS_TLS_CERT", cert)
-            .env("KVR_SEAWEEDFS_TLS_KEY", key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "seaweedfs.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let https = text
-            .lines()
-            .find_map(|l| l.strip_prefix("export KVR_S3_TEST_HTTPS_ENDPOINT="))
-            .unwrap_or_else(|| panic!("no https endpoint in {text:?}"))
-            .to_string();
-        assert!(https.starts_with("https://127.0.0.1:"), "{https}");
-        TlsServer { state, https }
-    }
-}
-
-impl Drop for TlsServer {
-    fn drop(&mut self) {
-        let _ = Command::new(script())
-            .arg("stop")
-            .env("KVR_SEAWEEDFS_STATE", self.state.path())
-            .status();
-    }
-}
+use obj_common::server::PrivateServer;
 
 /// A self-signed certificate (and its key) for the IP address 127.0.0.1.
 fn self_signed(dir: &Path) -> (PathBuf, PathBuf) {
@@ -88,9 +45,14 @@ fn stores_and_loads_over_https_with_a_trusted_self_signed_certificate() {
     let _ = endpoint_or_skip!();
     let dir = tempfile::tempdir().unwrap();
     let (cert, key) = self_signed(dir.path());
-    let server = TlsServer::start(&cert, &key);
+    let server = PrivateServer::start(&[
+        ("KVR_SEAWEEDFS_TLS_CERT", cert.as_os_str()),
+        ("KVR_SEAWEEDFS_TLS_KEY", key.as_os_str()),
+    ]);
+    let https = server.https_endpoint();
+    assert!(https.starts_with("https://127.0.0.1:"), "{https}");
     let prefix = obj_common::unique_prefix("tls");
-    let mut cfg = obj_common::config(&server.https, &prefix);
+    let mut cfg = obj_common::config(&https, &prefix);
     cfg.request_timeout = std::time::Duration::from_secs(10);
 
     // Not trusted: the handshake fails at open, a clear error naming the endpoint.
@@ -98,7 +60,7 @@ fn stores_and_loads_over_https_with_a_trusted_self_signed_certificate() {
         .err()
         .expect("an untrusted certificate");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.to_string().contains(&server.https), "{e}");
+    assert!(e.to_string().contains(&https), "{e}");
     assert!(
         e.to_string().to_lowercase().contains("certificate"),
         "the message says why: {e}"

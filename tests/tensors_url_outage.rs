@@ -6,66 +6,13 @@
 
 mod obj_common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kvr::tensors::{Dtype, TensorFile, TensorIn, WriteOptions};
 use kvr::{ErrorKind, ObjConfig};
 
+use obj_common::server::PrivateServer;
 use obj_common::{get_object, http, BUCKET};
-
-/// A SeaweedFS of this test's own, stopped on drop (also when the test fails).
-struct Server {
-    state: tempfile::TempDir,
-    endpoint: String,
-}
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/seaweedfs.sh")
-}
-
-impl Server {
-    fn start() -> Server {
-        let state = tempfile::tempdir().unwrap();
-        let out = Command::new(script())
-            .arg("start")
-            .env("KVR_SEAWEEDFS_STATE", state.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "seaweedfs.sh start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let text = String::from_utf8(out.stdout).unwrap();
-        let endpoint = text
-            .trim()
-            .strip_prefix("export KVR_S3_TEST_ENDPOINT=")
-            .unwrap()
-            .to_string();
-        Server { state, endpoint }
-    }
-
-    fn run(&self, what: &str) {
-        let out = Command::new(script())
-            .arg(what)
-            .env("KVR_SEAWEEDFS_STATE", self.state.path())
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "seaweedfs.sh {what}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.run("stop");
-    }
-}
 
 fn config(endpoint: &str) -> ObjConfig {
     let mut c = ObjConfig::new("", "");
@@ -83,8 +30,9 @@ fn a_write_cut_off_midway_leaves_no_object() {
     if obj_common::endpoint().is_none() {
         return;
     }
-    let server = Server::start();
-    let c = config(&server.endpoint);
+    let server = PrivateServer::start(&[]);
+    let endpoint = server.endpoint();
+    let c = config(&endpoint);
     let key = "cut/off.safetensors";
     let url = format!("s3://{BUCKET}/{key}");
     let data: Vec<u8> = (0..256usize << 20).map(|i| (i >> 12) as u8).collect();
@@ -102,7 +50,7 @@ fn a_write_cut_off_midway_leaves_no_object() {
     // write is streaming parts, nothing visible yet.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let (status, body) = http(&server.endpoint, "GET", &format!("/{BUCKET}?uploads"), b"");
+        let (status, body) = http(&endpoint, "GET", &format!("/{BUCKET}?uploads"), b"");
         let body = String::from_utf8_lossy(&body);
         if status == 200 && body.contains(key) {
             break;
@@ -117,16 +65,16 @@ fn a_write_cut_off_midway_leaves_no_object() {
         );
         std::thread::sleep(Duration::from_millis(20));
     }
-    assert!(get_object(&server.endpoint, "cut", "off.safetensors").is_none());
+    assert!(get_object(&endpoint, "cut", "off.safetensors").is_none());
     server.run("down");
     let (r, took) = writer.join().unwrap();
     let e = r.expect_err("the server stopped midway");
     assert_eq!(e.kind(), ErrorKind::Unavailable, "{e}");
-    assert!(e.to_string().contains(&server.endpoint), "{e}");
+    assert!(e.to_string().contains(&endpoint), "{e}");
     assert!(took < Duration::from_secs(60), "bounded: {took:?}");
     server.run("up");
     assert!(
-        get_object(&server.endpoint, "cut", "off.safetensors").is_none(),
+        get_object(&endpoint, "cut", "off.safetensors").is_none(),
         "a cut-off write must leave no object"
     );
 }
@@ -138,8 +86,9 @@ fn reads_fail_within_the_timeout_and_recover() {
     if obj_common::endpoint().is_none() {
         return;
     }
-    let server = Server::start();
-    let c = config(&server.endpoint);
+    let server = PrivateServer::start(&[]);
+    let endpoint = server.endpoint();
+    let c = config(&endpoint);
     let url = format!("s3://{BUCKET}/recover.safetensors");
     let data: Vec<u8> = (0..1 << 20).map(|i| i as u8).collect();
     let t = [TensorIn::contiguous("x", Dtype::U8, &[1 << 20], &data)];
@@ -151,7 +100,7 @@ fn reads_fail_within_the_timeout_and_recover() {
         let started = Instant::now();
         let e = f.read_into(None, &mut dst).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{stop}: {e}");
-        assert!(e.to_string().contains(&server.endpoint), "{e}");
+        assert!(e.to_string().contains(&endpoint), "{e}");
         let e = TensorFile::open_location(&url, Some(&c)).unwrap_err();
         assert_eq!(e.kind(), ErrorKind::Unavailable, "{stop}: {e}");
         // Two requests, each bounded by the 4 s request timeout (plus one quick retry).

@@ -7,9 +7,9 @@ use kvr::fs::maintenance;
 use serde_json::json;
 
 use crate::bench::parse_size;
+use crate::block_report::{print_gc, print_verify, BadBlock, Collected};
 use crate::report::human_bytes;
 use crate::stdout::out;
-use crate::EXIT_VERIFY_FOUND_BAD;
 
 #[derive(Args, Debug)]
 pub struct Target {
@@ -145,6 +145,18 @@ fn read_header(path: &std::path::Path) -> kvr::Result<kvr::fs::format::Header> {
     kvr::fs::format::decode_header(&bytes)
 }
 
+impl BadBlock for maintenance::BadBlock {
+    fn removed(&self) -> bool {
+        self.removed
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({"path": self.path, "reason": self.reason, "removed": self.removed})
+    }
+    fn line(&self) -> String {
+        format!("{}: {}", self.path.display(), self.reason)
+    }
+}
+
 pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
     match cmd {
         FsCommand::Inspect { target: t, keys } => {
@@ -245,60 +257,22 @@ pub fn run(cmd: &FsCommand) -> kvr::Result<u8> {
                 return Err(kvr::Error::invalid("--threads must be at least 1"));
             }
             let r = maintenance::verify(&t.root, t.namespace.as_deref(), *threads, *repair)?;
-            let remaining = r.bad.iter().filter(|b| !b.removed).count();
-            if t.json {
-                let bad: Vec<_> = r
-                    .bad
-                    .iter()
-                    .map(|b| json!({"path": b.path, "reason": b.reason, "removed": b.removed}))
-                    .collect();
-                let v = json!({"checked": r.checked, "bytes": r.bytes, "bad": bad});
-                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
-            } else {
-                for b in &r.bad {
-                    let what = if b.removed { "REMOVED" } else { "BAD" };
-                    out!("{what} {}: {}", b.path.display(), b.reason)?;
-                }
-                out!(
-                    "checked {} blocks ({}): {} bad, {} removed",
-                    r.checked,
-                    human_bytes(r.bytes),
-                    r.bad.len(),
-                    r.bad.len() - remaining
-                )?;
-            }
-            Ok(if remaining > 0 {
-                EXIT_VERIFY_FOUND_BAD
-            } else {
-                0
-            })
+            print_verify(r.checked, r.bytes, &r.bad, t.json)
         }
         FsCommand::Gc {
             target: t,
             max_bytes,
         } => {
             let r = maintenance::gc(&t.root, t.namespace.as_deref(), *max_bytes)?;
-            if t.json {
-                let v = json!({
-                    "blocks_before": r.blocks_before,
-                    "bytes_before": r.bytes_before,
-                    "removed_blocks": r.removed_blocks,
-                    "removed_bytes": r.removed_bytes,
-                    "bytes_after": r.bytes_after,
-                    "removed_temp_files": r.removed_temp_files,
-                });
-                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
-            } else {
-                out!(
-                    "removed {} of {} blocks ({} of {}), {} left; {} stale temp files removed",
-                    r.removed_blocks,
-                    r.blocks_before,
-                    human_bytes(r.removed_bytes),
-                    human_bytes(r.bytes_before),
-                    human_bytes(r.bytes_after),
-                    r.removed_temp_files
-                )?;
-            }
+            let c = Collected {
+                blocks_before: r.blocks_before,
+                bytes_before: r.bytes_before,
+                removed_blocks: r.removed_blocks,
+                removed_bytes: r.removed_bytes,
+                bytes_after: r.bytes_after,
+                removed_temp_files: Some(r.removed_temp_files),
+            };
+            print_gc(&c, t.json)?;
             Ok(0)
         }
     }

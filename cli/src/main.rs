@@ -9,6 +9,7 @@
 #![deny(clippy::undocumented_unsafe_blocks)]
 
 mod bench;
+mod block_report;
 mod disk_cmd;
 mod fio;
 mod fs_cmd;

@@ -2,13 +2,13 @@
 
 use clap::{Args, Subcommand};
 use kvr::fs::format::Header;
-use kvr::obj::maintenance::{BlockObject, Bucket};
+use kvr::obj::maintenance::{BadObject, BlockObject, Bucket};
 use kvr::ObjConfig;
 use serde_json::json;
 
+use crate::block_report::{print_gc, print_verify, BadBlock, Collected};
 use crate::report::human_bytes;
 use crate::stdout::out;
-use crate::EXIT_VERIFY_FOUND_BAD;
 
 #[derive(Args, Debug)]
 pub struct Target {
@@ -108,6 +108,26 @@ fn block_line(b: &BlockObject, h: &kvr::Result<Header>) -> String {
     }
 }
 
+impl BadBlock for BadObject {
+    fn removed(&self) -> bool {
+        self.removed
+    }
+    fn json(&self) -> serde_json::Value {
+        json!({
+            "path": self.path,
+            "key": self.key.as_deref().map(hex),
+            "reason": self.reason,
+            "removed": self.removed,
+        })
+    }
+    fn line(&self) -> String {
+        match &self.key {
+            Some(k) => format!("{}: {} [key {}]", self.path, self.reason, hex(k)),
+            None => format!("{}: {}", self.path, self.reason),
+        }
+    }
+}
+
 pub fn run(cmd: &ObjCommand) -> kvr::Result<u8> {
     match cmd {
         ObjCommand::Inspect { target: t, keys } => {
@@ -177,68 +197,22 @@ pub fn run(cmd: &ObjCommand) -> kvr::Result<u8> {
         }
         ObjCommand::Verify { target: t, repair } => {
             let r = open(t)?.verify(t.namespace.as_deref(), *repair)?;
-            let remaining = r.bad.iter().filter(|b| !b.removed).count();
-            if t.json {
-                let bad: Vec<_> = r
-                    .bad
-                    .iter()
-                    .map(|b| {
-                        json!({
-                            "path": b.path,
-                            "key": b.key.as_deref().map(hex),
-                            "reason": b.reason,
-                            "removed": b.removed,
-                        })
-                    })
-                    .collect();
-                let v = json!({"checked": r.checked, "bytes": r.bytes, "bad": bad});
-                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
-            } else {
-                for b in &r.bad {
-                    let what = if b.removed { "REMOVED" } else { "BAD" };
-                    match &b.key {
-                        Some(k) => out!("{what} {}: {} [key {}]", b.path, b.reason, hex(k))?,
-                        None => out!("{what} {}: {}", b.path, b.reason)?,
-                    }
-                }
-                out!(
-                    "checked {} blocks ({}): {} bad, {} removed",
-                    r.checked,
-                    human_bytes(r.bytes),
-                    r.bad.len(),
-                    r.bad.len() - remaining
-                )?;
-            }
-            Ok(if remaining > 0 {
-                EXIT_VERIFY_FOUND_BAD
-            } else {
-                0
-            })
+            print_verify(r.checked, r.bytes, &r.bad, t.json)
         }
         ObjCommand::Gc {
             target: t,
             max_bytes,
         } => {
             let r = open(t)?.gc(t.namespace.as_deref(), *max_bytes)?;
-            if t.json {
-                let v = json!({
-                    "blocks_before": r.blocks_before,
-                    "bytes_before": r.bytes_before,
-                    "removed_blocks": r.removed_blocks,
-                    "removed_bytes": r.removed_bytes,
-                    "bytes_after": r.bytes_after,
-                });
-                out!("{}", serde_json::to_string_pretty(&v).unwrap())?;
-            } else {
-                out!(
-                    "removed {} of {} blocks ({} of {}), {} left",
-                    r.removed_blocks,
-                    r.blocks_before,
-                    human_bytes(r.removed_bytes),
-                    human_bytes(r.bytes_before),
-                    human_bytes(r.bytes_after)
-                )?;
-            }
+            let c = Collected {
+                blocks_before: r.blocks_before,
+                bytes_before: r.bytes_before,
+                removed_blocks: r.removed_blocks,
+                removed_bytes: r.removed_bytes,
+                bytes_after: r.bytes_after,
+                removed_temp_files: None,
+            };
+            print_gc(&c, t.json)?;
             Ok(0)
         }
     }

@@ -145,3 +145,54 @@ fn obj_inspect_and_verify_show_whole_keys() {
     let v = json(&run(&["verify", "--json"]));
     assert_eq!(v["bad"][0]["key"], long_hex.as_str());
 }
+
+#[test]
+fn obj_bench_smoke_json() {
+    let ep = endpoint_or_skip!();
+    let url = format!(
+        "s3://{}/{}",
+        obj_common::BUCKET,
+        obj_common::unique_prefix("bench")
+    );
+    let o = kvr(&[
+        "bench",
+        "--tier",
+        "obj",
+        "--endpoint",
+        &ep,
+        "--obj-url",
+        &url,
+        "--block-size",
+        "64K",
+        "--in-flight",
+        "4",
+        "--bytes",
+        "1M",
+        "--runs",
+        "1",
+        "--json",
+    ]);
+    assert!(o.status.success(), "{:?}", text(&o));
+    let v = json(&o);
+    let rows = v["rows"].as_array().unwrap();
+    common::assert_rows_measured(rows, "obj");
+    // kvr's stores next to plain PUTs and to conditional PUTs (the publish-once request kvr
+    // sends), its loads next to GETs.
+    let got: Vec<(&str, &str)> = rows
+        .iter()
+        .map(|r| (r["op"].as_str().unwrap(), r["limit"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got.len(), 3, "{rows:?}");
+    assert_eq!(
+        got[0],
+        ("store", "raw HTTP PUT, same bytes, same in flight")
+    );
+    assert_eq!(got[1].0, "store");
+    assert!(got[1].1.contains("If-None-Match: *"), "{rows:?}");
+    assert_eq!(got[2], ("load", "raw HTTP GET, same bytes, same in flight"));
+    // The bench removes what it wrote.
+    let inspect = kvr(&["obj", "inspect", "--json", &url, "--endpoint", &ep]);
+    assert!(inspect.status.success(), "{:?}", text(&inspect));
+    let namespaces = json(&inspect)["namespaces"].as_array().unwrap().len();
+    assert_eq!(namespaces, 0, "{:?}", text(&inspect));
+}

@@ -6,8 +6,9 @@ use std::path::PathBuf;
 use super::handle::BoxedHandle;
 use super::job::{kvr_job, submit_batch};
 use super::status::{guard, kvr_status};
+use super::tier;
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, kvr_block_key, write_out};
-use super::{arg_segments, arg_whole_key, kvr_key, kvr_segment, lookup_into, write_opt};
+use super::{arg_segments, arg_whole_key, kvr_key, kvr_segment, write_opt};
 use super::{direct_io_from_c, open_handle, write_sized_out, KVR_DIRECT_IO_AUTO};
 use crate::disk::{DiskConfig, RawRead, RawWrite, SlotFile};
 use crate::{Error, Key};
@@ -432,11 +433,8 @@ pub extern "C" fn kvr_disk_write_segments(
         let k = unsafe { arg_whole_key(&key, "key") }?;
         // SAFETY: `segments` points to `num_segments` segments per the contract.
         let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        let data: Vec<&[u8]> = segs
-            .iter()
-            // SAFETY: each segment is readable for its length (checked non-null, non-empty).
-            .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
-            .collect();
+        // SAFETY: every segment is readable for its length per the contract.
+        let data = unsafe { tier::read_slices(&segs) };
         // SAFETY: `meta` is NULL or readable for `meta_len` bytes.
         let meta = unsafe { arg_bytes(meta, meta_len as usize, "meta", true) }?;
         d.write_segments(k, &data, meta)
@@ -465,11 +463,8 @@ pub extern "C" fn kvr_disk_read_segments(
         let k = unsafe { arg_whole_key(&key, "key") }?;
         // SAFETY: `segments` points to `num_segments` segments per the contract.
         let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        let mut dst: Vec<&mut [u8]> = segs
-            .iter()
-            // SAFETY: each segment is writable and unaliased for its length (checked).
-            .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
-            .collect();
+        // SAFETY: every segment is writable and unaliased for its length per the contract.
+        let mut dst = unsafe { tier::write_slices(&segs) };
         let meta: &mut [u8] = if meta_cap == 0 {
             &mut []
         } else {
@@ -497,25 +492,11 @@ pub extern "C" fn kvr_disk_lookup(
     present: *mut u8,
     hits: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        let d = kvr_disk::try_ref(disk)?;
-        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
-        // contract above.
-        unsafe { lookup_into(keys, n, present, hits, |ks, out| d.lookup(ks, out)) }
-    })
+    tier::lookup(disk, keys, n, present, hits)
 }
 
 /// Removes the entry of the whole engine `key`; `KVR_ERR_NOT_FOUND` if absent.
 #[no_mangle]
 pub extern "C" fn kvr_disk_remove_key(disk: *const kvr_disk, key: kvr_key) -> kvr_status {
-    guard(|| {
-        let d = kvr_disk::try_ref(disk)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        if d.remove_key(k)? {
-            Ok(())
-        } else {
-            Err(crate::err!(NotFound, "no entry to remove"))
-        }
-    })
+    tier::remove_key(disk, key)
 }

@@ -3,15 +3,14 @@
 use std::ffi::{c_char, c_void};
 
 use super::handle::BoxedHandle;
-use super::job::{kvr_job, submit_batch};
+use super::job::kvr_job;
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
+use super::tier;
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
-use super::{arg_segments, arg_whole_key, kvr_key, kvr_segment, lookup_into};
-use super::{arg_slice, direct_io_from_c, open_handle, KVR_DIRECT_IO_AUTO};
-use crate::fs::{FsConfig, FsStore, LoadRequest, StoreRequest};
-use crate::io::vectored::RawSegment;
-use crate::{Dtype, Durability, Error, Key, TensorSpec};
+use super::{direct_io_from_c, kvr_key, kvr_segment, open_handle, KVR_DIRECT_IO_AUTO};
+use crate::fs::{FsConfig, FsStore};
+use crate::{Dtype, Durability, Error, TensorSpec};
 
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
 pub struct kvr_fs {
@@ -243,12 +242,7 @@ pub extern "C" fn kvr_store_block(
     src: *const c_void,
     len: usize,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
-        // SAFETY: `src` is valid for `len` bytes per the contract.
-        let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
-        s.store(&k, data).map(|_| ())
-    })
+    tier::store_block(fs, key, src, len)
 }
 
 /// Like `kvr_store_block`, recording the payload's safetensors `dtype` ("F16", "BF16", ...)
@@ -300,12 +294,7 @@ pub extern "C" fn kvr_load_block(
     dst: *mut c_void,
     len: usize,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
-        // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
-        let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
-        s.load(&k, out).map(|_| ())
-    })
+    tier::load_block(fs, key, dst, len)
 }
 
 /// Sets `*out` to whether the block `*key` exists (written by any process).
@@ -315,15 +304,7 @@ pub extern "C" fn kvr_fs_contains(
     key: *const kvr_block_key,
     out: *mut bool,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let v = s.contains(&k);
-        // SAFETY: non-null and writable per the contract.
-        unsafe { write_out(out, v, "out") }
-    })
+    tier::contains(fs, key, out)
 }
 
 /// Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix).
@@ -335,30 +316,14 @@ pub extern "C" fn kvr_fs_lookup_prefix(
     n: usize,
     hits: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_fs::try_ref(fs)?;
-        if hits.is_null() {
-            return Err(Error::invalid("hits is NULL"));
-        }
-        // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
-        let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
-        let found = ks
-            .iter()
-            .take_while(|k| s.contains(&Key::from(**k)))
-            .count();
-        // SAFETY: non-null and writable per the contract.
-        unsafe { write_out(hits, found, "hits") }
-    })
+    tier::lookup_prefix(fs, keys, n, hits)
 }
 
 /// Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none. Readers
 /// that already opened it finish reading it.
 #[no_mangle]
 pub extern "C" fn kvr_fs_remove(fs: *const kvr_fs, key: *const kvr_block_key) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_fs::try_ref(fs)?, arg_key(key)?);
-        s.remove(&k)
-    })
+    tier::remove(fs, key)
 }
 
 /// Writes the NUL-terminated path of block `*key` (existing or not) into `buf` of `cap`
@@ -431,20 +396,7 @@ pub extern "C" fn kvr_fs_submit_store(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_fs_store_item| {
-        // SAFETY: only checks NULL/zero/overflow here; the buffer is read by the job.
-        unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
-        Ok(StoreRequest {
-            key: Key::from(it.key),
-            src: it.src.cast(),
-            len: it.len,
-        })
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every `src` valid until the job completes.
-        unsafe { submit_batch(fs, items, n, out, request, |s, r| s.submit_store(r)) }
-    })
+    tier::submit_store(fs, items, n, out)
 }
 
 /// Submits `n` (>= 1) blocks to load on the store's read threads; per-item results as for
@@ -456,43 +408,7 @@ pub extern "C" fn kvr_fs_submit_load(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_fs_load_item| {
-        // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
-        unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
-        Ok(LoadRequest {
-            key: Key::from(it.key),
-            dst: it.dst.cast(),
-            len: it.len,
-        })
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
-        // completes.
-        unsafe { submit_batch(fs, items, n, out, request, |s, r| s.submit_load(r)) }
-    })
-}
-
-/// Borrows a segment list as slices for a store.
-///
-/// # Safety
-/// Every segment must be valid for reads of its length for `'a`.
-pub(super) unsafe fn read_slices<'a>(segs: &[RawSegment]) -> Vec<&'a [u8]> {
-    segs.iter()
-        // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
-        .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
-        .collect()
-}
-
-/// Borrows a segment list as writable slices for a load.
-///
-/// # Safety
-/// Every segment must be valid for unaliased writes of its length for `'a`.
-pub(super) unsafe fn write_slices<'a>(segs: &[RawSegment]) -> Vec<&'a mut [u8]> {
-    segs.iter()
-        // SAFETY: the caller's contract; checked non-null and non-empty by `arg_segments`.
-        .map(|s| unsafe { std::slice::from_raw_parts_mut(s.ptr, s.len) })
-        .collect()
+    tier::submit_load(fs, items, n, out)
 }
 
 /// Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as
@@ -508,16 +424,7 @@ pub extern "C" fn kvr_fs_store(
     segments: *const kvr_segment,
     num_segments: usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_fs::try_ref(fs)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        // SAFETY: `segments` points to `num_segments` segments per the contract.
-        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        // SAFETY: every segment is readable for its length per the contract.
-        let data = unsafe { read_slices(&segs) };
-        s.store_segments(k, &data, None).map(|_| ())
-    })
+    tier::store_key(fs, key, segments, num_segments)
 }
 
 /// Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
@@ -531,16 +438,7 @@ pub extern "C" fn kvr_fs_load(
     segments: *const kvr_segment,
     num_segments: usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_fs::try_ref(fs)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        // SAFETY: `segments` points to `num_segments` segments per the contract.
-        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        // SAFETY: every segment is writable and unaliased for its length per the contract.
-        let mut dst = unsafe { write_slices(&segs) };
-        s.load_segments(k, &mut dst).map(|_| ())
-    })
+    tier::load_key(fs, key, segments, num_segments)
 }
 
 /// Per-key presence: `present[i]` = 1 when a block of `keys[i]` exists, else 0 (one byte per
@@ -557,21 +455,11 @@ pub extern "C" fn kvr_fs_lookup(
     present: *mut u8,
     hits: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_fs::try_ref(fs)?;
-        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
-        // contract above.
-        unsafe { lookup_into(keys, n, present, hits, |ks, out| s.lookup(ks, out)) }
-    })
+    tier::lookup(fs, keys, n, present, hits)
 }
 
 /// Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND`.
 #[no_mangle]
 pub extern "C" fn kvr_fs_remove_key(fs: *const kvr_fs, key: kvr_key) -> kvr_status {
-    guard(|| {
-        let s = kvr_fs::try_ref(fs)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        s.remove_key(k)
-    })
+    tier::remove_key(fs, key)
 }

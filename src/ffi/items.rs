@@ -1,13 +1,14 @@
 //! C ABI of whole-key, segmented batch items: one shape for the fs store and the slot file
-//! (`struct_size`, key, segment list, then the tier's extras), each submitted as a job.
+//! (`struct_size`, key, segment list, then the tier's extras), each submitted as a job; the
+//! object tier takes the fs store's items.
 
 use super::disk::kvr_disk;
 use super::fs::kvr_fs;
 use super::job::{kvr_job, submit_batch};
 use super::status::{guard, kvr_status};
+use super::tier;
 use super::{arg_bytes, arg_segments, arg_whole_key, kvr_key, kvr_segment};
 use crate::disk::{ReadItem, WriteItem};
-use crate::fs::{LoadItem, StoreItem};
 use crate::io::vectored::RawSegment;
 use crate::{Error, Result};
 
@@ -41,16 +42,6 @@ pub struct kvr_fs_load_segments_item {
     pub num_segments: usize,
 }
 
-/// Checks an item's `struct_size` (this version's size: items are an array of them).
-pub(super) fn check_item_size(size: u32, want: usize, i: usize) -> crate::Result<()> {
-    if size as usize != want {
-        return Err(Error::invalid(format!(
-            "items[{i}].struct_size is {size}, this library's item is {want} bytes"
-        )));
-    }
-    Ok(())
-}
-
 /// Submits `n` (>= 1) whole-key, segmented blocks to store on the write threads; `*out`
 /// receives the job (per-item bytes 0 when deduplicated). Every item is checked first (bad
 /// keys, NULL or empty segments, overflowing totals reject the whole batch).
@@ -61,31 +52,7 @@ pub extern "C" fn kvr_fs_submit_store_items(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_fs_store_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_fs_store_segments_item>(),
-            i,
-        )?;
-        // SAFETY: the key's bytes and the segment array are valid per the contract.
-        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every buffer valid until the job completes.
-        unsafe {
-            submit_batch(fs, items, n, out, request, |s, r| {
-                let items: Vec<StoreItem> = r
-                    .iter()
-                    .map(|(k, segs)| StoreItem {
-                        key: k,
-                        segments: segs,
-                    })
-                    .collect();
-                s.submit_store_items(&items)
-            })
-        }
-    })
+    tier::submit_store_items(fs, items, n, out)
 }
 
 /// Submits `n` (>= 1) whole-key, segmented blocks to load on the read threads; per-item
@@ -97,32 +64,7 @@ pub extern "C" fn kvr_fs_submit_load_items(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_fs_load_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_fs_load_segments_item>(),
-            i,
-        )?;
-        // SAFETY: the key's bytes and the segment array are valid per the contract.
-        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every buffer valid and unaliased until the
-        // job completes.
-        unsafe {
-            submit_batch(fs, items, n, out, request, |s, r| {
-                let items: Vec<LoadItem> = r
-                    .iter()
-                    .map(|(k, segs)| LoadItem {
-                        key: k,
-                        segments: segs,
-                    })
-                    .collect();
-                s.submit_load_items(&items)
-            })
-        }
-    })
+    tier::submit_load_items(fs, items, n, out)
 }
 
 /// One entry of a `kvr_disk_submit_write_items` batch: the fs store item's shape plus the
@@ -168,18 +110,57 @@ pub struct kvr_disk_read_segments_item {
     pub meta_len: u64,
 }
 
-/// The key and segment list every item begins with, checked and copied.
+/// An item that begins with the shape every whole-key, segmented item has: `struct_size`,
+/// key, segment list.
+pub(super) trait SegmentedItem: Sized {
+    /// Its `struct_size` field.
+    fn struct_size(&self) -> u32;
+    /// Its key.
+    fn key(&self) -> &kvr_key;
+    /// Its segment array and count.
+    fn segments(&self) -> (*const kvr_segment, usize);
+}
+
+macro_rules! segmented_items {
+    ($($item:ty),*) => {$(
+        impl SegmentedItem for $item {
+            fn struct_size(&self) -> u32 {
+                self.struct_size
+            }
+            fn key(&self) -> &kvr_key {
+                &self.key
+            }
+            fn segments(&self) -> (*const kvr_segment, usize) {
+                (self.segments, self.num_segments)
+            }
+        }
+    )*};
+}
+segmented_items!(
+    kvr_fs_store_segments_item,
+    kvr_fs_load_segments_item,
+    kvr_disk_write_segments_item,
+    kvr_disk_read_segments_item
+);
+
+/// Item `i`'s `struct_size` (this version's size: items are an array of them), key and
+/// segment list, checked; the key and the list copied.
 ///
 /// # Safety
-/// The key's bytes and the segment array must be valid per the item's contract.
-pub(super) unsafe fn item_key_and_segments(
+/// The item's key bytes and segment array must be valid per the item's contract.
+pub(super) unsafe fn item_key_and_segments<I: SegmentedItem>(
     i: usize,
-    key: &kvr_key,
-    segments: *const kvr_segment,
-    num_segments: usize,
+    item: &I,
 ) -> Result<(Vec<u8>, Vec<RawSegment>)> {
+    let (size, want) = (item.struct_size(), std::mem::size_of::<I>());
+    if size as usize != want {
+        return Err(Error::invalid(format!(
+            "items[{i}].struct_size is {size}, this library's item is {want} bytes"
+        )));
+    }
     // SAFETY: the caller's contract.
-    let key = unsafe { arg_whole_key(key, &format!("items[{i}].key")) }?;
+    let key = unsafe { arg_whole_key(item.key(), &format!("items[{i}].key")) }?;
+    let (segments, num_segments) = item.segments();
     // SAFETY: as above.
     let segs = unsafe { arg_segments(segments, num_segments, &format!("items[{i}].segments")) }?;
     Ok((key.to_vec(), segs))
@@ -198,14 +179,8 @@ pub extern "C" fn kvr_disk_submit_write_items(
     out: *mut *mut kvr_job,
 ) -> kvr_status {
     let request = |i: usize, it: &kvr_disk_write_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_disk_write_segments_item>(),
-            i,
-        )?;
         // SAFETY: the key's bytes and the segment array are valid per the contract.
-        let (key, segs) =
-            unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }?;
+        let (key, segs) = unsafe { item_key_and_segments(i, it) }?;
         let meta_len = usize::try_from(it.meta_len)
             .map_err(|_| Error::invalid(format!("items[{i}].meta_len overflows")))?;
         // SAFETY: only checks NULL/overflow here; the metadata is read by the job.
@@ -249,14 +224,8 @@ pub extern "C" fn kvr_disk_submit_read_items(
     // The items are also outputs: `meta_len` is reached through `items` itself, which is
     // writable, not through the shared borrow `submit_batch` lends.
     let request = |i: usize, it: &kvr_disk_read_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_disk_read_segments_item>(),
-            i,
-        )?;
         // SAFETY: the key's bytes and the segment array are valid per the contract.
-        let (key, segs) =
-            unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }?;
+        let (key, segs) = unsafe { item_key_and_segments(i, it) }?;
         let meta_cap = usize::try_from(it.meta_cap)
             .ok()
             .filter(|&c| c <= isize::MAX as usize)

@@ -25,6 +25,7 @@ pub mod region;
 pub mod status;
 pub mod tensor_dir;
 pub mod tensors;
+mod tier;
 
 use std::ffi::{c_char, CStr};
 use std::path::PathBuf;
@@ -135,34 +136,6 @@ pub(crate) unsafe fn arg_lookup_keys<'a>(keys: *const kvr_key, n: usize) -> Resu
         // SAFETY: as above.
         .map(|k| unsafe { arg_whole_key(k, "key") }.unwrap_or(&[]))
         .collect())
-}
-
-/// The body of every tier's per-key lookup (`kvr_fs_lookup`, `kvr_disk_lookup`,
-/// `kvr_obj_lookup`): reads the `n` keys (a bad key counts as absent), lets `lookup` fill the
-/// `present` bitmap and writes the hit count it returns to `hits`.
-///
-/// # Safety
-/// A non-null `keys` must point to `n` valid keys; `present` must be writable for `n` bytes
-/// when `n > 0` (NULL is rejected); a non-null `hits` must be writable.
-pub(crate) unsafe fn lookup_into(
-    keys: *const kvr_key,
-    n: usize,
-    present: *mut u8,
-    hits: *mut usize,
-    lookup: impl FnOnce(&[&[u8]], &mut [u8]) -> Result<usize>,
-) -> Result<()> {
-    // SAFETY: the caller's contract.
-    let ks = unsafe { arg_lookup_keys(keys, n) }?;
-    let out: &mut [u8] = if n == 0 {
-        &mut []
-    } else {
-        // SAFETY: the caller's contract (NULL rejected).
-        unsafe { arg_bytes_mut(present, n, "present") }?
-    };
-    let found = lookup(&ks, out)?;
-    // SAFETY: the caller's contract.
-    unsafe { write_opt(hits, found) };
-    Ok(())
 }
 
 // The one conversion of a C key into the crate's key.

@@ -3,19 +3,17 @@
 use std::ffi::{c_char, c_void};
 use std::time::Duration;
 
-use super::fs::{kvr_fs_load_item, kvr_fs_store_item, read_slices, write_slices};
+use super::fs::{kvr_fs_load_item, kvr_fs_store_item};
 use super::handle::BoxedHandle;
-use super::items::{check_item_size, item_key_and_segments};
 use super::items::{kvr_fs_load_segments_item, kvr_fs_store_segments_item};
-use super::job::{kvr_job, submit_batch};
+use super::job::kvr_job;
 pub use super::kvr_block_key;
 use super::status::{guard, kvr_status};
-use super::{arg_bytes, arg_bytes_mut, arg_key, arg_segments, arg_slice, lookup_into};
-use super::{arg_str, arg_whole_key, kvr_key, kvr_segment};
+use super::tier;
+use super::{arg_str, kvr_key, kvr_segment};
 use super::{open_handle, write_out, write_sized_out};
-use crate::fs::{LoadItem, LoadRequest, StoreItem, StoreRequest};
 use crate::obj::{Credentials, ObjConfig, ObjStore};
-use crate::{Error, Key};
+use crate::Error;
 
 /// Opaque handle to an open object store (`kvr_obj_open` / `kvr_obj_close`).
 pub struct kvr_obj {
@@ -212,12 +210,7 @@ pub extern "C" fn kvr_obj_store(
     src: *const c_void,
     len: usize,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
-        // SAFETY: `src` is valid for `len` bytes per the contract.
-        let data = unsafe { arg_bytes(src.cast(), len, "src", false) }?;
-        s.store(&k, data).map(|_| ())
-    })
+    tier::store_block(obj, key, src, len)
 }
 
 /// Loads the block `*key` into `len` bytes at `dst`, verifying key, length and checksum.
@@ -232,12 +225,7 @@ pub extern "C" fn kvr_obj_load(
     dst: *mut c_void,
     len: usize,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
-        // SAFETY: `dst` is valid for writes of `len` bytes per the contract.
-        let out = unsafe { arg_bytes_mut(dst.cast(), len, "dst") }?;
-        s.load(&k, out).map(|_| ())
-    })
+    tier::load_block(obj, key, dst, len)
 }
 
 /// Sets `*out` to whether an object of `*key` exists (one HEAD request).
@@ -247,15 +235,7 @@ pub extern "C" fn kvr_obj_contains(
     key: *const kvr_block_key,
     out: *mut bool,
 ) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
-        if out.is_null() {
-            return Err(Error::invalid("out is NULL"));
-        }
-        let v = s.contains(&k)?;
-        // SAFETY: non-null and writable per the contract.
-        unsafe { write_out(out, v, "out") }
-    })
+    tier::contains(obj, key, out)
 }
 
 /// Sets `*hits` to how many leading keys of `keys[0..n]` exist (the reusable prefix), asking
@@ -267,27 +247,13 @@ pub extern "C" fn kvr_obj_lookup_prefix(
     n: usize,
     hits: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_obj::try_ref(obj)?;
-        if hits.is_null() {
-            return Err(Error::invalid("hits is NULL"));
-        }
-        // SAFETY: `keys` is NULL or points to `n` valid keys (caller's contract).
-        let ks = unsafe { arg_slice(keys, n, "keys", true) }?;
-        let keys: Vec<Key> = ks.iter().map(|k| Key::from(*k)).collect();
-        let found = s.lookup_prefix(&keys)?;
-        // SAFETY: non-null and writable per the contract.
-        unsafe { write_out(hits, found, "hits") }
-    })
+    tier::lookup_prefix(obj, keys, n, hits)
 }
 
 /// Removes the block `*key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there was none.
 #[no_mangle]
 pub extern "C" fn kvr_obj_remove(obj: *const kvr_obj, key: *const kvr_block_key) -> kvr_status {
-    guard(|| {
-        let (s, k) = (kvr_obj::try_ref(obj)?, arg_key(key)?);
-        s.remove(&k)
-    })
+    tier::remove(obj, key)
 }
 
 /// Fills `*out` with this process's counters. Set `out->struct_size = sizeof(kvr_obj_stats)`.
@@ -323,20 +289,7 @@ pub extern "C" fn kvr_obj_submit_store(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_obj_store_item| {
-        // SAFETY: only checks NULL/zero/overflow here; the buffer is read by the job.
-        unsafe { arg_bytes(it.src.cast(), it.len, &format!("items[{i}].src"), false) }?;
-        Ok(StoreRequest {
-            key: Key::from(it.key),
-            src: it.src.cast(),
-            len: it.len,
-        })
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every `src` valid until the job completes.
-        unsafe { submit_batch(obj, items, n, out, request, |s, r| s.submit_store(r)) }
-    })
+    tier::submit_store(obj, items, n, out)
 }
 
 /// Submits `n` (>= 1) blocks to load, up to `concurrency` requests in flight; per-item
@@ -349,21 +302,7 @@ pub extern "C" fn kvr_obj_submit_load(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_obj_load_item| {
-        // SAFETY: only checks NULL/zero/overflow here; the buffer is written by the job.
-        unsafe { arg_bytes_mut(it.dst.cast(), it.len, &format!("items[{i}].dst")) }?;
-        Ok(LoadRequest {
-            key: Key::from(it.key),
-            dst: it.dst.cast(),
-            len: it.len,
-        })
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every `dst` valid and unaliased until the job
-        // completes.
-        unsafe { submit_batch(obj, items, n, out, request, |s, r| s.submit_load(r)) }
-    })
+    tier::submit_load(obj, items, n, out)
 }
 
 /// Stores the concatenation of `segments[0..num_segments]` (each non-NULL and non-empty) as a
@@ -380,16 +319,7 @@ pub extern "C" fn kvr_obj_store_key(
     segments: *const kvr_segment,
     num_segments: usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_obj::try_ref(obj)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        // SAFETY: `segments` points to `num_segments` segments per the contract.
-        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        // SAFETY: every segment is readable for its length per the contract.
-        let data = unsafe { read_slices(&segs) };
-        s.store_segments(k, &data, None).map(|_| ())
-    })
+    tier::store_key(obj, key, segments, num_segments)
 }
 
 /// Loads the block of the whole engine `key` scattered over `segments[0..num_segments]`,
@@ -405,16 +335,7 @@ pub extern "C" fn kvr_obj_load_key(
     segments: *const kvr_segment,
     num_segments: usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_obj::try_ref(obj)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        // SAFETY: `segments` points to `num_segments` segments per the contract.
-        let segs = unsafe { arg_segments(segments, num_segments, "segments") }?;
-        // SAFETY: every segment is writable and unaliased for its length per the contract.
-        let mut dst = unsafe { write_slices(&segs) };
-        s.load_segments(k, &mut dst).map(|_| ())
-    })
+    tier::load_key(obj, key, segments, num_segments)
 }
 
 /// Per-key presence: `present[i]` = 1 when an object of `keys[i]`'s name exists, else 0 (one
@@ -430,24 +351,14 @@ pub extern "C" fn kvr_obj_lookup(
     present: *mut u8,
     hits: *mut usize,
 ) -> kvr_status {
-    guard(|| {
-        let s = kvr_obj::try_ref(obj)?;
-        // SAFETY: `keys`, `present` and `hits` are as `lookup_into` requires per the
-        // contract above.
-        unsafe { lookup_into(keys, n, present, hits, |ks, out| s.lookup(ks, out)) }
-    })
+    tier::lookup(obj, keys, n, present, hits)
 }
 
 /// Removes the block of the whole engine `key`: `KVR_OK`, or `KVR_ERR_NOT_FOUND` if there
 /// was none.
 #[no_mangle]
 pub extern "C" fn kvr_obj_remove_key(obj: *const kvr_obj, key: kvr_key) -> kvr_status {
-    guard(|| {
-        let s = kvr_obj::try_ref(obj)?;
-        // SAFETY: the key's bytes are valid per the contract.
-        let k = unsafe { arg_whole_key(&key, "key") }?;
-        s.remove_key(k)
-    })
+    tier::remove_key(obj, key)
 }
 
 /// Submits `n` (>= 1) whole-key, segmented blocks to store, up to `concurrency` requests in
@@ -461,31 +372,7 @@ pub extern "C" fn kvr_obj_submit_store_items(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_obj_store_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_obj_store_segments_item>(),
-            i,
-        )?;
-        // SAFETY: the key's bytes and the segment array are valid per the contract.
-        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every buffer valid until the job completes.
-        unsafe {
-            submit_batch(obj, items, n, out, request, |s, r| {
-                let items: Vec<StoreItem> = r
-                    .iter()
-                    .map(|(k, segs)| StoreItem {
-                        key: k,
-                        segments: segs,
-                    })
-                    .collect();
-                s.submit_store_items(&items)
-            })
-        }
-    })
+    tier::submit_store_items(obj, items, n, out)
 }
 
 /// Submits `n` (>= 1) whole-key, segmented blocks to load, up to `concurrency` requests in
@@ -498,30 +385,5 @@ pub extern "C" fn kvr_obj_submit_load_items(
     n: usize,
     out: *mut *mut kvr_job,
 ) -> kvr_status {
-    let request = |i: usize, it: &kvr_obj_load_segments_item| {
-        check_item_size(
-            it.struct_size,
-            std::mem::size_of::<kvr_obj_load_segments_item>(),
-            i,
-        )?;
-        // SAFETY: the key's bytes and the segment array are valid per the contract.
-        unsafe { item_key_and_segments(i, &it.key, it.segments, it.num_segments) }
-    };
-    guard(|| {
-        // SAFETY: `items` is NULL or points to `n` valid items and `out` is NULL or writable
-        // (caller's contract); the caller keeps every buffer valid and unaliased until the
-        // job completes.
-        unsafe {
-            submit_batch(obj, items, n, out, request, |s, r| {
-                let items: Vec<LoadItem> = r
-                    .iter()
-                    .map(|(k, segs)| LoadItem {
-                        key: k,
-                        segments: segs,
-                    })
-                    .collect();
-                s.submit_load_items(&items)
-            })
-        }
-    })
+    tier::submit_load_items(obj, items, n, out)
 }

@@ -14,12 +14,7 @@ pub(super) struct RegionGauges {
 
 impl Source for RegionGauges {
     fn sample(&self) -> Sample {
-        let mut s = Sample {
-            tier: "region",
-            namespace: self.name.clone(),
-            path: self.path.clone(),
-            ..Sample::default()
-        };
+        let mut s = Sample::new("region", self.name.clone(), self.path.clone());
         s.gauge("kvr_blocks", "Blocks held", self.blocks as i64)
             .gauge(
                 "kvr_held_bytes",

@@ -1,10 +1,12 @@
 //! Helpers of the object tier's tests: the S3 test server's endpoint (set by the test driver,
-//! `scripts/run-tests.sh`, from `scripts/seaweedfs.sh start`), unique URLs, and a plain HTTP
+//! `scripts/run-tests.sh`, from `scripts/seaweedfs.sh start`), unique URLs, a plain HTTP
 //! client to read and damage objects behind kvr's back (SeaweedFS without identities takes
-//! unsigned requests).
+//! unsigned requests), and private servers ([`server`]).
 
 // Each test file is its own crate and uses only some of these.
 #![allow(dead_code)]
+
+pub mod server;
 
 use std::io::{Read, Write};
 use std::net::TcpStream;

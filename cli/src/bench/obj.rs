@@ -5,7 +5,9 @@
 //! Per block size, in-flight count and run: a fresh namespace receives `bytes / block`
 //! blocks in one `submit_store` batch; one `submit_load` batch reads them back (checked) and
 //! the bytes are compared. Then N threads PUT the same objects' bytes (block header and
-//! payload) to other names with a plain HTTP/1.1 client and GET them back. Everything goes
+//! payload) to other names with a plain HTTP/1.1 client and GET them back, and PUT them once
+//! more to yet other names with `If-None-Match: *`, the conditional request a publish-once
+//! store sends (a server checks for the name first, which costs it). Everything goes
 //! under `URL/kvr-bench-<pid>/` and is removed at the end. The server must take unsigned
 //! requests (SeaweedFS without identities does: `scripts/seaweedfs.sh start`).
 
@@ -138,19 +140,22 @@ fn http_err(what: &str, url: &str, e: ureq::Error) -> kvr::Error {
     kvr::err!(Unavailable, "raw HTTP {what} {url}: {e}")
 }
 
-/// One raw run: (PUT GB/s, GET GB/s) of the same bytes kvr moves (block header + payload).
-fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
+/// One raw run: (PUT GB/s, GET GB/s, conditional PUT GB/s) of the same bytes kvr moves
+/// (block header + payload).
+fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64, f64)> {
     let (block, n) = (s.block, s.n);
     let agent = ureq::AgentBuilder::new()
         .max_idle_connections_per_host(s.in_flight)
         .timeout(Duration::from_secs(60))
         .build();
     let kvr::obj::ObjUrl { bucket, prefix } = kvr::obj::ObjUrl::parse(&s.url)?;
-    let ns = format!("raw-{block}-{}-{}", s.in_flight, s.run);
-    let url = |i: usize| {
-        let name = kvr::obj::object_path(&ns, &key(block as u64, s.in_flight, s.run, i));
+    let object_url = |ns: &str, i: usize| {
+        let name = kvr::obj::object_path(ns, &key(block as u64, s.in_flight, s.run, i));
         format!("{}/{bucket}/{prefix}/{name}", s.endpoint)
     };
+    let ns = format!("raw-{block}-{}-{}", s.in_flight, s.run);
+    let url = |i: usize| object_url(&ns, i);
+    let conditional_ns = format!("raw-inm-{block}-{}-{}", s.in_flight, s.run);
     let payload = |i: usize| &src[i * block..(i + 1) * block];
     let headers: Vec<Vec<u8>> = (0..n)
         .map(|i| {
@@ -160,16 +165,19 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
             kvr::fs::format::encode_header(&k.0, block as u64, kvr::fs::format::checksum(p), &spec)
         })
         .collect();
-    let put_s = raw_requests(s.in_flight, n, |i| {
-        let (u, h) = (url(i), &headers[i]);
+    let put = |u: String, i: usize, conditional: bool| {
+        let h = &headers[i];
         let body = h.as_slice().chain(payload(i));
-        agent
+        let mut request = agent
             .put(&u)
-            .set("Content-Length", &(h.len() + block).to_string())
-            .send(body)
-            .map_err(|e| http_err("PUT", &u, e))?;
+            .set("Content-Length", &(h.len() + block).to_string());
+        if conditional {
+            request = request.set("If-None-Match", "*");
+        }
+        request.send(body).map_err(|e| http_err("PUT", &u, e))?;
         Ok(())
-    })?;
+    };
+    let put_s = raw_requests(s.in_flight, n, |i| put(url(i), i, false))?;
     let get_s = raw_requests(s.in_flight, n, |i| {
         let u = url(i);
         let resp = agent.get(&u).call().map_err(|e| http_err("GET", &u, e))?;
@@ -186,8 +194,15 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64)> {
         }
         Ok(())
     })?;
+    let conditional_put_s = raw_requests(s.in_flight, n, |i| {
+        put(object_url(&conditional_ns, i), i, true)
+    })?;
     let bytes = (n * block) as f64;
-    Ok((bytes / put_s / 1e9, bytes / get_s / 1e9))
+    Ok((
+        bytes / put_s / 1e9,
+        bytes / get_s / 1e9,
+        bytes / conditional_put_s / 1e9,
+    ))
 }
 
 pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
@@ -230,7 +245,7 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             if in_flight == 0 {
                 return Err(kvr::Error::invalid("--in-flight values must be at least 1"));
             }
-            let (mut ks, mut kl, mut rp, mut rg) = (vec![], vec![], vec![], vec![]);
+            let (mut ks, mut kl, mut rp, mut rg, mut rc) = (vec![], vec![], vec![], vec![], vec![]);
             for run in 0..args.runs {
                 let setup = Setup {
                     endpoint: &endpoint,
@@ -241,11 +256,12 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                     run,
                 };
                 let (s, l) = kvr_run(&setup, &src, &mut dst)?;
-                let (p, g) = raw_run(&setup, &src)?;
+                let (p, g, c) = raw_run(&setup, &src)?;
                 ks.push(s);
                 kl.push(l);
                 rp.push(p);
                 rg.push(g);
+                rc.push(c);
                 pb.inc(1);
             }
             rows.push(Row::new(
@@ -256,6 +272,15 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                 &ks,
                 &rp,
                 "raw HTTP PUT, same bytes, same in flight",
+            ));
+            rows.push(Row::new(
+                "obj",
+                "store",
+                block,
+                in_flight,
+                &ks,
+                &rc,
+                "raw HTTP PUT If-None-Match: *, as kvr's publish-once store",
             ));
             rows.push(Row::new(
                 "obj",

@@ -69,6 +69,109 @@ fn timed(f: impl FnOnce() -> kvr::Result<()>) -> kvr::Result<f64> {
     Ok((t.elapsed().as_secs_f64()).max(1e-9))
 }
 
+/// The batch calls of a tier under test: whole-key, segmented stores and loads.
+trait SegmentedTier {
+    /// What its store and load are called in errors ("vectored fs store", ...).
+    const OPS: [&'static str; 2];
+    /// Queues block `i` of `segments` as a store under `keys[i]`.
+    ///
+    /// # Safety
+    /// The segments must stay valid for reads until the job has finished.
+    unsafe fn store(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job;
+    /// Queues the load of `keys[i]` into block `i` of `segments`.
+    ///
+    /// # Safety
+    /// The segments must stay valid and untouched until the job has finished.
+    unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job;
+}
+
+/// One batch item per block: `item(key, segments)` of each key and its segments.
+fn per_block<'a, T>(
+    keys: &'a [Vec<u8>],
+    segments: &'a [Vec<RawSegment>],
+    item: impl Fn(&'a [u8], &'a [RawSegment]) -> T,
+) -> Vec<T> {
+    keys.iter().zip(segments).map(|(k, s)| item(k, s)).collect()
+}
+
+impl SegmentedTier for FsStore {
+    const OPS: [&'static str; 2] = ["vectored fs store", "vectored fs load"];
+    unsafe fn store(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
+        let items = per_block(keys, segments, |key, segments| StoreItem { key, segments });
+        // SAFETY: this function's contract.
+        unsafe { self.submit_store_items(&items) }
+    }
+    unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
+        let items = per_block(keys, segments, |key, segments| LoadItem { key, segments });
+        // SAFETY: this function's contract.
+        unsafe { self.submit_load_items(&items) }
+    }
+}
+
+/// No metadata: the bench moves payloads only.
+const NO_META: RawSegment = RawSegment {
+    ptr: std::ptr::null_mut(),
+    len: 0,
+};
+
+impl SegmentedTier for SlotFile {
+    const OPS: [&'static str; 2] = ["vectored disk write", "vectored disk read"];
+    unsafe fn store(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
+        let items = per_block(keys, segments, |key, segments| WriteItem {
+            key,
+            segments,
+            meta: NO_META,
+        });
+        // SAFETY: this function's contract.
+        unsafe { self.submit_write_items(&items) }
+    }
+    unsafe fn load(&self, keys: &[Vec<u8>], segments: &[Vec<RawSegment>]) -> Job {
+        let items = per_block(keys, segments, |key, segments| ReadItem {
+            key,
+            segments,
+            meta_dst: NO_META,
+            meta_len_out: std::ptr::null_mut(),
+        });
+        // SAFETY: this function's contract.
+        unsafe { self.submit_read_items(&items) }
+    }
+}
+
+/// Per shape (one buffer, layers): store and load GB/s of one run on `tier`.
+fn run_shapes<T: SegmentedTier>(
+    tier: &T,
+    n: usize,
+    run: usize,
+    src: &AlignedBuf,
+    dst: &mut AlignedBuf,
+) -> kvr::Result<[[f64; 2]; 2]> {
+    let mut out = [[0.0; 2]; 2];
+    let gb = (n * BLOCK) as f64 / 1e9;
+    let src_ptr = src.as_slice().as_ptr().cast_mut();
+    let dst_ptr = dst.as_mut_slice().as_mut_ptr();
+    let [store_op, load_op] = T::OPS;
+    for (shape, layered) in shapes(run) {
+        let col = layered as usize;
+        let keys: Vec<Vec<u8>> = (0..n).map(|i| key(shape, run, i)).collect();
+        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(src_ptr, i, layered)).collect();
+        out[col][0] = gb
+            / timed(|| {
+                // SAFETY: `src` outlives the job, which is finished before this closure returns.
+                let job = unsafe { tier.store(&keys, &segs) };
+                finish(job, n, store_op)
+            })?;
+        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(dst_ptr, i, layered)).collect();
+        out[col][1] = gb
+            / timed(|| {
+                // SAFETY: `dst` outlives the job and is not touched until it finished.
+                let job = unsafe { tier.load(&keys, &segs) };
+                finish(job, n, load_op)
+            })?;
+        check_same(src, dst, n, shape)?;
+    }
+    Ok(out)
+}
+
 /// Per shape (one buffer, layers): store and load GB/s of one fs run.
 fn fs_run(
     root: &Path,
@@ -82,43 +185,7 @@ fn fs_run(
     c.direct_io = DirectIo::On;
     c.read_threads = args.threads;
     c.write_threads = args.threads;
-    let s = FsStore::open(&c)?;
-    let mut out = [[0.0; 2]; 2];
-    let gb = (n * BLOCK) as f64 / 1e9;
-    let src_ptr = src.as_slice().as_ptr().cast_mut();
-    let dst_ptr = dst.as_mut_slice().as_mut_ptr();
-    for (shape, layered) in shapes(run) {
-        let col = layered as usize;
-        let keys: Vec<Vec<u8>> = (0..n).map(|i| key(shape, run, i)).collect();
-        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(src_ptr, i, layered)).collect();
-        let items: Vec<StoreItem> = (0..n)
-            .map(|i| StoreItem {
-                key: &keys[i],
-                segments: &segs[i],
-            })
-            .collect();
-        out[col][0] = gb
-            / timed(|| {
-                // SAFETY: `src` outlives the job, which is finished before this closure returns.
-                let job = unsafe { s.submit_store_items(&items) };
-                finish(job, n, "vectored fs store")
-            })?;
-        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(dst_ptr, i, layered)).collect();
-        let items: Vec<LoadItem> = (0..n)
-            .map(|i| LoadItem {
-                key: &keys[i],
-                segments: &segs[i],
-            })
-            .collect();
-        out[col][1] = gb
-            / timed(|| {
-                // SAFETY: `dst` outlives the job and is not touched until it finished.
-                let job = unsafe { s.submit_load_items(&items) };
-                finish(job, n, "vectored fs load")
-            })?;
-        check_same(src, dst, n, shape)?;
-    }
-    Ok(out)
+    run_shapes(&FsStore::open(&c)?, n, run, src, dst)
 }
 
 /// Per shape (one buffer, layers): write and read GB/s of one slot file run.
@@ -133,50 +200,7 @@ fn disk_run(
     let mut c = DiskConfig::new(path, BLOCK as u64, 2 * n as u64);
     c.direct_io = DirectIo::On;
     c.io_threads = args.threads;
-    let d = SlotFile::open(&c)?;
-    let mut out = [[0.0; 2]; 2];
-    let gb = (n * BLOCK) as f64 / 1e9;
-    let src_ptr = src.as_slice().as_ptr().cast_mut();
-    let dst_ptr = dst.as_mut_slice().as_mut_ptr();
-    let none = RawSegment {
-        ptr: std::ptr::null_mut(),
-        len: 0,
-    };
-    for (shape, layered) in shapes(run) {
-        let col = layered as usize;
-        let keys: Vec<Vec<u8>> = (0..n).map(|i| key(shape, run, i)).collect();
-        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(src_ptr, i, layered)).collect();
-        let items: Vec<WriteItem> = (0..n)
-            .map(|i| WriteItem {
-                key: &keys[i],
-                segments: &segs[i],
-                meta: none,
-            })
-            .collect();
-        out[col][0] = gb
-            / timed(|| {
-                // SAFETY: `src` outlives the job, which is finished before this closure returns.
-                let job = unsafe { d.submit_write_items(&items) };
-                finish(job, n, "vectored disk write")
-            })?;
-        let segs: Vec<Vec<RawSegment>> = (0..n).map(|i| segments(dst_ptr, i, layered)).collect();
-        let items: Vec<ReadItem> = (0..n)
-            .map(|i| ReadItem {
-                key: &keys[i],
-                segments: &segs[i],
-                meta_dst: none,
-                meta_len_out: std::ptr::null_mut(),
-            })
-            .collect();
-        out[col][1] = gb
-            / timed(|| {
-                // SAFETY: `dst` outlives the job and is not touched until it finished.
-                let job = unsafe { d.submit_read_items(&items) };
-                finish(job, n, "vectored disk read")
-            })?;
-        check_same(src, dst, n, shape)?;
-    }
-    Ok(out)
+    run_shapes(&SlotFile::open(&c)?, n, run, src, dst)
 }
 
 fn check_same(src: &AlignedBuf, dst: &mut AlignedBuf, n: usize, shape: &str) -> kvr::Result<()> {

@@ -14,7 +14,8 @@
 // the prefix (kvr: lookups, loads and llama_state_seq_set_data; state file:
 // llama_state_seq_load_file), the rest being the decode of the uncached tokens.
 //
-// Usage: kvr-llama-bench --model M.gguf --dir D [--block 256] [--markdown OUT.md]
+// Usage: kvr-llama-bench --model M.gguf --dir D [--block 256] [--restore-window N] [--markdown OUT.md]
+// (--restore-window: blocks a restore loads ahead of the one it applies; CacheConfig's default)
 #include <fcntl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
@@ -50,6 +51,7 @@ struct Options {
   std::string model;
   std::string dir;
   std::uint32_t block = 256;
+  std::size_t restore_window = CacheConfig{}.restore_window;
   std::string markdown;
   bool fresh_phase = false;  // internal: the fs-fresh child
 };
@@ -117,6 +119,7 @@ CacheConfig cache_config(const Session& s, const Options& o, bool with_slot) {
   c.model_path = o.model;
   c.context_params = s.params();
   c.block_tokens = o.block;
+  c.restore_window = o.restore_window;
   c.scratch_seq = kScratchSeq;
   c.fs_root = (fs::path(o.dir) / "fs").string();
   if (with_slot) c.slot_file = (fs::path(o.dir) / "slots.kvr").string();
@@ -259,7 +262,8 @@ int run_main(const Options& o, const std::string& self) {
   const pid_t pid = fork();
   if (pid == 0) {
     execl(self.c_str(), self.c_str(), "--fresh", "--model", o.model.c_str(), "--dir", o.dir.c_str(), "--block",
-          std::to_string(o.block).c_str(), static_cast<char*>(nullptr));
+          std::to_string(o.block).c_str(), "--restore-window", std::to_string(o.restore_window).c_str(),
+          static_cast<char*>(nullptr));
     _exit(127);
   }
   int status = 0;
@@ -342,12 +346,14 @@ int main(int argc, char** argv) {
       o.dir = value();
     } else if (a == "--block") {
       o.block = static_cast<std::uint32_t>(std::stoul(value()));
+    } else if (a == "--restore-window") {
+      o.restore_window = static_cast<std::size_t>(std::stoul(value()));
     } else if (a == "--markdown") {
       o.markdown = value();
     } else if (a == "--fresh") {
       o.fresh_phase = true;
     } else {
-      std::fprintf(stderr, "usage: %s --model M.gguf --dir D [--block 256] [--markdown OUT.md]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s --model M.gguf --dir D [--block 256] [--restore-window 4] [--markdown OUT.md]\n", argv[0]);
       return 2;
     }
   }

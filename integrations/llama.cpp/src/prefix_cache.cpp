@@ -18,6 +18,7 @@
 #include "kvr_llama/prefix_cache.hpp"
 
 #include <fcntl.h>
+#include <sys/mman.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -72,15 +73,24 @@ std::uint64_t now_ns() {
                                         .count());
 }
 
-// A 4096-aligned byte buffer that only grows.
+// A 4096-aligned byte buffer that only grows. From 2 MiB on it is 2 MiB-aligned and asks for
+// transparent huge pages: an O_DIRECT read into 2 MiB pages goes to the device as one request
+// per block instead of one per 254 4 KiB pages (the virtio queue's segment limit), and
+// pinning it for the transfer touches a few pages instead of ~770 per block.
 class AlignedBuffer {
  public:
   std::uint8_t* reserve(std::size_t bytes) {
     if (bytes > cap_) {
-      void* p = std::aligned_alloc(kAlign, round_up(bytes, kAlign));
+      constexpr std::size_t kHuge = std::size_t{2} << 20;
+      const std::size_t align = bytes >= kHuge ? kHuge : kAlign;
+      const std::size_t cap = round_up(bytes, align);
+      void* p = std::aligned_alloc(align, cap);
       if (p == nullptr) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+      if (align == kHuge) ::madvise(p, cap, MADV_HUGEPAGE);  // a hint: 4 KiB pages still work
+#endif
       mem_.reset(static_cast<std::uint8_t*>(p));
-      cap_ = round_up(bytes, kAlign);
+      cap_ = cap;
     }
     return mem_.get();
   }
@@ -217,12 +227,19 @@ class PrefixCache::Impl {
  private:
   std::vector<BlockKeyBytes> block_keys(const std::vector<llama_token>& tokens, std::size_t n_blocks) const;
   void open_slot_file();
-  std::size_t load_blocks(const std::vector<kvr::Key>& keys, std::size_t n, std::vector<char>& from_slot);
+  struct Presence {
+    std::vector<std::uint8_t> in_slot;  // per candidate block: the slot file holds it
+    std::vector<std::uint8_t> in_fs;    // the fs store holds it (asked only where the slot file does not)
+    std::size_t covered = 0;            // leading blocks held by one tier or the other
+  };
+  Presence lookup(const std::vector<kvr::Key>& keys, std::size_t n) const;
   bool block_is_valid(const std::uint8_t* payload, std::size_t index, const llama_token* block_tokens) const;
   bool cut_block(llama_context* ctx, llama_seq_id seq, std::size_t index, const llama_token* block_tokens,
                  std::uint8_t* dst);
 
-  AlignedBuffer staging_;  // restore: the blocks as loaded; save: the blocks to store
+  std::size_t ring_slots_ = 0;  // restore: blocks in flight plus the one being applied
+  AlignedBuffer ring_;          // restore: block i loads into slot i % ring_slots_
+  AlignedBuffer staging_;       // save: the blocks to store
 };
 
 PrefixCache::Impl::Impl(llama_context* ctx, const CacheConfig& config) : cfg(config) {
@@ -237,6 +254,10 @@ PrefixCache::Impl::Impl(llama_context* ctx, const CacheConfig& config) : cfg(con
   state_bytes = probe_block_state_bytes(ctx, cfg.scratch_seq, cfg.block_tokens);
   header_bytes = round_up(sizeof(BlockHeader) + sizeof(llama_token) * cfg.block_tokens, kAlign);
   payload_bytes = header_bytes + round_up(state_bytes, kAlign);
+  // The restore ring is allocated and touched here, so a restore's time to first token
+  // pays for no page faults (nor, with huge pages, their compaction).
+  ring_slots_ = std::max<std::size_t>(1, cfg.restore_window) + 1;
+  std::memset(ring_.reserve(ring_slots_ * payload_bytes), 0, ring_slots_ * payload_bytes);
 
   const llama_model* model = llama_get_model(ctx);
   ns.model_id = cfg.model_id;
@@ -324,101 +345,31 @@ bool PrefixCache::Impl::block_is_valid(const std::uint8_t* payload, std::size_t 
          std::memcmp(payload + sizeof h, block_tokens, sizeof(llama_token) * cfg.block_tokens) == 0;
 }
 
-// Finds the longest prefix of blocks 0..n that the two tiers hold together (one presence
-// lookup per tier), loads it into the staging buffer (block i at i * payload_bytes) with one
-// batch per tier, both in flight at once, and returns how many leading blocks loaded.
-std::size_t PrefixCache::Impl::load_blocks(const std::vector<kvr::Key>& keys, std::size_t n,
-                                           std::vector<char>& from_slot) {
-  from_slot.assign(n, 0);
-  std::vector<std::uint8_t> in_slot(n, 0);
-  std::vector<std::uint8_t> in_fs(n, 0);
-  if (disk && kvr_disk_lookup(disk->get(), keys.data(), n, in_slot.data(), nullptr) != KVR_OK) {
-    std::fill(in_slot.begin(), in_slot.end(), 0);
+// Which of blocks 0..n each tier holds, in one presence lookup per tier (the fs store is
+// asked only for the blocks the slot file lacks: each one it has not seen costs a stat), and
+// how many leading blocks the two hold together.
+PrefixCache::Impl::Presence PrefixCache::Impl::lookup(const std::vector<kvr::Key>& keys, std::size_t n) const {
+  Presence p;
+  p.in_slot.assign(n, 0);
+  p.in_fs.assign(n, 0);
+  if (disk && kvr_disk_lookup(disk->get(), keys.data(), n, p.in_slot.data(), nullptr) != KVR_OK) {
+    std::fill(p.in_slot.begin(), p.in_slot.end(), 0);
   }
   if (fs) {
-    // Only the blocks the slot file lacks: each one the fs store has not seen costs a stat.
     std::vector<kvr::Key> ask;
     std::vector<std::size_t> ask_block;
     for (std::size_t i = 0; i < n; ++i) {
-      if (in_slot[i]) continue;
+      if (p.in_slot[i]) continue;
       ask.push_back(keys[i]);
       ask_block.push_back(i);
     }
     std::vector<std::uint8_t> present(ask.size(), 0);
     if (!ask.empty() && kvr_fs_lookup(fs->get(), ask.data(), ask.size(), present.data(), nullptr) == KVR_OK) {
-      for (std::size_t j = 0; j < ask.size(); ++j) in_fs[ask_block[j]] = present[j];
+      for (std::size_t j = 0; j < ask.size(); ++j) p.in_fs[ask_block[j]] = present[j];
     }
   }
-  std::size_t end = 0;
-  while (end < n && (in_slot[end] || in_fs[end])) ++end;
-  if (end == 0) return 0;
-
-  std::uint8_t* base = staging_.reserve(end * payload_bytes);
-  std::vector<kvr::Segment> segs(end);
-  for (std::size_t i = 0; i < end; ++i) segs[i] = kvr::segment(base + i * payload_bytes, payload_bytes);
-  std::vector<kvr_disk_read_segments_item> slot_items;
-  std::vector<std::size_t> slot_block;
-  std::vector<kvr_fs_load_segments_item> fs_items;
-  std::vector<std::size_t> fs_block;
-  for (std::size_t i = 0; i < end; ++i) {
-    if (in_slot[i]) {
-      slot_items.push_back(kvr::disk_read_item(keys[i], {&segs[i], 1}));
-      slot_block.push_back(i);
-    } else {
-      fs_items.push_back(kvr::fs_load_item(keys[i], {&segs[i], 1}));
-      fs_block.push_back(i);
-    }
-  }
-  kvr_job* slot_job = nullptr;
-  kvr_job* fs_job = nullptr;
-  const bool slot_submitted =
-      !slot_items.empty() &&
-      kvr_disk_submit_read_items(disk->get(), slot_items.data(), slot_items.size(), &slot_job) == KVR_OK;
-  const bool fs_submitted =
-      !fs_items.empty() && kvr_fs_submit_load_items(fs->get(), fs_items.data(), fs_items.size(), &fs_job) == KVR_OK;
-  const kvr::Job slot_owner(slot_job);  // frees the jobs (waiting first) on every path
-  const kvr::Job fs_owner(fs_job);
-
-  std::vector<char> loaded(end, 0);
-  std::vector<std::size_t> retry_from_fs;
-  if (slot_submitted) {
-    kvr_job_wait(slot_job, -1);
-    for (std::size_t j = 0; j < slot_items.size(); ++j) {
-      std::uint64_t bytes = 0;
-      const kvr_status s = kvr_job_item_status(slot_job, j, &bytes);
-      if (s == KVR_OK && bytes == payload_bytes) {
-        loaded[slot_block[j]] = from_slot[slot_block[j]] = 1;
-        continue;
-      }
-      if (s == KVR_ERR_CORRUPT) ++stats.rejected;  // kvr dropped the entry
-      retry_from_fs.push_back(slot_block[j]);      // the fs store may still have the block
-    }
-  }
-  if (fs_submitted) {
-    kvr_job_wait(fs_job, -1);
-    for (std::size_t j = 0; j < fs_items.size(); ++j) {
-      const kvr_status s = kvr_job_item_status(fs_job, j, nullptr);
-      if (s == KVR_OK) {
-        loaded[fs_block[j]] = 1;
-      } else if (s != KVR_ERR_NOT_FOUND) {
-        ++stats.rejected;  // corrupt (kvr removed the file) or of another length
-      }
-    }
-  }
-  std::size_t good = 0;
-  while (good < end && loaded[good]) ++good;
-  // A slot entry that failed inside the prefix: its fs copy, if any (rare: one at a time).
-  for (std::size_t i : retry_from_fs) {
-    if (!fs || i > good) break;
-    const kvr_status s = kvr_fs_load(fs->get(), keys[i], &segs[i], 1);
-    if (s == KVR_OK) {
-      loaded[i] = 1;
-      while (good < end && loaded[good]) ++good;
-    } else if (s != KVR_ERR_NOT_FOUND) {
-      ++stats.rejected;
-    }
-  }
-  return good;
+  while (p.covered < n && (p.in_slot[p.covered] || p.in_fs[p.covered])) ++p.covered;
+  return p;
 }
 
 std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
@@ -436,25 +387,80 @@ std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
   const std::vector<BlockKeyBytes> key_bytes = block_keys(tokens, candidates);
   std::vector<kvr::Key> keys(candidates);
   for (std::size_t i = 0; i < candidates; ++i) keys[i] = kvr::key(key_bytes[i].data(), kKeyBytes);
-  std::vector<char> from_slot;
-  const std::size_t loaded = load_blocks(keys, candidates, from_slot);
-  const std::uint64_t t1 = now_ns();
+  const Presence have = lookup(keys, candidates);
+  const std::size_t end = have.covered;
 
+  // The blocks load one job each, a window of them in flight, and are applied in order as
+  // they arrive: putting block i into the context (llama_state_seq_set_data, a copy of its
+  // K/V rows) overlaps the reads of the next ones instead of following all of them. Block i
+  // lands in ring slot i % ring_slots_, free again once block i is applied.
+  const std::size_t window = ring_slots_ - 1;
+  auto slot_of = [&](std::size_t i) { return ring_.data() + (i % ring_slots_) * payload_bytes; };
+  std::vector<kvr::Segment> segs(end);
+  std::vector<kvr_disk_read_segments_item> slot_items(end);  // stable: a job writes its meta_len
+  std::vector<kvr_fs_load_segments_item> fs_items(end);
+  std::vector<char> from_slot(have.in_slot.begin(), have.in_slot.begin() + static_cast<std::ptrdiff_t>(end));
+  std::vector<kvr::Job> jobs;  // declared after what they use: destroyed (waited for) first
+  jobs.reserve(end);
+  auto submit = [&](std::size_t i) {
+    segs[i] = kvr::segment(slot_of(i), payload_bytes);
+    kvr_job* job = nullptr;
+    if (have.in_slot[i]) {
+      slot_items[i] = kvr::disk_read_item(keys[i], {&segs[i], 1});
+      if (kvr_disk_submit_read_items(disk->get(), &slot_items[i], 1, &job) != KVR_OK) job = nullptr;
+    } else {
+      fs_items[i] = kvr::fs_load_item(keys[i], {&segs[i], 1});
+      if (kvr_fs_submit_load_items(fs->get(), &fs_items[i], 1, &job) != KVR_OK) job = nullptr;
+    }
+    jobs.emplace_back(job);
+  };
+  // Waits for block i; true once its bytes are in the staging buffer. A slot entry that
+  // failed is fetched from the fs store instead (it may still have the block).
+  auto arrived = [&](std::size_t i) -> bool {
+    kvr_status s = KVR_ERR_IO;
+    std::uint64_t bytes = 0;
+    if (jobs[i].get() != nullptr) {
+      kvr_job_wait(jobs[i].get(), -1);
+      s = kvr_job_item_status(jobs[i].get(), 0, &bytes);
+    }
+    if (s == KVR_OK && bytes == payload_bytes) return true;
+    if (s == KVR_ERR_CORRUPT || (s == KVR_OK && bytes != payload_bytes)) ++stats.rejected;
+    if (!have.in_slot[i] || !fs) return false;
+    s = kvr_fs_load(fs->get(), keys[i], &segs[i], 1);
+    if (s == KVR_OK) {
+      from_slot[i] = 0;
+      return true;
+    }
+    if (s != KVR_ERR_NOT_FOUND) ++stats.rejected;
+    return false;
+  };
+
+  while (jobs.size() < std::min(end, window)) submit(jobs.size());
+  std::uint64_t apply_ns = 0;
   std::size_t restored = 0;
-  for (; restored < loaded; ++restored) {
-    const std::uint8_t* payload = staging_.data() + restored * payload_bytes;
+  for (; restored < end; ++restored) {
+    const bool ok = arrived(restored);
+    // Keeps the window full while this one applies (into the slot block i - 1 has left).
+    if (jobs.size() < end) submit(jobs.size());
+    const std::uint64_t arrived_at = now_ns();
+    if (!ok) break;
+    const std::uint8_t* payload = slot_of(restored);
     const llama_token* expected = tokens.data() + restored * cfg.block_tokens;
     if (!block_is_valid(payload, restored, expected)) {
       ++stats.rejected;
       break;
     }
     // set_data first empties the scratch sequence; on failure it leaves it empty.
-    if (llama_state_seq_set_data(ctx, payload + header_bytes, state_bytes, cfg.scratch_seq) == 0) {
+    const bool applied = llama_state_seq_set_data(ctx, payload + header_bytes, state_bytes, cfg.scratch_seq) != 0;
+    if (applied) {
+      llama_memory_seq_cp(mem, cfg.scratch_seq, seq, -1, -1);
+      llama_memory_seq_rm(mem, cfg.scratch_seq, -1, -1);
+    }
+    apply_ns += now_ns() - arrived_at;
+    if (!applied) {
       ++stats.rejected;
       break;
     }
-    llama_memory_seq_cp(mem, cfg.scratch_seq, seq, -1, -1);
-    llama_memory_seq_rm(mem, cfg.scratch_seq, -1, -1);
     ++stats.blocks_restored;
     stats.bytes_restored += payload_bytes;
     if (from_slot[restored]) {
@@ -464,8 +470,11 @@ std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
     }
   }
   if (restored < candidates) ++stats.misses;
-  stats.restore_load_ns += t1 - t0;
-  stats.restore_apply_ns += now_ns() - t1;
+  jobs.clear();  // a refused block's successors may still be loading: wait for them here
+  const std::uint64_t total = now_ns() - t0;
+  stats.restore_ns += total;
+  stats.restore_apply_ns += apply_ns;
+  stats.restore_load_ns += total - apply_ns;
   return restored * cfg.block_tokens;
 }
 

@@ -21,6 +21,7 @@
 #include <functional>
 #include <iostream>
 #include <iterator>
+#include <optional>
 #include <random>
 #include <string>
 #include <vector>
@@ -119,7 +120,8 @@ bool corrupt_first_block_in(const fs::path& file) {
 int test_exact(const std::string& dir_arg, const std::string& model) {
   const fs::path dir = fresh_dir(dir_arg);
   Session s(model, session_params(kCtx, kUbatch));
-  PrefixCache cache(s.ctx(), cache_config(s, dir, true, true));
+  std::optional<PrefixCache> cache_owner(std::in_place, s.ctx(), cache_config(s, dir, true, true));
+  PrefixCache& cache = *cache_owner;
   // Request 0: 5 shared blocks + 20 own tokens; saved after its prefill.
   const std::vector<llama_token> first = prompt(s, 5 * kBlock, 0, 20);
   s.clear();
@@ -155,6 +157,24 @@ int test_exact(const std::string& dir_arg, const std::string& model) {
   EXPECT(cache.save(s.ctx(), kMainSeq, second) == 2);
   EXPECT(cache.stats().slot_hits > 0);
   EXPECT(cache.stats().rejected == 0);
+
+  cache_owner.reset();  // the slot file has one owner at a time
+
+  // Restore windows of 1 (a ring of 2 staging slots, reused by every other block) and of
+  // more blocks than a prompt has: the same 5 blocks, the same exact logits, from either tier.
+  const std::vector<llama_token> five(first.begin(), first.begin() + 5 * kBlock + 3);
+  const std::vector<float> want = recompute_logits(s, five);
+  for (std::size_t window : {1, 16}) {
+    for (bool slot_tier : {true, false}) {
+      CacheConfig c = cache_config(s, dir, !slot_tier, slot_tier);
+      c.restore_window = window;
+      PrefixCache other(s.ctx(), c);
+      const std::vector<float> got5 = cached_logits(s, other, five, &restored);
+      EXPECT(restored == 5 * kBlock);
+      EXPECT(same_logits(want, got5));
+      EXPECT((slot_tier ? other.stats().slot_hits : other.stats().fs_hits) == 5);
+    }
+  }
   return 0;
 }
 

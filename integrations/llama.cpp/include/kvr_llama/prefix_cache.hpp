@@ -46,6 +46,10 @@ struct CacheConfig {
   /// Tenant salt (any bytes; only its SHA-256 is recorded): tenants with different salts
   /// never share blocks. Empty: none.
   std::string tenant_salt;
+  /// Blocks a restore keeps loading ahead of the one it is putting into the context (each
+  /// block is applied as soon as it arrived, while the next ones load). The cache holds
+  /// `restore_window + 1` blocks of memory for this, allocated when it opens.
+  std::size_t restore_window = 4;
 };
 
 /// What the cache did, since it was opened.
@@ -58,8 +62,9 @@ struct CacheStats {
   std::uint64_t blocks_saved = 0;      ///< blocks written by save()
   std::uint64_t store_errors = 0;      ///< block writes a tier refused (the block stays unsaved there)
   std::uint64_t bytes_restored = 0;    ///< block payload bytes loaded into contexts
-  std::uint64_t restore_load_ns = 0;   ///< time reading block bytes from the tiers
-  std::uint64_t restore_apply_ns = 0;  ///< time putting them into the context
+  std::uint64_t restore_ns = 0;        ///< time in restore(): lookups, loads, applying blocks
+  std::uint64_t restore_load_ns = 0;   ///< of that, not applying: lookups and waiting for block bytes
+  std::uint64_t restore_apply_ns = 0;  ///< of that, putting blocks into the context (loads of later blocks overlap it)
 };
 
 /// A prefix cache over one model and context configuration. Not thread-safe.
