@@ -28,8 +28,14 @@ fn metrics_text() -> String {
 }
 
 /// A Python with `prometheus_client`: the system's if it has it, else a venv under the
-/// target directory (created once, `pip install prometheus-client` from the registry).
+/// target directory (created once, `pip install prometheus-client` from the registry). The
+/// tests run in parallel threads of this process: one of them makes the venv, the others wait.
 fn python_with_parser() -> PathBuf {
+    static PYTHON: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    PYTHON.get_or_init(find_or_make_python).clone()
+}
+
+fn find_or_make_python() -> PathBuf {
     let sys = PathBuf::from("python3");
     let has = |py: &Path| {
         Command::new(py)
