@@ -472,7 +472,6 @@ std::size_t PrefixCache::Impl::restore(llama_context* ctx, llama_seq_id seq,
   if (restored < candidates) ++stats.misses;
   jobs.clear();  // a refused block's successors may still be loading: wait for them here
   const std::uint64_t total = now_ns() - t0;
-  stats.restore_ns += total;
   stats.restore_apply_ns += apply_ns;
   stats.restore_load_ns += total - apply_ns;
   return restored * cfg.block_tokens;

@@ -62,9 +62,10 @@ struct CacheStats {
   std::uint64_t blocks_saved = 0;      ///< blocks written by save()
   std::uint64_t store_errors = 0;      ///< block writes a tier refused (the block stays unsaved there)
   std::uint64_t bytes_restored = 0;    ///< block payload bytes loaded into contexts
-  std::uint64_t restore_ns = 0;        ///< time in restore(): lookups, loads, applying blocks
-  std::uint64_t restore_load_ns = 0;   ///< of that, not applying: lookups and waiting for block bytes
-  std::uint64_t restore_apply_ns = 0;  ///< of that, putting blocks into the context (loads of later blocks overlap it)
+  /// restore()'s time not spent applying: lookups and waiting for block bytes. With
+  /// restore_apply_ns it adds up to the whole time spent in restore().
+  std::uint64_t restore_load_ns = 0;
+  std::uint64_t restore_apply_ns = 0;  ///< putting blocks into the context (loads of later blocks overlap it)
 };
 
 /// A prefix cache over one model and context configuration. Not thread-safe.
