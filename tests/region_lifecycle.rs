@@ -332,6 +332,9 @@ fn two_regions_racing_for_space_that_fits_one_fail_at_most_once() {
         let (ready_r, ready_w) = pipe();
         let (go_r, go_w) = pipe();
         let (result_r, result_w) = pipe();
+        // Held open by the parent until both results are in: a child that has tried keeps
+        // its region until then. (Not `go`: a fast child would read its rival's go byte.)
+        let (hold_r, hold_w) = pipe();
         let kids: Vec<_> = (0..2)
             .map(|i| {
                 let cfg = config(
@@ -345,6 +348,7 @@ fn two_regions_racing_for_space_that_fits_one_fail_at_most_once() {
                     close(ready_r);
                     close(go_w);
                     close(result_r);
+                    close(hold_w);
                     write_byte(ready_w, 1);
                     read_byte(go_r);
                     let r = Region::open(&cfg);
@@ -354,8 +358,8 @@ fn two_regions_racing_for_space_that_fits_one_fail_at_most_once() {
                         Err(_) => b'e',
                     };
                     write_byte(result_w, code);
-                    // Hold it until both have tried.
-                    read_byte(go_r);
+                    // Hold it until both have tried (the parent closes the pipe).
+                    read_byte(hold_r);
                     drop(r);
                     0
                 })
@@ -364,11 +368,12 @@ fn two_regions_racing_for_space_that_fits_one_fail_at_most_once() {
         close(ready_w);
         close(go_r);
         close(result_w);
+        close(hold_r);
         for _ in 0..2 {
             assert!(read_byte(ready_r));
         }
         close(ready_r);
-        // Two bytes: both start together; the second read then ends with the pipe's close.
+        // One byte each: both start together.
         write_byte(go_w, 1);
         write_byte(go_w, 1);
         let mut results = Vec::new();
@@ -383,6 +388,7 @@ fn two_regions_racing_for_space_that_fits_one_fail_at_most_once() {
         }
         close(go_w);
         close(result_r);
+        close(hold_w);
         for k in kids {
             assert_eq!(reap(k), 0);
         }
