@@ -487,7 +487,13 @@ fn async_batch_with_duplicates_and_bad_items() {
                 s.load(&key(i as u64), &mut out).unwrap();
                 assert!(out == want, "key {i}");
             }
-            for f in walk(s.dir()) {
+            // While open, a store writing named temp files holds its writer lock file.
+            let writers = s.dir().join(".writers");
+            let locks = walk(&writers).len();
+            assert_eq!(locks, usize::from(!s.uses_unnamed_temp_files()));
+            let dir = s.dir().to_path_buf();
+            drop(s);
+            for f in walk(&dir) {
                 let name = f.file_name().unwrap().to_str().unwrap();
                 assert!(name.ends_with(".kvb"), "left behind: {}", f.display());
             }
@@ -513,12 +519,40 @@ fn temp_files_of_dead_writers_are_cleaned_at_open() {
     );
     let other = dir.join("notes.txt");
     std::fs::write(&other, b"keep").unwrap();
+    // Today's temp files name their writer's lock file under `.writers`: a writer whose lock
+    // file is held lives; one whose lock file is free, or gone, is dead.
+    let writers = s.dir().join(".writers");
+    std::fs::create_dir_all(&writers).unwrap();
+    let temp = |k: u64, writer: u64| {
+        let p = dir.join(kvr::fs::path::temp_name(&key(k), writer, 1));
+        std::fs::write(&p, b"partial").unwrap();
+        p
+    };
+    let lock_file = |writer: u64| writers.join(format!("{writer:016x}"));
+    let live_writer = std::fs::File::create(lock_file(0xa1)).unwrap();
+    // SAFETY: plain flock on an open descriptor.
+    assert_eq!(
+        unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&live_writer), libc::LOCK_EX) },
+        0
+    );
+    std::fs::write(lock_file(0xd1), b"").unwrap();
+    let (live_new, dead_new, gone_new) = (temp(4, 0xa1), temp(5, 0xd1), temp(6, 0xd2));
     drop(s);
     let s = open(d.path(), DirectIo::Off);
     assert!(!stale.exists(), "stale temp removed");
     assert!(live.exists(), "a live writer's temp file is left alone");
+    assert!(
+        live_new.exists() && lock_file(0xa1).exists(),
+        "a live writer's"
+    );
+    assert!(
+        !dead_new.exists() && !gone_new.exists(),
+        "dead writers' temps go"
+    );
+    assert!(!lock_file(0xd1).exists(), "and their lock files");
     assert!(other.exists());
     assert_eq!(s.stats().blocks, 1);
+    drop(live_writer);
 }
 
 #[test]

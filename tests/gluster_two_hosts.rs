@@ -222,7 +222,7 @@ fn temp_files(dir: &Path) -> HashSet<PathBuf> {
         .collect()
 }
 
-/// Whether someone else holds an exclusive `flock` on `p` (a live writer's temp file).
+/// Whether someone else holds an exclusive `flock` on `p`.
 fn locked(p: &Path) -> bool {
     let Ok(f) = std::fs::File::open(p) else {
         return false;
@@ -230,6 +230,15 @@ fn locked(p: &Path) -> bool {
     // SAFETY: plain syscall on a descriptor `f` keeps open; closing `f` drops our lock.
     let r = unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     r != 0
+}
+
+/// Whether temp file `p` of the store at `store_dir` belongs to a live writer: its name
+/// (`.<32 hex>~<16 hex writer id>.<n>.tmp`) names a lock file under `.writers` that its
+/// writer holds.
+fn writer_alive(store_dir: &Path, p: &Path) -> bool {
+    let name = p.file_name().unwrap().to_str().unwrap();
+    let id = &name[34..50];
+    locked(&store_dir.join(".writers").join(id))
 }
 
 /// The writer child, killed on drop (also when the test fails while it is stopped).
@@ -272,9 +281,8 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
                 .spawn()
                 .unwrap(),
         );
-        // Freeze the writer while it holds locked temp files: alive (its locks held) but
-        // stopped. (A temp file not yet locked is fair game for a cleaner: its writer notices
-        // and starts over with a new name.)
+        // Freeze the writer while it has temp files: alive (its writer lock held) but
+        // stopped.
         // (Generous: the writer first creates its store's 256 directories through FUSE.)
         let deadline = Instant::now() + Duration::from_secs(120);
         let live = loop {
@@ -282,7 +290,11 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
             std::thread::sleep(Duration::from_millis(20 + 13 * attempt));
             signal(&child, libc::SIGSTOP);
             let all = temp_files(&dir_a);
-            let t: HashSet<PathBuf> = all.iter().filter(|p| locked(p)).cloned().collect();
+            let t: HashSet<PathBuf> = all
+                .iter()
+                .filter(|p| writer_alive(&dir_a, p))
+                .cloned()
+                .collect();
             if !t.is_empty() {
                 break t;
             }
@@ -301,8 +313,8 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
         );
         signal(&child, libc::SIGKILL);
         child.0.wait().unwrap();
-        // A's locks are released when the dead writer's descriptors close; B's next open
-        // then removes what it left (poll: the release travels through A's client).
+        // A's writer lock is released when the dead writer's descriptors close; B's next
+        // open then removes what it left (poll: the release travels through A's client).
         let deadline = Instant::now() + Duration::from_secs(20);
         let on_b = loop {
             let s = open(&b, &ns.name);

@@ -134,6 +134,8 @@ fn a_fifo_named_like_a_temp_file_hangs_neither_open_nor_gc() {
     drop(open_store(d.path()));
     let fanout = d.path().join("ns").join("ab");
     let temp = fanout.join(kvr::fs::path::temp_name(&Key([0xab; 16]), 1, 1));
+    let legacy = fanout.join(kvr::fs::path::legacy_temp_name(&Key([0xab; 16]), 1, 1));
+    mkfifo(&legacy);
     mkfifo(&temp);
     let root = c_path(d.path());
     let st = within(LIMIT, "kvr_fs_open with a FIFO temp file", move || {
@@ -142,13 +144,20 @@ fn a_fifo_named_like_a_temp_file_hangs_neither_open_nor_gc() {
         st
     });
     assert_eq!(st, KVR_OK);
-    mkfifo(&temp);
+    for t in [&temp, &legacy] {
+        assert!(
+            std::fs::symlink_metadata(t).is_err(),
+            "open's scan removed it"
+        );
+        mkfifo(t);
+    }
     let dir = d.path().to_path_buf();
     let g = within(LIMIT, "gc with a FIFO temp file", move || {
         maintenance::gc(&dir, None, u64::MAX)
     });
-    assert_eq!(g.unwrap().removed_temp_files, 1, "junk at a temp name goes");
+    assert_eq!(g.unwrap().removed_temp_files, 2, "junk at temp names goes");
     assert!(std::fs::symlink_metadata(&temp).is_err());
+    assert!(std::fs::symlink_metadata(&legacy).is_err());
 }
 
 #[test]

@@ -42,8 +42,9 @@ pub struct FsConfig {
     pub capacity: u64,
     /// Write each block into an unnamed `O_TMPFILE` file and link it into place where the
     /// file system supports it (probed at open); a killed writer then leaves nothing behind.
-    /// `false` always uses named, `flock`ed temp files linked into place: the protocol for
-    /// file systems without `O_TMPFILE` (NFS), selectable to test it anywhere. Default true.
+    /// `false` always uses named temp files linked into place (named after the store's
+    /// writer lock file, `<store dir>/.writers/<id>`): the protocol for file systems without
+    /// `O_TMPFILE` (NFS, FUSE), selectable to test it anywhere. Default true.
     pub unnamed_temp_files: bool,
     /// The fields `namespace` was made from ([`crate::Namespace::name`]): recorded at open
     /// as `<root>/<namespace>/NAMESPACE.json` (once; an existing manifest must name the same
@@ -105,9 +106,10 @@ pub struct FsStats {
     pub evictions: u64,
     /// True when O_DIRECT is in use, false for buffered I/O.
     pub direct_io: bool,
-    /// True when blocks are written into unnamed `O_TMPFILE` files; false for named,
-    /// `flock`ed temp files hard-linked into place (file systems without `O_TMPFILE`, such
-    /// as NFS and FUSE mounts like GlusterFS, or `unnamed_temp_files = false`).
+    /// True when blocks are written into unnamed `O_TMPFILE` files; false for named temp
+    /// files hard-linked into place, named after the store's writer lock file (file systems
+    /// without `O_TMPFILE`, such as NFS and FUSE mounts like GlusterFS, or
+    /// `unnamed_temp_files = false`).
     pub unnamed_temp_files: bool,
     /// True once the directory scan started at open has finished: `blocks` and `bytes`
     /// then count the whole store (as this process knows it), and the capacity is enforced.

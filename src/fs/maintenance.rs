@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex};
 use super::clean_temp;
 use super::format::{self, Header};
 use super::path::{self, Entry, Key};
+use super::writers::{remove_dead_writers, Liveness};
 use crate::io::file::{
     describe_type, is_not_regular, remove_non_regular, same_inode, OpenNoFollow,
 };
@@ -245,7 +246,7 @@ pub fn scan_store(dir: &Path) -> Result<StoreScan> {
                         Err(_) => {}
                     }
                 }
-                Entry::Temp => scan.temps.push(adir.join(&name)),
+                Entry::Temp(_) | Entry::LegacyTemp => scan.temps.push(adir.join(&name)),
                 Entry::Other => {}
             }
         }
@@ -523,12 +524,15 @@ pub fn gc(root: &Path, namespace: Option<&str>, max_bytes: u64) -> Result<GcRepo
     for s in find_stores(root, namespace)? {
         let scan = scan_store(&s.dir)?;
         blocks.extend(scan.blocks);
+        let mut live = Liveness::new(&s.dir);
         for t in scan.temps {
-            clean_temp(&t);
+            let name = t.file_name().and_then(|n| n.to_str()).unwrap_or_default();
+            clean_temp(&t, &path::classify(name), &mut live);
             if std::fs::symlink_metadata(&t).is_err() {
                 report.removed_temp_files += 1;
             }
         }
+        remove_dead_writers(&s.dir);
     }
     report.blocks_before = blocks.len() as u64;
     report.bytes_before = blocks.iter().map(|b| b.size).sum();

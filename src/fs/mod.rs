@@ -9,9 +9,13 @@
 //!   O_DIRECT when every segment is 4096-aligned in address and length, else through pooled
 //!   bounce buffers; one contiguous buffer is a list of one.
 //! - Writes go to an unnamed `O_TMPFILE` file in the target directory, linked into place
-//!   when complete (where the file system lacks `O_TMPFILE`, as NFS does: a unique, `flock`ed
-//!   temp file, hard-linked into place): readers never see a partial block, a killed writer
-//!   leaves no file behind, and a block that already exists is never rewritten.
+//!   when complete (where the file system lacks `O_TMPFILE`, as NFS and FUSE mounts do: a
+//!   unique named temp file, hard-linked into place, whose name points to the writing
+//!   store's lock file, see `writers`): readers never see a partial block, a killed writer
+//!   leaves no block behind, and a block that already exists is never rewritten.
+//! - On network file systems (FUSE, NFS, ...) the `close` of a finished file and the removal
+//!   of a published temp name, each a round trip there, run on a thread of their own
+//!   ([`crate::io::close_behind`]), off the store's and load's path.
 //! - Async batches run whole stores on the writer threads, each block's data written with one
 //!   synchronous `pwritev` (the device's queue depth is the number of writer threads).
 //! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
@@ -21,11 +25,12 @@
 //! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
 //!   reading); the LRU order is rebuilt by a directory scan that starts at open and runs in
 //!   the background (`scan`: open does not grow with the store), which also removes the
-//!   temp files of dead writers (their `flock` is gone).
+//!   temp files of dead writers (their writer lock is gone).
 //! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
 //!   supports it, so its 256 fan-out directories spread over ext4's block groups.
-//! - No lock file: several processes may share a root; correctness rests on content
-//!   addressing and atomic publication (`link`, which fails rather than replace a name).
+//! - No store-wide lock: several processes may share a root; correctness rests on content
+//!   addressing and atomic publication (`link`, which fails rather than replace a name). The
+//!   only lock files are the writer locks of stores writing named temp files.
 
 mod config;
 pub mod format;
@@ -37,10 +42,11 @@ pub mod path;
 mod scan;
 mod store;
 mod temp;
+pub(crate) mod writers;
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use config::{as_load_items, as_store_items};
 pub use config::{Durability, FsConfig, FsStats, LoadItem, LoadRequest, StoreItem, StoreRequest};
@@ -48,7 +54,8 @@ pub use format::{Header, TensorSpec};
 pub use path::Key;
 pub use store::Stored;
 
-use crate::io::file::OpenNoFollow;
+use crate::io::close_behind::CloseBehind;
+use crate::io::file::{is_network_fs, OpenNoFollow};
 use crate::io::job::Completer;
 use crate::io::publish::probe_unnamed;
 use crate::io::vectored::{RawSegment, SegmentBatch};
@@ -57,6 +64,7 @@ use crate::{err, Error, Result};
 use index::Index;
 use scan::ScanState;
 use temp::{clean_temp, DirCache};
+use writers::WriterLock;
 
 #[derive(Default)]
 struct Counters {
@@ -88,9 +96,13 @@ struct Inner {
     dirs: DirCache,
     /// Blocks are written into unnamed `O_TMPFILE` files (probed at open), else named temps.
     unnamed_temps: bool,
-    /// This process's id, for temp file names (a forked child that keeps using the store
-    /// shares it; its names are still unique thanks to `create_new` + retry).
-    pid: u32,
+    /// Where closes and temp-name removals are round trips (network file systems): the
+    /// thread that does them off the store's and load's path. Declared before `writer`, so
+    /// that it is drained before the writer lock goes.
+    close_behind: Option<CloseBehind>,
+    /// This store's writer lock, taken before its first named temp file is made.
+    writer: OnceLock<WriterLock>,
+    writer_init: Mutex<()>,
     /// The background scan started at open.
     scan_state: ScanState,
 }
@@ -144,16 +156,28 @@ impl FsStore {
         let direct = direct::resolve(cfg.direct_io, &dir)?;
         let unnamed_temps = cfg.unnamed_temp_files
             && probe_unnamed(&dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
+        let network = is_network_fs(&dir);
         log::info!(
             target: "kvr::fs",
-            "{}: blocks are written into {} temp files",
+            "{}: blocks are written into {} temp files, with {}{}",
             dir.display(),
             match (unnamed_temps, cfg.unnamed_temp_files) {
                 (true, _) => "unnamed (O_TMPFILE)",
-                (false, true) => "named, flock-ed (the file system has no O_TMPFILE)",
-                (false, false) => "named, flock-ed (as configured)",
+                (false, true) => "named (the file system has no O_TMPFILE)",
+                (false, false) => "named (as configured)",
+            },
+            if direct { "O_DIRECT" } else { "buffered I/O" },
+            if network {
+                "; a network file system: files are closed off the caller's path"
+            } else {
+                ""
             }
         );
+        let close_behind = if network {
+            Some(CloseBehind::start("kvr-fs-close")?)
+        } else {
+            None
+        };
         let inner = Arc::new(Inner {
             dir,
             namespace: cfg.namespace.clone(),
@@ -168,7 +192,9 @@ impl FsStore {
             seq: AtomicU64::new(0),
             dirs: DirCache::default(),
             unnamed_temps,
-            pid: std::process::id(),
+            close_behind,
+            writer: OnceLock::new(),
+            writer_init: Mutex::new(()),
             scan_state: ScanState::default(),
         });
         let present = scan::fanout_dirs(&inner.dir)?;
@@ -484,6 +510,29 @@ pub(crate) fn check_raw_segments(segments: &[RawSegment], what: &str) -> Result<
 }
 
 impl Inner {
+    /// The id this store's named temp files carry, taking its writer lock the first time.
+    fn writer_id(&self) -> Result<u64> {
+        if let Some(w) = self.writer.get() {
+            return Ok(w.id());
+        }
+        let _one_at_a_time = self.writer_init.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(w) = self.writer.get() {
+            return Ok(w.id());
+        }
+        let w = WriterLock::acquire(&self.dir)?;
+        log::debug!(target: "kvr::fs", "{}: writer lock {:016x} taken", self.dir.display(), w.id());
+        Ok(self.writer.get_or_init(|| w).id())
+    }
+
+    /// Closes a finished file (a read block, a published or abandoned temp file: dropping it
+    /// does the work) off the caller's path where that is a round trip, else here.
+    fn finish_with(&self, finished: impl Send + 'static) {
+        match &self.close_behind {
+            Some(c) => c.defer(Box::new(finished)),
+            None => drop(finished),
+        }
+    }
+
     /// This process's counters.
     fn stats(&self) -> FsStats {
         let c = &self.counters;
@@ -573,15 +622,27 @@ mod tests {
     }
 
     #[test]
-    fn clean_temp_respects_live_locks() {
+    fn clean_temp_respects_live_writers() {
         let d = tempfile::tempdir().unwrap();
-        let p = d.path().join(path::temp_name(&Key([3; 16]), 1, 1));
+        let live = |d: &Path| writers::Liveness::new(d);
+        // An older version's temp file: live while `flock`ed.
+        let p = d.path().join(path::legacy_temp_name(&Key([3; 16]), 1, 1));
         let f = File::create(&p).unwrap();
         assert!(crate::io::lock::try_lock(&f, crate::io::lock::LockMode::Exclusive).unwrap());
-        clean_temp(&p);
+        clean_temp(&p, &path::Entry::LegacyTemp, &mut live(d.path()));
         assert!(p.exists(), "a locked temp file belongs to a live writer");
         drop(f);
-        clean_temp(&p);
+        clean_temp(&p, &path::Entry::LegacyTemp, &mut live(d.path()));
         assert!(!p.exists());
+        // Today's: live while the writer holds its lock file.
+        let w = WriterLock::acquire(d.path()).unwrap();
+        let p = d.path().join(path::temp_name(&Key([3; 16]), w.id(), 1));
+        File::create(&p).unwrap();
+        clean_temp(&p, &path::Entry::Temp(w.id()), &mut live(d.path()));
+        assert!(p.exists(), "its writer holds the lock");
+        let id = w.id();
+        drop(w);
+        clean_temp(&p, &path::Entry::Temp(id), &mut live(d.path()));
+        assert!(!p.exists(), "its writer closed");
     }
 }

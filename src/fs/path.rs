@@ -4,8 +4,11 @@
 //! `<root>/<namespace>/[r<rank>/]<h[0..2]>/<h>.kvb`: one level of 256 fan-out directories
 //! (ext4's hashed directories and other modern file systems handle large directories well,
 //! while every extra fan-out directory costs a `mkdir` and an inode allocation when a store
-//! starts filling). Writers create `.<h>.<pid>.<n>.tmp` in the same directory and rename it
-//! into place.
+//! starts filling). Where the file system has no `O_TMPFILE`, writers create a named temp
+//! file `.<h>~<writer>.<n>.tmp` in the same directory and hard-link it into place; `<writer>`
+//! (16 hex digits) names the writing store's lock file under `<store dir>/.writers/`, which
+//! tells cleaners whether the writer lives (see `fs::writers`). Older versions named temp
+//! files `.<h>.<pid>.<n>.tmp` and `flock`ed each one; those are still cleaned by that rule.
 
 use std::path::{Path, PathBuf};
 
@@ -68,9 +71,18 @@ pub fn block_path(store_dir: &Path, key: &Key) -> PathBuf {
     p
 }
 
-/// A writer's unique temporary file name for `key` (unique per process and `seq`).
-pub fn temp_name(key: &Key, pid: u32, seq: u64) -> String {
+/// The temporary file name of an older version's writer (`flock`ed per file): only made
+/// by tests now, to check that such files are still cleaned.
+pub fn legacy_temp_name(key: &Key, pid: u32, seq: u64) -> String {
     format!(".{}.{pid}.{seq}{TEMP_EXT}", key.to_hex())
+}
+
+/// The unique temporary file name writer `writer` gives its `seq`-th block of `key`.
+///
+/// The `~` after the key keeps these names out of older versions' temp-file rule (which
+/// would take an unlocked one for abandoned): those versions leave them alone.
+pub fn temp_name(key: &Key, writer: u64, seq: u64) -> String {
+    format!(".{}~{writer:016x}.{seq}{TEMP_EXT}", key.to_hex())
 }
 
 /// What a directory entry in a fan-out directory is.
@@ -78,8 +90,10 @@ pub fn temp_name(key: &Key, pid: u32, seq: u64) -> String {
 pub enum Entry {
     /// A complete block of this key.
     Block(Key),
-    /// A writer's temporary file.
-    Temp,
+    /// A temporary file of the writer whose lock file is named by this id (`fs::writers`).
+    Temp(u64),
+    /// An older version's temporary file, `flock`ed by its writer while in use.
+    LegacyTemp,
     /// Something else (left alone).
     Other,
 }
@@ -91,14 +105,29 @@ pub fn classify(name: &str) -> Entry {
             return Entry::Block(k);
         }
     }
-    if name.starts_with('.')
-        && name.ends_with(TEMP_EXT)
-        && name.get(1..33).and_then(Key::from_hex).is_some()
-        && name.get(33..34) == Some(".")
+    if !name.starts_with('.')
+        || !name.ends_with(TEMP_EXT)
+        || name.get(1..33).and_then(Key::from_hex).is_none()
     {
-        return Entry::Temp;
+        return Entry::Other;
     }
-    Entry::Other
+    match name.get(33..34) {
+        Some(".") => Entry::LegacyTemp,
+        Some("~") => match name.get(34..50).and_then(parse_writer_id) {
+            Some(id) if name.get(50..51) == Some(".") => Entry::Temp(id),
+            _ => Entry::Other,
+        },
+        _ => Entry::Other,
+    }
+}
+
+/// A writer id as written in names: exactly 16 lowercase hex digits.
+pub fn parse_writer_id(s: &str) -> Option<u64> {
+    let hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if s.len() != 16 || !s.bytes().all(hex) {
+        return None;
+    }
+    u64::from_str_radix(s, 16).ok()
 }
 
 /// Whether `name` is a fan-out directory name (two lowercase hex digits).
@@ -169,7 +198,17 @@ mod tests {
     fn classify_names() {
         let k = Key([7; 16]);
         assert_eq!(classify(&format!("{}.kvb", k.to_hex())), Entry::Block(k));
-        assert_eq!(classify(&temp_name(&k, 42, 7)), Entry::Temp);
+        assert_eq!(classify(&legacy_temp_name(&k, 42, 7)), Entry::LegacyTemp);
+        let w = 0x0123_4567_89ab_cdef;
+        assert_eq!(classify(&temp_name(&k, w, 7)), Entry::Temp(w));
+        assert_eq!(classify(&temp_name(&k, 5, 0)), Entry::Temp(5));
+        let upper = temp_name(&k, w, 7).replace("abcdef", "ABCDEF");
+        assert_eq!(classify(&upper), Entry::Other);
+        assert_eq!(classify(&format!(".{}~12.1.tmp", k.to_hex())), Entry::Other);
+        assert_eq!(
+            classify(&format!(".{}~{w:016x}x1.tmp", k.to_hex())),
+            Entry::Other
+        );
         assert_eq!(classify("notes.txt"), Entry::Other);
         assert_eq!(classify(".kvr_direct_probe.1.tmp"), Entry::Other);
         assert_eq!(classify("0707.kvb"), Entry::Other);

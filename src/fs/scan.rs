@@ -27,6 +27,7 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use super::temp::clean_temp;
+use super::writers::{remove_dead_writers, Liveness};
 use super::{path, Inner, Key};
 use crate::{Error, Result};
 
@@ -163,6 +164,7 @@ impl Inner {
     fn scan(&self, dirs: &[usize]) {
         let mut found: Vec<(i64, Key, u64)> = Vec::new();
         let mut listed_entries = 0usize;
+        let mut live = Liveness::new(&self.dir);
         for (listed_dirs, &i) in dirs.iter().enumerate() {
             if self.scan_state.cancel.load(Relaxed) {
                 return;
@@ -189,11 +191,14 @@ impl Inner {
                             }
                         }
                     }
-                    path::Entry::Temp => clean_temp(&f.path()),
+                    e @ (path::Entry::Temp(_) | path::Entry::LegacyTemp) => {
+                        clean_temp(&f.path(), &e, &mut live)
+                    }
                     path::Entry::Other => {}
                 }
             }
         }
+        remove_dead_writers(&self.dir);
         found.sort_unstable();
         for chunk in found.chunks(INSERT_CHUNK) {
             let mut ix = self.lock_index();

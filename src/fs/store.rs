@@ -152,8 +152,11 @@ impl Staged {
 impl Drop for Staged {
     fn drop(&mut self) {
         self.inner.latency.store.record_since(self.started);
-        // The temp file first: a named one is removed unless published.
-        self.temp.take();
+        // The temp file first: a named one is removed unless published (its name once
+        // published; off this path where that is a round trip).
+        if let Some(t) = self.temp.take() {
+            self.inner.finish_with(t);
+        }
         if let Some(b) = self.staging.take() {
             self.inner.bounce.put(b);
         }

@@ -1,15 +1,16 @@
 //! The files blocks are written into before they are published: unnamed (`O_TMPFILE`) where
-//! the file system supports it, else named and `flock`ed (cleaners skip locked temp files);
-//! and the fan-out directories they are created in.
+//! the file system supports it, else named after the writing store's lock file (cleaners skip
+//! the temp files of live writers, see `writers`); and the fan-out directories they are
+//! created in.
 
 use std::io;
-use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::path::Entry;
+use super::writers::Liveness;
 use super::{path, Inner, Key};
 use crate::io::file::OpenNoFollow;
-use crate::io::lock::{lock, LockMode};
 use crate::io::publish::{remove_if_abandoned, TempFile};
 use crate::{err, Error, Result};
 
@@ -31,7 +32,7 @@ impl DirCache {
 
 /// The file a block is written into before it is published under its final name: an
 /// unnamed file (nameless until linked; a failed or crashed writer leaves nothing), or a
-/// named temp file locked by its writer, whose name is removed on drop unless renamed.
+/// named temp file of a live writer, whose name is removed on drop unless renamed.
 pub(super) struct BlockTemp(TempFile);
 
 impl BlockTemp {
@@ -94,44 +95,32 @@ impl Inner {
         })
     }
 
-    /// Creates and locks a unique named temp file next to the block's final path. A cleaner
-    /// in another process may unlink a fresh temp file before its writer locks it; the
-    /// writer notices (no links left) and starts over with a new name.
+    /// Creates a unique named temp file next to the block's final path, named after this
+    /// store's writer lock (taken on the first call): no lock or `fstat` per file.
     fn create_named_temp(&self, key: &Key, block_dir: &Path) -> Result<BlockTemp> {
+        let writer = self.writer_id()?;
         let how = OpenNoFollow::write_only().direct(self.direct);
         let mut created_dirs = false;
         for _ in 0..100 {
             let seq = self.seq.fetch_add(1, Relaxed);
-            let temp = block_dir.join(path::temp_name(key, self.pid, seq));
-            // From here on the file is removed on any failure (when `named` drops).
-            let mut named = match TempFile::create_named(temp.clone(), how, 0o644) {
-                Ok(f) => f,
+            let temp = block_dir.join(path::temp_name(key, writer, seq));
+            // From here on the file is removed on any failure (when the TempFile drops).
+            match TempFile::create_named(temp.clone(), how, 0o644) {
+                Ok(f) => return Ok(BlockTemp(f)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dirs => {
                     std::fs::create_dir_all(block_dir).map_err(|e| {
                         Error::io(format!("creating directory {}", block_dir.display()), e)
                     })?;
                     created_dirs = true;
-                    continue;
                 }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
+                // Someone planted something at the name: the next one.
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => {
                     return Err(Error::io(
                         format!("creating block temp file {}", temp.display()),
                         e,
                     ))
                 }
-            };
-            lock(named.file(), LockMode::Exclusive)
-                .map_err(|e| Error::io(format!("locking {}", temp.display()), e))?;
-            match named.file().metadata() {
-                Ok(m) if m.nlink() > 0 => return Ok(BlockTemp(named)),
-                Ok(_) => {
-                    // A cleaner removed it between create and lock: the name is not ours
-                    // any more, so dropping `named` must not remove it.
-                    named.disown_name();
-                    continue;
-                }
-                Err(e) => return Err(Error::io(format!("stat of {}", temp.display()), e)),
             }
         }
         Err(err!(
@@ -174,10 +163,17 @@ impl Inner {
     }
 }
 
-/// Removes a temp file if no live writer holds its lock (and whatever else than a regular
-/// file sits at a temp file's name: never opened, so a FIFO cannot hang the scan).
-pub(super) fn clean_temp(p: &Path) {
-    if remove_if_abandoned(p) {
+/// Removes the temp file `p` (classified as `entry`) if its writer is dead: for a temp file
+/// named after a writer lock, when that lock is free or gone (whatever sits at the name,
+/// never opened: a FIFO cannot hang the scan); for an older version's, when no live writer
+/// holds its `flock` (and whatever else than a regular file sits at the name).
+pub(super) fn clean_temp(p: &Path, entry: &Entry, live: &mut Liveness) {
+    let removed = match *entry {
+        Entry::Temp(writer) => !live.is_alive(writer) && std::fs::remove_file(p).is_ok(),
+        Entry::LegacyTemp => remove_if_abandoned(p),
+        Entry::Block(_) | Entry::Other => false,
+    };
+    if removed {
         log::info!(target: "kvr::fs", "removed stale temp file {} (its writer is gone)", p.display());
     }
 }

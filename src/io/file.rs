@@ -283,6 +283,33 @@ fn is_same_inode(a: &Metadata, b: &Metadata) -> bool {
     a.dev() == b.dev() && a.ino() == b.ino()
 }
 
+/// Whether `dir` is on a file system where every metadata call and `close` is a network
+/// round trip (FUSE, NFS, SMB, Ceph, Lustre, AFS), from `statfs`'s `f_type`. Unknown file
+/// systems count as local.
+pub fn is_network_fs(dir: &Path) -> bool {
+    const NETWORK: [libc::c_long; 8] = [
+        0x6573_5546, // FUSE (GlusterFS, and any FUSE client)
+        0x6969,      // NFS
+        0xFE53_4D42, // SMB2
+        0xFF53_4D42, // CIFS
+        0x517B,      // SMB
+        0x00C3_6400, // Ceph
+        0x0BD0_0BD0, // Lustre
+        0x5346_414F, // AFS
+    ];
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: `statfs` is plain data, all-zero valid; the kernel fills it.
+    let mut st: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: a NUL-terminated path and a writable statfs, both alive for the call.
+    if unsafe { libc::statfs(c.as_ptr(), &mut st) } != 0 {
+        return false;
+    }
+    #[allow(clippy::unnecessary_cast)] // f_type's width differs between targets
+    NETWORK.contains(&(st.f_type as libc::c_long))
+}
+
 /// The directory a file at `path` lives in: its parent, or `.` for a bare name.
 pub fn parent_dir(path: &Path) -> &Path {
     match path.parent() {

@@ -1,8 +1,8 @@
 //! Advisory locks the kernel releases when their holder dies (SIGKILL included), so a lock
 //! proves a live holder and a dead one never blocks anyone.
 //!
-//! - `flock` ([`lock`], [`try_lock`]): whole-file, owned by the open file description. Owner
-//!   locks (the slot file) and "a writer is still at work" markers (fs named temp files).
+//! - `flock` ([`try_lock`]): whole-file, owned by the open file description. Owner locks (the
+//!   slot file) and "a writer is still at work" markers (the fs store's writer lock files).
 //! - Open-file-description record locks on byte 0 ([`try_lock_byte0`], [`byte0_locked_by_others`]):
 //!   unlike `flock`, they can be *queried* without being taken (`F_OFD_GETLK`), so a prober
 //!   never makes a stale file look live to another prober (the region's liveness protocol).
@@ -18,12 +18,6 @@ pub enum LockMode {
     Shared,
     /// One holder only (a write lock).
     Exclusive,
-}
-
-/// Takes a `flock` on `file`, waiting while another open file description holds a
-/// conflicting one.
-pub fn lock(file: &File, mode: LockMode) -> io::Result<()> {
-    flock(file, flock_op(mode)).map(|_| ())
 }
 
 /// Takes a `flock` on `file` without waiting; `Ok(false)` when a conflicting one is held.
@@ -125,7 +119,7 @@ mod tests {
                 .unwrap()
         };
         let (a, b, c, e) = (open(), open(), open(), open());
-        lock(&a, LockMode::Shared).unwrap();
+        assert!(try_lock(&a, LockMode::Shared).unwrap());
         assert!(
             try_lock(&b, LockMode::Shared).unwrap(),
             "shared with shared"

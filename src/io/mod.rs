@@ -10,10 +10,12 @@
 //! - `direct`: O_DIRECT probing and the transfer plan (aligned part in place, the rest
 //!   through a bounce buffer), with `aligned` buffers, rounding and the `bounce` pool;
 //! - `dir`: directory placement hints;
+//! - `close_behind`: closing finished files off the caller's path on network file systems;
 //! - a worker `pool` and the async `job` handle that batched submits return.
 
 pub(crate) mod aligned;
 pub(crate) mod bounce;
+pub(crate) mod close_behind;
 pub(crate) mod dir;
 pub(crate) mod direct;
 pub(crate) mod file;

@@ -190,7 +190,7 @@ pub fn probe_unnamed(dir: &Path, how: OpenNoFollow) -> bool {
 }
 
 /// Removes `path` if it is a regular file no live process holds a `flock` on (the writers
-/// of kvr's temp and probe files lock them for as long as they use them, and the kernel
+/// of kvr's probe and writer lock files lock them for as long as they use them, and the kernel
 /// drops the lock of a killed one), or a non-regular entry planted at a name kvr reserves
 /// (see [`remove_non_regular`]). Returns whether it is gone.
 pub fn remove_if_abandoned(path: &Path) -> bool {
