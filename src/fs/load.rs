@@ -68,7 +68,6 @@ impl Inner {
                 self.counters.hits.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len as u64, Relaxed);
                 self.lock_index().touch(&name);
-                self.finish_with(file);
                 Ok(len as u64)
             }
             Err(e) if e.kind() == ErrorKind::Corrupt && !is_regular(&file) => {

@@ -13,9 +13,9 @@
 //!   unique named temp file, hard-linked into place, whose name points to the writing
 //!   store's lock file, see `writers`): readers never see a partial block, a killed writer
 //!   leaves no block behind, and a block that already exists is never rewritten.
-//! - On network file systems (FUSE, NFS, ...) the `close` of a finished file and the removal
-//!   of a published temp name, each a round trip there, run on a thread of their own
-//!   ([`crate::io::close_behind`]), off the store's and load's path.
+//! - On network file systems (FUSE, NFS, ...) the `close` of a written block file and the
+//!   removal of its published temp name, each a round trip there, run on a thread of their
+//!   own ([`crate::io::close_behind`]), off the store's path.
 //! - Async batches run whole stores on the writer threads, each block's data written with one
 //!   synchronous `pwritev` (the device's queue depth is the number of writer threads).
 //! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
@@ -97,7 +97,7 @@ struct Inner {
     /// Blocks are written into unnamed `O_TMPFILE` files (probed at open), else named temps.
     unnamed_temps: bool,
     /// Where closes and temp-name removals are round trips (network file systems): the
-    /// thread that does them off the store's and load's path. Declared before `writer`, so
+    /// thread that does them off the store's path. Declared before `writer`, so
     /// that it is drained before the writer lock goes.
     close_behind: Option<CloseBehind>,
     /// This store's writer lock, taken before its first named temp file is made.
@@ -168,7 +168,7 @@ impl FsStore {
             },
             if direct { "O_DIRECT" } else { "buffered I/O" },
             if network {
-                "; a network file system: files are closed off the caller's path"
+                "; a network file system: written files are closed off the store's path"
             } else {
                 ""
             }
@@ -524,8 +524,8 @@ impl Inner {
         Ok(self.writer.get_or_init(|| w).id())
     }
 
-    /// Closes a finished file (a read block, a published or abandoned temp file: dropping it
-    /// does the work) off the caller's path where that is a round trip, else here.
+    /// Closes a finished temp file (published or abandoned: dropping it does the work) off
+    /// the caller's path where that is a round trip, else here.
     fn finish_with(&self, finished: impl Send + 'static) {
         match &self.close_behind {
             Some(c) => c.defer(Box::new(finished)),
