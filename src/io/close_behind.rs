@@ -7,8 +7,8 @@
 //! store's time on the GlusterFS test bed. [`CloseBehind`] hands such finished files to one
 //! thread that drops them in order. On local file systems both calls cost microseconds and
 //! the handoff would cost more: the fs store uses it only where
-//! [`super::file::is_network_fs`] says so, and only for stores (deferring the close of a
-//! read block measured slower there: 0.17-0.19 against 0.21 GB/s for 64 KiB loads).
+//! [`super::file::is_network_fs`] says so, and only for stores (a read block's close is a
+//! `FLUSH` with nothing to write behind; deferring it showed no gain there).
 
 use std::thread::JoinHandle;
 
@@ -17,9 +17,11 @@ use crossbeam_channel::{bounded, Sender, TrySendError};
 /// Something whose drop does the deferred work (closes a file, removes a name).
 pub type Finished = Box<dyn Send + 'static>;
 
-/// How many finished files may wait; beyond that the caller drops its own (back-pressure, and
-/// a bound on the descriptors held).
-const QUEUE: usize = 256;
+/// How many finished files may wait; beyond that the caller drops its own. Small on purpose:
+/// the thread overlaps the round trips with the callers' next stores, but a long backlog only
+/// moves the work into whatever comes next (with 256, the unlinks left by a batch of 512
+/// stores slowed the loads that followed by ~12% on the GlusterFS test bed).
+const QUEUE: usize = 8;
 
 /// A thread dropping finished files; dropping this drains the queue and joins the thread.
 pub struct CloseBehind {
