@@ -15,7 +15,7 @@
 //!   leaves no block behind, and a block that already exists is never rewritten.
 //! - On network file systems (FUSE, NFS, ...) the `close` of a written block file and the
 //!   removal of its published temp name, each a round trip there, run on a thread of their
-//!   own ([`crate::io::close_behind`]), off the store's path.
+//!   own (`io::close_behind`), off the store's path.
 //! - Async batches run whole stores on the writer threads, each block's data written with one
 //!   synchronous `pwritev` (the device's queue depth is the number of writer threads).
 //! - Loads validate length, key and xxh3-64 checksum; a bad file is removed and reported as
