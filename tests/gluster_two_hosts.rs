@@ -233,12 +233,15 @@ fn locked(p: &Path) -> bool {
 }
 
 /// Whether temp file `p` of the store at `store_dir` belongs to a live writer: its name
-/// (`.<32 hex>~<16 hex writer id>.<n>.tmp`) names a lock file under `.writers` that its
-/// writer holds.
+/// names a lock file under `.writers` that its writer holds.
 fn writer_alive(store_dir: &Path, p: &Path) -> bool {
     let name = p.file_name().unwrap().to_str().unwrap();
-    let id = &name[34..50];
-    locked(&store_dir.join(".writers").join(id))
+    match kvr::fs::path::classify(name) {
+        kvr::fs::path::Entry::Temp(id) => {
+            locked(&store_dir.join(".writers").join(format!("{id:016x}")))
+        }
+        other => panic!("{} is no writer's temp file ({other:?})", p.display()),
+    }
 }
 
 /// The writer child, killed on drop (also when the test fails while it is stopped).
