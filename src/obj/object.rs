@@ -86,17 +86,20 @@ pub fn check_into(
     len: usize,
 ) -> Result<Checked> {
     let total = fetched.len();
-    let prefix_len = total.min(format::MAX_HEADER);
-    let head = fetched.slice(0..prefix_len).to_bytes();
-    let prefix: [u8; 8] = head
-        .get(..8)
-        .and_then(|b| b.try_into().ok())
-        .ok_or_else(|| {
-            err!(
-                Corrupt,
-                "object is {total} bytes, shorter than a block header"
-            )
-        })?;
+    if total < 8 {
+        return Err(err!(
+            Corrupt,
+            "object is {total} bytes, shorter than a block header"
+        ));
+    }
+    // Only the header is gathered into one piece: `to_bytes` of a response of several
+    // chunks copies, and the payload is copied once, below, into `dst`.
+    let mut prefix = [0u8; 8];
+    let mut at = 0;
+    for chunk in fetched.slice(0..8) {
+        prefix[at..at + chunk.len()].copy_from_slice(&chunk);
+        at += chunk.len();
+    }
     let header_len = format::header_len(&prefix)?;
     if header_len > total {
         return if complete {
@@ -108,7 +111,8 @@ pub fn check_into(
             Ok(Checked::FetchWhole(header_len as u64 + len as u64))
         };
     }
-    let h = format::decode_header(&head[..header_len])?;
+    let head = fetched.slice(0..header_len).to_bytes();
+    let h = format::decode_header(&head)?;
     if h.key != key {
         let ns = namespace.as_bytes();
         let name = crate::key::block_name(ns, key);
@@ -266,6 +270,35 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(e.kind(), ErrorKind::Corrupt);
+    }
+
+    /// A response arrives in chunks of any size, the 8-byte length prefix and the header
+    /// split across them: checked and loaded all the same, and damage still found.
+    #[test]
+    fn responses_in_small_chunks_are_checked_as_one() {
+        let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
+        let bytes = encode(&key().0, &[&data], data.len(), &TensorSpec::bytes(20_000)).to_bytes();
+        for size in [1usize, 3, 5, 4095, 4097] {
+            let chunked = |b: &[u8]| -> Buffer {
+                b.chunks(size).map(bytes::Bytes::copy_from_slice).collect()
+            };
+            let mut dst = vec![0u8; data.len()];
+            assert!(matches!(
+                check(&chunked(&bytes), true, &key().0, &mut dst).unwrap(),
+                Checked::Loaded(_)
+            ));
+            assert_eq!(dst, data, "chunks of {size}");
+            let mut bad = bytes.to_vec();
+            bad[4096 + 12_345] ^= 0x40;
+            let e = check(&chunked(&bad), true, &key().0, &mut dst)
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "chunks of {size}: {e}");
+            let e = check(&chunked(&bytes[..7]), true, &key().0, &mut dst)
+                .err()
+                .unwrap();
+            assert_eq!(e.kind(), ErrorKind::Corrupt, "chunks of {size}: {e}");
+        }
     }
 
     #[test]
