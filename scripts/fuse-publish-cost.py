@@ -15,6 +15,8 @@ Protocols (each block: a 4 KiB header page and 64 KiB of payload, one O_DIRECT p
               (the store today; close and unlink run off the store's path on FUSE)
   kvr-flock   the same plus flock + fstat of the temp file (the store before the writer lock)
   link-only   kvr without the unlink (what the temp name's removal costs)
+  in-place    open(final, O_CREAT|O_EXCL, mode 0) + pwritev + fchmod(0644) + close (a block
+              created under its final name, marked complete by its mode)
 """
 import fcntl
 import mmap
@@ -64,11 +66,18 @@ def main():
         if unlink:
             os.unlink(temp)
 
+    def in_place(d, i):
+        fd = os.open(f"{d}/k{i}.kvb", create, 0)
+        os.pwritev(fd, iov, 0)
+        os.fchmod(fd, 0o644)
+        os.close(fd)
+
     protocols = [
         ("fio", fio),
         ("kvr", kvr),
         ("kvr-flock", lambda d, i: kvr(d, i, lock=True)),
         ("link-only", lambda d, i: kvr(d, i, unlink=False)),
+        ("in-place", in_place),
     ]
     os.makedirs(root, exist_ok=False)
     print(f"{'protocol':10s} {'wall ms/block':>14s} {'fs CPU ms/block':>16s}")
