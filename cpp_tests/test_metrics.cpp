@@ -99,6 +99,13 @@ TEST(Metrics, TextListsOpenHandlesAndBufferProtocol) {
   char block[4096] = {1};
   ASSERT_KVR(KVR_OK, kvr_store_block(fs, &k, block, sizeof block));
   ASSERT_KVR(KVR_OK, kvr_load_block(fs, &k, block, sizeof block));
+  // A prefix lookup is one lookup, however many keys it asks about (as in the Rust API and
+  // the object tier): here two keys are asked, the second absent.
+  kvr_block_key prefix[3] = {k, k, k};
+  prefix[1].bytes[0] = 2;
+  size_t hits = 9;
+  ASSERT_KVR(KVR_OK, kvr_fs_lookup_prefix(fs, prefix, 3, &hits));
+  EXPECT_EQ(hits, 1u);
 
   size_t need = 0;
   EXPECT_KVR(KVR_ERR_TOO_SMALL, kvr_metrics_text(nullptr, 0, &need));
@@ -112,6 +119,9 @@ TEST(Metrics, TextListsOpenHandlesAndBufferProtocol) {
   const std::string labels = "{tier=\"fs\",namespace=\"metrics-cpp\",path=\"" + dir.path + "/metrics-cpp\"}";
   EXPECT_NE(text.find("kvr_stores_total" + labels + " 1"), std::string::npos) << text;
   EXPECT_NE(text.find("kvr_hits_total" + labels + " 1"), std::string::npos) << text;
+  const std::string lookups = "kvr_op_latency_seconds_count{tier=\"fs\",namespace=\"metrics-cpp\",path=\"" +
+                              dir.path + "/metrics-cpp\",op=\"lookup\"} 1\n";
+  EXPECT_NE(text.find(lookups), std::string::npos) << text;
   kvr_fs_close(fs);
   EXPECT_EQ(kvr::metrics_text().find("metrics-cpp"), std::string::npos);
 

@@ -125,8 +125,8 @@ content_addressed_tier!(FsStore {
         Ok(self.contains(key))
     }
     fn leading_blocks(&self, keys: &[Key]) -> Result<usize> {
-        // Each key is timed as one lookup, as `kvr_fs_lookup_prefix` always did.
-        Ok(keys.iter().take_while(|k| self.contains(k)).count())
+        // One lookup sample per call, as `FsStore::lookup_prefix` and the object tier record.
+        Ok(self.lookup_prefix(keys))
     }
 });
 
