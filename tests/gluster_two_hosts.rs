@@ -123,11 +123,25 @@ fn load_checked(s: &FsStore, i: u64) -> kvr::Result<bool> {
     }
 }
 
+/// How many of this process's threads are fs stores' close-behind threads.
+fn close_threads() -> usize {
+    std::fs::read_dir("/proc/self/task")
+        .unwrap()
+        .filter_map(|t| std::fs::read_to_string(t.ok()?.path().join("comm")).ok())
+        .filter(|n| n.trim() == "kvr-fs-close")
+        .count()
+}
+
+/// Also: the close-behind thread starts with a store's first store, not at open, so a store
+/// that only loads has none (counted in this process: `scripts/run-tests.sh` runs these tests
+/// one at a time).
 #[test]
 fn stored_on_a_loads_on_b() {
     let Some((a, b)) = hosts() else { return };
     let ns = Namespace::new(&a, "a-to-b");
+    let threads = close_threads();
     let on_a = open(&a, &ns.name);
+    assert_eq!(close_threads(), threads, "no close thread before a store");
     assert!(
         !on_a.uses_unnamed_temp_files(),
         "Gluster's FUSE mount has no O_TMPFILE"
@@ -145,6 +159,11 @@ fn stored_on_a_loads_on_b() {
     for r in store_batch(&on_a, &ids) {
         assert!(r.unwrap() > 0, "a fresh key is written");
     }
+    assert_eq!(
+        close_threads(),
+        threads + 1,
+        "A's stores started its close thread"
+    );
     let on_b = open(&b, &ns.name);
     for &i in &ids {
         assert!(load_checked(&on_b, i).unwrap(), "block {i} missing on B");
@@ -152,6 +171,17 @@ fn stored_on_a_loads_on_b() {
     let st = on_b.stats();
     assert_eq!((st.hits, st.misses, st.corrupt_dropped), (1000, 0, 0));
     assert!(!st.unnamed_temp_files);
+    assert_eq!(
+        close_threads(),
+        threads + 1,
+        "B only loaded: no close thread"
+    );
+    drop(on_a);
+    assert_eq!(
+        close_threads(),
+        threads,
+        "closing A joined its close thread"
+    );
 }
 
 #[test]

@@ -96,10 +96,12 @@ struct Inner {
     dirs: DirCache,
     /// Blocks are written into unnamed `O_TMPFILE` files (probed at open), else named temps.
     unnamed_temps: bool,
-    /// Where closes and temp-name removals are round trips (network file systems): the
-    /// thread that does them off the store's path. Declared before `writer`, so
-    /// that it is drained before the writer lock goes.
-    close_behind: Option<CloseBehind>,
+    /// Whether closes and temp-name removals are round trips (a network file system).
+    network: bool,
+    /// There: the thread that does them off the store's path, started by the first store
+    /// (`None` inside if it could not be started: they are done inline then). Declared
+    /// before `writer`, so that it is drained before the writer lock goes.
+    close_behind: OnceLock<Option<CloseBehind>>,
     /// This store's writer lock, taken before its first named temp file is made.
     writer: OnceLock<WriterLock>,
     writer_init: Mutex<()>,
@@ -173,11 +175,6 @@ impl FsStore {
                 ""
             }
         );
-        let close_behind = if network {
-            Some(CloseBehind::start("kvr-fs-close")?)
-        } else {
-            None
-        };
         let inner = Arc::new(Inner {
             dir,
             namespace: cfg.namespace.clone(),
@@ -192,7 +189,8 @@ impl FsStore {
             seq: AtomicU64::new(0),
             dirs: DirCache::default(),
             unnamed_temps,
-            close_behind,
+            network,
+            close_behind: OnceLock::new(),
             writer: OnceLock::new(),
             writer_init: Mutex::new(()),
             scan_state: ScanState::default(),
@@ -527,7 +525,18 @@ impl Inner {
     /// Closes a finished temp file (published or abandoned: dropping it does the work) off
     /// the caller's path where that is a round trip, else here.
     fn finish_with(&self, finished: impl Send + 'static) {
-        match &self.close_behind {
+        if !self.network {
+            return drop(finished);
+        }
+        // Started here, not at open: a store that only loads never needs the thread.
+        let thread = self.close_behind.get_or_init(|| {
+            CloseBehind::start("kvr-fs-close")
+                .map_err(|e| {
+                    log::warn!(target: "kvr::fs", "{}: {e}; closing written files inline", self.dir.display())
+                })
+                .ok()
+        });
+        match thread {
             Some(c) => c.defer(Box::new(finished)),
             None => drop(finished),
         }
