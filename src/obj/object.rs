@@ -95,11 +95,7 @@ pub fn check_into(
     // Only the header is gathered into one piece: `to_bytes` of a response of several
     // chunks copies, and the payload is copied once, below, into `dst`.
     let mut prefix = [0u8; 8];
-    let mut at = 0;
-    for chunk in fetched.slice(0..8) {
-        prefix[at..at + chunk.len()].copy_from_slice(&chunk);
-        at += chunk.len();
-    }
+    bytes::Buf::copy_to_slice(&mut fetched.slice(0..8), &mut prefix);
     let header_len = format::header_len(&prefix)?;
     if header_len > total {
         return if complete {
