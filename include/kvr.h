@@ -71,6 +71,33 @@
 #define KVR_FS_DURABILITY_FDATASYNC_DIR 2
 
 /**
+ * `write_mode` (config only): the best the file system offers, probed at open:
+ * `KVR_FS_WRITE_UNNAMED_TEMP` where it has `O_TMPFILE`, else `KVR_FS_WRITE_IN_PLACE`.
+ */
+#define KVR_FS_WRITE_AUTO 0
+
+/**
+ * `write_mode`: each block is written into an unnamed `O_TMPFILE` file, linked into place
+ * when complete (a killed writer leaves nothing).
+ */
+#define KVR_FS_WRITE_UNNAMED_TEMP 1
+
+/**
+ * `write_mode`: each block is written into a named temp file (named after the store's
+ * writer lock file, `<store dir>/.writers/<id>`), hard-linked into place when complete.
+ */
+#define KVR_FS_WRITE_NAMED_TEMP 2
+
+/**
+ * `write_mode`: each block is written under its final name, created with no permission
+ * bits (no block yet for any reader or lookup) and published by `fchmod` to 0644 once
+ * written; a dead writer's unpublished file is removed once its writer lock is free. The
+ * automatic choice on file systems without `O_TMPFILE` (NFS, FUSE mounts such as
+ * GlusterFS): 6 requests per block there against the named temp file's 8.
+ */
+#define KVR_FS_WRITE_IN_PLACE 3
+
+/**
  * Log level: no records.
  */
 #define KVR_LOG_OFF 0
@@ -735,6 +762,12 @@ typedef struct kvr_fs_config {
    * these fields) or must be that name. NULL (default): no manifest.
    */
   const struct kvr_namespace_config *namespace_config;
+  /**
+   * How blocks are written and published: `KVR_FS_WRITE_*`. Default `KVR_FS_WRITE_AUTO`.
+   * Added after `namespace_config`: a caller built against an older header passes a
+   * smaller `struct_size` and gets the default.
+   */
+  uint32_t write_mode;
 } kvr_fs_config;
 
 /**
@@ -803,6 +836,11 @@ typedef struct kvr_fs_stats {
    * scan of a large store.
    */
   bool scan_complete;
+  /**
+   * How blocks are written: `KVR_FS_WRITE_UNNAMED_TEMP`, `KVR_FS_WRITE_NAMED_TEMP` or
+   * `KVR_FS_WRITE_IN_PLACE` (never `AUTO`). Added after `scan_complete`.
+   */
+  uint32_t write_mode;
 } kvr_fs_stats;
 
 /**

@@ -41,7 +41,9 @@ pub mod tensors;
 
 pub use disk::{DiskConfig, DiskStats, EntryLen, SlotFile};
 pub use error::{Error, ErrorKind, Result};
-pub use fs::{Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored};
+pub use fs::{
+    Durability, FsConfig, FsStats, FsStore, LoadRequest, StoreRequest, Stored, WriteMode,
+};
 pub use key::Key;
 pub use namespace::Namespace;
 pub use obj::{ObjConfig, ObjStats, ObjStore};

@@ -5,13 +5,14 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use kvr::io::DirectIo;
-use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest};
+use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest, WriteMode};
 
 use common::files::walk;
 use common::{content, key, key_index};
@@ -82,7 +83,7 @@ fn open(dir: &Path) -> FsStore {
 fn sigkilled_writer_leaves_no_partial_block_unnamed_temp_files() {
     sigkilled_writer(
         "sigkilled_writer_leaves_no_partial_block_unnamed_temp_files",
-        true,
+        WriteMode::Auto,
     );
 }
 
@@ -90,17 +91,46 @@ fn sigkilled_writer_leaves_no_partial_block_unnamed_temp_files() {
 fn sigkilled_writer_leaves_no_partial_block_named_temp_files() {
     sigkilled_writer(
         "sigkilled_writer_leaves_no_partial_block_named_temp_files",
-        false,
+        WriteMode::NamedTemp,
     );
 }
 
-/// A writer storing blocks on 4 threads is SIGKILLed; every visible block is whole, and no
-/// temp file survives: none at all with unnamed (`O_TMPFILE`) files, none after the next
-/// open's cleanup with named ones.
-fn sigkilled_writer(test: &str, unnamed: bool) {
+#[test]
+fn sigkilled_writer_leaves_no_partial_block_in_place() {
+    sigkilled_writer(
+        "sigkilled_writer_leaves_no_partial_block_in_place",
+        WriteMode::InPlace,
+    );
+}
+
+/// Whether `p` is a block file still being written in place (no permission bits).
+fn is_unpublished(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0)
+}
+
+/// The payload the crash role stores under key `i`: one of 64 (made once, so that the
+/// killed writer spends its time writing, not making bytes).
+fn crash_payload(i: u64) -> Vec<u8> {
+    content(&key(i % 64), block_len(i % 64) + 60_000)
+}
+
+/// Whether the file at `p` has a whole block header naming its writer.
+fn names_a_writer(p: &Path) -> bool {
+    std::fs::read(p)
+        .ok()
+        .and_then(|b| kvr::fs::format::decode_header(&b).ok())
+        .is_some_and(|h| h.writer.is_some())
+}
+
+/// A writer storing blocks on 4 threads is SIGKILLed, up to 5 times until it leaves
+/// something behind; every visible block is whole, and no temp file survives: none at all
+/// with unnamed (`O_TMPFILE`) files, none after the next open's cleanup with named ones;
+/// written in place, the unpublished files it left are no blocks to anyone and go at the
+/// next open.
+fn sigkilled_writer(test: &str, write_mode: WriteMode) {
     let config = |dir: &Path| {
         let mut c = FsConfig::new(dir, "shared-ns");
-        c.unnamed_temp_files = unnamed;
+        c.write_mode = write_mode;
         c
     };
     if let Some((r, dir)) = role() {
@@ -110,59 +140,115 @@ fn sigkilled_writer(test: &str, unnamed: bool) {
         c.durability = kvr::Durability::Fdatasync;
         c.write_threads = 4;
         let s = FsStore::open(&c).unwrap();
+        let payloads: Vec<Vec<u8>> = (0..64).map(crash_payload).collect();
         // Store blocks until killed, 16 in flight at a time on 4 threads.
         let mut i = 0u64;
         loop {
-            let bufs: Vec<(Key, Vec<u8>)> = (i..i + 16)
-                .map(|j| (key(j), content(&key(j), block_len(j) + 60_000)))
+            let reqs: Vec<StoreRequest> = (i..i + 16)
+                .map(|j| {
+                    let b = &payloads[(j % 64) as usize];
+                    StoreRequest {
+                        key: key(j),
+                        src: b.as_ptr(),
+                        len: b.len(),
+                    }
+                })
                 .collect();
-            let reqs = store_requests(&bufs);
-            // SAFETY: `bufs` outlives the job (dropped at the end of this iteration).
+            // SAFETY: `payloads` outlives the job (waited for in this iteration).
             let job = unsafe { s.submit_store(&reqs) };
             job.wait(None).unwrap();
             i += 16;
         }
     }
     let d = tempfile::tempdir().unwrap();
-    let mut child = spawn_role(test, "crash-writer", d.path()).spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(30);
     let ns = d.path().join("shared-ns");
-    while walk(&ns).iter().filter(|p| !is_temp(p)).count() < 200 {
-        assert!(Instant::now() < deadline, "child wrote too few blocks");
-        std::thread::sleep(Duration::from_millis(5));
+    let mut left = 0;
+    for round in 0..5 {
+        let mut child = spawn_role(test, "crash-writer", d.path()).spawn().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while walk(&ns).iter().filter(|p| !is_temp(p)).count() < 200 * (round + 1) {
+            assert!(Instant::now() < deadline, "child wrote too few blocks");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // SAFETY: plain kill(2) of our own child.
+        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.wait().unwrap();
+        let temps_before = walk(&ns).iter().filter(|p| is_temp(p)).count();
+        let unpublished: Vec<PathBuf> = walk(&ns)
+            .into_iter()
+            .filter(|p| is_unpublished(p))
+            .collect();
+        println!(
+            "round {round}: left by the killed writer: {temps_before} temp files, {} \
+             unpublished block files",
+            unpublished.len()
+        );
+        if write_mode != WriteMode::InPlace {
+            assert!(unpublished.is_empty());
+        }
+        left += temps_before + unpublished.len();
+        // An unpublished file is no block, even before anyone cleans it: `verify` (which
+        // removes nothing) checks only published blocks and finds none bad, and counts the
+        // rest as temp files.
+        let report = kvr::fs::maintenance::verify(d.path(), Some("shared-ns"), 2, false).unwrap();
+        assert!(report.bad.is_empty(), "{:?}", report.bad);
+        let summary = kvr::fs::maintenance::inspect(d.path(), Some("shared-ns")).unwrap();
+        assert_eq!(
+            summary[0].temp_files as usize,
+            temps_before + unpublished.len()
+        );
+        // Reopening cleans the dead writer's temp and unpublished files (its writer lock
+        // died with it).
+        let mut c = config(d.path());
+        c.direct_io = DirectIo::Auto;
+        let s = FsStore::open(&c).unwrap();
+        assert!(s.wait_for_scan(Some(Duration::from_secs(60))));
+        match s.write_mode() {
+            WriteMode::UnnamedTemp => {
+                assert_eq!(temps_before, 0, "unnamed temp files never have a name")
+            }
+            m => assert_eq!(m, write_mode, "as asked for"),
+        }
+        assert_eq!(walk(&ns).iter().filter(|p| is_temp(p)).count(), 0);
+        // Only a file killed before its first write (which names its writer) may stay, until
+        // it is `UNPUBLISHED_GRACE` old; it is no block meanwhile.
+        for p in &unpublished {
+            assert!(
+                !p.exists() || !names_a_writer(p),
+                "{} outlived its dead writer",
+                p.display()
+            );
+        }
+        let mut n = 0;
+        for p in walk(&ns) {
+            let name = p.file_name().unwrap().to_str().unwrap().to_string();
+            let Some(hex) = name.strip_suffix(".kvb") else {
+                continue;
+            };
+            let k = Key::from_hex(hex).unwrap();
+            if is_unpublished(&p) {
+                assert!(!s.contains(&k), "{} is no block yet", p.display());
+                continue;
+            }
+            let want = crash_payload(key_index(&k));
+            let mut out = vec![0u8; want.len()];
+            s.load(&k, &mut out)
+                .unwrap_or_else(|e| panic!("visible block {} is partial: {e}", p.display()));
+            assert!(out == want);
+            n += 1;
+        }
+        assert!(n >= 200, "{n} blocks");
+        assert_eq!(s.stats().corrupt_dropped, 0);
+        if left > 0 || s.uses_unnamed_temp_files() {
+            break;
+        }
     }
-    // SAFETY: plain kill(2) of our own child.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
-    child.wait().unwrap();
-    let temps_before = walk(&ns).iter().filter(|p| is_temp(p)).count();
-    println!("temp files left by the killed writer: {temps_before}");
-    // Reopening cleans the dead writer's temp files (its flocks died with it).
-    let mut c = config(d.path());
-    c.direct_io = DirectIo::Auto;
-    let s = FsStore::open(&c).unwrap();
-    if s.uses_unnamed_temp_files() {
-        assert_eq!(temps_before, 0, "unnamed temp files never have a name");
-    } else {
-        assert!(!unnamed, "named temp files were asked for");
+    if write_mode != WriteMode::Auto {
+        assert!(
+            left > 0,
+            "5 killed writers left nothing to clean: the cleanup went untested"
+        );
     }
-    assert_eq!(walk(&ns).iter().filter(|p| is_temp(p)).count(), 0);
-    // Content blocks of the crash role are block_len + 60000 long.
-    let mut n = 0;
-    for p in walk(&ns) {
-        let name = p.file_name().unwrap().to_str().unwrap().to_string();
-        let Some(hex) = name.strip_suffix(".kvb") else {
-            continue;
-        };
-        let k = Key::from_hex(hex).unwrap();
-        let len = block_len(key_index(&k)) + 60_000;
-        let mut out = vec![0u8; len];
-        s.load(&k, &mut out)
-            .unwrap_or_else(|e| panic!("visible block {} is partial: {e}", p.display()));
-        assert!(out == content(&k, len));
-        n += 1;
-    }
-    assert!(n >= 200, "{n} blocks");
-    assert_eq!(s.stats().corrupt_dropped, 0);
 }
 
 #[test]

@@ -2,12 +2,14 @@
 
 mod common;
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
 use kvr::io::{probe, AlignedBuf, DirectIo};
 use kvr::{
     Dtype, ErrorKind, FsConfig, FsStore, Key, LoadRequest, StoreRequest, Stored, TensorSpec,
+    WriteMode,
 };
 
 use common::files::walk;
@@ -423,11 +425,11 @@ fn async_batches_store_and_load() {
 fn async_batch_with_duplicates_and_bad_items() {
     let d = tempfile::tempdir().unwrap();
     for (round, mode) in modes(d.path()).into_iter().enumerate() {
-        for unnamed in [true, false] {
-            let mut c = FsConfig::new(d.path(), format!("batch-{round}-{unnamed}"));
+        for write_mode in [WriteMode::Auto, WriteMode::NamedTemp, WriteMode::InPlace] {
+            let mut c = FsConfig::new(d.path(), format!("batch-{round}-{write_mode:?}"));
             c.direct_io = mode;
             c.write_threads = 3;
-            c.unnamed_temp_files = unnamed;
+            c.write_mode = write_mode;
             let s = FsStore::open(&c).unwrap();
             let distinct = 30;
             let len = |i: usize| 4096 * (1 + i % 5) + (i % 3) * 1000;
@@ -461,7 +463,7 @@ fn async_batch_with_duplicates_and_bad_items() {
             assert_eq!(
                 (p.total, p.done, p.failed),
                 (41, 41, 1),
-                "{mode:?} {unnamed}"
+                "{mode:?} {write_mode:?}"
             );
             assert_eq!(job.item(17).unwrap_err().kind(), ErrorKind::InvalidArgument);
             let mut written = vec![0u64; distinct];
@@ -475,7 +477,7 @@ fn async_batch_with_duplicates_and_bad_items() {
             // Each key's bytes were written exactly once, whichever of its items did it.
             for (i, w) in written.iter().enumerate() {
                 let want = if i == 17 { 0 } else { len(i) as u64 };
-                assert_eq!(*w, want, "key {i} ({mode:?}, unnamed {unnamed})");
+                assert_eq!(*w, want, "key {i} ({mode:?}, {write_mode:?})");
             }
             let st = s.stats();
             assert_eq!((st.stores, st.dedup_hits), (29, 11), "{st:?}");
@@ -496,6 +498,8 @@ fn async_batch_with_duplicates_and_bad_items() {
             for f in walk(&dir) {
                 let name = f.file_name().unwrap().to_str().unwrap();
                 assert!(name.ends_with(".kvb"), "left behind: {}", f.display());
+                let bits = f.symlink_metadata().unwrap().permissions().mode() & 0o7777;
+                assert_ne!(bits, 0, "unpublished: {}", f.display());
             }
         }
     }

@@ -7,20 +7,22 @@
 //! (`scripts/glusterfs.sh status`). Without either the tests print why and pass, unless
 //! `KVR_REQUIRE_GLUSTER=1` (CI), where that is a failure.
 //!
-//! Gluster's FUSE mount has no `O_TMPFILE`, so every store here takes the named-temp-file +
-//! hard-link path.
+//! Gluster's FUSE mount has no `O_TMPFILE`, so the stores here write blocks in place (the
+//! default there: created with no permission bits, published by `fchmod`); the tests of
+//! concurrent and killed writers also run the named-temp-file + hard-link path.
 
 mod common;
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
 use std::time::{Duration, Instant};
 
 use kvr::fs::maintenance;
-use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest};
+use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest, WriteMode};
 
 use common::files::{flip_byte, walk};
 use common::{content, key, key_index};
@@ -77,11 +79,20 @@ impl Drop for Namespace {
 }
 
 fn open(root: &Path, ns: &str) -> FsStore {
+    open_as(root, ns, WriteMode::Auto)
+}
+
+fn open_as(root: &Path, ns: &str, write_mode: WriteMode) -> FsStore {
     let mut c = FsConfig::new(root, ns);
     c.read_threads = 4;
     c.write_threads = 4;
+    c.write_mode = write_mode;
     FsStore::open(&c).unwrap()
 }
+
+/// The write modes a file system without `O_TMPFILE` offers: in place (what `Auto` picks
+/// there) and named temp files.
+const MODES: [WriteMode; 2] = [WriteMode::Auto, WriteMode::NamedTemp];
 
 /// Lengths vary around 64 KiB, so tails are unaligned.
 fn block_len(i: u64) -> usize {
@@ -146,13 +157,14 @@ fn stored_on_a_loads_on_b() {
         !on_a.uses_unnamed_temp_files(),
         "Gluster's FUSE mount has no O_TMPFILE"
     );
+    assert_eq!(
+        on_a.write_mode(),
+        WriteMode::InPlace,
+        "the default without O_TMPFILE"
+    );
     eprintln!(
-        "on GlusterFS: temp files {}, direct I/O {}",
-        if on_a.uses_unnamed_temp_files() {
-            "unnamed"
-        } else {
-            "named"
-        },
+        "on GlusterFS: write mode {:?}, direct I/O {}",
+        on_a.write_mode(),
         on_a.direct_io()
     );
     let ids: Vec<u64> = (0..1000).collect();
@@ -171,6 +183,7 @@ fn stored_on_a_loads_on_b() {
     let st = on_b.stats();
     assert_eq!((st.hits, st.misses, st.corrupt_dropped), (1000, 0, 0));
     assert!(!st.unnamed_temp_files);
+    assert_eq!(st.write_mode, WriteMode::InPlace);
     assert_eq!(
         close_threads(),
         threads + 1,
@@ -187,8 +200,14 @@ fn stored_on_a_loads_on_b() {
 #[test]
 fn same_keys_from_both_hosts_publish_once() {
     let Some((a, b)) = hosts() else { return };
-    let ns = Namespace::new(&a, "both");
-    let (on_a, on_b) = (open(&a, &ns.name), open(&b, &ns.name));
+    for mode in MODES {
+        same_keys_from_both_hosts(&a, &b, mode);
+    }
+}
+
+fn same_keys_from_both_hosts(a: &Path, b: &Path, mode: WriteMode) {
+    let ns = Namespace::new(a, &format!("both-{mode:?}"));
+    let (on_a, on_b) = (open_as(a, &ns.name, mode), open_as(b, &ns.name, mode));
     for round in 0..3u64 {
         let ids: Vec<u64> = (round * 1000..round * 1000 + 300).collect();
         let (ra, rb) = std::thread::scope(|sc| {
@@ -202,7 +221,7 @@ fn same_keys_from_both_hosts_publish_once() {
             // Bytes written, or 0 for a deduplicated store: exactly one of each per key.
             assert!(
                 (x == 0) != (y == 0),
-                "key {}: A wrote {x}, B wrote {y} bytes",
+                "key {} ({mode:?}): A wrote {x}, B wrote {y} bytes",
                 ids[n]
             );
             written += 1;
@@ -219,8 +238,8 @@ fn same_keys_from_both_hosts_publish_once() {
 }
 
 /// The child: stores big blocks on host A forever, until killed.
-fn writer_role(root: &Path, ns: &str) {
-    let s = open(root, ns);
+fn writer_role(root: &Path, ns: &str, mode: WriteMode) {
+    let s = open_as(root, ns, mode);
     for round in 0u64.. {
         let ids: Vec<u64> = (round * 8..round * 8 + 8).collect();
         let bufs: Vec<(Key, Vec<u8>)> = ids
@@ -245,11 +264,27 @@ fn big_len(i: u64) -> usize {
     (4 << 20) + (i % 3) as usize * 4099
 }
 
+/// Whether `p` is a block file still being written in place (no permission bits).
+fn is_unpublished(p: &Path) -> bool {
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0)
+}
+
+/// What writers have not published yet: named temp files, and block files written in place
+/// but still unpublished.
 fn temp_files(dir: &Path) -> HashSet<PathBuf> {
     walk(dir)
         .into_iter()
-        .filter(|p| p.to_string_lossy().ends_with(".tmp"))
+        .filter(|p| {
+            let name = p.to_string_lossy();
+            name.ends_with(".tmp") || (name.ends_with(".kvb") && is_unpublished(p))
+        })
         .collect()
+}
+
+/// The writer an unpublished block file's header names, once its first write has landed.
+fn header_writer(p: &Path) -> Option<u64> {
+    let bytes = std::fs::read(p).ok()?;
+    kvr::fs::format::decode_header(&bytes).ok()?.writer
 }
 
 /// Whether someone else holds an exclusive `flock` on `p`.
@@ -262,14 +297,15 @@ fn locked(p: &Path) -> bool {
     r != 0
 }
 
-/// Whether temp file `p` of the store at `store_dir` belongs to a live writer: its name
-/// names a lock file under `.writers` that its writer holds.
+/// Whether temp file `p` of the store at `store_dir` belongs to a live writer: its name (or,
+/// for a block file written in place, its header) names a lock file under `.writers` that
+/// its writer holds.
 fn writer_alive(store_dir: &Path, p: &Path) -> bool {
     let name = p.file_name().unwrap().to_str().unwrap();
+    let lock = |id: u64| locked(&store_dir.join(".writers").join(format!("{id:016x}")));
     match kvr::fs::path::classify(name) {
-        kvr::fs::path::Entry::Temp(id) => {
-            locked(&store_dir.join(".writers").join(format!("{id:016x}")))
-        }
+        kvr::fs::path::Entry::Temp(id) => lock(id),
+        kvr::fs::path::Entry::Block(_) => header_writer(p).is_some_and(lock),
         other => panic!("{} is no writer's temp file ({other:?})", p.display()),
     }
 }
@@ -294,10 +330,22 @@ fn signal(child: &Writer, sig: libc::c_int) {
 fn killed_writer_on_a_leaves_no_block_on_b() {
     if let Ok(ns) = std::env::var(ROLE) {
         let root = PathBuf::from(std::env::var("KVR_GLUSTER_ROOT").unwrap());
-        return writer_role(&root, &ns);
+        let named = std::env::var_os("KVR_GLUSTER_NAMED").is_some();
+        let mode = if named {
+            WriteMode::NamedTemp
+        } else {
+            WriteMode::Auto
+        };
+        return writer_role(&root, &ns, mode);
     }
     let Some((a, b)) = hosts() else { return };
-    let ns = Namespace::new(&a, "killed");
+    for mode in MODES {
+        killed_writer_on_a(&a, &b, mode);
+    }
+}
+
+fn killed_writer_on_a(a: &Path, b: &Path, mode: WriteMode) {
+    let ns = Namespace::new(a, &format!("killed-{mode:?}"));
     let dir_a = a.join(&ns.name);
     let dir_b = b.join(&ns.name);
     for attempt in 0..20 {
@@ -310,7 +358,8 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
                     "--test-threads=1",
                 ])
                 .env(ROLE, &ns.name)
-                .env("KVR_GLUSTER_ROOT", &a)
+                .env("KVR_GLUSTER_ROOT", a)
+                .envs((mode == WriteMode::NamedTemp).then_some(("KVR_GLUSTER_NAMED", "1")))
                 .spawn()
                 .unwrap(),
         );
@@ -333,8 +382,21 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
             }
             signal(&child, libc::SIGCONT);
         };
+        // Nothing unpublished is a block on B, even while its writer lives.
+        let on_b = open_as(b, &ns.name, mode);
+        for p in live
+            .iter()
+            .filter(|p| p.to_string_lossy().ends_with(".kvb"))
+        {
+            let hex = p.file_stem().unwrap().to_str().unwrap();
+            let k = Key::from_hex(hex).unwrap();
+            assert!(!on_b.contains(&k), "{} is a block on B", p.display());
+            let mut out = vec![0u8; big_len(key_index(&k))];
+            let e = on_b.load(&k, &mut out).unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::NotFound, "{}: {e}", p.display());
+        }
         // B's open while A's writer lives must leave its temp files alone.
-        drop(open(&b, &ns.name));
+        drop(on_b);
         let kept = live.iter().filter(|p| {
             let rel = p.strip_prefix(&dir_a).unwrap();
             std::fs::symlink_metadata(dir_b.join(rel)).is_ok()
@@ -348,10 +410,15 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
         child.0.wait().unwrap();
         // A's writer lock is released when the dead writer's descriptors close; B's next
         // open then removes what it left (poll: the release travels through A's client).
+        // (A file written in place whose writer was killed before its first write landed
+        // names no writer: it stays until `UNPUBLISHED_GRACE` old, no block meanwhile.)
         let deadline = Instant::now() + Duration::from_secs(20);
         let on_b = loop {
-            let s = open(&b, &ns.name);
-            if temp_files(&dir_b).is_empty() {
+            let s = open_as(b, &ns.name, mode);
+            if temp_files(&dir_b)
+                .iter()
+                .all(|p| p.to_string_lossy().ends_with(".kvb") && header_writer(p).is_none())
+            {
                 break s;
             }
             assert!(
@@ -368,6 +435,10 @@ fn killed_writer_on_a_leaves_no_block_on_b() {
                 continue;
             };
             let k = Key::from_hex(hex).unwrap();
+            if is_unpublished(&p) {
+                assert!(!on_b.contains(&k), "{} is a block on B", p.display());
+                continue;
+            }
             let mut out = vec![0u8; big_len(key_index(&k))];
             on_b.load(&k, &mut out)
                 .unwrap_or_else(|e| panic!("visible block {} fails to load: {e}", p.display()));

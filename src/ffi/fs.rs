@@ -9,7 +9,7 @@ use super::status::{guard, kvr_status};
 use super::tier;
 use super::{arg_bytes, arg_bytes_mut, arg_key, arg_str, write_opt, write_out, write_sized_out};
 use super::{direct_io_from_c, kvr_key, kvr_segment, open_handle, KVR_DIRECT_IO_AUTO};
-use crate::fs::{FsConfig, FsStore};
+use crate::fs::{FsConfig, FsStore, WriteMode};
 use crate::{Dtype, Durability, Error, TensorSpec};
 
 /// Opaque handle to an open fs block store (`kvr_fs_open` / `kvr_fs_close`).
@@ -31,6 +31,22 @@ pub const KVR_FS_DURABILITY_NONE: u32 = 0;
 pub const KVR_FS_DURABILITY_FDATASYNC: u32 = 1;
 /// `durability`: `fdatasync` before the link and `fsync` the directory after it.
 pub const KVR_FS_DURABILITY_FDATASYNC_DIR: u32 = 2;
+
+/// `write_mode` (config only): the best the file system offers, probed at open:
+/// `KVR_FS_WRITE_UNNAMED_TEMP` where it has `O_TMPFILE`, else `KVR_FS_WRITE_IN_PLACE`.
+pub const KVR_FS_WRITE_AUTO: u32 = 0;
+/// `write_mode`: each block is written into an unnamed `O_TMPFILE` file, linked into place
+/// when complete (a killed writer leaves nothing).
+pub const KVR_FS_WRITE_UNNAMED_TEMP: u32 = 1;
+/// `write_mode`: each block is written into a named temp file (named after the store's
+/// writer lock file, `<store dir>/.writers/<id>`), hard-linked into place when complete.
+pub const KVR_FS_WRITE_NAMED_TEMP: u32 = 2;
+/// `write_mode`: each block is written under its final name, created with no permission
+/// bits (no block yet for any reader or lookup) and published by `fchmod` to 0644 once
+/// written; a dead writer's unpublished file is removed once its writer lock is free. The
+/// automatic choice on file systems without `O_TMPFILE` (NFS, FUSE mounts such as
+/// GlusterFS): 6 requests per block there against the named temp file's 8.
+pub const KVR_FS_WRITE_IN_PLACE: u32 = 3;
 
 /// How to open a store. Fill with `kvr_fs_config_default`, then set the fields.
 #[repr(C)]
@@ -63,6 +79,10 @@ pub struct kvr_fs_config {
     /// (once). With it, `namespace_name` may be NULL (it is then `kvr_namespace_name` of
     /// these fields) or must be that name. NULL (default): no manifest.
     pub namespace_config: *const super::namespace::kvr_namespace_config,
+    /// How blocks are written and published: `KVR_FS_WRITE_*`. Default `KVR_FS_WRITE_AUTO`.
+    /// Added after `namespace_config`: a caller built against an older header passes a
+    /// smaller `struct_size` and gets the default.
+    pub write_mode: u32,
 }
 
 impl Default for kvr_fs_config {
@@ -79,6 +99,7 @@ impl Default for kvr_fs_config {
             verify: true,
             capacity_bytes: 0,
             namespace_config: std::ptr::null(),
+            write_mode: KVR_FS_WRITE_AUTO,
         }
     }
 }
@@ -121,6 +142,9 @@ pub struct kvr_fs_stats {
     /// the whole store; the capacity is enforced). Open returns without waiting for the
     /// scan of a large store.
     pub scan_complete: bool,
+    /// How blocks are written: `KVR_FS_WRITE_UNNAMED_TEMP`, `KVR_FS_WRITE_NAMED_TEMP` or
+    /// `KVR_FS_WRITE_IN_PLACE` (never `AUTO`). Added after `scan_complete`.
+    pub write_mode: u32,
 }
 
 /// One block of an async store batch.
@@ -200,6 +224,17 @@ fn to_rust_config(c: &kvr_fs_config) -> crate::Result<FsConfig> {
     };
     cfg.verify = c.verify;
     cfg.capacity = c.capacity_bytes;
+    cfg.write_mode = match c.write_mode {
+        KVR_FS_WRITE_AUTO => WriteMode::Auto,
+        KVR_FS_WRITE_UNNAMED_TEMP => WriteMode::UnnamedTemp,
+        KVR_FS_WRITE_NAMED_TEMP => WriteMode::NamedTemp,
+        KVR_FS_WRITE_IN_PLACE => WriteMode::InPlace,
+        v => {
+            return Err(Error::invalid(format!(
+                "config.write_mode {v} is not a KVR_FS_WRITE_* value"
+            )))
+        }
+    };
     Ok(cfg)
 }
 
@@ -380,6 +415,11 @@ pub extern "C" fn kvr_fs_get_stats(fs: *const kvr_fs, out: *mut kvr_fs_stats) ->
             direct_io: st.direct_io,
             unnamed_temp_files: st.unnamed_temp_files,
             scan_complete: st.scan_complete,
+            write_mode: match st.write_mode {
+                WriteMode::Auto | WriteMode::UnnamedTemp => KVR_FS_WRITE_UNNAMED_TEMP,
+                WriteMode::NamedTemp => KVR_FS_WRITE_NAMED_TEMP,
+                WriteMode::InPlace => KVR_FS_WRITE_IN_PLACE,
+            },
         };
         // SAFETY: `out` is NULL or points to at least `out->struct_size` writable bytes.
         unsafe { write_sized_out(out, full, "out") }

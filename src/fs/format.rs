@@ -44,6 +44,8 @@ pub const FORMAT_NAME: &str = "kvr.block";
 pub const FORMAT_VERSION: &str = "2";
 /// `__metadata__.version` of the first format (16-byte keys), still written for them.
 pub const FORMAT_VERSION_V1: &str = "1";
+/// `__metadata__` field naming the writer of a block written under its final name.
+pub const WRITER_FIELD: &str = "writer";
 /// Name of the single tensor in a block file.
 pub const TENSOR_NAME: &str = "block";
 /// Largest header (8-byte length + JSON) accepted when decoding.
@@ -64,6 +66,9 @@ pub struct Header {
     pub checksum: u64,
     /// The tensor's dtype and shape.
     pub tensor: TensorSpec,
+    /// The id of the writer's lock file, recorded by a writer that writes a block under its
+    /// final name (`WriteMode::InPlace` of the fs store); `None` otherwise.
+    pub writer: Option<u64>,
 }
 
 /// xxh3-64 of a payload, as stored in the header.
@@ -89,19 +94,40 @@ pub fn checksum_segments(segments: &[&[u8]]) -> u64 {
 /// engine `key` (1..=256 bytes, checked by the caller): version 1 for a 16-byte key, else
 /// version 2. The result's length is the payload offset, a multiple of 4096.
 pub fn encode_header(key: &[u8], payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
+    encode_header_by(key, payload_len, sum, tensor, None)
+}
+
+/// [`encode_header`], also naming the writer (`__metadata__.writer`, 16 hex digits: the id
+/// of its lock file) where a block is written under its final name (`WriteMode::InPlace`
+/// of the fs store), so that a cleaner can tell a dead writer's unpublished file.
+pub fn encode_header_by(
+    key: &[u8],
+    payload_len: u64,
+    sum: u64,
+    tensor: &TensorSpec,
+    writer: Option<u64>,
+) -> Vec<u8> {
     debug_assert!(!key.is_empty() && key.len() <= MAX_KEY_LEN);
     if let Ok(k) = <[u8; 16]>::try_from(key) {
-        return encode_header_v1(&Key(k), payload_len, sum, tensor);
+        let v1 = FORMAT_VERSION_V1;
+        return encode_any(&Key(k).hex(), v1, payload_len, sum, tensor, writer);
     }
     let mut key_hex = [0u8; 2 * MAX_KEY_LEN];
     let key_hex = &mut key_hex[..2 * key.len()];
     hex_into(key, key_hex);
-    encode_any(key_hex, FORMAT_VERSION, payload_len, sum, tensor)
+    encode_any(key_hex, FORMAT_VERSION, payload_len, sum, tensor, writer)
 }
 
 /// Encodes a header of the first version (16-byte key).
 pub fn encode_header_v1(key: &Key, payload_len: u64, sum: u64, tensor: &TensorSpec) -> Vec<u8> {
-    encode_any(&key.hex(), FORMAT_VERSION_V1, payload_len, sum, tensor)
+    encode_any(
+        &key.hex(),
+        FORMAT_VERSION_V1,
+        payload_len,
+        sum,
+        tensor,
+        None,
+    )
 }
 
 fn encode_any(
@@ -110,6 +136,7 @@ fn encode_any(
     payload_len: u64,
     sum: u64,
     tensor: &TensorSpec,
+    writer: Option<u64>,
 ) -> Vec<u8> {
     let mut sum_hex = [0u8; 16];
     hex_into(&sum.to_be_bytes(), &mut sum_hex);
@@ -117,16 +144,25 @@ fn encode_any(
         std::str::from_utf8(digits).expect("hex digits are ASCII")
     }
     let len = Decimal::new(payload_len);
+    let mut writer_hex = [0u8; 16];
+    if let Some(w) = writer {
+        hex_into(&w.to_be_bytes(), &mut writer_hex);
+    }
+    let writer_entry = writer.map(|_| (WRITER_FIELD, ascii(&writer_hex)));
     // One page holds the header of any payload with a shape of up to a few hundred dimensions.
     let mut w = HeaderWriter::with_capacity(IO_ALIGN);
     // Keys in sorted order, as block files have always been written.
-    w.metadata([
-        ("format", FORMAT_NAME),
-        ("key", ascii(key_hex)),
-        ("payload_len", len.as_str()),
-        ("version", version),
-        ("xxh3_64", ascii(&sum_hex)),
-    ]);
+    w.metadata(
+        [
+            ("format", FORMAT_NAME),
+            ("key", ascii(key_hex)),
+            ("payload_len", len.as_str()),
+            ("version", version),
+        ]
+        .into_iter()
+        .chain(writer_entry)
+        .chain([("xxh3_64", ascii(&sum_hex))]),
+    );
     let (dtype, shape) = (tensor.dtype, &tensor.shape);
     w.tensor(
         TENSOR_NAME,
@@ -214,6 +250,12 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
         .then(|| u64::from_str_radix(sum_text, 16).ok())
         .flatten()
         .ok_or_else(|| err!(Corrupt, "__metadata__.xxh3_64 is not 16 hex digits"))?;
+    // Only a block written under its final name says who wrote it; anything unreadable there
+    // is no writer (the cleaner then goes by the file's age).
+    let writer = raw
+        .metadata_value(WRITER_FIELD)
+        .filter(|w| w.len() == 16)
+        .and_then(super::path::parse_writer_id);
     let info = raw
         .take_tensor(TENSOR_NAME)
         .ok_or_else(|| err!(Corrupt, "header has no tensor {TENSOR_NAME:?}"))?;
@@ -239,6 +281,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<Header> {
         payload_len,
         checksum,
         tensor,
+        writer,
     })
 }
 

@@ -9,7 +9,8 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::format::{self, Header};
-use super::{path, Inner, Key};
+use super::in_place::is_unpublished;
+use super::{path, Inner, Key, WriteMode};
 use crate::io::direct::scatter;
 use crate::io::file::{
     check_regular, describe_type, is_not_regular, non_regular_entry, remove_non_regular,
@@ -45,6 +46,13 @@ impl Inner {
         let file = match how.open_unchecked(&p) {
             Ok(f) => f,
             Err(e) if vanished(&e) => return missing(),
+            // Mode 0 keeps all but root out of a block still being written in place.
+            Err(e)
+                if e.kind() == io::ErrorKind::PermissionDenied
+                    && std::fs::symlink_metadata(&p).is_ok_and(|m| is_unpublished(&m)) =>
+            {
+                return missing()
+            }
             Err(e) if is_not_regular(&e) => {
                 // Planted or left by someone else (a FIFO, a symlink, a directory): never
                 // read or waited on; removed unless it is a directory.
@@ -63,7 +71,18 @@ impl Inner {
             }
             Err(e) => return Err(Error::io(format!("opening block {}", p.display()), e)),
         };
-        match self.read_verified(&file, key, &name, dst, len) {
+        let read = self.read_verified(&file, key, &name, dst, len);
+        // A file still being written in place (or left so by a killed writer) is no block,
+        // whether or not what it holds so far reads as one: a miss, left to its writer (or
+        // to the cleaners). Asked where such files are written or the read proves nothing.
+        let asks = match &read {
+            Ok(()) => self.write_mode == WriteMode::InPlace || !self.verify,
+            Err(e) => e.kind() == ErrorKind::Corrupt,
+        };
+        if asks && file.metadata().is_ok_and(|m| is_unpublished(&m)) {
+            return missing();
+        }
+        match read {
             Ok(()) => {
                 self.counters.hits.fetch_add(1, Relaxed);
                 self.counters.bytes_read.fetch_add(len as u64, Relaxed);

@@ -16,6 +16,7 @@ use std::sync::{Arc, Mutex};
 
 use super::clean_temp;
 use super::format::{self, Header};
+use super::in_place::is_unpublished;
 use super::path::{self, Entry, Key};
 use super::writers::{remove_dead_writers, Liveness};
 use crate::io::file::{
@@ -56,7 +57,8 @@ pub struct StoreSummary {
     pub blocks: u64,
     /// Their file bytes.
     pub bytes: u64,
-    /// Writers' temp files (live writers' or left by dead ones).
+    /// Writers' temp files and unpublished block files (being written in place), of live
+    /// writers or left by dead ones.
     pub temp_files: u64,
     /// Entries that are neither blocks nor fan-out directories where those belong (see
     /// [`Stray`]).
@@ -79,9 +81,10 @@ pub struct Stray {
 /// What one store directory holds, entry by entry ([`scan_store`]).
 #[derive(Clone, Debug, Default)]
 pub struct StoreScan {
-    /// Complete block files (regular files at block names).
+    /// Complete block files (published regular files at block names).
     pub blocks: Vec<BlockFile>,
-    /// Entries at writers' temp file names.
+    /// Entries at writers' temp file names, and unpublished files at block names (being
+    /// written in place).
     pub temps: Vec<PathBuf>,
     /// Entries in the way (see [`Stray`]).
     pub strays: Vec<Stray>,
@@ -122,7 +125,7 @@ pub struct GcReport {
     pub removed_bytes: u64,
     /// File bytes left.
     pub bytes_after: u64,
-    /// Temp files of dead writers removed.
+    /// Temp files and unpublished block files of dead writers removed.
     pub removed_temp_files: u64,
 }
 
@@ -233,6 +236,8 @@ pub fn scan_store(dir: &Path) -> Result<StoreScan> {
                     let p = adir.join(&name);
                     // A block removed since the listing is simply gone.
                     match std::fs::symlink_metadata(&p) {
+                        // Still being written in place (or left so by a dead writer).
+                        Ok(m) if is_unpublished(&m) => scan.temps.push(p),
                         Ok(m) if m.is_file() => scan.blocks.push(BlockFile {
                             path: p,
                             key,

@@ -9,10 +9,12 @@
 //!   O_DIRECT when every segment is 4096-aligned in address and length, else through pooled
 //!   bounce buffers; one contiguous buffer is a list of one.
 //! - Writes go to an unnamed `O_TMPFILE` file in the target directory, linked into place
-//!   when complete (where the file system lacks `O_TMPFILE`, as NFS and FUSE mounts do: a
-//!   unique named temp file, hard-linked into place, whose name points to the writing
-//!   store's lock file, see `writers`): readers never see a partial block, a killed writer
-//!   leaves no block behind, and a block that already exists is never rewritten.
+//!   when complete. Where the file system lacks `O_TMPFILE`, as NFS and FUSE mounts do, a
+//!   block is written under its final name, created exclusively with no permission bits and
+//!   published by `fchmod` ([`in_place`]; or, as configured, into a named temp file
+//!   hard-linked into place, whose name points to the writing store's lock file, see
+//!   `writers`): readers never see a partial block, a killed writer leaves no block behind,
+//!   and a block that already exists is never rewritten.
 //! - On network file systems (FUSE, NFS, ...) the `close` of a written block file and the
 //!   removal of its published temp name, each a round trip there, run on a thread of their
 //!   own (`io::close_behind`), off the store's path.
@@ -25,15 +27,17 @@
 //! - With a capacity, least-recently-used blocks are unlinked (readers holding them open keep
 //!   reading); the LRU order is rebuilt by a directory scan that starts at open and runs in
 //!   the background (`scan`: open does not grow with the store), which also removes the
-//!   temp files of dead writers (their writer lock is gone).
+//!   temp files and unpublished block files of dead writers (their writer lock is gone).
 //! - The store directory is marked as a hierarchy top (`chattr +T`) where the file system
 //!   supports it, so its 256 fan-out directories spread over ext4's block groups.
 //! - No store-wide lock: several processes may share a root; correctness rests on content
-//!   addressing and atomic publication (`link`, which fails rather than replace a name). The
-//!   only lock files are the writer locks of stores writing named temp files.
+//!   addressing and atomic publication (`link`, which fails rather than replace a name, or an
+//!   exclusive create). The only lock files are the writer locks of stores writing named temp
+//!   files or in place.
 
 mod config;
 pub mod format;
+pub mod in_place;
 pub(crate) mod index;
 mod load;
 pub mod maintenance;
@@ -49,7 +53,9 @@ use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 pub(crate) use config::{as_load_items, as_store_items};
-pub use config::{Durability, FsConfig, FsStats, LoadItem, LoadRequest, StoreItem, StoreRequest};
+pub use config::{
+    Durability, FsConfig, FsStats, LoadItem, LoadRequest, StoreItem, StoreRequest, WriteMode,
+};
 pub use format::{Header, TensorSpec};
 pub use path::Key;
 pub use store::Stored;
@@ -94,8 +100,8 @@ struct Inner {
     seq: AtomicU64,
     /// Fan-out directories known to exist (created or seen by this store).
     dirs: DirCache,
-    /// Blocks are written into unnamed `O_TMPFILE` files (probed at open), else named temps.
-    unnamed_temps: bool,
+    /// How blocks are written: `UnnamedTemp`, `NamedTemp` or `InPlace` (resolved at open).
+    write_mode: WriteMode,
     /// Whether closes and temp-name removals are round trips (a network file system).
     network: bool,
     /// There: the thread that does them off the store's path, started by the first store
@@ -156,18 +162,32 @@ impl FsStore {
             ns.write_manifest(&cfg.root.join(&cfg.namespace))?;
         }
         let direct = direct::resolve(cfg.direct_io, &dir)?;
-        let unnamed_temps = cfg.unnamed_temp_files
-            && probe_unnamed(&dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
+        let unnamed =
+            |dir: &Path| probe_unnamed(dir, OpenNoFollow::write_only().direct(direct).mode(0o644));
+        let (write_mode, why) = match cfg.write_mode {
+            WriteMode::Auto | WriteMode::UnnamedTemp if unnamed(&dir) => (
+                WriteMode::UnnamedTemp,
+                "unnamed O_TMPFILE files, linked into place",
+            ),
+            WriteMode::Auto | WriteMode::UnnamedTemp => (
+                WriteMode::InPlace,
+                "place, published by fchmod (the file system has no O_TMPFILE)",
+            ),
+            WriteMode::NamedTemp => (
+                WriteMode::NamedTemp,
+                "named temp files, hard-linked into place (as configured)",
+            ),
+            WriteMode::InPlace => (
+                WriteMode::InPlace,
+                "place, published by fchmod (as configured)",
+            ),
+        };
         let network = is_network_fs(&dir);
         log::info!(
             target: "kvr::fs",
-            "{}: blocks are written into {} temp files, with {}{}",
+            "{}: blocks are written in{} {why}, with {}{}",
             dir.display(),
-            match (unnamed_temps, cfg.unnamed_temp_files) {
-                (true, _) => "unnamed (O_TMPFILE)",
-                (false, true) => "named (the file system has no O_TMPFILE)",
-                (false, false) => "named (as configured)",
-            },
+            if write_mode == WriteMode::InPlace { "" } else { "to" },
             if direct { "O_DIRECT" } else { "buffered I/O" },
             if network {
                 "; a network file system: written files are closed off the store's path"
@@ -188,7 +208,7 @@ impl FsStore {
             counters: Counters::default(),
             seq: AtomicU64::new(0),
             dirs: DirCache::default(),
-            unnamed_temps,
+            write_mode,
             network,
             close_behind: OnceLock::new(),
             writer: OnceLock::new(),
@@ -224,9 +244,14 @@ impl FsStore {
     }
 
     /// Whether blocks are written into unnamed `O_TMPFILE` files (asked for in the config
-    /// and supported by the file system), rather than named temp files.
+    /// and supported by the file system), rather than named temp files or in place.
     pub fn uses_unnamed_temp_files(&self) -> bool {
-        self.inner.unnamed_temps
+        self.inner.write_mode == WriteMode::UnnamedTemp
+    }
+
+    /// How blocks are written: `UnnamedTemp`, `NamedTemp` or `InPlace`.
+    pub fn write_mode(&self) -> WriteMode {
+        self.inner.write_mode
     }
 
     /// Whether O_DIRECT is in use.
@@ -284,8 +309,9 @@ impl FsStore {
         path::block_path(&self.inner.dir, &self.inner.name(key))
     }
 
-    /// Whether a block of `key` exists (in this or any other process's writes): a regular
-    /// file at its path (a FIFO or a symlink planted there is no block).
+    /// Whether a block of `key` exists (in this or any other process's writes): a published
+    /// regular file at its path (a FIFO or a symlink planted there is no block, nor a file
+    /// still being written in place).
     pub fn contains(&self, key: &Key) -> bool {
         let started = std::time::Instant::now();
         let found = self.exists(key);
@@ -302,7 +328,7 @@ impl FsStore {
     }
 
     fn exists(&self, key: &Key) -> bool {
-        std::fs::symlink_metadata(self.block_path(key)).is_ok_and(|m| m.is_file())
+        std::fs::symlink_metadata(self.block_path(key)).is_ok_and(|m| in_place::is_published(&m))
     }
 
     /// Per-key presence of whole engine keys: `present[i]` is set to 1 when a block of
@@ -350,8 +376,9 @@ impl FsStore {
         for i in unknown {
             let name = names[i].expect("only named keys are unknown");
             let meta = std::fs::symlink_metadata(path::block_path(&self.inner.dir, &name));
-            // Only a regular file is a block (a FIFO or a symlink planted there is none).
-            if let Some(m) = meta.ok().filter(|m| m.is_file()) {
+            // Only a published regular file is a block (a FIFO or a symlink planted there is
+            // none, nor a file still being written in place).
+            if let Some(m) = meta.ok().filter(in_place::is_published) {
                 present[i] = 1;
                 found.push((name, m.len()));
             }
@@ -561,7 +588,8 @@ impl Inner {
             dedup_hits: c.dedup.load(Relaxed),
             evictions: c.evictions.load(Relaxed),
             direct_io: self.direct,
-            unnamed_temp_files: self.unnamed_temps,
+            unnamed_temp_files: self.write_mode == WriteMode::UnnamedTemp,
+            write_mode: self.write_mode,
             scan_complete: self.scan_state.is_done(),
         }
     }

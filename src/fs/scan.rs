@@ -3,8 +3,8 @@
 //! opened by every engine process on every host).
 //!
 //! The scan rebuilds this process's index (sizes and LRU order from the files' access and
-//! modification times), removes the temp files of dead writers, and then evicts down to the
-//! capacity. Until it is done:
+//! modification times), removes the temp files and unpublished block files of dead writers,
+//! and then evicts down to the capacity. Until it is done:
 //! - loads, `contains` and prefix lookups are unaffected: they always ask the file system,
 //!   the index only orders evictions and feeds the counters;
 //! - stores into a capacity-bounded store wait for it (an eviction needs the whole LRU
@@ -26,6 +26,7 @@ use std::sync::atomic::{AtomicBool, Ordering::Relaxed};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
+use super::in_place::{clean_unpublished, is_unpublished};
 use super::temp::clean_temp;
 use super::writers::{remove_dead_writers, Liveness};
 use super::{path, Inner, Key};
@@ -184,13 +185,15 @@ impl Inner {
                 let name = f.file_name();
                 let Some(name) = name.to_str() else { continue };
                 match path::classify(name) {
-                    path::Entry::Block(key) => {
-                        if let Ok(m) = std::fs::symlink_metadata(f.path()) {
-                            if m.is_file() {
-                                found.push((m.atime().max(m.mtime()), key, m.len()));
-                            }
+                    path::Entry::Block(key) => match std::fs::symlink_metadata(f.path()) {
+                        Ok(m) if is_unpublished(&m) => {
+                            clean_unpublished(&f.path(), &mut live);
                         }
-                    }
+                        Ok(m) if m.is_file() => {
+                            found.push((m.atime().max(m.mtime()), key, m.len()));
+                        }
+                        _ => {}
+                    },
                     e @ (path::Entry::Temp(_) | path::Entry::LegacyTemp) => {
                         clean_temp(&f.path(), &e, &mut live)
                     }

@@ -3,14 +3,16 @@
 //! writes the file image, then [`Staged::finish`] publishes the block. A [`Staged`] dropped
 //! before it is published undoes the first step.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::format::{self, TensorSpec};
-use super::temp::BlockTemp;
-use super::{path, Durability, Inner, Key};
+use super::in_place::{is_published, is_unpublished};
+use super::temp::{BlockTemp, Created};
+use super::{path, Durability, Inner, Key, WriteMode};
 use crate::io::file::{describe_type, non_regular_entry, remove_non_regular};
 use crate::io::publish::sync_dir;
 use crate::io::vectored::pwritev_all;
@@ -102,8 +104,10 @@ impl Staged {
     }
 
     /// After the write: cuts the file to its exact length, syncs as configured, publishes
-    /// it under the block's name and records it.
-    fn finish(mut self) -> Result<Stored> {
+    /// it under the block's name and records it. `None` when a file written in place was
+    /// removed before it was published (a cleaner took it for a dead writer's: its writer
+    /// stalled for longer than `in_place::UNPUBLISHED_GRACE`): the store is to be redone.
+    fn finish(mut self) -> Result<Option<Stored>> {
         let file = self.temp().file();
         if self.file_len % IO_ALIGN as u64 != 0 {
             file.set_len(self.file_len)
@@ -124,9 +128,21 @@ impl Staged {
                 return Err(Error::io(what, e));
             }
         };
+        // The attributes the `fchmod` returned (no request on FUSE or NFS, which cache them).
+        if self.temp().is_in_place() && self.temp().file().metadata().is_ok_and(|m| m.nlink() == 0)
+        {
+            return Ok(None);
+        }
         let inner = &self.inner;
         let block_dir = self.final_path.parent().expect("block paths have a parent");
         if inner.durability == Durability::FdatasyncDir {
+            if self.temp().is_in_place() {
+                // The permission bits that published it, with the inode.
+                self.temp()
+                    .file()
+                    .sync_all()
+                    .map_err(|e| Error::io(format!("fsync of {}", self.describe()), e))?;
+            }
             sync_dir(block_dir)
                 .map_err(|e| Error::io(format!("fsync of directory {}", block_dir.display()), e))?;
         }
@@ -137,7 +153,7 @@ impl Staged {
                 return Err(not_a_block(&self.final_path, &meta));
             }
             inner.note_present(&self.key, self.file_len);
-            return Ok(Stored::AlreadyPresent);
+            return Ok(Some(Stored::AlreadyPresent));
         }
         inner.lock_index().insert(self.key, self.file_len);
         inner.counters.stores.fetch_add(1, Relaxed);
@@ -145,7 +161,7 @@ impl Staged {
             .counters
             .bytes_written
             .fetch_add(self.payload_len, Relaxed);
-        Ok(Stored::Written)
+        Ok(Some(Stored::Written))
     }
 }
 
@@ -186,13 +202,24 @@ impl Inner {
         data: &[&[u8]],
         tensor: Option<&TensorSpec>,
     ) -> Result<Stored> {
-        match self.stage(key, data, tensor)? {
-            Staging::Present => Ok(Stored::AlreadyPresent),
-            Staging::Write(staged) => {
-                staged.write_sync(data)?;
-                staged.finish()
+        for _ in 0..3 {
+            match self.stage(key, data, tensor)? {
+                Staging::Present => return Ok(Stored::AlreadyPresent),
+                Staging::Write(staged) => {
+                    staged.write_sync(data)?;
+                    if let Some(stored) = staged.finish()? {
+                        return Ok(stored);
+                    }
+                }
             }
         }
+        Err(err!(
+            Io,
+            "storing block {}: the file was removed before it was published, 3 times (writes \
+             stalled for longer than {} s each?)",
+            path::block_path(&self.dir, &self.name(key)).display(),
+            super::in_place::UNPUBLISHED_GRACE.as_secs()
+        ))
     }
 
     /// Everything before a block's data moves: validation, the dedup check, the capacity
@@ -222,13 +249,15 @@ impl Inner {
         if self.may_be_present(&name) {
             match std::fs::symlink_metadata(&final_path) {
                 // A block of this name exists: the same key (deduplicated), or, for a name
-                // collision, another key, which loads of this key then never return.
-                Ok(meta) if meta.is_file() => {
+                // collision, another key, which loads of this key then never return. (One
+                // being written in place is met at its exclusive create.)
+                Ok(meta) if is_published(&meta) => {
                     self.note_present(&name, meta.len());
                     self.latency.store.record_since(started);
                     return Ok(Staging::Present);
                 }
                 Ok(meta) if meta.is_dir() => return Err(not_a_block(&final_path, &meta)),
+                Ok(meta) if is_unpublished(&meta) => {}
                 // A FIFO, a symlink, a socket planted at the block's name: no block, and in
                 // the way of publishing one (`link` never replaces a name): removed.
                 Ok(_) => {
@@ -238,7 +267,12 @@ impl Inner {
             }
         }
         let sum = format::checksum_segments(data);
-        let header = format::encode_header(key, payload_len as u64, sum, spec);
+        // Written in place, a block names its writer until published (see `in_place`).
+        let writer = match self.write_mode {
+            WriteMode::InPlace => Some(self.writer_id()?),
+            _ => None,
+        };
+        let header = format::encode_header_by(key, payload_len as u64, sum, spec, writer);
         let file_len = (header.len() + payload_len) as u64;
         let reserved = if self.capacity > 0 {
             // Evictions need the whole LRU order: wait for the scan started at open.
@@ -272,16 +306,22 @@ impl Inner {
             final_path,
             started,
         };
-        let block_dir = staged
-            .final_path
-            .parent()
-            .expect("block paths have a parent");
         // No `fallocate` first: the block is written whole right away, and that write
         // allocates; a full file system fails it with `ENOSPC` (`NoSpace`) and the temp file
         // goes with `staged`, so no partial block is ever published. (One syscall and ~9% of
         // a 64 KiB block's CPU saved, a network round trip on FUSE.)
-        let temp = self.create_temp(&name, block_dir)?;
-        staged.temp = Some(temp);
+        match self.create_temp(&name, &staged.final_path)? {
+            Created::File(temp) => staged.temp = Some(temp),
+            Created::Present(Some(len)) => {
+                self.note_present(&name, len);
+                return Ok(Staging::Present);
+            }
+            // Being written by a live writer: a dedup, but no block yet (not indexed).
+            Created::Present(None) => {
+                self.counters.dedup.fetch_add(1, Relaxed);
+                return Ok(Staging::Present);
+            }
+        }
         self.stage_buffers(&mut staged, &header, data)?;
         Ok(Staging::Write(staged))
     }

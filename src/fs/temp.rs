@@ -1,16 +1,17 @@
 //! The files blocks are written into before they are published: unnamed (`O_TMPFILE`) where
-//! the file system supports it, else named after the writing store's lock file (cleaners skip
-//! the temp files of live writers, see `writers`); and the fan-out directories they are
-//! created in.
+//! the file system supports it, else the block's own file, unpublished (`in_place`), or, as
+//! configured, a named temp file named after the writing store's lock file (cleaners skip the
+//! files of live writers, see `writers`); and the fan-out directories they are created in.
 
 use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
+use super::in_place::{clean_unpublished, is_unpublished, InPlaceFile};
 use super::path::Entry;
 use super::writers::Liveness;
-use super::{path, Inner, Key};
-use crate::io::file::OpenNoFollow;
+use super::{path, Inner, Key, WriteMode};
+use crate::io::file::{describe_type, remove_non_regular, OpenNoFollow};
 use crate::io::publish::{remove_if_abandoned, TempFile};
 use crate::{err, Error, Result};
 
@@ -30,21 +31,36 @@ impl DirCache {
     }
 }
 
-/// The file a block is written into before it is published under its final name: an
-/// unnamed file (nameless until linked; a failed or crashed writer leaves nothing), or a
-/// named temp file of a live writer, whose name is removed on drop unless renamed.
-pub(super) struct BlockTemp(TempFile);
+/// The file a block is written into before it is published: an unnamed file (nameless
+/// until linked; a failed or crashed writer leaves nothing), a named temp file of a live
+/// writer, whose name is removed on drop unless renamed, or the block's own file, created
+/// unpublished (`in_place`), removed on drop unless published.
+pub(super) enum BlockTemp {
+    Temp(TempFile),
+    InPlace(InPlaceFile),
+}
 
 impl BlockTemp {
     pub(super) fn file(&self) -> &std::fs::File {
-        self.0.file()
+        match self {
+            BlockTemp::Temp(t) => t.file(),
+            BlockTemp::InPlace(f) => f.file(),
+        }
+    }
+
+    /// Whether the block is written under its final name.
+    pub(super) fn is_in_place(&self) -> bool {
+        matches!(self, BlockTemp::InPlace(_))
     }
 
     /// What the file is, for error messages.
     pub(super) fn describe(&self, dest: &Path) -> String {
-        match self.0.name() {
-            None => format!("unnamed block file for {}", dest.display()),
-            Some(path) => format!("block temp file {}", path.display()),
+        match self {
+            BlockTemp::Temp(t) => match t.name() {
+                None => format!("unnamed block file for {}", dest.display()),
+                Some(path) => format!("block temp file {}", path.display()),
+            },
+            BlockTemp::InPlace(f) => format!("unpublished block file {}", f.path().display()),
         }
     }
 
@@ -53,17 +69,22 @@ impl BlockTemp {
     /// An unnamed file is linked in and vanishes when closed if it lost. A named temp file
     /// is hard-linked in, its temp name removed on drop; on file systems without hard
     /// links it is renamed over the name instead (the loser of a race then replaces the
-    /// winner's identical file and also reports `Ok(true)`).
+    /// winner's identical file and also reports `Ok(true)`). A file written in place has
+    /// its name already and is published by its permission bits.
     pub(super) fn publish(&mut self, dest: &Path) -> io::Result<bool> {
-        match self.0.link_new(dest) {
+        let t = match self {
+            BlockTemp::InPlace(f) => return f.publish().map(|()| true),
+            BlockTemp::Temp(t) => t,
+        };
+        match t.link_new(dest) {
             Err(e)
-                if !self.0.is_unnamed()
+                if !t.is_unnamed()
                     && matches!(
                         e.raw_os_error(),
                         Some(libc::EPERM) | Some(libc::EOPNOTSUPP) | Some(libc::ENOSYS)
                     ) =>
             {
-                self.0.rename_over(dest)?;
+                t.rename_over(dest)?;
                 Ok(true)
             }
             linked => linked,
@@ -71,14 +92,28 @@ impl BlockTemp {
     }
 }
 
+/// What creating a block's file found.
+pub(super) enum Created {
+    /// The file to write the block into.
+    File(BlockTemp),
+    /// Writing in place: the block exists already (published, or being written by a live
+    /// writer, who publishes the same content), of this many bytes (`None` while unpublished).
+    Present(Option<u64>),
+}
+
 impl Inner {
     /// Creates the file a block is written into before it is published: an unnamed
-    /// `O_TMPFILE` file in the block's directory where the file system supports it (nothing
-    /// to lock, nothing left behind by a crash), else a named temp file (below).
-    pub(super) fn create_temp(&self, key: &Key, block_dir: &Path) -> Result<BlockTemp> {
+    /// `O_TMPFILE` file in the block's directory, a named temp file (below), or the block's
+    /// own file, unpublished, as the store's write mode says.
+    pub(super) fn create_temp(&self, key: &Key, final_path: &Path) -> Result<Created> {
+        let block_dir = final_path.parent().expect("block paths have a parent");
         self.ensure_dir(key, block_dir);
-        if !self.unnamed_temps {
-            return self.create_named_temp(key, block_dir);
+        match self.write_mode {
+            WriteMode::InPlace => return self.create_in_place(final_path),
+            WriteMode::NamedTemp => {
+                return self.create_named_temp(key, block_dir).map(Created::File)
+            }
+            WriteMode::UnnamedTemp | WriteMode::Auto => {}
         }
         let how = OpenNoFollow::write_only().direct(self.direct).mode(0o644);
         let mut opened = TempFile::create_unnamed(block_dir, how);
@@ -87,12 +122,69 @@ impl Inner {
                 .map_err(|e| Error::io(format!("creating directory {}", block_dir.display()), e))?;
             opened = TempFile::create_unnamed(block_dir, how);
         }
-        opened.map(BlockTemp).map_err(|e| {
-            Error::io(
-                format!("creating an unnamed block file in {}", block_dir.display()),
-                e,
-            )
-        })
+        opened
+            .map(|t| Created::File(BlockTemp::Temp(t)))
+            .map_err(|e| {
+                Error::io(
+                    format!("creating an unnamed block file in {}", block_dir.display()),
+                    e,
+                )
+            })
+    }
+
+    /// Creates the block's own file, unpublished (see `in_place`). A name that exists is a
+    /// published block (a dedup), a live writer's unpublished one (a dedup: it publishes
+    /// the same content), a dead writer's (removed, then created anew), or something planted
+    /// there (removed unless a directory, then created anew).
+    fn create_in_place(&self, final_path: &Path) -> Result<Created> {
+        let how = OpenNoFollow::write_only().direct(self.direct);
+        let mut created_dirs = false;
+        for _ in 0..8 {
+            let e = match InPlaceFile::create(final_path, how) {
+                Ok(f) => return Ok(Created::File(BlockTemp::InPlace(f))),
+                Err(e) => e,
+            };
+            match e.kind() {
+                io::ErrorKind::NotFound if !created_dirs => {
+                    let dir = final_path.parent().expect("block paths have a parent");
+                    std::fs::create_dir_all(dir).map_err(|e| {
+                        Error::io(format!("creating directory {}", dir.display()), e)
+                    })?;
+                    created_dirs = true;
+                    continue;
+                }
+                io::ErrorKind::AlreadyExists => {}
+                _ => {
+                    return Err(Error::io(
+                        format!("creating block file {}", final_path.display()),
+                        e,
+                    ))
+                }
+            }
+            let meta = match std::fs::symlink_metadata(final_path) {
+                Ok(m) => m,
+                Err(_) => continue, // removed since: try again
+            };
+            if is_unpublished(&meta) {
+                if !clean_unpublished(final_path, &mut Liveness::new(&self.dir)) {
+                    return Ok(Created::Present(None));
+                }
+            } else if meta.is_file() {
+                return Ok(Created::Present(Some(meta.len())));
+            } else if meta.is_dir() || !remove_non_regular(final_path) {
+                return Err(err!(
+                    Corrupt,
+                    "storing block {}: the path holds {}, not a block file; remove it",
+                    final_path.display(),
+                    describe_type(&meta)
+                ));
+            }
+        }
+        Err(err!(
+            Io,
+            "could not create block file {} after 8 attempts (removed and recreated meanwhile)",
+            final_path.display()
+        ))
     }
 
     /// Creates a unique named temp file next to the block's final path, named after this
@@ -106,7 +198,7 @@ impl Inner {
             let temp = block_dir.join(path::temp_name(key, writer, seq));
             // From here on the file is removed on any failure (when the TempFile drops).
             match TempFile::create_named(temp.clone(), how, 0o644) {
-                Ok(f) => return Ok(BlockTemp(f)),
+                Ok(f) => return Ok(BlockTemp::Temp(f)),
                 Err(e) if e.kind() == io::ErrorKind::NotFound && !created_dirs => {
                     std::fs::create_dir_all(block_dir).map_err(|e| {
                         Error::io(format!("creating directory {}", block_dir.display()), e)
@@ -167,11 +259,19 @@ impl Inner {
 /// named after a writer lock, when that lock is free or gone (whatever sits at the name,
 /// never opened: a FIFO cannot hang the scan); for an older version's, when no live writer
 /// holds its `flock` (and whatever else than a regular file sits at the name).
+///
+/// A block name is taken for an unpublished file written in place (`in_place`), removed by
+/// that rule (a published block stays).
 pub(super) fn clean_temp(p: &Path, entry: &Entry, live: &mut Liveness) {
     let removed = match *entry {
         Entry::Temp(writer) => !live.is_alive(writer) && std::fs::remove_file(p).is_ok(),
         Entry::LegacyTemp => remove_if_abandoned(p),
-        Entry::Block(_) | Entry::Other => false,
+        Entry::Block(_) => {
+            // Logs what it removes itself.
+            clean_unpublished(p, live);
+            return;
+        }
+        Entry::Other => false,
     };
     if removed {
         log::info!(target: "kvr::fs", "removed stale temp file {} (its writer is gone)", p.display());
