@@ -35,6 +35,9 @@ fn spawn_role(test: &str, role: &str, dir: &Path) -> Command {
 
 fn role() -> Option<(String, PathBuf)> {
     let r = std::env::var(ROLE).ok()?;
+    // A child that writes until killed must not outlive a parent that died first.
+    // SAFETY: plain prctl(2) on this process.
+    unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
     Some((r, PathBuf::from(std::env::var(DIR).unwrap())))
 }
 

@@ -228,8 +228,8 @@ fn same_keys_from_both_hosts(a: &Path, b: &Path, mode: WriteMode) {
         }
         assert_eq!(written, ids.len());
         for &i in &ids {
-            assert!(load_checked(&on_a, i).unwrap());
-            assert!(load_checked(&on_b, i).unwrap());
+            assert!(load_checked(&on_a, i).unwrap(), "{mode:?}: block {i} on A");
+            assert!(load_checked(&on_b, i).unwrap(), "{mode:?}: block {i} on B");
         }
     }
     let (sa, sb) = (on_a.stats(), on_b.stats());
@@ -329,6 +329,9 @@ fn signal(child: &Writer, sig: libc::c_int) {
 #[test]
 fn killed_writer_on_a_leaves_no_block_on_b() {
     if let Ok(ns) = std::env::var(ROLE) {
+        // A writer that stores until killed must not outlive a parent that died first.
+        // SAFETY: plain prctl(2) on this process.
+        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) };
         let root = PathBuf::from(std::env::var("KVR_GLUSTER_ROOT").unwrap());
         let named = std::env::var_os("KVR_GLUSTER_NAMED").is_some();
         let mode = if named {

@@ -15,6 +15,7 @@
 
 use std::fs::File;
 use std::io;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -41,6 +42,54 @@ pub fn is_unpublished(m: &std::fs::Metadata) -> bool {
 /// Whether `m` is a published block file: a regular file that is not [`is_unpublished`].
 pub fn is_published(m: &std::fs::Metadata) -> bool {
     m.is_file() && !is_unpublished(m)
+}
+
+/// The permission bits (with the file type) and link count of the open file `f`, as this
+/// host last learned them (`fresh` false: `statx` with `AT_STATX_DONT_SYNC`, no round trip
+/// on FUSE or NFS, where a plain `fstat` after a read asks the server again, the read having
+/// invalidated the atime) or from the file system (`fresh`: `AT_STATX_FORCE_SYNC`).
+/// Cached is enough where it decides: an inode's mode only goes from unpublished to
+/// published, and a link count read right after this host's own `fchmod` is what that
+/// reply said.
+pub(super) fn mode_and_links(f: &File, fresh: bool) -> io::Result<(u32, u32)> {
+    let sync = if fresh {
+        libc::AT_STATX_FORCE_SYNC
+    } else {
+        libc::AT_STATX_DONT_SYNC
+    };
+    // SAFETY: `statx` is plain C data; all-zero is a valid value.
+    let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+    // SAFETY: a valid descriptor, an empty NUL-terminated path with AT_EMPTY_PATH (the
+    // descriptor itself), and a writable statx buffer.
+    let r = unsafe {
+        libc::statx(
+            f.as_raw_fd(),
+            c"".as_ptr(),
+            libc::AT_EMPTY_PATH | sync,
+            libc::STATX_TYPE | libc::STATX_MODE | libc::STATX_NLINK,
+            &mut stx,
+        )
+    };
+    if r == 0 {
+        return Ok((u32::from(stx.stx_mode), stx.stx_nlink));
+    }
+    let e = io::Error::last_os_error();
+    if e.raw_os_error() != Some(libc::ENOSYS) {
+        return Err(e);
+    }
+    let m = f.metadata()?;
+    Ok((m.mode(), m.nlink() as u32))
+}
+
+/// Whether the open file `f` is a regular file still unpublished: published as this host
+/// last learned it ([`mode_and_links`]) is final; unpublished there (learned before its
+/// writer's `fchmod`, maybe) is asked again of the file system.
+pub(super) fn is_unpublished_file(f: &File) -> bool {
+    let unpublished = |fresh| {
+        mode_and_links(f, fresh)
+            .is_ok_and(|(mode, _)| mode & libc::S_IFMT == libc::S_IFREG && mode & 0o7777 == 0)
+    };
+    unpublished(false) && unpublished(true)
 }
 
 /// A block file being written under its final name; removed on drop unless published.
@@ -198,7 +247,8 @@ mod tests {
         let k = Key([2; 16]);
         let p = s.block_path(&k);
         // Whole (checksum and all) or torn: no block until published.
-        for written in [4096 + 10_000, 4096 + 500, 100, 0] {
+        // (Each dedup below waits PUBLICATION_WAIT for the file to be published.)
+        for written in [4096 + 10_000, 100] {
             unpublished(&s, &k, Some(other.id()), written, Duration::ZERO);
             assert!(!s.contains(&k));
             assert_eq!(s.lookup_prefix(&[k]), 0);
@@ -220,6 +270,33 @@ mod tests {
         assert_eq!(s.stats().corrupt_dropped, 0);
         let summary = crate::fs::maintenance::inspect(d.path(), Some("ns")).unwrap();
         assert_eq!((summary[0].blocks, summary[0].temp_files), (0, 0));
+    }
+
+    #[test]
+    fn a_dedup_waits_for_the_writer_to_publish() {
+        let d = tempfile::tempdir().unwrap();
+        let s = open(d.path());
+        let other = WriterLock::acquire(s.dir()).unwrap();
+        let k = Key([7; 16]);
+        let p = s.block_path(&k);
+        unpublished(&s, &k, Some(other.id()), 4096 + 10_000, Duration::ZERO);
+        let publisher = {
+            let p = p.clone();
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(200));
+                std::fs::set_permissions(&p, std::fs::Permissions::from_mode(PUBLISHED_MODE))
+                    .unwrap();
+            })
+        };
+        let payload = vec![7u8; 10_000];
+        assert_eq!(s.store(&k, &payload).unwrap(), Stored::AlreadyPresent);
+        publisher.join().unwrap();
+        // A dedup means a loadable block.
+        assert!(s.contains(&k));
+        let mut out = vec![0u8; 10_000];
+        assert_eq!(s.load(&k, &mut out).unwrap(), 10_000);
+        assert!(out == payload);
+        assert_eq!(s.stats().dedup_hits, 1);
     }
 
     #[test]

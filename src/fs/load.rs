@@ -9,7 +9,7 @@ use std::sync::atomic::Ordering::Relaxed;
 use std::time::Instant;
 
 use super::format::{self, Header};
-use super::in_place::is_unpublished;
+use super::in_place::{is_unpublished, is_unpublished_file};
 use super::{path, Inner, Key, WriteMode};
 use crate::io::direct::scatter;
 use crate::io::file::{
@@ -19,6 +19,24 @@ use crate::io::file::{
 use crate::io::vectored::{preadv_all, preadv_once};
 use crate::io::{align_up, is_aligned_ptr, SegmentPlan, IO_ALIGN};
 use crate::{err, Error, ErrorKind, Result};
+
+/// How recently a block file written in place on a network file system must have changed
+/// for a failed validation to leave it in place (see `Inner::load_untimed`).
+const RECENT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Whether `file` changed (was created, written or published) within [`RECENT`] and looks
+/// shorter than a block of `payload_len` bytes (header page included), as this host sees it.
+fn recently_changed_and_short(file: &File, payload_len: usize) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(m) = file.metadata() else { return true };
+    if m.len() >= (payload_len + IO_ALIGN) as u64 {
+        return false;
+    }
+    let changed = std::time::UNIX_EPOCH + std::time::Duration::new(m.ctime().max(0) as u64, 0);
+    std::time::SystemTime::now()
+        .duration_since(changed)
+        .map_or(true, |age| age < RECENT)
+}
 
 impl Inner {
     /// Loads the block of the whole engine `key` into the concatenation of `dst`'s segments.
@@ -74,12 +92,15 @@ impl Inner {
         let read = self.read_verified(&file, key, &name, dst, len);
         // A file still being written in place (or left so by a killed writer) is no block,
         // whether or not what it holds so far reads as one: a miss, left to its writer (or
-        // to the cleaners). Asked where such files are written or the read proves nothing.
+        // to the cleaners). Asked where such files are written or the read proves nothing,
+        // and after a read that found the file damaged; after the read, so that a client
+        // cache refreshed by it answers (GlusterFS's md-cache), and of this host's cached
+        // attributes first (a published file stays so: no round trip then).
         let asks = match &read {
             Ok(()) => self.write_mode == WriteMode::InPlace || !self.verify,
             Err(e) => e.kind() == ErrorKind::Corrupt,
         };
-        if asks && file.metadata().is_ok_and(|m| is_unpublished(&m)) {
+        if asks && is_unpublished_file(&file) {
             return missing();
         }
         match read {
@@ -103,6 +124,24 @@ impl Inner {
                     file.metadata()
                         .map_or_else(|e| e.to_string(), |m| describe_type(&m))
                 ))
+            }
+            Err(e)
+                if e.kind() == ErrorKind::Corrupt
+                    && self.write_mode == WriteMode::InPlace
+                    && self.network
+                    && recently_changed_and_short(&file, len) =>
+            {
+                // Published seconds ago and shorter than its block: this host's client caches
+                // may still hold the size they saw of it unpublished, so the read may have met
+                // a stale view, not a bad file. Reported, kept; a later load removes it if it
+                // is bad.
+                self.counters.misses.fetch_add(1, Relaxed);
+                Err(e.context(format!(
+                    "block {} fails validation (left in place: written within the last {} s, \
+                     this host's view of it may lag)",
+                    p.display(),
+                    RECENT.as_secs()
+                )))
             }
             Err(e) if e.kind() == ErrorKind::Corrupt => {
                 // Only remove the file we read, not one a writer has renamed over it since.

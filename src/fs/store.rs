@@ -3,14 +3,13 @@
 //! writes the file image, then [`Staged::finish`] publishes the block. A [`Staged`] dropped
 //! before it is published undoes the first step.
 
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::format::{self, TensorSpec};
-use super::in_place::{is_published, is_unpublished};
+use super::in_place::{is_published, is_unpublished, mode_and_links};
 use super::temp::{BlockTemp, Created};
 use super::{path, Durability, Inner, Key, WriteMode};
 use crate::io::file::{describe_type, non_regular_entry, remove_non_regular};
@@ -129,7 +128,8 @@ impl Staged {
             }
         };
         // The attributes the `fchmod` returned (no request on FUSE or NFS, which cache them).
-        if self.temp().is_in_place() && self.temp().file().metadata().is_ok_and(|m| m.nlink() == 0)
+        if self.temp().is_in_place()
+            && mode_and_links(self.temp().file(), false).is_ok_and(|(_, links)| links == 0)
         {
             return Ok(None);
         }

@@ -92,12 +92,48 @@ impl BlockTemp {
     }
 }
 
+/// How long a store that finds its block being written in place by a live writer waits for
+/// it to be published before counting a dedup all the same. Waiting makes a dedup mean a
+/// loadable block, as with the other write modes, and refreshes this host's view of the
+/// file: a network file system's client caches what it saw of the file unpublished (on
+/// GlusterFS for up to a second in the kernel and again in its md-cache), which loads of it
+/// would otherwise meet as a torn file.
+const PUBLICATION_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+
+/// What became of a block file another writer is writing in place.
+enum Publication {
+    /// Published: a block of this many bytes.
+    Published(u64),
+    /// Still unpublished after [`PUBLICATION_WAIT`].
+    Pending,
+    /// Removed, or replaced by something else.
+    Gone,
+}
+
+/// Polls `path` until the block file there is published, [`PUBLICATION_WAIT`] has passed,
+/// or it is gone.
+fn wait_for_publication(path: &Path) -> Publication {
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(1);
+    while started.elapsed() < PUBLICATION_WAIT {
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(50));
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if is_unpublished(&m) => {}
+            Ok(m) if m.is_file() => return Publication::Published(m.len()),
+            _ => return Publication::Gone,
+        }
+    }
+    Publication::Pending
+}
+
 /// What creating a block's file found.
 pub(super) enum Created {
     /// The file to write the block into.
     File(BlockTemp),
     /// Writing in place: the block exists already (published, or being written by a live
-    /// writer, who publishes the same content), of this many bytes (`None` while unpublished).
+    /// writer, who publishes the same content, but has not within [`PUBLICATION_WAIT`]), of
+    /// this many bytes (`None` while unpublished).
     Present(Option<u64>),
 }
 
@@ -133,9 +169,10 @@ impl Inner {
     }
 
     /// Creates the block's own file, unpublished (see `in_place`). A name that exists is a
-    /// published block (a dedup), a live writer's unpublished one (a dedup: it publishes
-    /// the same content), a dead writer's (removed, then created anew), or something planted
-    /// there (removed unless a directory, then created anew).
+    /// published block (a dedup), a live writer's unpublished one (a dedup once published,
+    /// or after [`PUBLICATION_WAIT`]: it publishes the same content), a dead writer's
+    /// (removed, then created anew), or something planted there (removed unless a
+    /// directory, then created anew).
     fn create_in_place(&self, final_path: &Path) -> Result<Created> {
         let how = OpenNoFollow::write_only().direct(self.direct);
         let mut created_dirs = false;
@@ -166,8 +203,13 @@ impl Inner {
                 Err(_) => continue, // removed since: try again
             };
             if is_unpublished(&meta) {
-                if !clean_unpublished(final_path, &mut Liveness::new(&self.dir)) {
-                    return Ok(Created::Present(None));
+                if clean_unpublished(final_path, &mut Liveness::new(&self.dir)) {
+                    continue;
+                }
+                match wait_for_publication(final_path) {
+                    Publication::Published(len) => return Ok(Created::Present(Some(len))),
+                    Publication::Pending => return Ok(Created::Present(None)),
+                    Publication::Gone => continue,
                 }
             } else if meta.is_file() {
                 return Ok(Created::Present(Some(meta.len())));

@@ -62,7 +62,15 @@ fn kvr_run(
     c.read_threads = args.threads;
     c.write_threads = args.threads;
     c.verify = true;
+    c.write_mode = args.fs_write_mode.into();
     let s = FsStore::open(&c)?;
+    if run == 0 {
+        eprintln!(
+            "fs bench, {block}-byte blocks: written {:?}, direct I/O {}",
+            s.write_mode(),
+            s.direct_io()
+        );
+    }
     let stores: Vec<StoreRequest> = (0..n)
         .map(|i| StoreRequest {
             key: key(block as u64, run, i),

@@ -70,6 +70,30 @@ pub struct BenchArgs {
     /// HTTP client's threads).
     #[arg(long, value_delimiter = ',', default_value = "8,32")]
     pub in_flight: Vec<usize>,
+    /// For --tier fs: how the store writes and publishes blocks (`auto`: unnamed O_TMPFILE
+    /// files where the file system has them, else in place).
+    #[arg(long, value_enum, default_value = "auto")]
+    pub fs_write_mode: FsWriteMode,
+}
+
+/// `kvr::WriteMode` on the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FsWriteMode {
+    Auto,
+    UnnamedTemp,
+    NamedTemp,
+    InPlace,
+}
+
+impl From<FsWriteMode> for kvr::WriteMode {
+    fn from(m: FsWriteMode) -> Self {
+        match m {
+            FsWriteMode::Auto => kvr::WriteMode::Auto,
+            FsWriteMode::UnnamedTemp => kvr::WriteMode::UnnamedTemp,
+            FsWriteMode::NamedTemp => kvr::WriteMode::NamedTemp,
+            FsWriteMode::InPlace => kvr::WriteMode::InPlace,
+        }
+    }
 }
 
 /// Parses "64K", "2M", "4G", "4096".
