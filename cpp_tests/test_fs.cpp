@@ -81,6 +81,42 @@ TEST(Fs, RoundTripsEveryLengthAndCountsStats) {
   EXPECT_FALSE(fs.contains(key(0)));
 }
 
+// Every write mode round-trips and reports itself; written in place, a block file is
+// published with permission bits, and an unpublished one (mode 0) is no block.
+TEST(Fs, WriteModesAreSelectableAndReported) {
+  kvr_test::TempDir d("kvr_fs_test");
+  const uint32_t modes[] = {KVR_FS_WRITE_AUTO, KVR_FS_WRITE_NAMED_TEMP, KVR_FS_WRITE_IN_PLACE};
+  for (uint32_t mode : modes) {
+    kvr::FsOptions o = options(d.path);
+    o.ns = "mode-" + std::to_string(mode);
+    o.write_mode = mode;
+    kvr::FsStore fs(o);
+    auto src = content(mode, 70000);
+    fs.store(key(1), src.data(), src.size());
+    std::vector<uint8_t> dst(src.size());
+    ASSERT_TRUE(fs.load(key(1), dst.data(), dst.size()));
+    EXPECT_EQ(dst, src);
+    kvr_fs_stats s = fs.stats();
+    // A local file system has O_TMPFILE: AUTO picks unnamed temp files there.
+    uint32_t want = mode == KVR_FS_WRITE_AUTO ? KVR_FS_WRITE_UNNAMED_TEMP : mode;
+    EXPECT_EQ(s.write_mode, want) << mode;
+    EXPECT_EQ(s.unnamed_temp_files, want == KVR_FS_WRITE_UNNAMED_TEMP);
+    struct stat st;
+    ASSERT_EQ(0, lstat(fs.block_path(key(1)).c_str(), &st));
+    EXPECT_NE(st.st_mode & 07777, 0u) << "published";
+    if (mode == KVR_FS_WRITE_IN_PLACE) {
+      // What a writer killed before its fchmod leaves (its header names no live writer).
+      std::string p = fs.block_path(key(2));
+      std::ofstream(p) << "partial";
+      ASSERT_EQ(0, chmod(p.c_str(), 0));
+      EXPECT_FALSE(fs.contains(key(2)));
+      std::vector<uint8_t> miss(100);
+      EXPECT_FALSE(fs.load(key(2), miss.data(), miss.size()));
+      EXPECT_TRUE(exists(p)) << "a miss, not a corrupt block to remove";
+    }
+  }
+}
+
 TEST(Fs, AsyncBatchesStoreAndLoad) {
   kvr_test::TempDir d("kvr_fs_test");
   kvr::FsStore fs(options(d.path));
@@ -205,6 +241,11 @@ TEST(Fs, BadInputsAreRejected) {
   b = c;
   b.write_threads = 0;
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_fs_open(&b, &fs));
+  EXPECT_EQ(c.write_mode, KVR_FS_WRITE_AUTO);
+  b = c;
+  b.write_mode = 4;
+  EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_fs_open(&b, &fs));
+  EXPECT_NE(std::string(kvr_last_error_message()).find("write_mode"), std::string::npos);
   b = c;
   b.struct_size = 4;
   EXPECT_KVR(KVR_ERR_INVALID_ARGUMENT, kvr_fs_open(&b, &fs));

@@ -678,6 +678,7 @@ struct FsOptions {
   std::uint32_t durability = KVR_FS_DURABILITY_NONE;
   bool verify = true;
   std::uint64_t capacity_bytes = 0;  // 0: unbounded
+  std::uint32_t write_mode = KVR_FS_WRITE_AUTO;  // KVR_FS_WRITE_*
 };
 
 /// A content-addressed block store on a directory (kvr_fs_open / kvr_fs_close). load() throws
@@ -702,6 +703,7 @@ class FsStore : public detail::BlockTier<detail::FsCalls> {
     c.durability = o.durability;
     c.verify = o.verify;
     c.capacity_bytes = o.capacity_bytes;
+    c.write_mode = o.write_mode;
     kvr_fs* f = nullptr;
     check(kvr_fs_open(&c, &f));
     h_.reset(f);
