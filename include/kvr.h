@@ -823,11 +823,11 @@ typedef struct kvr_fs_stats {
    */
   bool direct_io;
   /**
-   * True when blocks are written into unnamed `O_TMPFILE` files; false for named temp
-   * files hard-linked into place, named after the store's writer lock file
-   * (`<store dir>/.writers/<id>`, held while the store is open), on file systems without
-   * `O_TMPFILE`: NFS, FUSE mounts such as GlusterFS. Added after `direct_io`: a caller built
-   * against an older header passes a smaller `struct_size` and does not receive it.
+   * True when blocks are written into unnamed `O_TMPFILE` files (`write_mode` is
+   * `KVR_FS_WRITE_UNNAMED_TEMP`); false on file systems without `O_TMPFILE` (NFS, FUSE
+   * mounts such as GlusterFS: written in place) or as configured. Added after
+   * `direct_io`: a caller built against an older header passes a smaller `struct_size` and
+   * does not receive it.
    */
   bool unnamed_temp_files;
   /**
