@@ -74,8 +74,8 @@ fn callback_gets_records_and_may_reenter_kvr() {
     assert!(about("outer"), "{seen:?}");
     assert!(about("inner"), "the re-entrant open logged too: {seen:?}");
     assert!(
-        seen.iter()
-            .any(|(_, t, m)| t == "kvr::fs" && m.contains("temp files")),
+        seen.iter().any(|(_, t, m)| t == "kvr::fs"
+            && m.contains("blocks are written into unnamed O_TMPFILE files")),
         "{seen:?}"
     );
 
