@@ -5,7 +5,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
@@ -14,8 +13,8 @@ use std::time::{Duration, Instant};
 use kvr::io::DirectIo;
 use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest, WriteMode};
 
-use common::files::walk;
-use common::{content, key, key_index};
+use common::files::{is_unpublished, walk};
+use common::{content, header_writer, key, key_index};
 
 const ROLE: &str = "KVR_FS_ROLE";
 const DIR: &str = "KVR_FS_DIR";
@@ -106,23 +105,10 @@ fn sigkilled_writer_leaves_no_partial_block_in_place() {
     );
 }
 
-/// Whether `p` is a block file still being written in place (no permission bits).
-fn is_unpublished(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0)
-}
-
 /// The payload the crash role stores under key `i`: one of 64 (made once, so that the
 /// killed writer spends its time writing, not making bytes).
 fn crash_payload(i: u64) -> Vec<u8> {
     content(&key(i % 64), block_len(i % 64) + 60_000)
-}
-
-/// Whether the file at `p` has a whole block header naming its writer.
-fn names_a_writer(p: &Path) -> bool {
-    std::fs::read(p)
-        .ok()
-        .and_then(|b| kvr::fs::format::decode_header(&b).ok())
-        .is_some_and(|h| h.writer.is_some())
 }
 
 /// A writer storing blocks on 4 threads is SIGKILLed, up to 5 times until it leaves
@@ -217,7 +203,7 @@ fn sigkilled_writer(test: &str, write_mode: WriteMode) {
         // it is `UNPUBLISHED_GRACE` old; it is no block meanwhile.
         for p in &unpublished {
             assert!(
-                !p.exists() || !names_a_writer(p),
+                !p.exists() || header_writer(p).is_none(),
                 "{} outlived its dead writer",
                 p.display()
             );

@@ -15,7 +15,6 @@ mod common;
 
 use std::collections::HashSet;
 use std::os::fd::AsRawFd;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
@@ -24,8 +23,8 @@ use std::time::{Duration, Instant};
 use kvr::fs::maintenance;
 use kvr::{ErrorKind, FsConfig, FsStore, Key, StoreRequest, WriteMode};
 
-use common::files::{flip_byte, walk};
-use common::{content, key, key_index};
+use common::files::{flip_byte, is_unpublished, walk};
+use common::{content, header_writer, key, key_index};
 
 const ROLE: &str = "KVR_GLUSTER_ROLE";
 
@@ -264,11 +263,6 @@ fn big_len(i: u64) -> usize {
     (4 << 20) + (i % 3) as usize * 4099
 }
 
-/// Whether `p` is a block file still being written in place (no permission bits).
-fn is_unpublished(p: &Path) -> bool {
-    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0)
-}
-
 /// What writers have not published yet: named temp files, and block files written in place
 /// but still unpublished.
 fn temp_files(dir: &Path) -> HashSet<PathBuf> {
@@ -279,12 +273,6 @@ fn temp_files(dir: &Path) -> HashSet<PathBuf> {
             name.ends_with(".tmp") || (name.ends_with(".kvb") && is_unpublished(p))
         })
         .collect()
-}
-
-/// The writer an unpublished block file's header names, once its first write has landed.
-fn header_writer(p: &Path) -> Option<u64> {
-    let bytes = std::fs::read(p).ok()?;
-    kvr::fs::format::decode_header(&bytes).ok()?.writer
 }
 
 /// Whether someone else holds an exclusive `flock` on `p`.

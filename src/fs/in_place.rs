@@ -36,7 +36,12 @@ pub const UNPUBLISHED_GRACE: Duration = Duration::from_secs(60);
 /// Whether `m` is a block file still being written in place (a regular file with no
 /// permission bits at all; published blocks have some, whatever the umask).
 pub fn is_unpublished(m: &std::fs::Metadata) -> bool {
-    m.is_file() && m.mode() & 0o7777 == 0
+    is_unpublished_mode(m.mode())
+}
+
+/// [`is_unpublished`] of a file's `st_mode` (type and permission bits).
+fn is_unpublished_mode(mode: u32) -> bool {
+    mode & libc::S_IFMT == libc::S_IFREG && mode & 0o7777 == 0
 }
 
 /// Whether `m` is a published block file: a regular file that is not [`is_unpublished`].
@@ -85,10 +90,7 @@ pub(super) fn mode_and_links(f: &File, fresh: bool) -> io::Result<(u32, u32)> {
 /// last learned it ([`mode_and_links`]) is final; unpublished there (learned before its
 /// writer's `fchmod`, maybe) is asked again of the file system.
 pub(super) fn is_unpublished_file(f: &File) -> bool {
-    let unpublished = |fresh| {
-        mode_and_links(f, fresh)
-            .is_ok_and(|(mode, _)| mode & libc::S_IFMT == libc::S_IFREG && mode & 0o7777 == 0)
-    };
+    let unpublished = |fresh| mode_and_links(f, fresh).is_ok_and(|(m, _)| is_unpublished_mode(m));
     unpublished(false) && unpublished(true)
 }
 

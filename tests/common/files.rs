@@ -4,6 +4,13 @@
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+/// Whether `p` is a block file still being written in place by the fs store: a regular file
+/// with no permission bits.
+pub fn is_unpublished(p: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::symlink_metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o7777 == 0)
+}
+
 /// Every file under `dir`, recursively. Directories that vanish or cannot be read while
 /// walking (other processes may be removing them) are skipped.
 pub fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -77,3 +77,10 @@ pub fn last_error() -> String {
         .to_string_lossy()
         .into_owned()
 }
+
+/// The writer an fs block file's header names (blocks written in place), once its header is
+/// complete.
+pub fn header_writer(p: &std::path::Path) -> Option<u64> {
+    let bytes = std::fs::read(p).ok()?;
+    kvr::fs::format::decode_header(&bytes).ok()?.writer
+}
