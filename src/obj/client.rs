@@ -10,6 +10,7 @@ use opendal::raw::HttpClient;
 use opendal::{Buffer, ErrorKind as DalKind, Operator};
 
 use super::config::Resolved;
+use super::http::Transport;
 use crate::{err, Error, ErrorKind, Result};
 
 /// One object found by a listing.
@@ -28,26 +29,6 @@ pub(crate) struct Client {
     op: Operator,
     endpoint: String,
     request_timeout: Duration,
-}
-
-/// The certificates of a PEM bundle (`ObjConfig::ca_bundle`, `AWS_CA_BUNDLE`).
-fn read_ca_bundle(path: &std::path::Path) -> Result<Vec<reqwest::Certificate>> {
-    // A config mistake, whatever the OS error: not the `NotFound` of a missing bucket.
-    let pem = std::fs::read(path)
-        .map_err(|e| Error::invalid(format!("CA bundle {} cannot be read: {e}", path.display())))?;
-    let certs = reqwest::Certificate::from_pem_bundle(&pem).map_err(|e| {
-        Error::invalid(format!(
-            "CA bundle {} is not PEM certificates: {e}",
-            path.display()
-        ))
-    })?;
-    if certs.is_empty() {
-        return Err(Error::invalid(format!(
-            "CA bundle {} holds no certificate",
-            path.display()
-        )));
-    }
-    Ok(certs)
 }
 
 impl Client {
@@ -81,21 +62,11 @@ impl Client {
             ))
         };
         let op = Operator::new(builder).map_err(invalid)?.finish();
-        let mut http = reqwest::Client::builder();
-        if let Some(path) = &cfg.ca_bundle {
-            for cert in read_ca_bundle(path)? {
-                http = http.add_root_certificate(cert);
-            }
-        }
-        let http = http
-            .connect_timeout(cfg.connect_timeout)
-            .timeout(cfg.request_timeout)
-            .pool_max_idle_per_host(cfg.concurrency)
-            .tcp_nodelay(true)
-            // The endpoint is reached directly: no proxy from the environment in between.
-            .no_proxy()
-            .build()
-            .map_err(|e| err!(Internal, "building the object store's HTTP client: {e}"))?;
+        let http = Transport::new(
+            cfg.connect_timeout,
+            cfg.concurrency,
+            cfg.ca_bundle.as_deref(),
+        )?;
         op.update_http_client(|_| HttpClient::with(http));
         Ok(Client {
             op,
@@ -162,7 +133,9 @@ impl Client {
             let mut src = std::error::Error::source(&e);
             let mut found = false;
             while let Some(s) = src {
-                found |= s.is::<reqwest::Error>() || s.is::<std::io::Error>();
+                found |= s.is::<hyper_util::client::legacy::Error>()
+                    || s.is::<hyper::Error>()
+                    || s.is::<std::io::Error>();
                 src = s.source();
             }
             found

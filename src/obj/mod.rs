@@ -25,6 +25,7 @@
 
 pub(crate) mod client;
 pub mod config;
+mod http;
 pub mod maintenance;
 mod metrics;
 pub(crate) mod object;
