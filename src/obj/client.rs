@@ -64,6 +64,7 @@ impl Client {
         let op = Operator::new(builder).map_err(invalid)?.finish();
         let http = Transport::new(
             cfg.connect_timeout,
+            cfg.request_timeout,
             cfg.concurrency,
             cfg.ca_bundle.as_deref(),
         )?;

@@ -6,6 +6,7 @@
 //! 170-220 us through this, CPU a server on the same host then lacks. This is only the
 //! transport: requests, signing, errors and retries stay OpenDAL's.
 
+use std::future::Future;
 use std::path::Path;
 use std::pin::Pin;
 use std::task::{ready, Context, Poll};
@@ -31,6 +32,9 @@ const POOL_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// The transport of one object store's requests.
 pub(crate) struct Transport {
     client: hyper_util::client::legacy::Client<HttpsConnector<HttpConnector>, RequestBody>,
+    /// The bound on one exchange, response body included: also for requests no caller
+    /// bounds (the parts a multipart upload sends in the background).
+    request_timeout: Duration,
 }
 
 /// The trusted roots: Mozilla's (webpki-roots, compiled in: no system trust store to depend
@@ -50,28 +54,43 @@ fn roots(ca_bundle: Option<&Path>) -> Result<rustls::RootCertStore> {
             path.display()
         ))
     };
-    let mut found = 0;
-    for cert in CertificateDer::pem_slice_iter(&pem) {
-        let cert = cert.map_err(|e| not_pem(&e))?;
-        roots.add(cert).map_err(|e| not_pem(&e))?;
-        found += 1;
-    }
-    if found == 0 {
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<std::result::Result<Vec<_>, _>>()
+        .map_err(|e| not_pem(&e))?;
+    if certs.is_empty() {
         return Err(Error::invalid(format!(
             "CA bundle {} holds no certificate",
             path.display()
         )));
     }
+    // A system bundle may hold a certificate rustls cannot use as a trust anchor (an old
+    // format, a negative serial): skipped, as other TLS clients skip it, but a bundle with
+    // none it can use is a mistake.
+    let (added, ignored) = roots.add_parsable_certificates(certs);
+    if added == 0 {
+        return Err(not_pem(
+            &"none of its certificates can be used as a trust anchor",
+        ));
+    }
+    if ignored > 0 {
+        log::warn!(
+            "CA bundle {}: {ignored} of {} certificates cannot be used as trust anchors and \
+             were skipped",
+            path.display(),
+            added + ignored
+        );
+    }
     Ok(roots)
 }
 
 impl Transport {
-    /// A transport connecting within `connect_timeout`, keeping up to `max_idle` idle
-    /// connections to the endpoint, trusting `ca_bundle`'s certificates besides the usual
+    /// A transport connecting within `connect_timeout`, ending any exchange not done within
+    /// `request_timeout`, keeping up to `max_idle` idle connections to the endpoint, trusting `ca_bundle`'s certificates besides the usual
     /// roots. Makes no connection (the first request does). The endpoint is reached
     /// directly: no proxy from the environment in between.
     pub(crate) fn new(
         connect_timeout: Duration,
+        request_timeout: Duration,
         max_idle: usize,
         ca_bundle: Option<&Path>,
     ) -> Result<Transport> {
@@ -96,7 +115,10 @@ impl Transport {
             .pool_max_idle_per_host(max_idle)
             .pool_timer(TokioTimer::new())
             .build(connector);
-        Ok(Transport { client })
+        Ok(Transport {
+            client,
+            request_timeout,
+        })
     }
 }
 
@@ -121,11 +143,17 @@ impl HttpFetch for Transport {
         let is_head = req.method() == http::Method::HEAD;
         let (parts, body) = req.into_parts();
         let req = Request::from_parts(parts, RequestBody(body));
-        let resp = self
-            .client
-            .request(req)
-            .await
-            .map_err(|e| failed("send http request", &uri, e))?;
+        let deadline = tokio::time::Instant::now() + self.request_timeout;
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
+            Ok(r) => r.map_err(|e| failed("send http request", &uri, e))?,
+            Err(_) => {
+                let e = TimedOut {
+                    what: "the response",
+                    timeout: self.request_timeout,
+                };
+                return Err(failed("send http request", &uri, e));
+            }
+        };
         let (mut parts, incoming) = resp.into_parts();
         // The length OpenDAL checks the body against; none for HEAD or an encoded body.
         let content_length = if is_head || parse_content_encoding(&parts.headers)?.is_some() {
@@ -135,10 +163,36 @@ impl HttpFetch for Transport {
         };
         // OpenDAL's error messages name the URI it finds here.
         parts.extensions.insert(uri.clone());
-        let body = HttpBody::new(ResponseBody { incoming, uri }, content_length);
+        let body = ResponseBody {
+            incoming,
+            uri,
+            deadline: Box::pin(tokio::time::sleep_until(deadline)),
+            timeout: self.request_timeout,
+        };
+        let body = HttpBody::new(body, content_length);
         Ok(Response::from_parts(parts, body))
     }
 }
+
+/// An exchange still unfinished at its deadline: `what` did not arrive within `timeout`.
+#[derive(Debug)]
+struct TimedOut {
+    what: &'static str,
+    timeout: Duration,
+}
+
+impl std::fmt::Display for TimedOut {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} did not arrive within the request timeout ({} ms)",
+            self.what,
+            self.timeout.as_millis()
+        )
+    }
+}
+
+impl std::error::Error for TimedOut {}
 
 /// A request body: OpenDAL's buffer, chunk by chunk (no copy).
 struct RequestBody(Buffer);
@@ -168,6 +222,9 @@ impl Body for RequestBody {
 struct ResponseBody {
     incoming: hyper::body::Incoming,
     uri: Uri,
+    /// The exchange's end: a body still arriving then is an error.
+    deadline: Pin<Box<tokio::time::Sleep>>,
+    timeout: Duration,
 }
 
 impl futures_core::Stream for ResponseBody {
@@ -175,7 +232,20 @@ impl futures_core::Stream for ResponseBody {
 
     fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
         loop {
-            let frame = ready!(Pin::new(&mut self.incoming).poll_frame(cx));
+            let frame = match Pin::new(&mut self.incoming).poll_frame(cx) {
+                Poll::Ready(frame) => frame,
+                // Waiting: only now is the deadline's timer armed (no timer work while the
+                // body's bytes are already there).
+                Poll::Pending => {
+                    ready!(self.deadline.as_mut().poll(cx));
+                    let late = TimedOut {
+                        what: "the response body",
+                        timeout: self.timeout,
+                    };
+                    let e = failed("read data from http response", &self.uri, late);
+                    return Poll::Ready(Some(Err(e)));
+                }
+            };
             match frame {
                 None => return Poll::Ready(None),
                 Some(Ok(frame)) => match frame.into_data() {
@@ -233,5 +303,69 @@ mod tests {
         }
         let e = roots(Some(&dir.path().join("missing.pem"))).err().unwrap();
         assert!(e.to_string().contains("cannot be read"), "{e}");
+    }
+
+    /// A server that accepts, reads the request, writes `reply` and then stalls.
+    fn stalling_server(reply: &'static [u8]) -> (String, std::thread::JoinHandle<()>) {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut conn, _) = listener.accept().unwrap();
+            let mut buf = [0u8; 4096];
+            let _ = conn.read(&mut buf);
+            conn.write_all(reply).unwrap();
+            // Held open and silent past the client's timeout (or until it closes).
+            conn.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+            let _ = conn.read(&mut buf);
+        });
+        (format!("http://{addr}/bucket/object"), server)
+    }
+
+    /// The transport bounds a whole exchange by itself: no answer, or a body that stops
+    /// arriving, ends in a temporary error at the request timeout, never a hang.
+    #[test]
+    fn exchanges_end_at_the_request_timeout() {
+        use opendal::raw::oio::Read as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let timeout = Duration::from_millis(300);
+        let t = Transport::new(Duration::from_secs(2), timeout, 1, None).unwrap();
+        let get = |uri: &str| {
+            Request::get(uri)
+                .body(Buffer::new())
+                .expect("a valid request")
+        };
+
+        let (uri, server) = stalling_server(b"");
+        let started = std::time::Instant::now();
+        let e = rt.block_on(t.fetch(get(&uri))).err().expect("no answer");
+        assert!(e.is_temporary(), "{e}");
+        assert!(
+            format!("{e:?}").contains("response did not arrive"),
+            "{e:?}"
+        );
+        assert!(started.elapsed() >= timeout && started.elapsed() < timeout * 10);
+        server.join().unwrap();
+
+        let (uri, server) =
+            stalling_server(b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly ten b");
+        let started = std::time::Instant::now();
+        let e = rt.block_on(async {
+            let mut body = t.fetch(get(&uri)).await?.into_body();
+            loop {
+                if body.read().await?.is_empty() {
+                    return Ok(());
+                }
+            }
+        });
+        let e: opendal::Error = e.expect_err("a body that stops arriving");
+        assert!(e.is_temporary(), "{e}");
+        assert!(format!("{e:?}").contains("body did not arrive"), "{e:?}");
+        assert!(started.elapsed() >= timeout && started.elapsed() < timeout * 10);
+        drop(t);
+        server.join().unwrap();
     }
 }
