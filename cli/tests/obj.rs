@@ -190,6 +190,26 @@ fn obj_bench_smoke_json() {
     assert_eq!(got[1].0, "store");
     assert!(got[1].1.contains("If-None-Match: *"), "{rows:?}");
     assert_eq!(got[2], ("load", "raw HTTP GET, same bytes, same in flight"));
+    // Each client's own CPU time per request, for kvr's stores and loads and the plain
+    // client's conditional PUTs and GETs: measured, so above zero.
+    let timings = v["timings"].as_array().unwrap();
+    let whats: Vec<&str> = timings
+        .iter()
+        .map(|t| t["what"].as_str().unwrap())
+        .collect();
+    let clients = ["kvr store", "If-None-Match", "kvr load", "raw HTTP GET"];
+    assert_eq!(whats.len(), clients.len(), "{timings:?}");
+    for (what, client) in whats.iter().zip(clients) {
+        assert!(
+            what.starts_with("client CPU per request, 64K x 4 in flight"),
+            "{what}"
+        );
+        assert!(what.contains(client), "{what}");
+    }
+    for t in timings {
+        let us = t["micros"]["median"].as_f64().unwrap();
+        assert!(us > 0.0 && us.is_finite(), "{t:?}");
+    }
     // The bench removes what it wrote.
     let inspect = kvr(&["obj", "inspect", "--json", &url, "--endpoint", &ep]);
     assert!(inspect.status.success(), "{:?}", text(&inspect));

@@ -156,7 +156,9 @@ pub fn run(args: &BenchArgs) -> kvr::Result<u8> {
         timings.extend(t);
     }
     if args.tier == Tier::Obj {
-        rows.extend(obj::bench(args)?);
+        let (r, t) = obj::bench(args)?;
+        rows.extend(r);
+        timings.extend(t);
     }
     if args.json {
         let out = serde_json::json!({

@@ -5,10 +5,17 @@
 //! First an untimed pass of a few objects warms the server and both clients up. Then per
 //! block size, in-flight count and run: a fresh namespace receives `bytes / block`
 //! blocks in one `submit_store` batch; one `submit_load` batch reads them back (checked) and
-//! the bytes are compared. Then N threads PUT the same objects' bytes (block header and
+//! the bytes are compared. N threads PUT the same objects' bytes (block header and
 //! payload) to other names with a plain HTTP/1.1 client and GET them back, and PUT them once
 //! more to yet other names with `If-None-Match: *`, the conditional request a publish-once
-//! store sends (a server checks for the name first, which costs it). Everything goes
+//! store sends (a server checks for the name first, which costs it). kvr goes first in even
+//! runs, the plain client in odd ones.
+//!
+//! Client and server share this machine's cores, and a CPU-bound server's speed wanders
+//! from run to run by more than the clients differ; so the bench also reports each
+//! client's own CPU time per request (the process's user + system time across each timed
+//! phase, in which only that client runs): the cost kvr adds, measured without the
+//! server's noise. Everything goes
 //! under `URL/kvr-bench-<pid>/` and is removed at the end. The server must take unsigned
 //! requests (SeaweedFS without identities does: `scripts/seaweedfs.sh start`).
 
@@ -20,7 +27,7 @@ use kvr::obj::maintenance::Bucket;
 use kvr::{Key, LoadRequest, ObjConfig, ObjStore, StoreRequest};
 
 use super::{progress, BenchArgs};
-use crate::report::Row;
+use crate::report::{Row, Timing};
 
 /// Removes the benchmark's objects on drop, also on errors.
 struct Cleanup(Option<Bucket>);
@@ -60,8 +67,41 @@ impl Setup<'_> {
     }
 }
 
-/// One kvr run: (store GB/s, load GB/s).
-fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(f64, f64)> {
+/// This process's user + system CPU time, seconds (every thread's).
+fn process_cpu_s() -> f64 {
+    // SAFETY: all-zero bytes are a valid `rusage` (integers and timevals).
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is a valid, writable rusage; RUSAGE_SELF cannot fail with a valid pointer.
+    unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut u) };
+    let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 / 1e6;
+    secs(u.ru_utime) + secs(u.ru_stime)
+}
+
+/// Throughput (GB/s) and client CPU per request (us) of one timed phase.
+#[derive(Clone, Copy)]
+struct Phase {
+    gbps: f64,
+    cpu_us: f64,
+}
+
+/// Times `phase`, which moves `bytes` in `requests` requests.
+fn timed(
+    bytes: usize,
+    requests: usize,
+    phase: impl FnOnce() -> kvr::Result<()>,
+) -> kvr::Result<Phase> {
+    let cpu = process_cpu_s();
+    let t = Instant::now();
+    phase()?;
+    let elapsed = t.elapsed().as_secs_f64();
+    Ok(Phase {
+        gbps: bytes as f64 / elapsed / 1e9,
+        cpu_us: (process_cpu_s() - cpu) * 1e6 / requests.max(1) as f64,
+    })
+}
+
+/// One kvr run: (store, load).
+fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(Phase, Phase)> {
     let (block, n) = (s.block, s.n);
     let store = ObjStore::open(&s.config(format!("kvr-{block}-{}-{}", s.in_flight, s.run)))?;
     let k = |i| key(block as u64, s.in_flight, s.run, i);
@@ -72,15 +112,17 @@ fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(f64, f64)> {
             len: block,
         })
         .collect();
-    let t = Instant::now();
-    // SAFETY: `src` outlives the job, which is waited for and dropped in this function.
-    let job = unsafe { store.submit_store(&stores) };
-    job.wait(None)?;
-    let store_s = t.elapsed().as_secs_f64();
-    for i in 0..n {
-        job.item(i).map_err(|e| e.context("obj bench store"))?;
-    }
-    drop(job);
+    let bytes = n * block;
+    let store_phase = timed(bytes, n, || {
+        // SAFETY: `src` outlives the job, which is waited for and dropped in this closure.
+        let job = unsafe { store.submit_store(&stores) };
+        job.wait(None)?;
+        (0..n).try_for_each(|i| {
+            job.item(i)
+                .map(drop)
+                .map_err(|e| e.context("obj bench store"))
+        })
+    })?;
     let base = dst.as_mut_ptr();
     let loads: Vec<LoadRequest> = (0..n)
         .map(|i| LoadRequest {
@@ -90,60 +132,62 @@ fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(f64, f64)> {
             len: block,
         })
         .collect();
-    let t = Instant::now();
-    // SAFETY: `dst` outlives the job and is not touched until it completes.
-    let job = unsafe { store.submit_load(&loads) };
-    job.wait(None)?;
-    let load_s = t.elapsed().as_secs_f64();
-    for i in 0..n {
-        job.item(i).map_err(|e| e.context("obj bench load"))?;
-    }
-    drop(job);
+    let load_phase = timed(bytes, n, || {
+        // SAFETY: `dst` outlives the job (dropped in this closure) and is not touched until
+        // it completes.
+        let job = unsafe { store.submit_load(&loads) };
+        job.wait(None)?;
+        (0..n).try_for_each(|i| {
+            job.item(i)
+                .map(drop)
+                .map_err(|e| e.context("obj bench load"))
+        })
+    })?;
     if dst[..n * block] != src[..n * block] {
         return Err(kvr::err!(
             Internal,
             "obj bench: loaded bytes differ from stored"
         ));
     }
-    let bytes = (n * block) as f64;
-    Ok((bytes / store_s / 1e9, bytes / load_s / 1e9))
+    Ok((store_phase, load_phase))
 }
 
-/// `n` requests over `in_flight` threads sharing one agent (a pool of persistent
-/// connections); the elapsed seconds.
+/// `n` requests of `block` bytes over `in_flight` threads sharing one agent (a pool of
+/// persistent connections).
 fn raw_requests(
     in_flight: usize,
     n: usize,
+    block: usize,
     request: impl Fn(usize) -> kvr::Result<()> + Sync,
-) -> kvr::Result<f64> {
+) -> kvr::Result<Phase> {
     let next = AtomicUsize::new(0);
-    let t = Instant::now();
-    std::thread::scope(|sc| {
-        let workers: Vec<_> = (0..in_flight)
-            .map(|_| {
-                sc.spawn(|| loop {
-                    let i = next.fetch_add(1, Ordering::Relaxed);
-                    if i >= n {
-                        return Ok(());
-                    }
-                    request(i)?;
+    timed(n * block, n, || {
+        std::thread::scope(|sc| {
+            let workers: Vec<_> = (0..in_flight)
+                .map(|_| {
+                    sc.spawn(|| loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        if i >= n {
+                            return Ok(());
+                        }
+                        request(i)?;
+                    })
                 })
-            })
-            .collect();
-        workers
-            .into_iter()
-            .try_for_each(|w| w.join().expect("raw HTTP worker panicked"))
-    })?;
-    Ok(t.elapsed().as_secs_f64())
+                .collect();
+            workers
+                .into_iter()
+                .try_for_each(|w| w.join().expect("raw HTTP worker panicked"))
+        })
+    })
 }
 
 fn http_err(what: &str, url: &str, e: ureq::Error) -> kvr::Error {
     kvr::err!(Unavailable, "raw HTTP {what} {url}: {e}")
 }
 
-/// One raw run: (PUT GB/s, GET GB/s, conditional PUT GB/s) of the same bytes kvr moves
-/// (block header + payload).
-fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64, f64)> {
+/// One raw run: (PUT, GET, conditional PUT) of the same bytes kvr moves (block header +
+/// payload).
+fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(Phase, Phase, Phase)> {
     let (block, n) = (s.block, s.n);
     let agent = ureq::AgentBuilder::new()
         .max_idle_connections_per_host(s.in_flight)
@@ -178,8 +222,8 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64, f64)> {
         request.send(body).map_err(|e| http_err("PUT", &u, e))?;
         Ok(())
     };
-    let put_s = raw_requests(s.in_flight, n, |i| put(url(i), i, false))?;
-    let get_s = raw_requests(s.in_flight, n, |i| {
+    let put_phase = raw_requests(s.in_flight, n, block, |i| put(url(i), i, false))?;
+    let get_phase = raw_requests(s.in_flight, n, block, |i| {
         let u = url(i);
         let resp = agent.get(&u).call().map_err(|e| http_err("GET", &u, e))?;
         let mut body = Vec::with_capacity(headers[i].len() + block);
@@ -195,15 +239,10 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(f64, f64, f64)> {
         }
         Ok(())
     })?;
-    let conditional_put_s = raw_requests(s.in_flight, n, |i| {
+    let conditional_put_phase = raw_requests(s.in_flight, n, block, |i| {
         put(object_url(&conditional_ns, i), i, true)
     })?;
-    let bytes = (n * block) as f64;
-    Ok((
-        bytes / put_s / 1e9,
-        bytes / get_s / 1e9,
-        bytes / conditional_put_s / 1e9,
-    ))
+    Ok((put_phase, get_phase, conditional_put_phase))
 }
 
 /// One untimed store, load, PUT and GET pass of a few objects at the first size and
@@ -235,7 +274,7 @@ fn warm_up(
     Ok(())
 }
 
-pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
+pub fn bench(args: &BenchArgs) -> kvr::Result<(Vec<Row>, Vec<Timing>)> {
     let endpoint = args
         .endpoint
         .clone()
@@ -279,7 +318,7 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
     )?;
     let steps = args.block_size.len() * args.in_flight.len() * args.runs;
     let pb = progress(steps as u64, "obj");
-    let mut rows = Vec::new();
+    let (mut rows, mut timings) = (Vec::new(), Vec::new());
     for &block in &args.block_size {
         for &in_flight in &args.in_flight {
             if in_flight == 0 {
@@ -295,44 +334,70 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                     in_flight,
                     run,
                 };
-                let (s, l) = kvr_run(&setup, &src, &mut dst)?;
-                let (p, g, c) = raw_run(&setup, &src)?;
-                ks.push(s);
-                kl.push(l);
-                rp.push(p);
-                rg.push(g);
+                // Which client goes first alternates: the server's speed drifts during a
+                // run (a fresh SeaweedFS gets faster over its first minutes), and a fixed
+                // order would hand that drift to one side.
+                let ((s, l), (p, g, c)) = if run % 2 == 0 {
+                    let k = kvr_run(&setup, &src, &mut dst)?;
+                    (k, raw_run(&setup, &src)?)
+                } else {
+                    let r = raw_run(&setup, &src)?;
+                    (kvr_run(&setup, &src, &mut dst)?, r)
+                };
+                for (list, phase) in [(&mut ks, s), (&mut kl, l), (&mut rp, p), (&mut rg, g)] {
+                    list.push(phase);
+                }
                 rc.push(c);
                 pb.inc(1);
             }
-            rows.push(Row::new(
-                "obj",
-                "store",
-                block,
-                in_flight,
-                &ks,
-                &rp,
-                "raw HTTP PUT, same bytes, same in flight",
-            ));
-            rows.push(Row::new(
-                "obj",
-                "store",
-                block,
-                in_flight,
-                &ks,
-                &rc,
-                "raw HTTP PUT If-None-Match: *, as kvr's publish-once store",
-            ));
-            rows.push(Row::new(
-                "obj",
-                "load",
-                block,
-                in_flight,
-                &kl,
-                &rg,
-                "raw HTTP GET, same bytes, same in flight",
-            ));
+            let gbps = |v: &[Phase]| v.iter().map(|p| p.gbps).collect::<Vec<_>>();
+            let (ks_gbps, kl_gbps) = (gbps(&ks), gbps(&kl));
+            for (op, kvr, limit, name) in [
+                (
+                    "store",
+                    &ks_gbps,
+                    &rp,
+                    "raw HTTP PUT, same bytes, same in flight",
+                ),
+                (
+                    "store",
+                    &ks_gbps,
+                    &rc,
+                    "raw HTTP PUT If-None-Match: *, as kvr's publish-once store",
+                ),
+                (
+                    "load",
+                    &kl_gbps,
+                    &rg,
+                    "raw HTTP GET, same bytes, same in flight",
+                ),
+            ] {
+                rows.push(Row::new(
+                    "obj",
+                    op,
+                    block,
+                    in_flight,
+                    kvr,
+                    &gbps(limit),
+                    name,
+                ));
+            }
+            let size = crate::report::human_bytes(block);
+            for (what, phases) in [
+                ("kvr store", &ks),
+                ("raw HTTP PUT If-None-Match: *", &rc),
+                ("kvr load", &kl),
+                ("raw HTTP GET", &rg),
+            ] {
+                let cpu: Vec<f64> = phases.iter().map(|p| p.cpu_us).collect();
+                timings.push(Timing::new(
+                    "obj",
+                    &format!("client CPU per request, {size} x {in_flight} in flight, {what}"),
+                    &cpu,
+                ));
+            }
         }
     }
     pb.finish_and_clear();
-    Ok(rows)
+    Ok((rows, timings))
 }
