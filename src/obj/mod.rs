@@ -23,6 +23,7 @@
 //!   is down, too slow or refusing yields `Unavailable` naming the endpoint and the error,
 //!   never a hang, and the same handle works again once the server is back.
 
+mod body_pool;
 pub(crate) mod client;
 pub mod config;
 mod http;
@@ -81,6 +82,8 @@ struct Inner {
     url: String,
     /// Bounds the requests in flight over every caller and batch.
     slots: Semaphore,
+    /// Reused request bodies for stores.
+    bodies: body_pool::BodyPool,
     counters: Counters,
     latency: crate::metrics::OpLatencies,
     pending: Pending,
@@ -152,6 +155,7 @@ impl ObjStore {
             namespace: cfg.namespace.clone(),
             url: cfg.url.clone(),
             slots: Semaphore::new(resolved.concurrency),
+            bodies: body_pool::BodyPool::new(resolved.concurrency),
             counters: Counters::default(),
             latency: Default::default(),
             pending: Pending::default(),
@@ -389,8 +393,13 @@ impl ObjStore {
                     // non-null and non-empty above.
                     .map(|s| unsafe { std::slice::from_raw_parts(s.ptr.cast_const(), s.len) })
                     .collect();
+                // The body is copied once a slot is free: a batch holds at most
+                // `concurrency` copies at once, not one per item.
+                let slot = inner.slot().await?;
                 let (body, len) = inner.prepare(key, &data, None)?;
-                let stored = inner.publish(key, body, len).await?;
+                let stored = inner.put(key, body, len).await;
+                drop(slot);
+                let stored = stored?;
                 Ok(if stored == Stored::Written { len } else { 0 })
             });
         }
@@ -533,13 +542,21 @@ impl Inner {
         let bytes = TensorSpec::bytes(len as u64);
         let tensor = tensor.unwrap_or(&bytes);
         tensor.check(len as u64)?;
-        Ok((object::encode(key, segments, len, tensor), len as u64))
+        Ok((
+            object::encode(&self.bodies, key, segments, len, tensor),
+            len as u64,
+        ))
     }
 
     /// Publishes a prepared object once: `Written`, or `AlreadyPresent` on the server's 412.
     async fn publish(&self, key: &[u8], body: opendal::Buffer, len: u64) -> Result<Stored> {
-        let path = self.path(key);
         let _slot = self.slot().await?;
+        self.put(key, body, len).await
+    }
+
+    /// [`Inner::publish`] for a caller that holds a slot.
+    async fn put(&self, key: &[u8], body: opendal::Buffer, len: u64) -> Result<Stored> {
+        let path = self.path(key);
         let started = std::time::Instant::now();
         let created = self.count(self.client.put_new(&path, body).await);
         self.latency.store.record_since(started);

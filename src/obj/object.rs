@@ -6,6 +6,7 @@
 use bytes::Bytes;
 use opendal::Buffer;
 
+use super::body_pool::BodyPool;
 use crate::fs::format::{self, Header, TensorSpec};
 use crate::fs::path::BLOCK_EXT;
 use crate::{err, Key, Result};
@@ -26,21 +27,17 @@ pub fn name_of(name_in_namespace: &str) -> Option<Key> {
 }
 
 /// The object's bytes: the block file header of the whole engine `key`, then the payload
-/// gathered from `segments` (copied once into the request body, which the HTTP client owns
-/// until the request ends). `len` is the segments' total.
-pub fn encode(key: &[u8], segments: &[&[u8]], len: usize, tensor: &TensorSpec) -> Buffer {
-    let sum = format::checksum_segments(segments);
+/// gathered from `segments` (copied once into a body from `bodies`, which the HTTP client
+/// owns until the request ends). `len` is the segments' total.
+pub fn encode(
+    bodies: &BodyPool,
+    key: &[u8],
+    segments: &[&[u8]],
+    len: usize,
+    tensor: &TensorSpec,
+) -> Buffer {
+    let (payload, sum) = bodies.gather(segments, len);
     let header = format::encode_header(key, len as u64, sum, tensor);
-    let payload = match segments {
-        [one] => Bytes::copy_from_slice(one),
-        _ => {
-            let mut body = Vec::with_capacity(len);
-            for s in segments {
-                body.extend_from_slice(s);
-            }
-            Bytes::from(body)
-        }
-    };
     Buffer::from(vec![Bytes::from(header), payload])
 }
 
@@ -225,7 +222,13 @@ mod tests {
     #[test]
     fn objects_are_block_files_and_are_checked() {
         let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
-        let obj = encode(&key().0, &[&data], data.len(), &TensorSpec::bytes(10_000));
+        let obj = encode(
+            &BodyPool::new(1),
+            &key().0,
+            &[&data],
+            data.len(),
+            &TensorSpec::bytes(10_000),
+        );
         let bytes = obj.to_bytes();
         // Exactly the fs store's block file: its own checker accepts it.
         crate::fs::maintenance::check_block_bytes(&bytes, "ns", &key()).unwrap();
@@ -273,7 +276,14 @@ mod tests {
     #[test]
     fn responses_in_small_chunks_are_checked_as_one() {
         let data: Vec<u8> = (0..20_000u32).map(|i| (i * 7) as u8).collect();
-        let bytes = encode(&key().0, &[&data], data.len(), &TensorSpec::bytes(20_000)).to_bytes();
+        let bytes = encode(
+            &BodyPool::new(1),
+            &key().0,
+            &[&data],
+            data.len(),
+            &TensorSpec::bytes(20_000),
+        )
+        .to_bytes();
         for size in [1usize, 3, 5, 4095, 4097] {
             let chunked = |b: &[u8]| -> Buffer {
                 b.chunks(size).map(bytes::Bytes::copy_from_slice).collect()
@@ -301,7 +311,13 @@ mod tests {
     fn whole_keys_are_gathered_scattered_and_compared_in_full() {
         let long: Vec<u8> = (0..200u8).collect();
         let parts: [&[u8]; 3] = [&[1; 3000], &[2; 5000], &[3; 100]];
-        let obj = encode(&long, &parts, 8100, &TensorSpec::bytes(8100));
+        let obj = encode(
+            &BodyPool::new(1),
+            &long,
+            &parts,
+            8100,
+            &TensorSpec::bytes(8100),
+        );
         let bytes = obj.to_bytes();
         let name = crate::key::block_name(b"ns", &long);
         let h = crate::fs::maintenance::check_block_bytes(&bytes, "ns", &name).unwrap();
