@@ -4,6 +4,7 @@
 
 use std::future::Future;
 use std::ops::Range;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use opendal::raw::HttpClient;
@@ -115,16 +116,19 @@ impl Client {
                     tried_again = true;
                 }
                 Ok(Err(e)) => return Err(self.failure(what, path, e)),
-                Err(_) => {
-                    return Err(err!(
-                        Unavailable,
-                        "{what} {path}: object store at {} did not answer within {} ms",
-                        self.endpoint,
-                        self.request_timeout.as_millis()
-                    ))
-                }
+                Err(_) => return Err(self.timed_out(what, path)),
             }
         }
+    }
+
+    /// The error for a request that ran past the request timeout.
+    fn timed_out(&self, what: &str, path: &str) -> Error {
+        err!(
+            Unavailable,
+            "{what} {path}: object store at {} did not answer within {} ms",
+            self.endpoint,
+            self.request_timeout.as_millis()
+        )
     }
 
     /// The kvr error for a failed request: transport failures, 5xx and throttling are
@@ -212,6 +216,59 @@ impl Client {
             })
             .await?;
         Ok(r)
+    }
+
+    /// GET of `range` (fewer bytes if the object is shorter), the body handed to `consume`
+    /// piece by piece as it arrives, until `consume` says `false` (the rest is not read);
+    /// `false` if there is no object. Under the request timeout as a whole; a request that
+    /// fails fast for a transient reason before any byte was consumed is tried once more.
+    pub(crate) async fn get_into(
+        &self,
+        path: &str,
+        range: Range<u64>,
+        consume: &mut (dyn FnMut(&[u8]) -> bool + Send),
+    ) -> Result<bool> {
+        let start = Instant::now();
+        let mut tried_again = false;
+        loop {
+            let mut consumed = false;
+            let attempt = async {
+                let reader = self.op.reader_with(path).await?;
+                let mut body = reader.into_stream(range.clone()).await?;
+                while let Some(buf) = std::future::poll_fn(|cx| {
+                    futures_core::Stream::poll_next(Pin::new(&mut body), cx)
+                })
+                .await
+                {
+                    for piece in buf? {
+                        consumed = true;
+                        if !consume(&piece) {
+                            return Ok(());
+                        }
+                    }
+                }
+                Ok::<(), opendal::Error>(())
+            };
+            let outcome = tokio::time::timeout(self.request_timeout, attempt).await;
+            match outcome {
+                Ok(Ok(())) => return Ok(true),
+                Ok(Err(e)) if !consumed && e.kind() == DalKind::NotFound => return Ok(false),
+                // A range starting at or past the end of a (short) object: no bytes.
+                Ok(Err(e)) if !consumed && e.kind() == DalKind::RangeNotSatisfied => {
+                    return Ok(true)
+                }
+                Ok(Err(e))
+                    if !tried_again
+                        && !consumed
+                        && e.is_temporary()
+                        && start.elapsed() < self.request_timeout / 4 =>
+                {
+                    tried_again = true;
+                }
+                Ok(Err(e)) => return Err(self.failure("loading", path, e)),
+                Err(_) => return Err(self.timed_out("loading", path)),
+            }
+        }
     }
 
     /// HEAD: the object's size, `None` if there is none.

@@ -625,7 +625,13 @@ impl Inner {
         let mut want = object::first_fetch(len);
         let mut complete = false;
         loop {
-            let fetched = match self.client.get(&path, 0..want).await {
+            // Checked as it arrives: the response is never held whole (see `Checker`).
+            let mut checker = object::Checker::new(&self.namespace, key, dst, len);
+            let fetched = {
+                let mut feed = |piece: &[u8]| checker.feed(piece);
+                self.client.get_into(&path, 0..want, &mut feed).await
+            };
+            let found = match fetched {
                 // OpenDAL refuses a ranged read the object is too short for: ask for its
                 // size and fetch exactly that (only a bad object gets here).
                 Err(e) if e.kind() == ErrorKind::Io && !complete => {
@@ -634,15 +640,15 @@ impl Inner {
                             (want, complete) = (size, true);
                             continue;
                         }
-                        None => None,
+                        None => false,
                     }
                 }
                 r => self.count(r)?,
             };
-            let Some(buf) = fetched else {
+            if !found {
                 return Err(miss());
-            };
-            let checked = object::check_into(&buf, complete, &self.namespace, key, dst, len);
+            }
+            let checked = checker.finish(complete);
             match checked {
                 Ok(Checked::Loaded(h)) => return Ok(h.payload_len),
                 Ok(Checked::OtherKey(other)) => {

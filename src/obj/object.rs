@@ -73,7 +73,9 @@ pub enum Checked {
 /// Checks a fetched object (`fetched` bytes of it, from offset 0) against the whole engine
 /// `key` of `namespace` and scatters its payload over `dst`'s segments (`len` bytes in all)
 /// while checksumming it. `Corrupt` with the reason if it is bad; `dst`'s contents are
-/// unspecified then. `complete`: `fetched` is the whole object.
+/// unspecified then. `complete`: `fetched` is the whole object. (Loads feed a [`Checker`]
+/// as the response arrives; this is it over a whole fetched buffer, for tests.)
+#[cfg(test)]
 pub fn check_into(
     fetched: &Buffer,
     complete: bool,
@@ -82,75 +84,198 @@ pub fn check_into(
     dst: &mut [&mut [u8]],
     len: usize,
 ) -> Result<Checked> {
-    let total = fetched.len();
-    if total < 8 {
-        return Err(err!(
-            Corrupt,
-            "object is {total} bytes, shorter than a block header"
-        ));
+    let mut checker = Checker::new(namespace, key, dst, len);
+    for chunk in fetched.clone() {
+        if !checker.feed(&chunk) {
+            break;
+        }
     }
-    // Only the header is gathered into one piece: `to_bytes` of a response of several
-    // chunks copies, and the payload is copied once, below, into `dst`.
-    let mut prefix = [0u8; 8];
-    bytes::Buf::copy_to_slice(&mut fetched.slice(0..8), &mut prefix);
-    let header_len = format::header_len(&prefix)?;
-    if header_len > total {
-        return if complete {
-            Err(err!(
-                Corrupt,
-                "object is {total} bytes, its header says {header_len}"
-            ))
+    checker.finish(complete)
+}
+
+/// [`check_into`] of an object that arrives chunk by chunk: each chunk's payload bytes are
+/// copied into the destination and checksummed as it comes, so the response need not be
+/// held (the HTTP client's receive buffer is reused, and stays in the cache).
+pub struct Checker<'n, 'd, 'b> {
+    namespace: &'n str,
+    key: &'n [u8],
+    len: usize,
+    out: Scatter<'d, 'b>,
+    /// The object's first bytes, gathered until its header is complete.
+    head: Vec<u8>,
+    /// The decoded header, once `head` holds it.
+    header: Option<Header>,
+    /// Bytes fed so far: the offset of the next byte.
+    at: u64,
+    sum: xxhash_rust::xxh3::Xxh3,
+    /// What the header alone decided (another key or length, a bad header): no more
+    /// bytes are needed.
+    verdict: Option<Result<Checked>>,
+}
+
+impl<'n, 'd, 'b> Checker<'n, 'd, 'b> {
+    pub fn new(namespace: &'n str, key: &'n [u8], dst: &'d mut [&'b mut [u8]], len: usize) -> Self {
+        Checker {
+            namespace,
+            key,
+            len,
+            out: Scatter::new(dst),
+            head: Vec::new(),
+            header: None,
+            at: 0,
+            sum: xxhash_rust::xxh3::Xxh3::new(),
+            verdict: None,
+        }
+    }
+
+    /// Takes the object's next bytes; `false` once the verdict no longer depends on more.
+    pub fn feed(&mut self, mut chunk: &[u8]) -> bool {
+        if self.verdict.is_some() {
+            return false;
+        }
+        if self.header.is_none() {
+            let taken = self.gather_header(chunk);
+            chunk = &chunk[taken..];
+            if self.verdict.is_some() {
+                return false;
+            }
+            if self.header.is_none() {
+                return true;
+            }
+        }
+        self.payload(chunk);
+        true
+    }
+
+    /// Adds `chunk`'s first bytes to the header; decodes and judges it once complete. How
+    /// many bytes it took.
+    fn gather_header(&mut self, chunk: &[u8]) -> usize {
+        let need = if self.head.len() < 8 {
+            8
         } else {
-            Ok(Checked::FetchWhole(header_len as u64 + len as u64))
+            match format::header_len(&self.prefix()) {
+                Ok(n) => n,
+                Err(e) => {
+                    self.verdict = Some(Err(e));
+                    return 0;
+                }
+            }
         };
-    }
-    let head = fetched.slice(0..header_len).to_bytes();
-    let h = format::decode_header(&head)?;
-    if h.key != key {
-        let ns = namespace.as_bytes();
-        let name = crate::key::block_name(ns, key);
-        if crate::key::block_name(ns, &h.key) == name {
-            return Ok(Checked::OtherKey(h.key));
+        let take = (need - self.head.len().min(need)).min(chunk.len());
+        self.head.extend_from_slice(&chunk[..take]);
+        self.at += take as u64;
+        if self.head.len() < need {
+            return take;
         }
-        return Err(err!(
-            Corrupt,
-            "object holds key {} but is named for {name}",
-            Key::display_bytes(&h.key)
-        ));
-    }
-    let want = h.data_offset as u64 + h.payload_len;
-    if h.payload_len != len as u64 {
-        return Ok(Checked::OtherLength {
-            payload_len: h.payload_len,
-            object_len: want,
-        });
-    }
-    if want != total as u64 {
-        if !complete && want > total as u64 {
-            return Ok(Checked::FetchWhole(want));
+        if need == 8 {
+            // The length prefix is complete: now gather the header it announces.
+            return take + self.gather_header(&chunk[take..]);
         }
-        return Err(err!(
-            Corrupt,
-            "object is {total} bytes, its header says {want} ({} + {} payload)",
-            h.data_offset,
-            h.payload_len
-        ));
+        let h = match format::decode_header(&self.head[..need]) {
+            Ok(h) => h,
+            Err(e) => {
+                self.verdict = Some(Err(e));
+                return take;
+            }
+        };
+        if h.key != self.key {
+            let ns = self.namespace.as_bytes();
+            let name = crate::key::block_name(ns, self.key);
+            self.verdict = Some(if crate::key::block_name(ns, &h.key) == name {
+                Ok(Checked::OtherKey(h.key))
+            } else {
+                Err(err!(
+                    Corrupt,
+                    "object holds key {} but is named for {name}",
+                    Key::display_bytes(&h.key)
+                ))
+            });
+            return take;
+        }
+        if h.payload_len != self.len as u64 {
+            self.verdict = Some(Ok(Checked::OtherLength {
+                payload_len: h.payload_len,
+                object_len: h.data_offset as u64 + h.payload_len,
+            }));
+            return take;
+        }
+        // The payload starts right after the header (`decode_header` sets it so).
+        debug_assert_eq!(h.data_offset, need);
+        self.header = Some(h);
+        take
     }
-    let mut sum = xxhash_rust::xxh3::Xxh3::new();
-    let mut out = Scatter::new(dst);
-    for chunk in fetched.slice(h.data_offset..total) {
-        out.copy(&chunk);
-        sum.update(&chunk);
+
+    /// Copies and checksums the part of `chunk` (the bytes at `self.at` on) that lies in
+    /// the payload; counts the rest.
+    fn payload(&mut self, chunk: &[u8]) {
+        let h = self
+            .header
+            .as_ref()
+            .expect("payload bytes follow the header");
+        let (start, end) = (h.data_offset as u64, h.data_offset as u64 + h.payload_len);
+        let from = self.at;
+        self.at += chunk.len() as u64;
+        let lo = start.clamp(from, self.at);
+        let hi = end.clamp(from, self.at);
+        if lo < hi {
+            let part = &chunk[(lo - from) as usize..(hi - from) as usize];
+            self.out.copy(part);
+            self.sum.update(part);
+        }
     }
-    let sum = sum.digest();
-    if sum != h.checksum {
-        return Err(err!(
-            Corrupt,
-            "checksum mismatch: xxh3-64 of the payload is {sum:016x}, header says {:016x}",
-            h.checksum
-        ));
+
+    /// The object's 8-byte length prefix (once gathered).
+    fn prefix(&self) -> [u8; 8] {
+        let mut p = [0u8; 8];
+        p.copy_from_slice(&self.head[..8]);
+        p
     }
-    Ok(Checked::Loaded(h))
+
+    /// The verdict once every byte fetched was fed; `complete`: they are the whole object.
+    pub fn finish(self, complete: bool) -> Result<Checked> {
+        if let Some(v) = self.verdict {
+            return v;
+        }
+        let total = self.at;
+        if total < 8 {
+            return Err(err!(
+                Corrupt,
+                "object is {total} bytes, shorter than a block header"
+            ));
+        }
+        let Some(h) = self.header else {
+            let header_len = format::header_len(&self.prefix())?;
+            return if complete {
+                Err(err!(
+                    Corrupt,
+                    "object is {total} bytes, its header says {header_len}"
+                ))
+            } else {
+                Ok(Checked::FetchWhole(header_len as u64 + self.len as u64))
+            };
+        };
+        let want = h.data_offset as u64 + h.payload_len;
+        if want != total {
+            if !complete && want > total {
+                return Ok(Checked::FetchWhole(want));
+            }
+            return Err(err!(
+                Corrupt,
+                "object is {total} bytes, its header says {want} ({} + {} payload)",
+                h.data_offset,
+                h.payload_len
+            ));
+        }
+        let sum = self.sum.digest();
+        if sum != h.checksum {
+            return Err(err!(
+                Corrupt,
+                "checksum mismatch: xxh3-64 of the payload is {sum:016x}, header says {:016x}",
+                h.checksum
+            ));
+        }
+        Ok(Checked::Loaded(h))
+    }
 }
 
 /// Copies a byte stream, chunk by chunk, over a list of destination segments in order.
