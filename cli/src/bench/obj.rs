@@ -2,10 +2,13 @@
 //! the same number of plain concurrent HTTP PUTs and GETs of the same bytes to the same
 //! server in the same run (the limit: persistent connections, no SDK, no signing).
 //!
-//! First an untimed pass of a few objects warms the server and both clients up. Then per
-//! block size, in-flight count and run: a fresh namespace receives `bytes / block`
-//! blocks in one `submit_store` batch; one `submit_load` batch reads them back (checked) and
-//! the bytes are compared. N threads PUT the same objects' bytes (block header and
+//! First an untimed pass of a few objects warms the server up. Then per block size and
+//! in-flight count both clients are set up once and kept for all runs, as an engine keeps
+//! its store open: one `ObjStore` (its connections and its pool of request bodies) and one
+//! HTTP agent (its persistent connections) with a receive buffer per thread, written once;
+//! an untimed wave of N objects goes through both. Per run: `bytes / block` blocks go to
+//! the store in one `submit_store` batch; one `submit_load` batch reads them back (checked)
+//! and the bytes are compared. N threads PUT the same objects' bytes (block header and
 //! payload) to other names with a plain HTTP/1.1 client and GET them back, and PUT them once
 //! more to yet other names with `If-None-Match: *`, the conditional request a publish-once
 //! store sends (a server checks for the name first, which costs it). kvr goes first in even
@@ -21,6 +24,7 @@
 
 use std::io::Read;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use kvr::obj::maintenance::Bucket;
@@ -59,11 +63,40 @@ struct Setup<'a> {
 }
 
 impl Setup<'_> {
-    fn config(&self, namespace: String) -> ObjConfig {
+    /// kvr's store for this block size and in-flight count (keys differ per run).
+    fn open_store(&self) -> kvr::Result<ObjStore> {
+        let namespace = format!("kvr-{}-{}", self.block, self.in_flight);
         let mut c = ObjConfig::new(&self.url, namespace);
         c.endpoint = Some(self.endpoint.to_string());
         c.concurrency = self.in_flight;
-        c
+        ObjStore::open(&c)
+    }
+}
+
+/// The plain client: one agent (a pool of persistent connections) and a receive buffer per
+/// thread, both kept across runs, the buffers written once so that no GET pays for
+/// faulting its buffer in (kvr's load destination is resident too).
+struct RawClient {
+    agent: ureq::Agent,
+    buffers: Vec<Mutex<Vec<u8>>>,
+}
+
+impl RawClient {
+    fn new(in_flight: usize, block: usize) -> RawClient {
+        // Room for the block header too, which is far smaller than this.
+        let room = block + (64 << 10);
+        let buffers = (0..in_flight)
+            .map(|_| {
+                let mut b = vec![1u8; room];
+                b.clear();
+                Mutex::new(b)
+            })
+            .collect();
+        let agent = ureq::AgentBuilder::new()
+            .max_idle_connections_per_host(in_flight)
+            .timeout(Duration::from_secs(60))
+            .build();
+        RawClient { agent, buffers }
     }
 }
 
@@ -101,9 +134,8 @@ fn timed(
 }
 
 /// One kvr run: (store, load).
-fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(Phase, Phase)> {
+fn kvr_run(store: &ObjStore, s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(Phase, Phase)> {
     let (block, n) = (s.block, s.n);
-    let store = ObjStore::open(&s.config(format!("kvr-{block}-{}-{}", s.in_flight, s.run)))?;
     let k = |i| key(block as u64, s.in_flight, s.run, i);
     let stores: Vec<StoreRequest> = (0..n)
         .map(|i| StoreRequest {
@@ -152,25 +184,31 @@ fn kvr_run(s: &Setup, src: &[u8], dst: &mut [u8]) -> kvr::Result<(Phase, Phase)>
     Ok((store_phase, load_phase))
 }
 
-/// `n` requests of `block` bytes over `in_flight` threads sharing one agent (a pool of
-/// persistent connections).
+/// `n` requests of `block` bytes over one thread per buffer of `raw` (its in-flight
+/// count), sharing its agent; each thread has a buffer of its own.
 fn raw_requests(
-    in_flight: usize,
+    raw: &RawClient,
     n: usize,
     block: usize,
-    request: impl Fn(usize) -> kvr::Result<()> + Sync,
+    request: impl Fn(usize, &mut Vec<u8>) -> kvr::Result<()> + Sync,
 ) -> kvr::Result<Phase> {
     let next = AtomicUsize::new(0);
+    let (next, request) = (&next, &request);
     timed(n * block, n, || {
         std::thread::scope(|sc| {
-            let workers: Vec<_> = (0..in_flight)
-                .map(|_| {
-                    sc.spawn(|| loop {
-                        let i = next.fetch_add(1, Ordering::Relaxed);
-                        if i >= n {
-                            return Ok(());
+            let workers: Vec<_> = raw
+                .buffers
+                .iter()
+                .map(|buffer| {
+                    sc.spawn(move || {
+                        let mut buffer = buffer.lock().unwrap_or_else(|e| e.into_inner());
+                        loop {
+                            let i = next.fetch_add(1, Ordering::Relaxed);
+                            if i >= n {
+                                return Ok(());
+                            }
+                            request(i, &mut buffer)?;
                         }
-                        request(i)?;
                     })
                 })
                 .collect();
@@ -187,12 +225,9 @@ fn http_err(what: &str, url: &str, e: ureq::Error) -> kvr::Error {
 
 /// One raw run: (PUT, GET, conditional PUT) of the same bytes kvr moves (block header +
 /// payload).
-fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(Phase, Phase, Phase)> {
+fn raw_run(raw: &RawClient, s: &Setup, src: &[u8]) -> kvr::Result<(Phase, Phase, Phase)> {
     let (block, n) = (s.block, s.n);
-    let agent = ureq::AgentBuilder::new()
-        .max_idle_connections_per_host(s.in_flight)
-        .timeout(Duration::from_secs(60))
-        .build();
+    let agent = &raw.agent;
     let kvr::obj::ObjUrl { bucket, prefix } = kvr::obj::ObjUrl::parse(&s.url)?;
     let object_url = |ns: &str, i: usize| {
         let name = kvr::obj::object_path(ns, &key(block as u64, s.in_flight, s.run, i));
@@ -222,13 +257,13 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(Phase, Phase, Phase)> {
         request.send(body).map_err(|e| http_err("PUT", &u, e))?;
         Ok(())
     };
-    let put_phase = raw_requests(s.in_flight, n, block, |i| put(url(i), i, false))?;
-    let get_phase = raw_requests(s.in_flight, n, block, |i| {
+    let put_phase = raw_requests(raw, n, block, |i, _| put(url(i), i, false))?;
+    let get_phase = raw_requests(raw, n, block, |i, body| {
         let u = url(i);
         let resp = agent.get(&u).call().map_err(|e| http_err("GET", &u, e))?;
-        let mut body = Vec::with_capacity(headers[i].len() + block);
+        body.clear();
         resp.into_reader()
-            .read_to_end(&mut body)
+            .read_to_end(body)
             .map_err(|e| kvr::Error::io(format!("raw HTTP GET {u}"), e))?;
         if body.len() != headers[i].len() + block {
             return Err(kvr::err!(
@@ -239,7 +274,7 @@ fn raw_run(s: &Setup, src: &[u8]) -> kvr::Result<(Phase, Phase, Phase)> {
         }
         Ok(())
     })?;
-    let conditional_put_phase = raw_requests(s.in_flight, n, block, |i| {
+    let conditional_put_phase = raw_requests(raw, n, block, |i, _| {
         put(object_url(&conditional_ns, i), i, true)
     })?;
     Ok((put_phase, get_phase, conditional_put_phase))
@@ -269,8 +304,8 @@ fn warm_up(
         in_flight: in_flight.max(1),
         run: usize::MAX,
     };
-    kvr_run(&setup, src, dst)?;
-    raw_run(&setup, src)?;
+    kvr_run(&setup.open_store()?, &setup, src, dst)?;
+    raw_run(&RawClient::new(setup.in_flight, block), &setup, src)?;
     Ok(())
 }
 
@@ -325,24 +360,33 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<(Vec<Row>, Vec<Timing>)> {
                 return Err(kvr::Error::invalid("--in-flight values must be at least 1"));
             }
             let (mut ks, mut kl, mut rp, mut rg, mut rc) = (vec![], vec![], vec![], vec![], vec![]);
+            let blocks = (total / block as usize).max(1);
+            let setup = |run, n| Setup {
+                endpoint: &endpoint,
+                url: url.clone(),
+                block: block as usize,
+                n,
+                in_flight,
+                run,
+            };
+            // Both clients in the state a running engine's would be in: connections open,
+            // kvr's request bodies allocated, the plain client's buffers resident.
+            let wave = setup(usize::MAX - 1, blocks.min(in_flight));
+            let store = wave.open_store()?;
+            let raw = RawClient::new(in_flight, block as usize);
+            kvr_run(&store, &wave, &src, &mut dst)?;
+            raw_run(&raw, &wave, &src)?;
             for run in 0..args.runs {
-                let setup = Setup {
-                    endpoint: &endpoint,
-                    url: url.clone(),
-                    block: block as usize,
-                    n: (total / block as usize).max(1),
-                    in_flight,
-                    run,
-                };
+                let setup = setup(run, blocks);
                 // Which client goes first alternates: the server's speed drifts during a
                 // run (a fresh SeaweedFS gets faster over its first minutes), and a fixed
                 // order would hand that drift to one side.
                 let ((s, l), (p, g, c)) = if run % 2 == 0 {
-                    let k = kvr_run(&setup, &src, &mut dst)?;
-                    (k, raw_run(&setup, &src)?)
+                    let k = kvr_run(&store, &setup, &src, &mut dst)?;
+                    (k, raw_run(&raw, &setup, &src)?)
                 } else {
-                    let r = raw_run(&setup, &src)?;
-                    (kvr_run(&setup, &src, &mut dst)?, r)
+                    let r = raw_run(&raw, &setup, &src)?;
+                    (kvr_run(&store, &setup, &src, &mut dst)?, r)
                 };
                 for (list, phase) in [(&mut ks, s), (&mut kl, l), (&mut rp, p), (&mut rg, g)] {
                     list.push(phase);
