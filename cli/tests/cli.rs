@@ -304,23 +304,41 @@ fn bench_fs_smoke_json() {
     assert!(o.status.success(), "{err}");
     let v: serde_json::Value = serde_json::from_str(&out).expect(&out);
     let rows = v["rows"].as_array().unwrap();
-    assert_eq!(rows.len(), 8, "4 rows per block size (64K, 2M)");
+    assert_eq!(rows.len(), 12, "6 rows per block size (64K, 2M)");
     assert_rows_measured(rows, "fs");
-    // Each block size: store against fio's one file per job and new file per block, load
-    // against fio's one file per job and open+read+close of a file per block.
-    let ops: Vec<(&str, bool)> = rows
+    // Each block size: store against fio's one file per job, new file per block and new file
+    // of the block file's size per block; load against fio's one file per job, open+read+close
+    // of a file per block and the same of files of the block file's size.
+    let ops: Vec<(&str, bool, bool)> = rows
         .iter()
         .map(|r| {
             let limit = r["limit"].as_str().unwrap();
-            (r["op"].as_str().unwrap(), limit.contains("per block"))
+            (
+                r["op"].as_str().unwrap(),
+                limit.contains("per block"),
+                limit.contains("the block file's size"),
+            )
         })
         .collect();
     let per_size = [
-        ("store", false),
-        ("store", true),
-        ("load", false),
-        ("load", true),
+        ("store", false, false),
+        ("store", true, false),
+        ("store", true, true),
+        ("load", false, false),
+        ("load", true, false),
+        ("load", true, true),
     ];
+    // The block file is the payload plus its 4 KiB header page.
+    for (r, header) in rows.iter().zip(
+        ["64K + 4K header", "2M + 4K header"]
+            .iter()
+            .flat_map(|h| [*h; 6]),
+    ) {
+        let limit = r["limit"].as_str().unwrap();
+        if limit.contains("the block file's size") {
+            assert!(limit.contains(header), "{limit}");
+        }
+    }
     assert_eq!(ops, [per_size, per_size].concat(), "{rows:?}");
     assert_eq!(
         std::fs::read_dir(dir.path()).unwrap().count(),

@@ -10,7 +10,13 @@
 //!   block, as the store does: the file-creation limit),
 //! - `fio --rw=read` of the first job's files (one per job),
 //! - `fio --rw=read` of the second job's files with `--openfiles=1` (open, read and close a
-//!   file per block, as the store's loads do).
+//!   file per block, as the store's loads do),
+//! - the last two again with files of the block file's size (`B` plus the header page, read
+//!   from the first block the store wrote), their GB/s counted in payload bytes (files/s x
+//!   `B`): the same files and bytes the store moves. Where that size crosses a threshold of
+//!   the file system's, the two pairs part: GlusterFS's quick-read caches the content of
+//!   files up to 64 KiB at `LOOKUP`, so fio's 64 KiB files can be served from the client
+//!   while the store's 68 KiB block files never are.
 //!
 //! Every fio job writes into its own fresh directory. Everything is removed only at the end
 //! (deleting thousands of files right
@@ -20,12 +26,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+use kvr::fs::path::{block_path, store_dir};
 use kvr::io::{AlignedBuf, DirectIo};
 use kvr::{FsConfig, FsStore, Key, LoadRequest, StoreRequest};
 
 use super::{progress, BenchArgs};
 use crate::fio::{self, FioJob, FioTarget};
-use crate::report::Row;
+use crate::report::{human_bytes, Row};
 
 /// Removes the benchmark's directories on drop, also on errors.
 pub(super) struct Cleanup(pub(super) Vec<PathBuf>);
@@ -47,6 +54,22 @@ fn key(block: u64, run: usize, i: usize) -> Key {
     Key(xxhash_rust::xxh3::xxh3_128(&seed).to_le_bytes())
 }
 
+/// The namespace of run `run` at block size `block`.
+fn namespace(block: usize, run: usize) -> String {
+    format!("bench-{block}-{run}")
+}
+
+/// The size of the file the store wrote for block `i` of run `run` (header page included).
+fn block_file_len(root: &Path, block: usize, run: usize, i: usize) -> kvr::Result<u64> {
+    let p = block_path(
+        &store_dir(root, &namespace(block, run), None)?,
+        &key(block as u64, run, i),
+    );
+    std::fs::metadata(&p)
+        .map(|m| m.len())
+        .map_err(|e| kvr::Error::io(format!("reading the size of {}", p.display()), e))
+}
+
 /// One kvr run: (store GB/s, load GB/s).
 fn kvr_run(
     root: &Path,
@@ -57,7 +80,7 @@ fn kvr_run(
     src: &AlignedBuf,
     dst: &mut AlignedBuf,
 ) -> kvr::Result<(f64, f64)> {
-    let mut c = FsConfig::new(root, format!("bench-{block}-{run}"));
+    let mut c = FsConfig::new(root, namespace(block, run));
     c.direct_io = DirectIo::On;
     c.read_threads = args.threads;
     c.write_threads = args.threads;
@@ -142,22 +165,29 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
         let n = (total / block as usize).max(1);
         // fio moves the same volume, split over its jobs (whole blocks per job).
         let blocks_per_job = (n / args.threads).max(1) as u64;
-        let per_job = blocks_per_job * block;
         let (mut ks, mut kl, mut fw, mut fnew, mut fr, mut frnew) =
             (vec![], vec![], vec![], vec![], vec![], vec![]);
+        let (mut fsize, mut frsize) = (vec![], vec![]);
+        let mut file_len = block;
         for run in 0..args.runs {
             let (s, l) = kvr_run(&root, args, block as usize, n, run, &src, &mut dst)?;
             ks.push(s);
             kl.push(l);
-            let job = |rw, target, new_files| FioJob {
-                rw,
-                block_size: block,
-                numjobs: args.threads,
-                direct: true,
-                size_per_job: per_job,
-                target,
-                new_file_per_block: new_files,
+            if run == 0 {
+                file_len = block_file_len(&root, block as usize, 0, 0)?;
+            }
+            let sized = |bs: u64| {
+                move |rw, target, new_files| FioJob {
+                    rw,
+                    block_size: bs,
+                    numjobs: args.threads,
+                    direct: true,
+                    size_per_job: blocks_per_job * bs,
+                    target,
+                    new_file_per_block: new_files,
+                }
             };
+            let job = sized(block);
             // Each fio job gets its own directory, all kept until the end: deleting thousands
             // of files right before the next run's creations would make ext4's inode
             // allocator crawl over the recently freed inodes (`recently_deleted`).
@@ -173,6 +203,12 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             let new = dir("new")?;
             fnew.push(fio::run(&job("write", FioTarget::Directory(&new), true))?);
             frnew.push(fio::run(&job("read", FioTarget::Directory(&new), true))?);
+            // Files of the block file's size; GB/s of payload (files/s x block).
+            let as_payload = block as f64 / file_len as f64;
+            let job = sized(file_len);
+            let new = dir("sized")?;
+            fsize.push(fio::run(&job("write", FioTarget::Directory(&new), true))? * as_payload);
+            frsize.push(fio::run(&job("read", FioTarget::Directory(&new), true))? * as_payload);
             pb.inc(1);
         }
         let t = args.threads;
@@ -194,6 +230,22 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             &fnew,
             "fio write --direct=1, new file per block",
         ));
+        let sized_label = |what: &str, how: &str| {
+            format!(
+                "fio {what} --direct=1, {how} of the block file's size ({} + {} header), payload GB/s",
+                human_bytes(block),
+                human_bytes(file_len - block)
+            )
+        };
+        rows.push(Row::new(
+            "fs",
+            "store",
+            block,
+            t,
+            &ks,
+            &fsize,
+            &sized_label("write", "new file per block"),
+        ));
         rows.push(Row::new(
             "fs",
             "load",
@@ -211,6 +263,15 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             &kl,
             &frnew,
             "fio read --direct=1, open+read+close a file per block",
+        ));
+        rows.push(Row::new(
+            "fs",
+            "load",
+            block,
+            t,
+            &kl,
+            &frsize,
+            &sized_label("read", "open+read+close a file per block"),
         ));
     }
     pb.finish_and_clear();
