@@ -59,11 +59,12 @@ fn namespace(block: usize, run: usize) -> String {
     format!("bench-{block}-{run}")
 }
 
-/// The size of the file the store wrote for block `i` of run `run` (header page included).
-fn block_file_len(root: &Path, block: usize, run: usize, i: usize) -> kvr::Result<u64> {
+/// The size of the file the store wrote for the first block of the first run (header page
+/// included).
+fn block_file_len(root: &Path, block: usize) -> kvr::Result<u64> {
     let p = block_path(
-        &store_dir(root, &namespace(block, run), None)?,
-        &key(block as u64, run, i),
+        &store_dir(root, &namespace(block, 0), None)?,
+        &key(block as u64, 0, 0),
     );
     std::fs::metadata(&p)
         .map(|m| m.len())
@@ -174,7 +175,7 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             ks.push(s);
             kl.push(l);
             if run == 0 {
-                file_len = block_file_len(&root, block as usize, 0, 0)?;
+                file_len = block_file_len(&root, block as usize)?;
             }
             let sized = |bs: u64| {
                 move |rw, target, new_files| FioJob {
@@ -211,25 +212,6 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             frsize.push(fio::run(&job("read", FioTarget::Directory(&new), true))? * as_payload);
             pb.inc(1);
         }
-        let t = args.threads;
-        rows.push(Row::new(
-            "fs",
-            "store",
-            block,
-            t,
-            &ks,
-            &fw,
-            "fio write --direct=1, 1 file per job",
-        ));
-        rows.push(Row::new(
-            "fs",
-            "store",
-            block,
-            t,
-            &ks,
-            &fnew,
-            "fio write --direct=1, new file per block",
-        ));
         let sized_label = |what: &str, how: &str| {
             format!(
                 "fio {what} --direct=1, {how} of the block file's size ({} + {} header), payload GB/s",
@@ -237,42 +219,47 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                 human_bytes(file_len - block)
             )
         };
-        rows.push(Row::new(
-            "fs",
-            "store",
-            block,
-            t,
-            &ks,
-            &fsize,
-            &sized_label("write", "new file per block"),
-        ));
-        rows.push(Row::new(
-            "fs",
-            "load",
-            block,
-            t,
-            &kl,
-            &fr,
-            "fio read --direct=1, 1 file per job",
-        ));
-        rows.push(Row::new(
-            "fs",
-            "load",
-            block,
-            t,
-            &kl,
-            &frnew,
-            "fio read --direct=1, open+read+close a file per block",
-        ));
-        rows.push(Row::new(
-            "fs",
-            "load",
-            block,
-            t,
-            &kl,
-            &frsize,
-            &sized_label("read", "open+read+close a file per block"),
-        ));
+        let limits = [
+            (
+                "store",
+                &ks,
+                &fw,
+                "fio write --direct=1, 1 file per job".to_string(),
+            ),
+            (
+                "store",
+                &ks,
+                &fnew,
+                "fio write --direct=1, new file per block".to_string(),
+            ),
+            (
+                "store",
+                &ks,
+                &fsize,
+                sized_label("write", "new file per block"),
+            ),
+            (
+                "load",
+                &kl,
+                &fr,
+                "fio read --direct=1, 1 file per job".to_string(),
+            ),
+            (
+                "load",
+                &kl,
+                &frnew,
+                "fio read --direct=1, open+read+close a file per block".to_string(),
+            ),
+            (
+                "load",
+                &kl,
+                &frsize,
+                sized_label("read", "open+read+close a file per block"),
+            ),
+        ];
+        for (op, kvr, limit, name) in limits {
+            rows.push(Row::new("fs", op, block, args.threads, kvr, limit, &name));
+        }
     }
     pb.finish_and_clear();
     Ok(rows)
