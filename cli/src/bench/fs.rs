@@ -212,9 +212,12 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
             frsize.push(fio::run(&job("read", FioTarget::Directory(&new), true))? * as_payload);
             pb.inc(1);
         }
-        let sized_label = |what: &str, how: &str| {
+        // The per-block fio rows again on files of the block file's size, named after them.
+        let new_file = "fio write --direct=1, new file per block";
+        let open_read_close = "fio read --direct=1, open+read+close a file per block";
+        let of_block_file_size = |label: &str| {
             format!(
-                "fio {what} --direct=1, {how} of the block file's size ({} + {} header), payload GB/s",
+                "{label} of the block file's size ({} + {} header), payload GB/s",
                 human_bytes(block),
                 human_bytes(file_len - block)
             )
@@ -226,36 +229,16 @@ pub fn bench(args: &BenchArgs) -> kvr::Result<Vec<Row>> {
                 &fw,
                 "fio write --direct=1, 1 file per job".to_string(),
             ),
-            (
-                "store",
-                &ks,
-                &fnew,
-                "fio write --direct=1, new file per block".to_string(),
-            ),
-            (
-                "store",
-                &ks,
-                &fsize,
-                sized_label("write", "new file per block"),
-            ),
+            ("store", &ks, &fnew, new_file.to_string()),
+            ("store", &ks, &fsize, of_block_file_size(new_file)),
             (
                 "load",
                 &kl,
                 &fr,
                 "fio read --direct=1, 1 file per job".to_string(),
             ),
-            (
-                "load",
-                &kl,
-                &frnew,
-                "fio read --direct=1, open+read+close a file per block".to_string(),
-            ),
-            (
-                "load",
-                &kl,
-                &frsize,
-                sized_label("read", "open+read+close a file per block"),
-            ),
+            ("load", &kl, &frnew, open_read_close.to_string()),
+            ("load", &kl, &frsize, of_block_file_size(open_read_close)),
         ];
         for (op, kvr, limit, name) in limits {
             rows.push(Row::new("fs", op, block, args.threads, kvr, limit, &name));
